@@ -1,0 +1,1 @@
+"""Stage 1: images -> VAE latents -> forward diffusion -> FFT spectra -> Zarr store."""

@@ -1,0 +1,46 @@
+"""One call from user options to a featurized store (what `leakstore featurize` runs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from featurize.datasets import DEFAULT_FRACTIONS, build_catalog
+from featurize.runner import FeaturizeReport, RunOptions, featurize_store, resolve_device
+from featurize.vae import load_encoder
+from featurize.views import parse_view, view_name
+from leakstore.config import FeaturizeConfig, ScheduleConfig
+
+
+def parse_timesteps(text: str) -> tuple[int, ...]:
+    from leakstore.errors import InputError
+    try:
+        ts = tuple(int(t) for t in text.replace(" ", "").split(",") if t != "")
+    except ValueError:
+        raise InputError(f"--timesteps {text!r}: give integers separated by commas, e.g. 0,50,100,200,400") from None
+    if len(set(ts)) != len(ts):
+        raise InputError(f"--timesteps {text!r} repeats a timestep")
+    return ts
+
+
+def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 400),
+                 resize_policy: str = "shorter-crop", resample: str = "bilinear",
+                 schedule: ScheduleConfig | None = None, sigma_normalize: bool = False, fft_size: int = 8,
+                 seed: int = 0, view=None, min_side: int = 32, precision: str | None = None,
+                 device: str = "auto") -> FeaturizeConfig:
+    dev = resolve_device(device)
+    prec = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    return FeaturizeConfig(vae=encoder.identity, resolution=resolution, resize_policy=resize_policy,
+                           resample=resample, timesteps=tuple(timesteps), schedule=schedule or ScheduleConfig(),
+                           sigma_normalize=sigma_normalize, fft_size=fft_size, seed=seed,
+                           view=view_name(parse_view(view)), min_side=min_side, precision=prec)
+
+
+def featurize(data: str | Path, store: str | Path, *, vae: str = "sd21", vae_subfolder: str = "",
+              scaling_factor: float | None = None, shift_factor: float | None = None,
+              real_label: str = "real", split_seed: int = 0, fractions=DEFAULT_FRACTIONS,
+              opts: RunOptions | None = None, **config_kw) -> FeaturizeReport:
+    """Featurize DATA (class folders, manifest or WILD layout) into STORE. See `build_config` for features."""
+    catalog = build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions)
+    encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor)
+    config_kw.setdefault("device", (opts or RunOptions()).device)
+    cfg = build_config(encoder, **config_kw)
+    return featurize_store(catalog, store, cfg, encoder, opts)

@@ -1,0 +1,124 @@
+"""Exact image decoding and geometric preparation, with PIL only (no torchvision).
+
+`decode_image` turns a file into an (H, W, 3) uint8 RGB array or raises ImageDecodeError
+with a one-line reason. It never uses lossy shortcuts (JPEG draft mode, reduced decoding):
+the generator's fingerprint lives in exactly the pixels such shortcuts change.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from leakstore.errors import ImageDecodeError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: larger is treated as a decompression bomb
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS}
+
+
+def read_bytes(path: str | Path) -> tuple[bytes, str]:
+    """The file's bytes and their SHA-256 hex digest."""
+    try:
+        data = Path(path).read_bytes()
+    except PermissionError:
+        raise ImageDecodeError(str(path), "permission denied: make the file readable (chmod +r)") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(str(path), "is a directory, not an image file") from None
+    except FileNotFoundError:
+        raise ImageDecodeError(str(path), "file not found: it was moved or deleted after the input was listed") from None
+    except OSError as e:
+        raise ImageDecodeError(str(path), f"cannot read the file ({e.strerror or e})") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _to_rgb8(img: Image.Image, path: str) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8. 16-bit and float images are rescaled, not clipped;
+    alpha is dropped (the colour channels are what the generator wrote); CMYK, palette and
+    grayscale go through PIL's conversions."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        top = 1.0 if a.max() <= 1.0 else 255.0
+        a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if mode in ("RGB;16", "RGBA;16", "RGB;16B"):  # pragma: no cover - PIL opens these as RGB(A) already
+        img = img.convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int = 1) -> np.ndarray:
+    """Decode file bytes to (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Raises ImageDecodeError for unreadable, truncated, oversized or too-small images.
+    """
+    if not data:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(path, f"{w}x{h} px exceeds the {max_pixels:,} px limit (decompression-bomb "
+                                             "guard): downscale it first or raise --max-pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            arr = _to_rgb8(img, path)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not a recognised image format (PNG, JPEG, WebP, BMP, TIFF)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(path, f"decompression bomb ({e}): raise --max-pixels if it is genuine") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            raise ImageDecodeError(path, f"truncated file ({msg}): re-download or re-export it") from None
+        raise ImageDecodeError(path, f"corrupt image data ({msg})") from None
+    if min(arr.shape[:2]) < min_side:
+        raise ImageDecodeError(path, f"too small: {arr.shape[1]}x{arr.shape[0]} px, the shorter side must be at "
+                                     f"least {min_side} px (set by --min-side)")
+    return arr
+
+
+def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bilinear",
+            path: str = "") -> np.ndarray:
+    """Bring (H, W, 3) uint8 to (resolution, resolution, 3) uint8.
+
+    shorter-crop: resize the shorter side to `resolution` (antialiased), then centre crop.
+    center-crop:  centre crop without resizing; the image must be at least `resolution` a side.
+    exact:        the image must already be resolution x resolution.
+    """
+    h, w = arr.shape[:2]
+    if (h, w) == (resolution, resolution):
+        return arr
+    if policy == "exact":
+        raise ImageDecodeError(path, f"is {w}x{h}, not {resolution}x{resolution} (resize policy 'exact'): "
+                                     "use --resize-policy shorter-crop or center-crop")
+    if policy == "shorter-crop":
+        s = resolution / min(h, w)
+        nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
+        arr = np.asarray(Image.fromarray(arr).resize((nw, nh), _RESAMPLE[resample]))
+        h, w = nh, nw
+    elif min(h, w) < resolution:
+        raise ImageDecodeError(path, f"is {w}x{h}, smaller than the {resolution} px centre crop: "
+                                     "use --resize-policy shorter-crop")
+    top, left = (h - resolution) // 2, (w - resolution) // 2
+    return np.ascontiguousarray(arr[top:top + resolution, left:left + resolution])

@@ -1,0 +1,293 @@
+"""The batched featurize runner: it only moves data.
+
+    files --(DataLoader worker processes: read, hash, decode, view, resize, seeded noise)-->
+    uint8 batches --(device: encode, forward-diffuse, FFT)--> float16 results
+    --(writer threads: whole chunks, data first, status last)--> Zarr store
+
+Resumable: only chunks with a pending row are processed, and every chunk is rewritten
+whole, deterministically, so an interrupted run finished later equals an uninterrupted one.
+Sharded: shard i of n owns chunks k with k % n == i; shards share no chunk and need no lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
+from featurize.noising import add_noise, noise_coefficients, seeded_noise
+from featurize.spectra import low_freq_spectrum
+from featurize.vae import LatentEncoder
+from featurize.views import apply_view, parse_view
+from leakstore.config import FeaturizeConfig
+from leakstore.errors import ImageDecodeError, LeakstoreError
+from leakstore.store import DONE, FAILED, Catalog, FeatureStore
+
+
+@dataclass
+class RunOptions:
+    device: str = "auto"            # "auto", "cpu", "cuda", "cuda:1", ...
+    batch_size: int = 0             # 0: 128 on CUDA, 16 on CPU
+    workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU
+    compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
+    chunk_size: int = 256
+    codec: str = "zstd1"
+    shard: tuple[int, int] = (0, 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+    writer_threads: int = 2
+
+
+@dataclass
+class FeaturizeReport:
+    store: str
+    config_hash: str
+    shard: str
+    n_images: int
+    already_done: int
+    processed: int
+    done: int
+    failed: int
+    seconds: float
+    images_per_s: float
+    device: str
+    builtin_encoder: bool
+    failures: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise LeakstoreError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    return d
+
+
+# ---------------------------------------------------------------------------- worker side
+class ImageRows(Dataset):
+    """Row j -> (row, uint8 (3, R, R) or None, noise (T, C, h, w) float32 or None, sha256, error)."""
+
+    def __init__(self, paths: tuple[str, ...], rows: list[int], cfg: FeaturizeConfig, max_pixels: int):
+        self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
+        self.steps = parse_view(cfg.view)
+        self.noise_shape = (len(cfg.timesteps),) + cfg.latent_shape
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int):
+        row = self.rows[j]
+        path, sha = self.paths[row], ""
+        try:
+            data, sha = read_bytes(path)
+            arr = decode_image(data, path, max_pixels=self.max_pixels, min_side=self.cfg.min_side)
+            if self.steps:
+                arr = apply_view(arr, self.steps, seed=int(sha[:8], 16) ^ self.cfg.seed)
+            arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
+            img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
+            return row, img, eps, sha, ""
+        except ImageDecodeError as e:
+            return row, None, None, sha, e.reason
+        except Exception as e:  # an unexpected failure is still one row's failure, with its reason
+            return row, None, None, sha, f"unexpected {type(e).__name__}: {e}"
+
+
+def collate(items):
+    ok = [it for it in items if it[1] is not None]
+    return {
+        "rows": [it[0] for it in items],
+        "ok_rows": [it[0] for it in ok],
+        "images": torch.stack([it[1] for it in ok]) if ok else None,
+        "noise": torch.stack([it[2] for it in ok]) if ok else None,
+        "sha": {it[0]: it[3] for it in items},
+        "error": {it[0]: it[4] for it in items if it[1] is None},
+    }
+
+
+# ---------------------------------------------------------------------------- device side
+class DeviceFeaturizer:
+    """Encode + noise + spectra on one device. (B, 3, R, R) uint8 -> float16 arrays."""
+
+    def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
+                 batch_size: int, use_compile: bool):
+        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
+            torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
+            torch.backends.cudnn.benchmark = True
+        elif dtype != torch.float32:
+            raise LeakstoreError(f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: "
+                                 "use --precision fp32 on CPU")
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
+        self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
+        self.run = torch.compile(self.encoder) if use_compile else self.encoder
+        a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
+        self.alpha = torch.tensor(a, dtype=torch.float32, device=device)
+        self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32 -> float16 tensors on the CPU
+        (copies in flight: wait on the returned 'event' before reading them)."""
+        b = images.shape[0]
+        x = images.to(self.device, non_blocking=True)
+        if self.fixed_batch and b < self.batch_size:
+            x = torch.cat([x, x[:1].expand(self.batch_size - b, -1, -1, -1)])
+        x = x.contiguous(memory_format=self.memory_format)
+        z0 = self.run(x)[:b].float()
+        zt = add_noise(z0, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, self.cfg.sigma_normalize)
+        spec = low_freq_spectrum(zt, self.cfg.fft_size)
+        out = {"latent0": z0.half(), "latents": zt.half(), "spectra": spec.half()}
+        if self.device.type != "cuda":
+            return out
+        host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in out.items()}
+        for k, v in out.items():
+            host[k].copy_(v, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        host["event"] = ev
+        return host
+
+
+# ---------------------------------------------------------------------------- chunk assembly
+class ChunkAssembler:
+    """Collects per-row results into whole-chunk buffers and hands full chunks to writers."""
+
+    def __init__(self, store: FeatureStore, chunks: list[int], executor: ThreadPoolExecutor, max_pending: int = 4):
+        self.store, self.executor, self.max_pending = store, executor, max_pending
+        cfg = store.config
+        c, h, w = cfg.latent_shape
+        t, k = len(cfg.timesteps), cfg.fft_size
+        self.shapes = {"latent0": (c, h, w), "latents": (t, c, h, w), "spectra": (t, c, k, k)}
+        self.buffers: dict[int, dict] = {}
+        self.remaining = {ck: len(store.chunk_rows(ck)) for ck in chunks}
+        self.futures: deque[Future] = deque()
+        self.failures: list[tuple[int, str]] = []
+        self.done = self.failed = 0
+
+    def _buffer(self, ck: int) -> dict:
+        if ck not in self.buffers:
+            n = len(self.store.chunk_rows(ck))
+            buf = {name: np.full((n,) + shape, np.nan, dtype=np.float16) for name, shape in self.shapes.items()}
+            buf.update(sha256=np.full(n, "", dtype=object), error=np.full(n, "", dtype=object),
+                       status=np.zeros(n, dtype=np.uint8))
+            self.buffers[ck] = buf
+        return self.buffers[ck]
+
+    def add(self, rows: list[int], sha: dict, errors: dict, results: dict[str, np.ndarray] | None,
+            ok_rows: list[int]) -> None:
+        cs = self.store.chunk_size
+        pos = {r: i for i, r in enumerate(ok_rows)}
+        for r in rows:
+            ck, off = divmod(r, cs)
+            buf = self._buffer(ck)
+            buf["sha256"][off] = sha.get(r, "")
+            if r in errors:
+                buf["error"][off], buf["status"][off] = errors[r], FAILED
+                self.failures.append((r, errors[r]))
+                self.failed += 1
+            else:
+                i = pos[r]
+                for name in self.shapes:
+                    buf[name][off] = results[name][i]
+                buf["status"][off] = DONE
+                self.done += 1
+            self.remaining[ck] -= 1
+            if self.remaining[ck] == 0:
+                self._flush(ck)
+
+    def _flush(self, ck: int) -> None:
+        buf = self.buffers.pop(ck)
+        while len(self.futures) >= self.max_pending:
+            self.futures.popleft().result()
+        data = {k: (v.astype(str) if v.dtype == object else v) for k, v in buf.items() if k != "status"}
+        self.futures.append(self.executor.submit(self.store.write_chunk, ck, data, buf["status"]))
+
+    def wait(self) -> None:
+        while self.futures:
+            self.futures.popleft().result()
+
+
+# ---------------------------------------------------------------------------- the run
+def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConfig, encoder: LatentEncoder,
+                    opts: RunOptions | None = None) -> FeaturizeReport:
+    """Featurize `catalog` into the store at `store_path` (created, or resumed when it matches)."""
+    opts = opts or RunOptions()
+    device = resolve_device(opts.device)
+    if encoder.identity != cfg.vae:
+        raise LeakstoreError("internal: the encoder's identity differs from the config's VAE")
+    i, n = opts.shard
+    if not 0 <= i < n:
+        raise LeakstoreError(f"--shard {i}/{n}: the shard index must lie in [0, {n - 1}]")
+    store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
+                                overwrite=opts.overwrite and i == 0 and n == 1)
+    chunks = store.todo_chunks(opts.shard)
+    rows = [r for ck in chunks for r in store.chunk_rows(ck)]
+    mine = sum(len(store.chunk_rows(k)) for k in range(store.n_chunks) if k % n == i)
+    t0 = time.perf_counter()
+    batch = opts.batch_size or (128 if device.type == "cuda" else 16)
+    workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)
+    assembler = None
+    if rows:
+        runner = DeviceFeaturizer(encoder, cfg, device, batch,
+                                  device.type == "cuda" if opts.compile is None else opts.compile)
+        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels), batch_size=batch,
+                            num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        with ThreadPoolExecutor(opts.writer_threads) as ex:
+            assembler = ChunkAssembler(store, chunks, ex)
+            _drive(loader, runner, assembler, len(rows), opts.progress, f"featurize {Path(store_path).name}")
+            assembler.wait()
+    seconds = time.perf_counter() - t0
+    paths = catalog.paths
+    return FeaturizeReport(
+        store=str(store_path), config_hash=cfg.hash, shard=f"{i}/{n}", n_images=len(catalog),
+        already_done=mine - len(rows), processed=len(rows),
+        done=assembler.done if assembler else 0, failed=assembler.failed if assembler else 0,
+        seconds=round(seconds, 3), images_per_s=round(len(rows) / seconds, 1) if rows and seconds > 0 else 0.0,
+        device=str(device), builtin_encoder=cfg.vae.builtin,
+        failures=[{"path": paths[r], "error": e} for r, e in (assembler.failures if assembler else [])])
+
+
+def _drive(loader, runner: DeviceFeaturizer, assembler: ChunkAssembler, total: int, progress: bool, desc: str):
+    """Keep one batch in flight on the device while the previous one is copied out and assembled."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    pending = None
+    with contextlib.closing(bar):
+        for b in loader:
+            out = runner(b["images"], b["noise"]) if b["images"] is not None else None
+            if pending is not None:
+                _finish(pending, assembler, bar)
+            pending = (b, out)
+        if pending is not None:
+            _finish(pending, assembler, bar)
+
+
+def _finish(pending, assembler: ChunkAssembler, bar) -> None:
+    b, out = pending
+    results = None
+    if out is not None:
+        if "event" in out:
+            out.pop("event").synchronize()
+        results = {k: v.numpy() for k, v in out.items()}
+    assembler.add(b["rows"], b["sha"], b["error"], results, b["ok_rows"])
+    bar.update(len(b["rows"]))
+    if assembler.failed:
+        bar.set_postfix(failed=assembler.failed, refresh=False)

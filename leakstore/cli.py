@@ -1,0 +1,197 @@
+"""The `leakstore` command line: thin typer commands, each calling one library function."""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from leakstore.errors import InputError, LeakstoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Attribute AI-generated images to their generator from diffusion signal leaks.")
+
+
+class ResizePolicy(str, Enum):
+    shorter_crop = "shorter-crop"
+    center_crop = "center-crop"
+    exact = "exact"
+
+
+class Schedule(str, Enum):
+    scaled_linear = "scaled_linear"
+    linear = "linear"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Codec(str, Enum):
+    zstd1 = "zstd1"
+    zstd5 = "zstd5"
+    lz4 = "lz4"
+    none = "none"
+
+
+def _fail(e: Exception, code: int = 2):
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: write it as i/n, e.g. 0/4 for the first of four shards") from None
+    return i, n
+
+
+def _print_report(rep, as_json: bool) -> None:
+    d = rep.to_dict()
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"store {d['store']}  (config {d['config_hash']}, shard {d['shard']}, {d['device']})")
+    typer.echo(f"  {d['processed']} images processed in {d['seconds']:.1f} s ({d['images_per_s']} img/s); "
+               f"{d['done']} done, {d['failed']} failed, {d['already_done']} already done before this run")
+    if d["builtin_encoder"]:
+        typer.echo("  NOTE: built with the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    for f in d["failures"][:10]:
+        typer.echo(f"  failed: {f['path']}: {f['error']}")
+    if len(d["failures"]) > 10:
+        typer.echo(f"  ... and {len(d['failures']) - 10} more (leakstore inspect {d['store']} --failures)")
+
+
+@app.command()
+def featurize(
+    data: Annotated[Path, typer.Argument(help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json.")],
+    store: Annotated[Path, typer.Argument(help="Output Zarr store (a folder).")],
+    vae: Annotated[str, typer.Option(help="Preset, 'demo', hub id, local diffusers folder or weights file.")] = "sd21",
+    vae_subfolder: Annotated[str, typer.Option(help="Subfolder of a hub id or folder holding the VAE.")] = "",
+    scaling_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent scaling factor.")] = None,
+    shift_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent shift factor.")] = None,
+    timesteps: Annotated[str, typer.Option(help="Forward-diffusion timesteps, comma-separated.")] = "0,50,100,200,400",
+    resolution: Annotated[int, typer.Option(help="Square input side in pixels.")] = 256,
+    resize_policy: Annotated[ResizePolicy, typer.Option(help="How images reach the resolution.")] = ResizePolicy.shorter_crop,
+    schedule: Annotated[Schedule, typer.Option(help="Beta schedule (SD: scaled_linear; the reference code: linear).")] = Schedule.scaled_linear,
+    beta_start: Annotated[float, typer.Option()] = 0.00085,
+    beta_end: Annotated[float, typer.Option()] = 0.012,
+    sigma_normalize: Annotated[bool, typer.Option(help="Divide z_t by sigma_t, as the reference's option.")] = False,
+    fft_size: Annotated[int, typer.Option(help="Keep the lowest k x k FFT frequencies.")] = 8,
+    seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
+    view: Annotated[Optional[list[str]], typer.Option(help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
+    real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
+    min_side: Annotated[int, typer.Option(help="Images with a shorter side below this fail.")] = 32,
+    max_pixels: Annotated[int, typer.Option(help="Larger images fail (decompression-bomb guard).")] = 1 << 27,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = Precision.auto,
+    batch_size: Annotated[int, typer.Option(help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = 0,
+    workers: Annotated[int, typer.Option(help="Decode processes (-1: auto).")] = -1,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the encoder (default: on CUDA).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Images per Zarr chunk (the unit of writing and resuming).")] = 256,
+    codec: Annotated[Codec, typer.Option(help="Blosc codec for the float arrays.")] = Codec.zstd1,
+    shard: Annotated[str, typer.Option(help="i/n: this process fills chunks k with k % n == i.")] = "0/1",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with another config.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit with code 1 when any image failed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+):
+    """Featurize images once: VAE latents, forward diffusion, FFT spectra -> a chunked Zarr store.
+
+    Rerun the same command to resume an interrupted run."""
+    try:
+        from featurize.api import featurize as run, parse_timesteps
+        from featurize.runner import RunOptions
+        from leakstore.config import ScheduleConfig
+        opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile,
+                          chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
+                          max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
+        rep = run(data, store, vae=vae, vae_subfolder=vae_subfolder, scaling_factor=scaling_factor,
+                  shift_factor=shift_factor, real_label=real_label, split_seed=seed, opts=opts,
+                  resolution=resolution, timesteps=parse_timesteps(timesteps), resize_policy=resize_policy.value,
+                  schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
+                  fft_size=fft_size, seed=seed, view=view, min_side=min_side,
+                  precision=None if precision == Precision.auto else precision.value, device=device)
+    except LeakstoreError as e:
+        _fail(e)
+    _print_report(rep, as_json)
+    if strict and rep.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="A featurized store.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    failures: Annotated[bool, typer.Option(help="List every failed row.")] = False,
+):
+    """Summarise a store: config, counts per class and split, failures."""
+    try:
+        from leakstore.store import FAILED, FeatureStore
+        s = FeatureStore.open(store)
+        d = s.summary()
+        if failures:
+            st = s.status()
+            rows = [int(r) for r in (st == FAILED).nonzero()[0]]
+            errs, paths = s.read("error"), s.read("path")
+            d["failures"] = [{"row": r, "path": str(paths[r]), "error": str(errs[r])} for r in rows]
+    except LeakstoreError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    cfg = d["featurize_config"]
+    vae = cfg["vae"]
+    typer.echo(f"{d['path']}: leakstore feature store, schema v{d['schema_version']} (leakstore {d['package_version']})")
+    if d["builtin_encoder"]:
+        typer.echo("  NOTE: BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    typer.echo(f"  config {d['config_hash']}: VAE {vae['name']} ({vae['kind']}, {vae['latent_channels']} ch, "
+               f"x{vae['scaling_factor']} -{vae['shift_factor']}, {vae['revision']})")
+    sch = cfg["schedule"]
+    typer.echo(f"  {cfg['resolution']} px {cfg['resize_policy']}/{cfg['resample']}, timesteps {cfg['timesteps']} "
+               f"({sch['beta_schedule']} {sch['beta_start']}-{sch['beta_end']}), sigma-normalise "
+               f"{cfg['sigma_normalize']}, FFT {cfg['fft_size']}x{cfg['fft_size']}, seed {cfg['seed']}, view {cfg['view']}, "
+               f"precision {cfg['precision']}")
+    st = d["status"]
+    typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
+               f"(splits: {d['split_source']})")
+    typer.echo(f"  {'class':<24}{'train':>7}{'val':>7}{'test':>7}{'failed':>8}")
+    for name, c in d["per_class"].items():
+        typer.echo(f"  {name:<24}{c['train']:>7}{c['val']:>7}{c['test']:>7}{c['failed']:>8}")
+    for f in d.get("failures", d["first_failures"]):
+        typer.echo(f"  failed: {f['path']}: {f['error']}")
+    if st["pending"]:
+        typer.echo("  the store is incomplete: rerun the featurize command to finish it")
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Versions, devices and xformers status, for bug reports."""
+    from leakstore.envinfo import collect
+    info = collect()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"python {info['python']} on {info['platform']}, {info['cpu_count']} CPUs, "
+               f"{info['torch_threads']} torch threads")
+    for k, v in info["packages"].items():
+        typer.echo(f"  {k:<16}{v}")
+    typer.echo(f"CUDA: {'yes' if info['cuda_available'] else 'no'} (torch built for {info['torch_cuda']}); "
+               f"devices: {', '.join(info['devices']) or 'none'}")
+    typer.echo(f"xformers: {'yes' if info['xformers']['usable'] else 'no'} - {info['xformers']['detail']}")
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,160 @@
+"""Configs are data: frozen dataclasses that serialise to JSON beside every artifact.
+
+`FeaturizeConfig` is everything that defines a feature in a store. Its `hash` is what
+training and scoring compare before they trust a store (`check_compatible`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from leakstore.errors import ConfigMismatchError, InputError
+
+RESIZE_POLICIES = ("shorter-crop", "center-crop", "exact")
+BETA_SCHEDULES = ("linear", "scaled_linear")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# Fields recorded in the store but not part of the feature identity: they change the
+# numbers only at rounding level (see README, "Precision").
+_UNHASHED = ("precision",)
+
+
+@dataclass(frozen=True)
+class VAEIdentity:
+    """Which encoder made the latents, and how its output was scaled.
+
+    latent = (posterior_mean - shift_factor) * scaling_factor   (the diffusers convention)
+    """
+
+    name: str                     # preset name, hub id, or file/folder name
+    source: str                   # hub id, absolute path, or "builtin"
+    kind: str                     # "kl" (AutoencoderKL family), "tiny" (AutoencoderTiny), "taesd-sequential", "builtin-demo"
+    latent_channels: int
+    scaling_factor: float = 1.0
+    shift_factor: float = 0.0
+    input_range: str = "-1..1"    # pixel range the encoder expects: "-1..1" or "0..1"
+    downsample: int = 8
+    subfolder: str = ""
+    revision: str = ""            # hub commit, or "sha256:<hex>" of the weights file(s)
+    builtin: bool = False         # True for the built-in demo encoder: not a real VAE
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """DDPM noise schedule. SD 1.x/2.x/XL use scaled_linear 0.00085..0.012 over 1000 steps;
+    the Proto-LeakNet reference code uses linear betas over the same range."""
+
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise InputError(f"unknown beta schedule {self.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+        if not (0 < self.beta_start < self.beta_end < 1):
+            raise InputError(f"betas must satisfy 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    """Everything that defines the features of a store (see DESIGN.md, Store)."""
+
+    vae: VAEIdentity
+    resolution: int = 256
+    resize_policy: str = "shorter-crop"
+    resample: str = "bilinear"
+    timesteps: tuple[int, ...] = (0, 50, 100, 200, 400)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sigma_normalize: bool = False
+    fft_size: int = 8
+    seed: int = 0
+    view: str = "none"
+    min_side: int = 32
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        n = self.schedule.num_train_timesteps
+        if not self.timesteps:
+            raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
+        if any(t < 0 or t >= n for t in self.timesteps):
+            raise InputError(f"timesteps {list(self.timesteps)} must lie in [0, {n - 1}]")
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise InputError(f"unknown resize policy {self.resize_policy!r}; choose one of {', '.join(RESIZE_POLICIES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.resolution % self.vae.downsample or self.resolution < 2 * self.vae.downsample:
+            raise InputError(f"resolution {self.resolution} must be a multiple of the VAE's downsampling "
+                             f"factor {self.vae.downsample} and at least {2 * self.vae.downsample}")
+        h = self.latent_size
+        if not (1 <= self.fft_size <= h):
+            raise InputError(f"--fft-size {self.fft_size} must lie in [1, {h}] (the latent side at this resolution)")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae.downsample
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one latent."""
+        return (self.vae.latent_channels, self.latent_size, self.latent_size)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["timesteps"] = list(self.timesteps)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeaturizeConfig":
+        d = dict(d)
+        vae = VAEIdentity(**d.pop("vae"))
+        schedule = ScheduleConfig(**d.pop("schedule"))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigMismatchError(f"featurize config has unknown fields {sorted(unknown)}: "
+                                      "it was written by a newer leakstore; upgrade leakstore")
+        return cls(vae=vae, schedule=schedule, **d)
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that defines the features (what `hash` covers)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> "FeaturizeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts: ["timesteps: [0, 50] != [0, 100]", ...]."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in _UNHASHED and not prefix:
+            continue
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(config_diff(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} != {vb!r}")
+    return out
+
+
+def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str) -> None:
+    """Raise ConfigMismatchError naming every differing field when two configs' features differ."""
+    if expected.hash == found.hash:
+        return
+    diffs = config_diff(expected.identity(), found.identity())
+    raise ConfigMismatchError(
+        f"{what} was featurized with another config ({found.hash} != {expected.hash}): "
+        + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+        + ". Featurize the images again with the expected config, or pass --overwrite to replace the store.")

@@ -1,0 +1,322 @@
+"""The feature store: the one contract between featurize, train and score.
+
+A store is one Zarr v3 group. Every array is chunked along `image` only, with the same
+chunk length, so a writer that owns chunk k owns rows [k*chunk, (k+1)*chunk) of every
+array: shards never share a chunk and need no locks.
+
+    latent0  (N, C, h, w)        float16  clean posterior latent (scaled, shifted)
+    latents  (N, T, C, h, w)     float16  forward-diffused latent per timestep (sigma-normalised if configured)
+    spectra  (N, T, C, k, k)     float16  log1p |FFT| of the lowest k x k frequencies (centred)
+    label    (N,)                int16    class index into attrs["class_names"], -1 unlabelled
+    split    (N,)                int8     0 train, 1 val, 2 test, -1 none
+    path     (N,)                str      source file
+    group    (N,)                str      source group (e.g. prompt or photo), "" when unknown
+    sha256   (N,)                str      SHA-256 of the file's bytes; seeds the noise
+    status   (N,)                uint8    0 pending, 1 done, 2 failed (written after the data)
+    error    (N,)                str      why a row failed, "" otherwise
+
+Float arrays are filled with NaN, so a row that was never written (or failed) can never
+be mistaken for a row of zeros.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+import leakstore
+from leakstore.config import FeaturizeConfig, check_compatible
+from leakstore.errors import ConfigMismatchError, StoreError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "leakstore.features"
+PENDING, DONE, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_CODES = {name: i for i, name in enumerate(SPLIT_NAMES)}
+CODECS = ("zstd1", "zstd5", "lz4", "none")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    fill: Any
+
+
+def array_specs(n: int, cfg: FeaturizeConfig) -> dict[str, tuple[ArraySpec, tuple[int, ...]]]:
+    """Every array of a store: its spec and shape. The single definition of the schema."""
+    c, h, w = cfg.latent_shape
+    t, k = len(cfg.timesteps), cfg.fft_size
+    nan = float("nan")
+    specs = [
+        (ArraySpec("latent0", ("image", "channel", "y", "x"), "float16", nan), (n, c, h, w)),
+        (ArraySpec("latents", ("image", "timestep", "channel", "y", "x"), "float16", nan), (n, t, c, h, w)),
+        (ArraySpec("spectra", ("image", "timestep", "channel", "fy", "fx"), "float16", nan), (n, t, c, k, k)),
+        (ArraySpec("label", ("image",), "int16", -1), (n,)),
+        (ArraySpec("split", ("image",), "int8", -1), (n,)),
+        (ArraySpec("path", ("image",), "str", ""), (n,)),
+        (ArraySpec("group", ("image",), "str", ""), (n,)),
+        (ArraySpec("sha256", ("image",), "str", ""), (n,)),
+        (ArraySpec("status", ("image",), "uint8", PENDING), (n,)),
+        (ArraySpec("error", ("image",), "str", ""), (n,)),
+    ]
+    return {s.name: (s, shape) for s, shape in specs}
+
+
+DATA_ARRAYS = ("latent0", "latents", "spectra", "sha256", "error")  # written per chunk by featurize
+
+
+def _compressors(codec: str, dtype: str):
+    if dtype == "str" or codec == "none":
+        return None
+    if codec not in CODECS:
+        raise StoreError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    cname, level = ("lz4", 1) if codec == "lz4" else ("zstd", int(codec[4:]))
+    return [BloscCodec(cname=cname, clevel=level, shuffle=BloscShuffle.shuffle)]
+
+
+def _jsonable(x):
+    """Zarr attributes reject numpy scalars (and poison the in-memory attrs): convert first."""
+    return json.loads(json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What to featurize, in store order. Built by featurize.datasets; stored at creation."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray        # (N,) int16
+    splits: np.ndarray        # (N,) int8
+    groups: tuple[str, ...]
+    class_names: tuple[str, ...]
+    real_class: str | None = None
+    split_source: str = "none"
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def fingerprint(self) -> str:
+        import hashlib
+        h = hashlib.sha256()
+        for p in self.paths:
+            h.update(p.encode() + b"\0")
+        h.update(self.labels.astype("<i2").tobytes())
+        h.update(self.splits.astype("<i1").tobytes())
+        h.update("\0".join(self.class_names).encode())
+        return h.hexdigest()[:16]
+
+
+class FeatureStore:
+    """A handle on one featurized store. Open with `FeatureStore.open`, create with `create`."""
+
+    def __init__(self, path: str | Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT_NAME:
+            raise StoreError(f"{self.path} is a Zarr group but not a leakstore feature store "
+                             "(no 'format' attribute): featurize into a new path")
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has store schema version {version}; this leakstore reads "
+                             f"version {SCHEMA_VERSION}: featurize again, or use leakstore {attrs.get('package_version')}")
+        self.attrs = attrs
+        self.config = FeaturizeConfig.from_dict(attrs["featurize_config"])
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no store at {path}: run `leakstore featurize DATA {path}` first")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except Exception as e:  # zarr raises several types for a non-store folder
+            raise StoreError(f"{path} is not a readable Zarr store ({type(e).__name__}: {e})") from e
+        return cls(path, group)
+
+    @classmethod
+    def create(cls, path: str | Path, cfg: FeaturizeConfig, catalog: Catalog, *,
+               chunk_size: int = 256, codec: str = "zstd1", overwrite: bool = False,
+               extra_attrs: dict | None = None) -> "FeatureStore":
+        """Create a store for `catalog`, or open the existing one when it matches.
+
+        Creation is atomic: the store is built in a temporary sibling folder and renamed into
+        place, so several shard processes can race to create it and all end up on one store.
+        """
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                store = cls.open(path, mode="r+")
+                store.check_matches(cfg, catalog)
+                return store
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            cls._build(tmp, cfg, catalog, chunk_size, codec, extra_attrs or {})
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not path.exists():
+                    raise
+                # another shard won the race: use its store if it is the same
+                shutil.rmtree(tmp, ignore_errors=True)
+                store = cls.open(path, mode="r+")
+                store.check_matches(cfg, catalog)
+                return store
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(path, mode="r+")
+
+    @staticmethod
+    def _build(tmp: Path, cfg: FeaturizeConfig, catalog: Catalog, chunk_size: int, codec: str,
+               extra_attrs: dict) -> None:
+        n = len(catalog)
+        if n == 0:
+            raise StoreError("nothing to featurize: the input holds no images")
+        chunk = max(1, min(int(chunk_size), n))
+        root = zarr.open_group(str(tmp), mode="w")
+        for name, (spec, shape) in array_specs(n, cfg).items():
+            root.create_array(
+                name, shape=shape, chunks=(chunk,) + shape[1:], dtype=spec.dtype,
+                fill_value=spec.fill, dimension_names=spec.dims,
+                compressors=_compressors(codec, spec.dtype))
+        root["path"][:] = np.asarray(catalog.paths, dtype=str)
+        root["group"][:] = np.asarray(catalog.groups, dtype=str)
+        root["label"][:] = catalog.labels.astype("int16")
+        root["split"][:] = catalog.splits.astype("int8")
+        root.attrs.update(_jsonable({
+            "format": FORMAT_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "package_version": leakstore.__version__,
+            "featurize_config": cfg.to_dict(),
+            "config_hash": cfg.hash,
+            "class_names": list(catalog.class_names),
+            "real_class": catalog.real_class,
+            "split_names": list(SPLIT_NAMES),
+            "split_source": catalog.split_source,
+            "source": catalog.source,
+            "catalog_fingerprint": catalog.fingerprint,
+            "chunk_size": chunk,
+            "codec": codec,
+            "dimensions": {name: list(spec.dims) for name, (spec, _) in array_specs(n, cfg).items()},
+            "builtin_encoder": bool(cfg.vae.builtin),
+            "store_id": uuid.uuid4().hex,
+            **extra_attrs,
+        }))
+
+    def check_matches(self, cfg: FeaturizeConfig, catalog: Catalog | None = None) -> None:
+        check_compatible(cfg, self.config, f"store {self.path}")
+        if catalog is not None and catalog.fingerprint != self.attrs.get("catalog_fingerprint"):
+            raise ConfigMismatchError(
+                f"store {self.path} was created for another list of images (catalog "
+                f"{self.attrs.get('catalog_fingerprint')} != {catalog.fingerprint}): the input folder or "
+                "manifest changed since. Featurize into a new store, or pass --overwrite to start again.")
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def n(self) -> int:
+        return int(self.group["status"].shape[0])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.attrs["chunk_size"])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.chunk_size)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs["class_names"])
+
+    def chunk_rows(self, k: int) -> range:
+        return range(k * self.chunk_size, min(self.n, (k + 1) * self.chunk_size))
+
+    def status(self) -> np.ndarray:
+        return np.asarray(self.group["status"][:])
+
+    def todo_chunks(self, shard: tuple[int, int] = (0, 1)) -> list[int]:
+        """Chunks of this shard (k % n == i) that still hold a pending row."""
+        i, n = shard
+        st = self.status()
+        return [k for k in range(self.n_chunks) if k % n == i
+                and (st[self.chunk_rows(k).start:self.chunk_rows(k).stop] == PENDING).any()]
+
+    # ------------------------------------------------------------------ write / read
+    def write_chunk(self, k: int, data: dict[str, np.ndarray], status: np.ndarray) -> None:
+        """Write whole chunk k: the data arrays first, `status` last, so a reader (or a
+        resumed run) never sees a row marked done whose data is not on disk."""
+        rows = self.chunk_rows(k)
+        sl = slice(rows.start, rows.stop)
+        for name in DATA_ARRAYS:
+            arr = data[name]
+            if len(arr) != len(rows):
+                raise StoreError(f"chunk {k}: {name} has {len(arr)} rows, expected {len(rows)}")
+            self.group[name][sl] = arr
+        self.group["status"][sl] = status.astype("uint8")
+
+    def read(self, name: str, rows: slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        arr = self.group[name]
+        if rows is None:
+            return np.asarray(arr[:])
+        if isinstance(rows, slice):
+            return np.asarray(arr[rows])
+        return np.asarray(arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),) +
+                                                       (slice(None),) * (arr.ndim - 1)))
+
+    def summary(self) -> dict[str, Any]:
+        """A machine-readable description (what `leakstore inspect --json` prints)."""
+        st = self.status()
+        labels = self.read("label")
+        splits = self.read("split")
+        names = self.class_names
+        per_class = {}
+        for ci, cname in enumerate(names):
+            m = labels == ci
+            per_class[cname] = {s: int(((splits == si) & m & (st == DONE)).sum()) for si, s in enumerate(SPLIT_NAMES)}
+            per_class[cname]["failed"] = int((m & (st == FAILED)).sum())
+        errors = self.read("error")
+        failed_rows = np.flatnonzero(st == FAILED)[:20]
+        paths = self.read("path", failed_rows) if len(failed_rows) else []
+        return {
+            "path": str(self.path),
+            "schema_version": self.attrs["schema_version"],
+            "package_version": self.attrs["package_version"],
+            "config_hash": self.attrs["config_hash"],
+            "featurize_config": self.attrs["featurize_config"],
+            "builtin_encoder": self.attrs.get("builtin_encoder", False),
+            "n_images": self.n,
+            "status": {STATUS_NAMES[s]: int((st == s).sum()) for s in STATUS_NAMES},
+            "class_names": names,
+            "per_class": per_class,
+            "unlabelled": int((labels < 0).sum()),
+            "split_source": self.attrs.get("split_source"),
+            "arrays": {name: {"shape": list(self.group[name].shape), "dtype": str(self.group[name].dtype),
+                              "chunks": list(self.group[name].chunks)} for name in array_specs(0, self.config)},
+            "first_failures": [{"path": str(p), "error": str(errors[r])} for p, r in zip(paths, failed_rows)],
+        }
+
+
+def iter_done_rows(store: FeatureStore, rows: Iterable[int] | None = None) -> np.ndarray:
+    """Indices of rows whose features are on disk (status done)."""
+    st = store.status()
+    idx = np.flatnonzero(st == DONE)
+    if rows is not None:
+        idx = np.intersect1d(idx, np.asarray(list(rows)))
+    return idx
