@@ -38,6 +38,14 @@ def read_bytes(path: str | Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"RIFF": "WebP", b"BM": "BMP", b"II*\x00": "TIFF",
+          b"MM\x00*": "TIFF", b"GIF8": "GIF"}
+
+
+def _sniff(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
+
+
 def _to_rgb8(img: Image.Image, path: str) -> np.ndarray:
     """Any PIL mode -> (H, W, 3) uint8. 16-bit and float images are rescaled, not clipped;
     alpha is dropped (the colour channels are what the generator wrote); CMYK, palette and
@@ -84,6 +92,10 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
+        fmt = _sniff(data)
+        if fmt:
+            raise ImageDecodeError(path, f"corrupt or truncated {fmt} file (its header is damaged): "
+                                         "re-download or re-export it") from None
         raise ImageDecodeError(path, "not a recognised image format (PNG, JPEG, WebP, BMP, TIFF)") from None
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(path, f"decompression bomb ({e}): raise --max-pixels if it is genuine") from None

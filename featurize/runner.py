@@ -38,6 +38,7 @@ class RunOptions:
     batch_size: int = 0             # 0: 128 on CUDA, 16 on CPU
     workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU
     compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
+    compile_mode: str = "default"   # torch.compile mode ("max-autotune-no-cudagraphs" is slower to build)
     chunk_size: int = 256
     codec: str = "zstd1"
     shard: tuple[int, int] = (0, 1)
@@ -57,6 +58,7 @@ class FeaturizeReport:
     processed: int
     done: int
     failed: int
+    failed_in_store: int            # failed rows of this shard, this run and earlier ones
     seconds: float
     images_per_s: float
     device: str
@@ -97,7 +99,7 @@ class ImageRows(Dataset):
             if self.steps:
                 arr = apply_view(arr, self.steps, seed=int(sha[:8], 16) ^ self.cfg.seed)
             arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
-            img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
             eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
             return row, img, eps, sha, ""
         except ImageDecodeError as e:
@@ -118,12 +120,23 @@ def collate(items):
     }
 
 
+def chunk_aligned_batches(chunk_lengths: list[int], batch: int) -> list[list[int]]:
+    """Batches that start at a chunk's first row and never cross a chunk boundary, so a chunk
+    is always encoded in the same batches, whichever other chunks a run (a resumed run, a
+    shard) processes: results are then bit-identical to an uninterrupted run."""
+    out, start = [], 0
+    for n in chunk_lengths:
+        out += [list(range(start + i, start + min(i + batch, n))) for i in range(0, n, batch)]
+        start += n
+    return out
+
+
 # ---------------------------------------------------------------------------- device side
 class DeviceFeaturizer:
     """Encode + noise + spectra on one device. (B, 3, R, R) uint8 -> float16 arrays."""
 
     def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
-                 batch_size: int, use_compile: bool):
+                 batch_size: int, use_compile: bool, compile_mode: str = "default"):
         self.cfg, self.device, self.batch_size = cfg, device, batch_size
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         if device.type == "cuda":
@@ -136,7 +149,7 @@ class DeviceFeaturizer:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
-        self.run = torch.compile(self.encoder) if use_compile else self.encoder
+        self.run = torch.compile(self.encoder, mode=compile_mode) if use_compile else self.encoder
         a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
         self.alpha = torch.tensor(a, dtype=torch.float32, device=device)
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
@@ -246,8 +259,9 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     assembler = None
     if rows:
         runner = DeviceFeaturizer(encoder, cfg, device, batch,
-                                  device.type == "cuda" if opts.compile is None else opts.compile)
-        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels), batch_size=batch,
+                                  device.type == "cuda" if opts.compile is None else opts.compile, opts.compile_mode)
+        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels),
+                            batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if workers else None, persistent_workers=False)
         with ThreadPoolExecutor(opts.writer_threads) as ex:
@@ -256,10 +270,14 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
             assembler.wait()
     seconds = time.perf_counter() - t0
     paths = catalog.paths
+    st = store.status()
+    failed_in_store = sum(int((st[store.chunk_rows(k).start:store.chunk_rows(k).stop] == FAILED).sum())
+                          for k in range(store.n_chunks) if k % n == i)
     return FeaturizeReport(
         store=str(store_path), config_hash=cfg.hash, shard=f"{i}/{n}", n_images=len(catalog),
         already_done=mine - len(rows), processed=len(rows),
         done=assembler.done if assembler else 0, failed=assembler.failed if assembler else 0,
+        failed_in_store=failed_in_store,
         seconds=round(seconds, 3), images_per_s=round(len(rows) / seconds, 1) if rows and seconds > 0 else 0.0,
         device=str(device), builtin_encoder=cfg.vae.builtin,
         failures=[{"path": paths[r], "error": e} for r, e in (assembler.failures if assembler else [])])

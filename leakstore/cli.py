@@ -64,6 +64,8 @@ def _print_report(rep, as_json: bool) -> None:
                f"{d['done']} done, {d['failed']} failed, {d['already_done']} already done before this run")
     if d["builtin_encoder"]:
         typer.echo("  NOTE: built with the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    if d["failed_in_store"] > d["failed"]:
+        typer.echo(f"  {d['failed_in_store']} rows of this store failed in all (see leakstore inspect {d['store']})")
     for f in d["failures"][:10]:
         typer.echo(f"  failed: {f['path']}: {f['error']}")
     if len(d["failures"]) > 10:
@@ -123,7 +125,7 @@ def featurize(
     except LeakstoreError as e:
         _fail(e)
     _print_report(rep, as_json)
-    if strict and rep.failed:
+    if strict and rep.failed_in_store:
         raise typer.Exit(1)
 
 

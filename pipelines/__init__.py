@@ -1,0 +1,1 @@
+"""Stage 3 and tooling: scoring at scale, evaluation, benchmarks."""

@@ -1,0 +1,200 @@
+"""The featurize stage end to end on CPU: schema, determinism, failures, resume, shards, refusal."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from featurize.api import featurize
+from featurize.noising import noise_coefficients, seeded_noise
+from featurize.runner import RunOptions
+from leakstore.errors import ConfigMismatchError
+from leakstore.store import DONE, FAILED, PENDING, SCHEMA_VERSION, FeatureStore
+from tests.conftest import REPO, write_class_images
+
+ARRAYS = ("latent0", "latents", "spectra", "label", "split", "path", "group", "sha256", "status", "error")
+TS = (0, 100, 500)
+
+
+def run(data, store, vae, *, chunk=4, batch=3, workers=0, **kw):
+    opts = RunOptions(device="cpu", batch_size=batch, workers=workers, chunk_size=chunk, progress=False,
+                      overwrite=kw.pop("overwrite", False))
+    kw.setdefault("resolution", 32)
+    kw.setdefault("timesteps", TS)
+    return featurize(data, store, vae=vae, opts=opts, **kw)
+
+
+def arrays(path):
+    g = zarr.open_group(str(path), mode="r")
+    return {name: np.asarray(g[name][:]) for name in ARRAYS}
+
+
+def assert_same(a, b):
+    for name in ARRAYS:
+        if a[name].dtype.kind == "f":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # NaN == NaN here
+        else:
+            assert (a[name] == b[name]).all(), name
+
+
+def test_schema(class_folders, tiny_vae_dir, tmp_path):
+    rep = run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir), fft_size=4)
+    assert (rep.done, rep.failed, rep.processed) == (29, 0, 29)
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    g = s.group
+    n, t = 29, len(TS)
+    expect = {"latent0": ((n, 4, 16, 16), "float16"), "latents": ((n, t, 4, 16, 16), "float16"),
+              "spectra": ((n, t, 4, 4, 4), "float16"), "label": ((n,), "int16"), "split": ((n,), "int8"),
+              "status": ((n,), "uint8")}
+    for name, (shape, dtype) in expect.items():
+        assert g[name].shape == shape and str(g[name].dtype) == dtype, name
+        assert g[name].chunks == (4,) + shape[1:], name  # chunked along images only
+    assert g["latents"].metadata.dimension_names == ("image", "timestep", "channel", "y", "x")
+    assert s.attrs["schema_version"] == SCHEMA_VERSION and s.attrs["config_hash"] == s.config.hash
+    assert s.config.timesteps == TS and s.class_names == ["gen-a", "gen-b", "real"]
+    assert (s.status() == DONE).all() and np.isfinite(s.read("latents")).all()
+    assert all(len(h) == 64 for h in s.read("sha256"))
+    assert str(s.read("path")[0]).startswith("/")
+
+
+def test_noise_is_seeded_from_the_image_hash(class_folders, tiny_vae_dir, tmp_path):
+    run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir))
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    a, sig = noise_coefficients(s.config.schedule, TS)
+    z0, zt, sha = s.read("latent0", [5]).astype(np.float32), s.read("latents", [5]), s.read("sha256")[5]
+    eps = seeded_noise(str(sha), 0, (len(TS), 4, 16, 16))
+    expect = a[None, :, None, None, None] * z0[:, None] + sig[None, :, None, None, None] * eps[None]
+    np.testing.assert_allclose(zt.astype(np.float32), expect, atol=2e-2, rtol=1e-2)
+
+
+def test_two_runs_are_identical(class_folders, tiny_vae_dir, tmp_path):
+    run(class_folders, tmp_path / "a.zarr", str(tiny_vae_dir), batch=3, workers=0)
+    run(class_folders, tmp_path / "b.zarr", str(tiny_vae_dir), batch=3, workers=2)
+    assert_same(arrays(tmp_path / "a.zarr"), arrays(tmp_path / "b.zarr"))
+
+
+def test_batch_size_changes_only_rounding(class_folders, tiny_vae_dir, tmp_path):
+    """CPU convolution kernels depend on the batch size, so other batch sizes agree to float16
+    rounding, not bit for bit (the noise, drawn per image, is identical)."""
+    run(class_folders, tmp_path / "a.zarr", str(tiny_vae_dir), batch=3)
+    run(class_folders, tmp_path / "b.zarr", str(tiny_vae_dir), batch=8)
+    a, b = arrays(tmp_path / "a.zarr"), arrays(tmp_path / "b.zarr")
+    for name in ("latent0", "latents", "spectra"):
+        np.testing.assert_allclose(a[name].astype(np.float32), b[name].astype(np.float32), atol=2e-3, rtol=2e-3)
+    assert (a["sha256"] == b["sha256"]).all()
+
+
+def test_bad_images_are_recorded_never_zero_filled(class_folders, tiny_vae_dir, tmp_path):
+    (class_folders / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (class_folders / "gen-a" / "tiny.png").write_bytes((class_folders / "gen-a" / "000.png").read_bytes()[:30])
+    from PIL import Image
+    Image.new("RGB", (1, 1)).save(class_folders / "gen-b" / "one.png")
+    rep = run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir))
+    assert (rep.done, rep.failed) == (29, 3)
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    st, err, lat = s.status(), s.read("error"), s.read("latents")
+    bad = np.flatnonzero(st == FAILED)
+    assert len(bad) == 3 and all(err[i] for i in bad)
+    assert np.isnan(lat[bad]).all() and np.isfinite(lat[st == DONE]).all()
+    reasons = " ".join(str(err[i]) for i in bad)
+    assert "too small" in reasons and ("corrupt" in reasons or "truncated" in reasons)
+    assert {f["path"].split("/")[-1] for f in rep.failures} == {"corrupt.png", "tiny.png", "one.png"}
+
+
+def test_resume_equals_an_uninterrupted_run(class_folders, tiny_vae_dir, tmp_path):
+    run(class_folders, tmp_path / "clean.zarr", str(tiny_vae_dir))
+    shutil.copytree(tmp_path / "clean.zarr", tmp_path / "cut.zarr")
+    g = zarr.open_group(str(tmp_path / "cut.zarr"), mode="r+")
+    # an interruption: chunk 2 written but its status not yet; chunk 5 half written
+    g["status"][8:12] = PENDING
+    g["status"][20:22] = PENDING
+    g["latents"][8:12] = 123.0
+    g["latents"][20:24] = -7.0
+    rep = run(class_folders, tmp_path / "cut.zarr", str(tiny_vae_dir))
+    assert rep.processed == 8 and rep.already_done == 21
+    assert_same(arrays(tmp_path / "clean.zarr"), arrays(tmp_path / "cut.zarr"))
+    assert run(class_folders, tmp_path / "cut.zarr", str(tiny_vae_dir)).processed == 0
+
+
+def _cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return [sys.executable, "-m", "leakstore.cli", *args], env
+
+
+def test_kill_9_then_resume_equals_clean(tmp_path, tiny_vae_dir):
+    data = write_class_images(tmp_path / "data", {"real": 150, "gen": 150})
+    common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "8",
+              "--batch-size", "1", "--workers", "0", "--device", "cpu", "--no-progress"]
+    cmd, env = _cli("featurize", str(data), str(tmp_path / "k.zarr"), *common)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, killed_at = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = (np.asarray(zarr.open_group(str(tmp_path / "k.zarr"), mode="r")["status"][:]) != PENDING).sum()
+        except Exception:
+            done = 0
+        if done >= 16:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = done
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None and killed_at < 300, "the run finished before it could be killed"
+    cmd, env = _cli("featurize", str(data), str(tmp_path / "k.zarr"), *common)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    run(data, tmp_path / "clean.zarr", str(tiny_vae_dir), chunk=8, batch=1)
+    assert_same(arrays(tmp_path / "clean.zarr"), arrays(tmp_path / "k.zarr"))
+
+
+def test_two_shard_processes_fill_one_store(class_folders, tiny_vae_dir, tmp_path):
+    common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "4",
+              "--batch-size", "3", "--workers", "0", "--device", "cpu", "--no-progress"]
+    procs = []
+    for i in range(2):
+        cmd, env = _cli("featurize", str(class_folders), str(tmp_path / "sh.zarr"), *common, "--shard", f"{i}/2")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+    run(class_folders, tmp_path / "one.zarr", str(tiny_vae_dir))
+    assert_same(arrays(tmp_path / "one.zarr"), arrays(tmp_path / "sh.zarr"))
+
+
+def test_another_config_or_input_is_refused(class_folders, tiny_vae_dir, tmp_path):
+    store = tmp_path / "s.zarr"
+    run(class_folders, store, str(tiny_vae_dir))
+    with pytest.raises(ConfigMismatchError, match="timesteps"):
+        run(class_folders, store, str(tiny_vae_dir), timesteps=(0, 200))
+    write_class_images(class_folders, {"gen-c": 2}, seed=5)
+    with pytest.raises(ConfigMismatchError, match="another list of images"):
+        run(class_folders, store, str(tiny_vae_dir))
+    rep = run(class_folders, store, str(tiny_vae_dir), timesteps=(0, 200), overwrite=True)
+    assert rep.done == 31 and FeatureStore.open(store).config.timesteps == (0, 200)
+
+
+def test_views_and_sigma_normalisation_are_recorded(class_folders, tiny_vae_dir, tmp_path):
+    run(class_folders, tmp_path / "a.zarr", str(tiny_vae_dir))
+    run(class_folders, tmp_path / "j.zarr", str(tiny_vae_dir), view=["jpeg:50", "blur:1"], sigma_normalize=True)
+    a, j = FeatureStore.open(tmp_path / "a.zarr"), FeatureStore.open(tmp_path / "j.zarr")
+    assert j.config.view == "jpeg:50+blur:1" and j.config.sigma_normalize and a.config.hash != j.config.hash
+    assert not np.allclose(a.read("latent0").astype(float), j.read("latent0").astype(float), atol=1e-3)
+    assert (a.read("sha256") == j.read("sha256")).all()  # same files, same noise: paired views
+
+
+@pytest.mark.weights
+def test_taef2_store(class_folders, taef2_dir, tmp_path):
+    rep = run(class_folders, tmp_path / "t.zarr", str(taef2_dir / "taef2_encoder.pth"), resolution=64, fft_size=8)
+    s = FeatureStore.open(tmp_path / "t.zarr")
+    assert rep.done == 29 and s.group["latents"].shape == (29, 3, 32, 8, 8)
+    assert s.config.vae.name == "taef2" and not s.attrs["builtin_encoder"]
+
+
+def test_builtin_demo_encoder_is_labelled_in_the_store(class_folders, tmp_path):
+    run(class_folders, tmp_path / "d.zarr", "demo", resolution=64)
+    s = FeatureStore.open(tmp_path / "d.zarr")
+    assert s.attrs["builtin_encoder"] is True and s.config.vae.builtin and "DEMO" in s.config.vae.note

@@ -1,0 +1,93 @@
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from featurize.vae import PRESETS, load_encoder
+from leakstore.errors import WeightsNotFoundError
+
+
+@pytest.mark.weights
+def test_taef2_is_a_real_32_channel_encoder(taef2_dir, monkeypatch):
+    monkeypatch.setenv("LEAKSTORE_WEIGHTS", str(taef2_dir))
+    enc = load_encoder("taef2")
+    ident = enc.identity
+    assert (ident.latent_channels, ident.downsample, ident.input_range) == (32, 8, "0..1")
+    assert ident.revision.startswith("sha256:10a4e102") and not ident.builtin
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        z = enc(x)
+        assert z.shape == (2, 32, 8, 8) and torch.equal(z, enc(x))
+        # a pretrained encoder maps a flat grey image to a flat latent: little spatial variance
+        flat = enc(torch.full((1, 3, 64, 64), 128, dtype=torch.uint8))
+    assert flat[..., 2:-2, 2:-2].std(dim=(-2, -1)).mean() < z.std(dim=(-2, -1)).mean()
+
+
+@pytest.mark.weights
+def test_taef2_by_path_and_decoder_refused(taef2_dir):
+    assert load_encoder(str(taef2_dir / "taef2_encoder.pth")).identity.name == "taef2"
+    with pytest.raises(WeightsNotFoundError, match="decoder"):
+        load_encoder(str(taef2_dir / "taef2_decoder.pth"))
+
+
+def test_taef2_preset_without_weights_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEAKSTORE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match="LEAKSTORE_WEIGHTS"):
+        load_encoder("taef2")
+
+
+def test_local_diffusers_folder(tiny_vae_dir):
+    from diffusers import AutoencoderKL
+    enc = load_encoder(str(tiny_vae_dir))
+    assert enc.identity.latent_channels == 4 and enc.identity.downsample == 2
+    assert enc.identity.revision.startswith("sha256:")
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
+    with torch.inference_mode():
+        ref = vae.encode(x.float() / 127.5 - 1).latent_dist.mean * vae.config.scaling_factor
+        torch.testing.assert_close(enc(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_single_safetensors_file_matches_folder(tiny_vae_dir, tmp_path):
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
+    f = tmp_path / "vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, f)
+    a, b = load_encoder(str(tiny_vae_dir)), load_encoder(str(f), scaling_factor=vae.config.scaling_factor)
+    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("import os; os.environ['LEAKSTORE_PWNED'] = '1'",))
+    p = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, p)
+    with pytest.raises(WeightsNotFoundError, match="state dict"):
+        load_encoder(str(p))
+    import os
+    assert "LEAKSTORE_PWNED" not in os.environ
+
+
+def test_offline_hub_id_fails_fast_with_the_options():
+    t = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError, match="preset .*sd21.*local diffusers folder"):
+        load_encoder("sd21")
+    assert time.perf_counter() - t < 10
+
+
+def test_missing_file_and_presets_are_data():
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_encoder("/nonexistent/vae.safetensors")
+    assert PRESETS["sd21"].scaling_factor == 0.18215 and PRESETS["sdxl"].scaling_factor == 0.13025
+    assert PRESETS["sd3"].latent_channels == 16 and PRESETS["flux2"].latent_channels == 32
+
+
+def test_builtin_demo_encoder_is_labelled():
+    enc = load_encoder("demo")
+    assert enc.identity.builtin and "DEMO" in enc.identity.note
+    assert load_encoder("demo").identity.revision == enc.identity.revision  # seeded: same weights every time

@@ -1,0 +1,41 @@
+import json
+
+from typer.testing import CliRunner
+
+from leakstore.cli import app
+
+runner = CliRunner()
+
+
+def test_featurize_inspect_env(class_folders, tiny_vae_dir, tmp_path):
+    (class_folders / "real" / "bad.jpg").write_bytes(b"junk")
+    store = tmp_path / "s.zarr"
+    args = ["featurize", str(class_folders), str(store), "--vae", str(tiny_vae_dir), "--resolution", "32",
+            "--timesteps", "0,100", "--device", "cpu", "--workers", "0", "--no-progress", "--chunk-size", "8"]
+    r = runner.invoke(app, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["done"] == 29 and rep["failed"] == 1 and "not a recognised" in rep["failures"][0]["error"]
+    r = runner.invoke(app, args + ["--strict"])
+    assert r.exit_code == 1 and "0 images processed" in r.output  # resumed: nothing left, but a failure stands
+    r = runner.invoke(app, ["inspect", str(store), "--json"])
+    d = json.loads(r.output)
+    assert r.exit_code == 0 and d["status"] == {"pending": 0, "done": 29, "failed": 1}
+    assert d["per_class"]["real"]["failed"] == 1
+    r = runner.invoke(app, ["inspect", str(store)])
+    assert "bad.jpg" in r.output and "gen-a" in r.output
+    r = runner.invoke(app, ["env", "--json"])
+    assert r.exit_code == 0 and "torch" in json.loads(r.output)["packages"]
+
+
+def test_errors_are_one_line(class_folders, tmp_path):
+    r = runner.invoke(app, ["featurize", str(class_folders), str(tmp_path / "s.zarr"), "--vae", "demo",
+                            "--shard", "two"])
+    assert r.exit_code == 2 and "--shard" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["featurize", str(tmp_path / "missing"), str(tmp_path / "s.zarr"), "--vae", "demo"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "nothing.zarr")])
+    assert r.exit_code == 2 and "leakstore featurize" in r.output
+    r = runner.invoke(app, ["featurize", str(class_folders), str(tmp_path / "s.zarr"), "--vae", "sd21",
+                            "--device", "cpu"])
+    assert r.exit_code == 2 and "cannot load VAE" in r.output
