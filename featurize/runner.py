@@ -120,6 +120,17 @@ def collate(items):
     }
 
 
+def compile_encoder(module: torch.nn.Module, mode: str = "default"):
+    """torch.compile for the VAE encoder. The max-autotune modes also turn on the inductor
+    settings that help convolution-heavy nets (1x1 convs as matmuls, coordinate-descent tuning)."""
+    if mode.startswith("max-autotune"):
+        import torch._inductor.config as ic
+        ic.conv_1x1_as_mm = True
+        ic.coordinate_descent_tuning = True
+        ic.epilogue_fusion = False
+    return torch.compile(module, mode=mode)
+
+
 def chunk_aligned_batches(chunk_lengths: list[int], batch: int) -> list[list[int]]:
     """Batches that start at a chunk's first row and never cross a chunk boundary, so a chunk
     is always encoded in the same batches, whichever other chunks a run (a resumed run, a
@@ -149,7 +160,7 @@ class DeviceFeaturizer:
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
-        self.run = torch.compile(self.encoder, mode=compile_mode) if use_compile else self.encoder
+        self.run = compile_encoder(self.encoder, compile_mode) if use_compile else self.encoder
         a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
         self.alpha = torch.tensor(a, dtype=torch.float32, device=device)
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)

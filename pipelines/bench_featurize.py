@@ -88,10 +88,11 @@ def main(argv=None):
     from diffusers import AutoencoderKL
     from featurize.api import build_config
     from featurize.datasets import build_catalog
-    from featurize.runner import RunOptions, featurize_store
+    from featurize.runner import RunOptions, compile_encoder, featurize_store
     from featurize.vae import load_encoder
 
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # as the pipeline sets it: compare like with like
     res, B = args.resolution, args.batch
     prec = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
@@ -103,7 +104,7 @@ def main(argv=None):
     t = time.perf_counter()
     data = make_images(args.out, args.images, res)
     print(f"images ready ({args.images} PNG at {res}^2) in {time.perf_counter() - t:.1f} s", flush=True)
-    results: dict = {"resolution": res, "images": args.images, "batch": B, "precision": prec,
+    results: dict = {"compile_mode": args.compile_mode, "resolution": res, "images": args.images, "batch": B, "precision": prec,
                      "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                      "cpu_count": os.cpu_count(), "torch": torch.__version__}
 
@@ -121,7 +122,7 @@ def main(argv=None):
 
     enc = load_encoder(str(vae_dir)).to(device=device, dtype=dtype, memory_format=(
         torch.channels_last if device.type == "cuda" else torch.contiguous_format))
-    compiled = torch.compile(enc, mode=args.compile_mode) if device.type == "cuda" else enc
+    compiled = compile_encoder(enc, args.compile_mode) if device.type == "cuda" else enc
     xc = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
     with torch.inference_mode():
         t = time.perf_counter()
@@ -138,6 +139,7 @@ def main(argv=None):
 
     catalog = build_catalog(data)
     opts = RunOptions(device=args.device, batch_size=B, workers=args.workers, codec=args.codec,
+                      compile_mode=args.compile_mode,
                       writer_threads=args.writer_threads, progress=False, overwrite=True)
     encoder = load_encoder(str(vae_dir))
     cfg = build_config(encoder, resolution=res, precision=prec, device=args.device)
