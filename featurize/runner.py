@@ -216,25 +216,28 @@ class ChunkAssembler:
 
     def add(self, rows: list[int], sha: dict, errors: dict, results: dict[str, np.ndarray] | None,
             ok_rows: list[int]) -> None:
+        """Place one batch. Batches never cross a chunk (chunk_aligned_batches), so the ok rows
+        are copied into the chunk buffer with one fancy-indexed assignment per array."""
         cs = self.store.chunk_size
-        pos = {r: i for i, r in enumerate(ok_rows)}
-        for r in rows:
-            ck, off = divmod(r, cs)
-            buf = self._buffer(ck)
-            buf["sha256"][off] = sha.get(r, "")
-            if r in errors:
-                buf["error"][off], buf["status"][off] = errors[r], FAILED
-                self.failures.append((r, errors[r]))
-                self.failed += 1
-            else:
-                i = pos[r]
-                for name in self.shapes:
-                    buf[name][off] = results[name][i]
-                buf["status"][off] = DONE
-                self.done += 1
-            self.remaining[ck] -= 1
-            if self.remaining[ck] == 0:
-                self._flush(ck)
+        ck = rows[0] // cs
+        if any(r // cs != ck for r in rows):
+            raise AssertionError("internal: a batch crosses a chunk boundary")
+        buf = self._buffer(ck)
+        offs = np.asarray(rows) - ck * cs
+        buf["sha256"][offs] = [sha.get(r, "") for r in rows]
+        if ok_rows:
+            ok = np.asarray(ok_rows) - ck * cs
+            for name in self.shapes:
+                buf[name][ok] = results[name]
+            buf["status"][ok] = DONE
+            self.done += len(ok_rows)
+        for r, msg in errors.items():
+            buf["error"][r - ck * cs], buf["status"][r - ck * cs] = msg, FAILED
+            self.failures.append((r, msg))
+            self.failed += 1
+        self.remaining[ck] -= len(rows)
+        if self.remaining[ck] == 0:
+            self._flush(ck)
 
     def _flush(self, ck: int) -> None:
         buf = self.buffers.pop(ck)

@@ -155,7 +155,7 @@ def main(argv=None):
     results["pipeline_failed"] = rep.failed
     results["store_bytes"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     results["pipeline_over_compiled"] = round(rep.images_per_s / results["compiled_encoder"], 3)
-    print("\n| what | images/s |\n|---|---|")
+    print(f"\ncompile mode {args.compile_mode}\n| what | images/s |\n|---|---|")
     for k in ("naive_fp32_b1", f"eager_{prec}_b64", "compiled_encoder", "pipeline_cold_2048", "pipeline"):
         if k in results:
             print(f"| {k} | {results[k]:.1f} |")
