@@ -175,6 +175,98 @@ def inspect(
         typer.echo("  the store is incomplete: rerun the featurize command to finish it")
 
 
+class Backbone(str, Enum):
+    cnn = "cnn"
+    resnet = "resnet"
+    patch_transformer = "patch-transformer"
+
+
+class Temporal(str, Enum):
+    attention = "attention"
+    transformer = "transformer"
+
+
+class Scorer(str, Enum):
+    mahalanobis = "mahalanobis"
+    gmm = "gmm"
+    kde = "kde"
+    prototype = "prototype"
+
+
+@app.command()
+def train(
+    store: Annotated[Path, typer.Argument(help="A featurized store.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory for the model.")],
+    unknown_labels: Annotated[Optional[list[str]], typer.Option(help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option()] = 3e-4,
+    backbone: Annotated[Backbone, typer.Option()] = Backbone.cnn,
+    temporal: Annotated[Temporal, typer.Option()] = Temporal.attention,
+    embed_dim: Annotated[int, typer.Option()] = 128,
+    width: Annotated[int, typer.Option(help="Backbone width.")] = 64,
+    protos_per_class: Annotated[int, typer.Option()] = 6,
+    scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
+    renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every epoch.")] = False,
+    false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images the unknown threshold may reject.")] = 0.05,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
+    progress: Annotated[bool, typer.Option()] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Train the attention encoder, prototypes and density scorers from a store alone."""
+    try:
+        from model.config import ModelConfig
+        from model.train import train as run
+        cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
+                          protos_per_class=protos_per_class, lr=lr, epochs=epochs, batch_size=batch_size,
+                          renoise=renoise, scorer=scorer.value, false_unknown_rate=false_unknown_rate, seed=seed)
+        unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
+        summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
+                      progress=progress and not as_json)
+    except LeakstoreError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=float))
+        return
+    h = summary["history"][-1] if summary["history"] else {}
+    typer.echo(f"trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
+               f"best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}, last val top-1 "
+               f"{h.get('val_top1', float('nan')):.3f}")
+    if summary["post_hoc_prototypes"]:
+        typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
+    typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A trained model directory.")],
+    stores: Annotated[list[Path], typer.Argument(help="One or more stores (e.g. post-processing views).")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
+    split: Annotated[str, typer.Option(help="Which split to evaluate: test, val, train or all.")] = "test",
+    device: Annotated[str, typer.Option()] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
+    try:
+        from pipelines.evaluate import evaluate as run
+        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split)
+    except LeakstoreError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, default=float))
+        return
+    if s["builtin_encoder"]:
+        typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
+    for r in s["robustness"]:
+        oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
+        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}")
+    typer.echo(f"report: {s['report']}")
+
+
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json")] = False):
     """Versions, devices and xformers status, for bug reports."""

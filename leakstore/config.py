@@ -149,11 +149,16 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     return out
 
 
-def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str) -> None:
-    """Raise ConfigMismatchError naming every differing field when two configs' features differ."""
+def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise ConfigMismatchError naming every differing field when two configs' features differ.
+    `ignore` names fields allowed to differ (evaluation across post-processing views ignores "view")."""
     if expected.hash == found.hash:
         return
-    diffs = config_diff(expected.identity(), found.identity())
+    a = {k: v for k, v in expected.identity().items() if k not in ignore}
+    b = {k: v for k, v in found.identity().items() if k not in ignore}
+    diffs = config_diff(a, b)
+    if not diffs:
+        return
     raise ConfigMismatchError(
         f"{what} was featurized with another config ({found.hash} != {expected.hash}): "
         + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")

@@ -1,0 +1,153 @@
+"""Checkpoints: safetensors for every array, JSON for everything else. Nothing is pickled.
+
+A run directory holds
+    model.json            ModelConfig, featurize config, class names, training summary, scorer params
+    model.safetensors     network weights and buffers (best epoch)
+    scorers.safetensors   fitted scorer arrays (closed-set and open-set)
+    train_state.*         last epoch's weights + optimizer, for --resume
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as np_load, save_file as np_save
+from safetensors.torch import load_file as t_load, save_file as t_save
+from sklearn.mixture import GaussianMixture
+from sklearn.neighbors import KernelDensity
+
+from leakstore.config import FeaturizeConfig
+from leakstore.errors import LeakstoreError
+from model import scorers as S
+from model.config import ModelConfig
+from model.net import ProtoLeakNet
+
+FORMAT = "leakstore.model"
+VERSION = 1
+
+
+# ---------------------------------------------------------------------------- scorers <-> arrays
+def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays, meta = {}, {"class": type(est).__name__, "params": est.get_params(), "scalars": {}}
+    for k, v in vars(est).items():
+        if not k.endswith("_") or k.startswith("_"):
+            continue
+        if isinstance(v, np.ndarray):
+            arrays[f"{prefix}.{k}"] = np.ascontiguousarray(v)
+        elif isinstance(v, (int, float, np.floating, np.integer)):
+            meta["scalars"][k] = float(v)
+        elif k == "gmms_":
+            meta["n_gmms"] = len(v)
+            for i, g in enumerate(v):
+                for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+                    arrays[f"{prefix}.gmms_.{i}.{a}"] = np.ascontiguousarray(getattr(g, a))
+        elif k == "kdes_":
+            meta["kde_bandwidths"] = [float(x.bandwidth_) for x in v]
+            for i, kd in enumerate(v):
+                arrays[f"{prefix}.kdes_.{i}"] = np.ascontiguousarray(np.asarray(kd.tree_.data))
+    return arrays, meta
+
+
+def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
+    cls = getattr(S, meta["class"])
+    est = cls(**meta["params"])
+    for name, v in arrays.items():
+        if name.startswith(prefix + ".") and name.count(".") == 1:
+            setattr(est, name.split(".", 1)[1], v)
+    for k, v in meta["scalars"].items():
+        setattr(est, k, int(v) if k == "n_features_in_" else v)
+    if "n_gmms" in meta:
+        est.gmms_ = []
+        for i in range(meta["n_gmms"]):
+            g = GaussianMixture(n_components=len(arrays[f"{prefix}.gmms_.{i}.weights_"]), covariance_type="diag")
+            for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+                setattr(g, a, arrays[f"{prefix}.gmms_.{i}.{a}"])
+            est.gmms_.append(g)
+    if "kde_bandwidths" in meta:
+        est.kdes_ = [KernelDensity(bandwidth=bw).fit(arrays[f"{prefix}.kdes_.{i}"])
+                     for i, bw in enumerate(meta["kde_bandwidths"])]
+    if isinstance(est, S.OpenSetKDE):
+        est.kde_ = KernelDensity(bandwidth=est.bandwidth_).fit(est.points_)
+    return est
+
+
+# ---------------------------------------------------------------------------- the bundle
+@dataclass
+class Bundle:
+    net: ProtoLeakNet
+    cfg: ModelConfig
+    featurize: FeaturizeConfig
+    class_names: list[str]      # the model's (known) classes, in logit order
+    meta: dict
+    closed: Any = None          # a fitted closed-set scorer
+    open: Any = None            # a fitted OpenSetKDE with its threshold
+
+
+def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
+    return ProtoLeakNet(cfg, fcfg.latent_shape, len(fcfg.timesteps), fcfg.fft_size, n_classes)
+
+
+def save_bundle(run_dir: Path, b: Bundle) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t_save({k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, str(run_dir / "model.safetensors"))
+    arrays, scorer_meta = {}, {}
+    for name, est in (("closed", b.closed), ("open", b.open)):
+        if est is not None:
+            a, m = pack_scorer(name, est)
+            arrays.update(a)
+            scorer_meta[name] = m
+    np_save(arrays, str(run_dir / "scorers.safetensors"))
+    meta = {**b.meta, "format": FORMAT, "version": VERSION, "model_config": b.cfg.to_dict(),
+            "featurize_config": b.featurize.to_dict(), "featurize_hash": b.featurize.hash,
+            "class_names": b.class_names, "scorers": scorer_meta}
+    tmp = run_dir / "model.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=float))
+    tmp.replace(run_dir / "model.json")
+
+
+def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.json").is_file():
+        raise LeakstoreError(f"{run_dir} holds no trained model (model.json): run `leakstore train STORE --out {run_dir}`")
+    meta = json.loads((run_dir / "model.json").read_text())
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise LeakstoreError(f"{run_dir}/model.json is not a leakstore model of version {VERSION}")
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    fcfg = FeaturizeConfig.from_dict(meta["featurize_config"])
+    net = build_net(cfg, fcfg, len(meta["class_names"]))
+    net.load_state_dict(t_load(str(run_dir / "model.safetensors")))
+    net.to(device).eval()
+    arrays = np_load(str(run_dir / "scorers.safetensors")) if (run_dir / "scorers.safetensors").exists() else {}
+    sm = meta.get("scorers", {})
+    closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
+    opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
+    return Bundle(net, cfg, fcfg, meta["class_names"], meta, closed, opn)
+
+
+# ---------------------------------------------------------------------------- resume state
+def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    t_save(tensors, str(run_dir / "train_state.safetensors"))
+    (run_dir / "train_state.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, default=float))
+
+
+def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer) -> dict:
+    tensors = t_load(str(run_dir / "train_state.safetensors"))
+    meta = json.loads((run_dir / "train_state.json").read_text())
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta

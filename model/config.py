@@ -1,0 +1,60 @@
+"""The model's hyperparameters: data, saved as JSON beside every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from leakstore.errors import InputError
+
+BACKBONES = ("cnn", "resnet", "patch-transformer")
+TEMPORAL = ("attention", "transformer")
+SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Defaults follow the Proto-LeakNet reference (AdamW 3e-4, wd 1e-4, clip 5, 128-d, M = 6)."""
+
+    backbone: str = "cnn"
+    width: int = 64
+    embed_dim: int = 128
+    use_spectra: bool = True
+    temporal: str = "attention"
+    time_dropout: float = 0.3
+    entropy_reg: float = 0.1
+    gates: bool = True
+    protos_per_class: int = 6
+    extra_protos: int = 2          # post-hoc prototype slots per class, used for weak classes only
+    weak_recall: float = 0.9       # a class below this validation recall gets its extra prototypes
+    init_temperature: float = 1.0
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    epochs: int = 30
+    batch_size: int = 64
+    patience: int = 6
+    renoise: bool = False          # fresh noise from latent0 every epoch (the reference redraws noise)
+    scorer: str = "mahalanobis"    # closed-set scorer on embeddings
+    false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, value, allowed in (("backbone", self.backbone, BACKBONES), ("temporal", self.temporal, TEMPORAL),
+                                     ("scorer", self.scorer, SCORERS)):
+            if value not in allowed:
+                raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if not 0 <= self.time_dropout < 1:
+            raise InputError("time_dropout must lie in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)

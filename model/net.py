@@ -1,0 +1,204 @@
+"""Proto-LeakNet, split timm-style: `forward_features` (per-timestep tokens), `embed` (pooled
+embedding, gates, attention), `forward` (prototype logits).
+
+Inputs are a store's arrays: latents (B, T, C, h, w) and spectra (B, T, C, k, k), any float
+dtype; they are standardised with per-(timestep, channel) statistics of the training set,
+kept as buffers so a checkpoint carries them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import SelfAttentionBlock
+from model.config import ModelConfig
+
+
+def _gn(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+class SmallCNN(nn.Module):
+    """(N, C, h, w) -> (N, 4 * width): three conv stages, mean and std pooled (the leak is in
+    low-frequency statistics, which mean/std pooling keeps)."""
+
+    def __init__(self, c: int, width: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), _gn(width), nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), _gn(width), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), _gn(2 * width), nn.GELU())
+        self.out_dim = 4 * width
+
+    def forward(self, x):
+        h = self.net(x)
+        return torch.cat([h.mean((-2, -1)), h.flatten(2).std(-1)], 1)
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.n1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.n2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return F.relu(self.n2(self.c2(F.relu(self.n1(self.c1(x))))) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 layout (2-2-2-2 basic blocks) with a C-channel 3x3 stem for small latents."""
+
+    def __init__(self, c: int, width: int):
+        super().__init__()
+        w = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv2d(c, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+        layers, cin = [], w[0]
+        for i, cout in enumerate(w):
+            layers += [_Basic(cin, cout, 1 if i == 0 else 2), _Basic(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = w[-1]
+
+    def forward(self, x):
+        return self.layers(self.stem(x)).mean((-2, -1))
+
+
+class PatchTransformer(nn.Module):
+    """Latent patches (2x2) as tokens, two self-attention blocks (xformers when present)."""
+
+    def __init__(self, c: int, width: int, size: int, patch: int = 2):
+        super().__init__()
+        dim = 2 * width
+        self.patch = patch if size % patch == 0 else 1
+        n = (size // self.patch) ** 2
+        self.proj = nn.Linear(c * self.patch ** 2, dim)
+        self.pos = nn.Parameter(torch.zeros(1, n, dim))
+        self.blocks = nn.Sequential(SelfAttentionBlock(dim), SelfAttentionBlock(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.out_dim = dim
+
+    def forward(self, x):
+        p = self.patch
+        tok = F.unfold(x, p, stride=p).transpose(1, 2)          # (N, L, C p p)
+        h = self.blocks(self.proj(tok) + self.pos[:, : tok.shape[1]])
+        return self.norm(h).mean(1)
+
+
+class ProtoLeakNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int], n_timesteps: int, fft_size: int,
+                 n_classes: int):
+        super().__init__()
+        c, h, w = latent_shape
+        self.cfg, self.n_classes, self.t = cfg, n_classes, n_timesteps
+        self.register_buffer("lat_mean", torch.zeros(n_timesteps, c, 1, 1))
+        self.register_buffer("lat_std", torch.ones(n_timesteps, c, 1, 1))
+        self.register_buffer("spec_mean", torch.zeros(n_timesteps, c, fft_size, fft_size))
+        self.register_buffer("spec_std", torch.ones(n_timesteps, c, fft_size, fft_size))
+        d = cfg.embed_dim
+        if cfg.backbone == "cnn":
+            self.backbone = SmallCNN(c, cfg.width)
+        elif cfg.backbone == "resnet":
+            self.backbone = ResNet18(c, cfg.width)
+        else:
+            self.backbone = PatchTransformer(c, cfg.width, h)
+        spec_in = c * fft_size * fft_size
+        self.spec = nn.Sequential(nn.Linear(spec_in, d), nn.GELU(), nn.Linear(d, d)) if cfg.use_spectra else None
+        self.fuse = nn.Sequential(nn.Linear(self.backbone.out_dim + 2 * c + (d if cfg.use_spectra else 0), d),
+                                  nn.GELU(), nn.Linear(d, d), nn.LayerNorm(d))
+        self.time_embed = nn.Parameter(torch.zeros(n_timesteps, d))
+        self.temporal = SelfAttentionBlock(d) if cfg.temporal == "transformer" else None
+        self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.gate = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)) if cfg.gates else None
+        m, e = cfg.protos_per_class, cfg.extra_protos
+        self.prototypes = nn.Parameter(torch.randn(n_classes, m + e, d) * 0.5)
+        mask = torch.zeros(n_classes, m + e)
+        mask[:, :m] = 1  # extra slots stay off until `add_prototypes` fills them after training
+        self.register_buffer("proto_mask", mask)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+
+    # ------------------------------------------------------------------ normalisation
+    @torch.no_grad()
+    def set_normalisation(self, latents: torch.Tensor, spectra: torch.Tensor) -> None:
+        """Per-(timestep, channel) statistics from training rows: latents (N, T, C, h, w), spectra (N, T, C, k, k)."""
+        lat = latents.float()
+        self.lat_mean.copy_(lat.mean((0, 3, 4))[..., None, None])
+        self.lat_std.copy_(lat.std((0, 3, 4))[..., None, None].clamp_min(1e-4))
+        sp = spectra.float()
+        self.spec_mean.copy_(sp.mean(0))
+        self.spec_std.copy_(sp.std(0).clamp_min(1e-4))
+
+    # ------------------------------------------------------------------ timm-style API
+    def forward_features(self, latents: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w), (B, T, C, k, k) -> per-timestep tokens (B, T, D)."""
+        b, t = latents.shape[:2]
+        x = (latents.float() - self.lat_mean) / self.lat_std
+        flat = x.flatten(0, 1)                                              # (B T, C, h, w)
+        parts = [self.backbone(flat), flat.mean((-2, -1)), flat.flatten(2).std(-1)]
+        if self.spec is not None:
+            s = ((spectra.float() - self.spec_mean) / self.spec_std).flatten(0, 1).flatten(1)
+            parts.append(self.spec(s))
+        tok = self.fuse(torch.cat(parts, 1)).view(b, t, -1) + self.time_embed
+        return self.temporal(tok) if self.temporal is not None else tok
+
+    def embed(self, latents, spectra, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Pooled embedding z (B, D), gates g (B, D) in [0, 1], attention a (B, T).
+
+        keep (B, T) bool: timesteps to use (time-dropout); dropped steps get zero attention."""
+        tok = self.forward_features(latents, spectra)
+        score = self.score(tok).squeeze(-1)
+        if keep is not None:
+            score = score.masked_fill(~keep, float("-inf"))
+        a = torch.softmax(score, dim=1)
+        z = torch.einsum("bt,btd->bd", a, tok)
+        g = (torch.einsum("bt,btd->bd", a, torch.sigmoid(self.gate(tok))) if self.gate is not None
+             else torch.ones_like(z))
+        return {"z": z, "g": g, "a": a}
+
+    def distances(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Gate-weighted squared distances to every prototype: (B, K, M)."""
+        diff = z[:, None, None, :] - self.prototypes[None]
+        return (g[:, None, None, :] * diff.pow(2)).sum(-1)
+
+    def logits(self, z, g) -> torch.Tensor:
+        """Class logit = minus the soft-min (temperature tau) of the class's prototype distances. (B, K)"""
+        tau = self.log_tau.exp()
+        d = self.distances(z, g)
+        off = torch.zeros_like(self.proto_mask).masked_fill(self.proto_mask == 0, float("-inf"))
+        return tau * torch.logsumexp(-d / tau + off[None], dim=-1)  # -inf after the division: finite grads
+
+    def forward(self, latents, spectra, keep=None) -> dict[str, torch.Tensor]:
+        out = self.embed(latents, spectra, keep)
+        out["logits"] = self.logits(out["z"], out["g"])
+        return out
+
+    @torch.no_grad()
+    def add_prototypes(self, k: int, centres: torch.Tensor) -> None:
+        """Switch on class k's extra prototype slots at `centres` (E', D), E' <= extra_protos."""
+        m = self.cfg.protos_per_class
+        n = min(len(centres), self.cfg.extra_protos)
+        self.prototypes[k, m:m + n] = centres[:n].to(self.prototypes)
+        self.proto_mask[k, m:m + n] = 1
+
+    def time_dropout_mask(self, b: int, device, generator=None) -> torch.Tensor:
+        """(B, T) bool: each timestep kept with prob 1 - p; at least one kept per row."""
+        p = self.cfg.time_dropout
+        keep = torch.rand(b, self.t, device=device, generator=generator) >= p
+        first = torch.randint(0, self.t, (b,), device=device, generator=generator)
+        keep[torch.arange(b, device=device), first] = True
+        return keep
+
+
+def attention_entropy_penalty(a: torch.Tensor) -> torch.Tensor:
+    """(log T - H(a)) / log T, averaged: 0 for uniform attention, 1 when it collapses onto one step."""
+    t = a.shape[1]
+    if t < 2:
+        return a.new_zeros(())
+    h = -(a * torch.log(a.clamp_min(1e-12))).sum(1)
+    return ((math.log(t) - h) / math.log(t)).mean()

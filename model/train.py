@@ -1,0 +1,243 @@
+"""Train Proto-LeakNet from a feature store alone, then fit its scorers.
+
+    train(store, out_dir, ModelConfig(...), unknown_labels=["taef2-leak-c"])
+
+Classes named in `unknown_labels` are held out of training entirely (their rows are the
+unseen generators of the open-set evaluation). Early stopping on validation loss; the last
+epoch is checkpointed every epoch, so an interrupted run continues with `resume=True`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from featurize.noising import add_noise, noise_coefficients
+from featurize.runner import resolve_device
+from featurize.spectra import low_freq_spectrum
+from leakstore.config import FeaturizeConfig, check_compatible
+from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.store import FeatureStore
+from model.checkpoint import Bundle, build_net, load_train_state, save_bundle, save_train_state
+from model.config import ModelConfig
+from model.data import Features, load_features
+from model.net import ProtoLeakNet, attention_entropy_penalty
+from model.scorers import CLOSED_SCORERS, OpenSetKDE
+
+MIN_TRAIN_PER_CLASS = 4
+
+
+def gated(out: dict[str, torch.Tensor]) -> np.ndarray:
+    """The embedding every scorer sees: z * sqrt(g), so that squared Euclidean distances
+    equal the prototype head's gate-weighted distances. (B, D) float64."""
+    return (out["z"] * out["g"].sqrt()).double().cpu().numpy()
+
+
+@torch.inference_mode()
+def embed_all(net: ProtoLeakNet, feats: Features, device, batch: int = 256) -> dict[str, np.ndarray]:
+    """Embeddings, gates, attention and prototype logits for every row, in eval mode, on the
+    store's stored (seeded) noise: the same computation for known and unknown images."""
+    net.eval()
+    outs: dict[str, list] = {"e": [], "z": [], "g": [], "a": [], "logits": []}
+    for s in range(0, len(feats), batch):
+        o = net(feats.latents[s:s + batch].to(device), feats.spectra[s:s + batch].to(device))
+        outs["e"].append(gated(o))
+        for k in ("z", "g", "a", "logits"):
+            outs[k].append(o[k].float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
+
+
+def _renoised(feats: Features, idx: torch.Tensor, fcfg: FeaturizeConfig, gen: torch.Generator, device):
+    """Fresh forward diffusion of latent0 for rows idx: (B, T, C, h, w), (B, T, C, k, k)."""
+    z0 = feats.latent0[idx].to(device).float()
+    a, s = (torch.tensor(v, dtype=torch.float32) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
+    eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=gen).to(device)
+    zt = add_noise(z0, eps, a, s, fcfg.sigma_normalize)
+    return zt, low_freq_spectrum(zt, fcfg.fft_size)
+
+
+def _split_known(store: FeatureStore, feats: Features, unknown_labels) -> tuple[list[str], np.ndarray]:
+    names = store.class_names
+    missing = [u for u in unknown_labels if u not in names]
+    if missing:
+        raise InputError(f"--unknown-labels {missing} are not classes of {store.path} ({', '.join(names)})")
+    known = [n for n in names if n not in unknown_labels]
+    remap = np.full(len(names) + 1, -1, dtype=np.int64)
+    for i, n in enumerate(names):
+        if n in known:
+            remap[i] = known.index(n)
+    y = remap[feats.labels]                      # -1 for unlabelled and unknown rows
+    return known, y
+
+
+def _check_enough(known, y, splits, store):
+    for k, name in enumerate(known):
+        n_tr, n_va = int(((y == k) & (splits == 0)).sum()), int(((y == k) & (splits == 1)).sum())
+        if n_tr < MIN_TRAIN_PER_CLASS or n_va < 1:
+            raise InputError(f"class {name!r} of {store.path} has {n_tr} training and {n_va} validation rows; "
+                             f"training needs at least {MIN_TRAIN_PER_CLASS} and 1: add images, or hold the class "
+                             "out with --unknown-labels")
+    if len(known) < 2:
+        raise InputError("training needs at least two known classes")
+
+
+def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None) -> float:
+    net.train()
+    perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
+    total, n = 0.0, 0
+    for s in range(0, len(perm), cfg.batch_size):
+        idx = perm[s:s + cfg.batch_size]
+        if cfg.renoise:
+            lat, spec = _renoised(feats, idx, fcfg, gen, device)
+        else:
+            lat, spec = feats.latents[idx].to(device), feats.spectra[idx].to(device)
+        keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
+        out = net(lat, spec, keep)
+        target = torch.as_tensor(y[idx.numpy()], device=device)
+        loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        n += len(idx)
+        if bar is not None:
+            bar.update(len(idx))
+    return total / max(n, 1)
+
+
+@torch.inference_mode()
+def _val_loss(net, feats, y, idx, device, batch=256) -> tuple[float, float]:
+    net.eval()
+    loss, correct = 0.0, 0
+    for s in range(0, len(idx), batch):
+        i = idx[s:s + batch]
+        out = net(feats.latents[i].to(device), feats.spectra[i].to(device))
+        t = torch.as_tensor(y[i.numpy()], device=device)
+        loss += float(F.cross_entropy(out["logits"], t, reduction="sum"))
+        correct += int((out["logits"].argmax(1) == t).sum())
+    return loss / len(idx), correct / len(idx)
+
+
+def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
+    """Give weak classes (validation recall < cfg.weak_recall) extra prototypes at k-means
+    centres of their training embeddings; keep them only if validation accuracy does not drop."""
+    from sklearn.cluster import KMeans
+    if cfg.extra_protos <= 0:
+        return []
+    dev = net.prototypes.device
+
+    def val_acc():
+        with torch.inference_mode():
+            z, g = (torch.as_tensor(emb_va[k], device=dev) for k in ("z", "g"))
+            return float((net.logits(z, g).argmax(1).cpu().numpy() == y_va).mean())
+    pred = emb_va["logits"].argmax(1)
+    base, added = val_acc(), []
+    for k in range(net.n_classes):
+        m = y_va == k
+        if not m.any() or (pred[m] == k).mean() >= cfg.weak_recall:
+            continue
+        zk = emb_tr["z"][y_tr == k]
+        n = min(cfg.extra_protos, len(zk))
+        if n < 1:
+            continue
+        saved = (net.prototypes.data.clone(), net.proto_mask.clone())
+        centres = KMeans(n_clusters=n, n_init=4, random_state=cfg.seed).fit(zk).cluster_centers_
+        net.add_prototypes(k, torch.as_tensor(centres, dtype=torch.float32))
+        acc = val_acc()
+        if acc >= base:
+            base, added = acc, added + [int(k)]
+        else:
+            net.prototypes.data.copy_(saved[0])
+            net.proto_mask.copy_(saved[1])
+    return added
+
+
+def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
+          unknown_labels=(), device: str = "auto", resume: bool = False, overwrite: bool = False,
+          progress: bool = True, expect: FeaturizeConfig | None = None) -> dict:
+    """Train, fit scorers, save the bundle in out_dir. Returns the training summary."""
+    from tqdm.auto import tqdm
+    cfg = cfg or ModelConfig()
+    out_dir = Path(out_dir)
+    store = FeatureStore.open(store_path)
+    fcfg = store.config
+    if expect is not None:
+        check_compatible(expect, fcfg, f"store {store_path}")
+    if (out_dir / "model.json").exists() and not (resume or overwrite):
+        raise InputError(f"{out_dir} already holds a model: pass --resume to continue it or --overwrite to replace it")
+    if resume and (out_dir / "model.json").exists():
+        prev = json.loads((out_dir / "model.json").read_text())
+        if prev.get("featurize_hash") != fcfg.hash:
+            raise ConfigMismatchError(f"{out_dir} was trained on features {prev.get('featurize_hash')}, the store has "
+                                      f"{fcfg.hash}: train into a new --out")
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    feats = load_features(store, with_latent0=cfg.renoise)
+    known, y = _split_known(store, feats, list(unknown_labels))
+    _check_enough(known, y, feats.splits, store)
+    tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))
+    va = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 1)))
+    net = build_net(cfg, fcfg, len(known))
+    net.set_normalisation(feats.latents[tr], feats.spectra[tr])
+    net.to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if resume and (out_dir / "train_state.json").exists():
+        state = load_train_state(out_dir, net, opt)
+        gen.manual_seed(cfg.seed + 1000 * state["epoch"])
+    best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if resume and (out_dir / "model.safetensors").exists():
+        from safetensors.torch import load_file
+        best = load_file(str(out_dir / "model.safetensors"))
+    t0 = time.perf_counter()
+    bar = tqdm(total=(cfg.epochs - state["epoch"]) * len(tr), unit="sample", disable=not progress, desc="train")
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        te = time.perf_counter()
+        tl = _epoch(net, opt, feats, y, tr, cfg, fcfg, dev, gen, bar)
+        vl, vacc = _val_loss(net, feats, y, va, dev)
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
+                                 "seconds": time.perf_counter() - te})
+        bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", refresh=False)
+        if vl < state["best_loss"] - 1e-4:
+            state.update(best_loss=vl, best_epoch=state["epoch"], bad_epochs=0)
+            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+        save_train_state(out_dir, net, opt, state)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    net.load_state_dict(best)
+    return _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds,
+                   list(unknown_labels))
+
+
+def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds, unknown) -> dict:
+    emb = embed_all(net, feats.subset(np.isin(np.arange(len(feats)), np.r_[tr.numpy(), va.numpy()])), dev)
+    # subset() keeps store order: recover which rows are train vs val in that order
+    order = np.sort(np.r_[tr.numpy(), va.numpy()])
+    is_tr = np.isin(order, tr.numpy())
+    e_tr = {k: v[is_tr] for k, v in emb.items()}
+    e_va = {k: v[~is_tr] for k, v in emb.items()}
+    y_tr, y_va = y[order[is_tr]], y[order[~is_tr]]
+    added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
+    closed = CLOSED_SCORERS.get(cfg.scorer)
+    closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
+    opn = OpenSetKDE(random_state=cfg.seed).fit(e_tr["e"]).set_threshold(e_va["e"], cfg.false_unknown_rate)
+    summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
+               "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
+               "train_seconds": round(train_seconds, 2),
+               "samples_per_s": round(len(tr) * max(1, len(state["history"])) / max(train_seconds, 1e-9), 1),
+               "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
+               "store": str(store.path), "store_id": store.attrs.get("store_id"),
+               "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
+               "open_threshold": opn.threshold_, "open_bandwidth": opn.bandwidth_}
+    save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn))
+    return summary

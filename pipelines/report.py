@@ -1,0 +1,166 @@
+"""Plots and one self-contained HTML report a reviewer can open."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(path, cm, names, title):
+    plt = _plt()
+    cm = np.asarray(cm, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.0 * len(names) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > .5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
+    from sklearn.metrics import roc_curve
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2 if unknown_score is not None and len(unknown_score) else 1, figsize=(11, 4.6),
+                             squeeze=False)
+    ax = axes[0, 0]
+    for c, n in enumerate(names):
+        if (y == c).any() and (y != c).any():
+            f, t, _ = roc_curve(y == c, proba[:, c])
+            ax.plot(f, t, label=n)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="closed set, one vs rest")
+    ax.legend(fontsize=8)
+    if axes.shape[1] > 1:
+        ax = axes[0, 1]
+        lo = min(known_score.min(), unknown_score.min())
+        hi = max(known_score.max(), unknown_score.max())
+        bins = np.linspace(lo, hi, 40)
+        ax.hist(known_score, bins, alpha=.6, density=True, label="known generators")
+        ax.hist(unknown_score, bins, alpha=.6, density=True, label="unknown generators")
+        ax.set(xlabel="open-set log density", ylabel="density", title="open set: known vs unseen")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_embedding(path, emb, y, unknown, names, protos=None):
+    plt = _plt()
+    mu = emb.mean(0)
+    _, _, vt = np.linalg.svd(emb - mu, full_matrices=False)
+    p2 = (emb - mu) @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for c, n in enumerate(names):
+        m = y == c
+        ax.scatter(p2[m, 0], p2[m, 1], s=8, alpha=.6, label=n)
+    if unknown.any():
+        ax.scatter(p2[unknown, 0], p2[unknown, 1], s=10, marker="x", c="k", alpha=.5, label="unknown")
+    if protos is not None:
+        q = (protos - mu) @ vt[:2].T
+        ax.scatter(q[:, 0], q[:, 1], s=90, marker="*", c="red", edgecolor="k", label="prototypes")
+    ax.set(title="embedding map (PCA of gated embeddings)", xlabel="PC 1", ylabel="PC 2")
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_attention(path, att, y, names, timesteps):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c, n in enumerate(names):
+        if (y == c).any():
+            ax.plot(range(len(timesteps)), att[y == c].mean(0), marker="o", label=n)
+    ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps])
+    ax.set(xlabel="timestep", ylabel="mean attention", title="temporal attention per class")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_robustness(path, rows):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
+    x = np.arange(len(rows))
+    for key, label in (("macro_auc", "closed-set macro AUC"), ("top1", "top-1"), ("open_auroc", "open-set AUROC")):
+        vals = [np.nan if r[key] is None else r[key] for r in rows]
+        ax.plot(x, vals, marker="o", label=label)
+    ax.set_xticks(x, [r["view"] for r in rows], rotation=30, ha="right")
+    ax.set(ylim=(0, 1.02), title="robustness to post-processing")
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _img(path: Path) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
+    names = bundle.class_names
+    first = summary["views"][0]
+    y, unk = ex["y"], ex["unknown"]
+    plot_confusion(out / "confusion.png", first["closed"]["confusion"], names, f"confusion ({first['view']})")
+    plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, ex["log_density"][y >= 0], ex["log_density"][unk])
+    protos = (bundle.net.prototypes.detach() * ex_gate_scale(ex)).reshape(-1, ex["embedding"].shape[1])
+    mask = bundle.net.proto_mask.reshape(-1).bool()
+    plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy())
+    plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
+    plot_robustness(out / "robustness.png", summary["robustness"])
+    rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
+                  f"<td>{_fmt(r['open_auroc'])}</td></tr>"
+                  for r in summary["robustness"])
+    per = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items())
+    o = first["open"]
+    ostr = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.items())
+    warn = ('<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
+            'show the pipeline runs, not how well any generator can be attributed.</p>' if summary["builtin_encoder"] else "")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:.5em 0}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}</style>
+</head><body><h1>leakstore evaluation</h1>{warn}
+<p>Model <code>{html.escape(summary['model'])}</code>; encoder {html.escape(summary['encoder'])};
+known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
+<h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th></tr>{rob}</table>
+{_img(out / 'robustness.png')}
+<h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
+<p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
+<table><tr><th>class</th><th>AUC</th></tr>{per}</table>{_img(out / 'confusion.png')}{_img(out / 'roc.png')}
+<h2>Open set</h2><p>{html.escape(ostr)}</p>
+<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}
+</body></html>"""
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+def ex_gate_scale(ex):
+    """Prototypes live in z space; scorers see z * sqrt(g). Scale prototypes by the mean sqrt gate."""
+    import torch
+    z, e = ex["z"], ex["embedding"]
+    ratio = np.where(np.abs(z) > 1e-6, e / np.where(np.abs(z) > 1e-6, z, 1), np.nan)
+    return torch.as_tensor(np.nan_to_num(np.nanmean(ratio, 0), nan=1.0), dtype=torch.float32)
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.4f}"

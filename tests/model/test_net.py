@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.net import ProtoLeakNet, attention_entropy_penalty
+
+SHAPE, T, K = (4, 8, 8), 3, 4
+
+
+def make(**kw):
+    cfg = ModelConfig(width=8, embed_dim=16, protos_per_class=3, **kw)
+    return ProtoLeakNet(cfg, SHAPE, T, 4, K)
+
+
+@pytest.mark.parametrize("backbone", ["cnn", "resnet", "patch-transformer"])
+@pytest.mark.parametrize("temporal", ["attention", "transformer"])
+def test_shapes_and_gradients(backbone, temporal):
+    net = make(backbone=backbone, temporal=temporal)
+    lat, spec = torch.randn(5, T, *SHAPE), torch.randn(5, T, 4, 4, 4)
+    tok = net.forward_features(lat, spec)
+    assert tok.shape == (5, T, 16)
+    out = net(lat, spec, net.time_dropout_mask(5, "cpu"))
+    assert out["logits"].shape == (5, K) and out["z"].shape == (5, 16) and out["a"].shape == (5, T)
+    assert ((out["g"] >= 0) & (out["g"] <= 1)).all()
+    torch.testing.assert_close(out["a"].sum(1), torch.ones(5))
+    out["logits"].logsumexp(1).mean().backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert net.log_tau.grad.abs() > 0 and net.prototypes.grad.abs().sum() > 0
+
+
+def test_dropped_timesteps_get_no_attention():
+    net = make()
+    keep = torch.tensor([[True, False, True], [False, False, True]])
+    a = net.embed(torch.randn(2, T, *SHAPE), torch.randn(2, T, 4, 4, 4), keep)["a"]
+    assert (a[~keep] == 0).all() and torch.allclose(a[1, 2], torch.tensor(1.0))
+    m = net.time_dropout_mask(1000, "cpu", torch.Generator().manual_seed(0))
+    assert m.any(1).all() and 0.76 < m.float().mean() < 0.84  # 0.7 + 0.3 / 3: one step always kept
+
+
+def test_extra_prototypes_are_off_until_added():
+    net = make()
+    z, g = torch.randn(2, 16), torch.rand(2, 16)
+    before = net.logits(z, g)
+    net.prototypes.data[0, 3:] = z[0]  # an extra slot right on z[0]: no effect while masked
+    torch.testing.assert_close(net.logits(z, g), before)
+    net.add_prototypes(0, z[:1])
+    assert net.logits(z, g)[0, 0] > before[0, 0]
+
+
+def test_entropy_penalty():
+    assert attention_entropy_penalty(torch.full((3, 4), 0.25)).abs() < 1e-6
+    assert abs(attention_entropy_penalty(torch.tensor([[1.0, 0, 0, 0]])) - 1) < 1e-6
+
+
+def test_normalisation_is_stored_in_buffers():
+    net = make()
+    lat = torch.randn(20, T, *SHAPE) * 3 + 2
+    net.set_normalisation(lat, torch.randn(20, T, 4, 4, 4))
+    assert torch.allclose(net.lat_mean.flatten(), lat.mean((0, 3, 4)).flatten(), atol=1e-5)
+    assert "lat_std" in net.state_dict() and "proto_mask" in net.state_dict()
