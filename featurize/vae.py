@@ -248,20 +248,23 @@ def weights_dirs() -> list[Path]:
 
 
 def builtin_demo_encoder() -> LatentEncoder:
-    """A small random AutoencoderKL encoder (seeded): a real architecture, not real weights.
-    For the demo and tests only; every store it makes says so."""
-    from diffusers import AutoencoderKL
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = AutoencoderKL(block_out_channels=[16, 32, 32, 32], layers_per_block=1, latent_channels=4,
-                            norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4)
-    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in vae.encoder.state_dict().values()))
-    ident = VAEIdentity(name=BUILTIN, source="builtin", kind="builtin-demo", latent_channels=4,
+    """A fixed random patch encoder (seeded): 8x8 pixel patches -> 64 -> 8 channels through a
+    GELU. It keeps colour statistics and patch texture, like a VAE encoder, with no weights to
+    download. For the demo and tests only: every store it makes says it is not a real VAE."""
+    import numpy as np
+    net = nn.Sequential(nn.PixelUnshuffle(8), nn.Conv2d(192, 64, 1), nn.GELU(), nn.Conv2d(64, 8, 1))
+    rng = np.random.Generator(np.random.PCG64(0))  # bit-identical on every machine and thread count
+    with torch.no_grad():
+        for m in (net[1], net[3]):
+            w = rng.standard_normal(m.weight.shape) / np.sqrt(m.weight.shape[1])
+            m.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            m.bias.zero_()
+    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in net.state_dict().values()))
+    ident = VAEIdentity(name=BUILTIN, source="builtin", kind="builtin-demo", latent_channels=8,
                         scaling_factor=1.0, input_range="-1..1", downsample=8, revision="sha256:" + rev.hexdigest()[:32],
                         builtin=True, note="BUILT-IN DEMO ENCODER: random weights, not a real VAE; "
                                            "features from it do not reflect any generator's latent space")
-    return LatentEncoder(vae.encoder, ident, "kl", vae.quant_conv).eval()
+    return LatentEncoder(net, ident, "seq").eval()
 
 
 def load_encoder(spec: str, *, subfolder: str = "", scaling_factor: float | None = None,
@@ -342,3 +345,23 @@ def _load_file(path: Path, preset_name: str | None = None) -> LatentEncoder:
                                    "(diffusers' AutoencoderKL.from_single_file(...).save_pretrained(DIR)) and pass DIR")
     raise WeightsNotFoundError(f"{path}: unrecognised weights layout (keys like {list(state)[:3]}). "
                                f"--vae takes {vae_choices()}")
+
+
+def encoder_for(identity: VAEIdentity) -> LatentEncoder:
+    """Reload the encoder a store or model was made with, and check it is the same one
+    (same weights revision), so features for scoring match the training features."""
+    if identity.builtin:
+        spec = BUILTIN
+    elif identity.kind == "taesd-sequential" and identity.name in PRESETS and not Path(identity.source).is_file():
+        spec = identity.name
+    else:
+        spec = identity.source
+    enc = load_encoder(spec, subfolder=identity.subfolder, scaling_factor=identity.scaling_factor,
+                       shift_factor=identity.shift_factor)
+    if identity.revision not in ("", "unknown") and enc.identity.revision not in ("", "unknown") \
+            and enc.identity.revision != identity.revision:
+        raise WeightsNotFoundError(f"the VAE at {spec} now has weights {enc.identity.revision}, but the model was "
+                                   f"trained on features from {identity.revision}: restore the original weights there "
+                                   "(features from other weights would not match the model)")
+    enc.identity = identity
+    return enc

@@ -12,8 +12,18 @@ from leakstore.errors import (  # noqa: E402
     WeightsNotFoundError,
 )
 
+
+
+def __getattr__(name):  # lazy: importing leakstore stays cheap (no torch) until Attributor is used
+    if name == "Attributor":
+        from leakstore.attributor import Attributor
+        return Attributor
+    raise AttributeError(name)
+
+
 __all__ = [
     "__version__",
+    "Attributor",
     "ConfigMismatchError",
     "ImageDecodeError",
     "InputError",

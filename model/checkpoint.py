@@ -59,6 +59,8 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
         if name.startswith(prefix + ".") and name.count(".") == 1:
             setattr(est, name.split(".", 1)[1], v)
     for k, v in meta["scalars"].items():
+        if isinstance(getattr(type(est), k, None), property):
+            continue
         setattr(est, k, int(v) if k == "n_features_in_" else v)
     if "n_gmms" in meta:
         est.gmms_ = []

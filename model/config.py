@@ -34,7 +34,11 @@ class ModelConfig:
     epochs: int = 30
     batch_size: int = 64
     patience: int = 6
-    renoise: bool = False          # fresh noise from latent0 every epoch (the reference redraws noise)
+    renoise: bool = True           # fresh noise from latent0 every batch, as the reference redraws it
+    roll_augment: bool = True      # random circular shifts of the latent: FFT magnitudes, hence the
+                                   # low-frequency leak, are exactly invariant; the content is not
+    dropout: float = 0.1
+    select_on: str = "val_auc"     # early stopping / best epoch on "val_auc" or "val_loss"
     scorer: str = "mahalanobis"    # closed-set scorer on embeddings
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     seed: int = 0

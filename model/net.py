@@ -111,7 +111,7 @@ class ProtoLeakNet(nn.Module):
         spec_in = c * fft_size * fft_size
         self.spec = nn.Sequential(nn.Linear(spec_in, d), nn.GELU(), nn.Linear(d, d)) if cfg.use_spectra else None
         self.fuse = nn.Sequential(nn.Linear(self.backbone.out_dim + 2 * c + (d if cfg.use_spectra else 0), d),
-                                  nn.GELU(), nn.Linear(d, d), nn.LayerNorm(d))
+                                  nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d), nn.LayerNorm(d))
         self.time_embed = nn.Parameter(torch.zeros(n_timesteps, d))
         self.temporal = SelfAttentionBlock(d) if cfg.temporal == "transformer" else None
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))

@@ -52,9 +52,21 @@ def embed_all(net: ProtoLeakNet, feats: Features, device, batch: int = 256) -> d
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
 
 
-def _renoised(feats: Features, idx: torch.Tensor, fcfg: FeaturizeConfig, gen: torch.Generator, device):
+def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One random circular shift per sample over the last two axes (FFT magnitudes unchanged)."""
+    h, w = x.shape[-2:]
+    dy = torch.randint(0, h, (len(x),), generator=gen).tolist()
+    dx = torch.randint(0, w, (len(x),), generator=gen).tolist()
+    return torch.stack([torch.roll(xi, (a, b), (-2, -1)) for xi, a, b in zip(x, dy, dx)])
+
+
+def _renoised(feats: Features, idx: torch.Tensor, fcfg: FeaturizeConfig, gen: torch.Generator, device,
+              roll: bool = False):
     """Fresh forward diffusion of latent0 for rows idx: (B, T, C, h, w), (B, T, C, k, k)."""
-    z0 = feats.latent0[idx].to(device).float()
+    z0 = feats.latent0[idx].float()
+    if roll:
+        z0 = _roll(z0, gen)
+    z0 = z0.to(device)
     a, s = (torch.tensor(v, dtype=torch.float32) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
     eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=gen).to(device)
     zt = add_noise(z0, eps, a, s, fcfg.sigma_normalize)
@@ -93,9 +105,11 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None) -> flo
     for s in range(0, len(perm), cfg.batch_size):
         idx = perm[s:s + cfg.batch_size]
         if cfg.renoise:
-            lat, spec = _renoised(feats, idx, fcfg, gen, device)
+            lat, spec = _renoised(feats, idx, fcfg, gen, device, cfg.roll_augment)
         else:
             lat, spec = feats.latents[idx].to(device), feats.spectra[idx].to(device)
+            if cfg.roll_augment:
+                lat = _roll(lat, gen)
         keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
         out = net(lat, spec, keep)
         target = torch.as_tensor(y[idx.numpy()], device=device)
@@ -112,16 +126,16 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None) -> flo
 
 
 @torch.inference_mode()
-def _val_loss(net, feats, y, idx, device, batch=256) -> tuple[float, float]:
+def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, float]:
+    """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
+    from model.metrics import closed_set
     net.eval()
-    loss, correct = 0.0, 0
-    for s in range(0, len(idx), batch):
-        i = idx[s:s + batch]
-        out = net(feats.latents[i].to(device), feats.spectra[i].to(device))
-        t = torch.as_tensor(y[i.numpy()], device=device)
-        loss += float(F.cross_entropy(out["logits"], t, reduction="sum"))
-        correct += int((out["logits"].argmax(1) == t).sum())
-    return loss / len(idx), correct / len(idx)
+    logits = torch.cat([net(feats.latents[idx[s:s + batch]].to(device), feats.spectra[idx[s:s + batch]].to(device))
+                        ["logits"].float().cpu() for s in range(0, len(idx), batch)])
+    t = torch.as_tensor(y[idx.numpy()])
+    loss = float(F.cross_entropy(logits, t))
+    m = closed_set(t.numpy(), torch.softmax(logits, 1).numpy(), [str(i) for i in range(logits.shape[1])])
+    return loss, m["top1"], m["macro_auc"]
 
 
 def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
@@ -188,7 +202,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     net.set_normalisation(feats.latents[tr], feats.spectra[tr])
     net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
+             "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume and (out_dir / "train_state.json").exists():
         state = load_train_state(out_dir, net, opt)
         gen.manual_seed(cfg.seed + 1000 * state["epoch"])
@@ -201,13 +216,16 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
         tl = _epoch(net, opt, feats, y, tr, cfg, fcfg, dev, gen, bar)
-        vl, vacc = _val_loss(net, feats, y, va, dev)
+        vl, vacc, vauc = _validate(net, feats, y, va, dev)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
-                                 "seconds": time.perf_counter() - te})
-        bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", refresh=False)
-        if vl < state["best_loss"] - 1e-4:
-            state.update(best_loss=vl, best_epoch=state["epoch"], bad_epochs=0)
+                                 "val_auc": vauc, "seconds": time.perf_counter() - te})
+        bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", val_auc=f"{vauc:.3f}", refresh=False)
+        # lower is better; on "val_auc" a tie (AUC saturates at 1) is broken by the validation loss
+        crit = [-round(vauc, 4), vl] if cfg.select_on == "val_auc" else [vl, 0.0]
+        prev = state["best_loss"] if isinstance(state["best_loss"], list) else [math.inf, math.inf]
+        if crit[0] < prev[0] - 1e-9 or (crit[0] <= prev[0] + 1e-9 and crit[1] < prev[1] - 1e-4):
+            state.update(best_loss=crit, best_epoch=state["epoch"], bad_epochs=0)
             best = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
             state["bad_epochs"] += 1
@@ -231,7 +249,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     opn = OpenSetKDE(random_state=cfg.seed).fit(e_tr["e"]).set_threshold(e_va["e"], cfg.false_unknown_rate)
-    summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "best_val_loss": state["best_loss"],
+    summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
+               "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
                "train_seconds": round(train_seconds, 2),
                "samples_per_s": round(len(tr) * max(1, len(state["history"])) / max(train_seconds, 1e-9), 1),

@@ -1,0 +1,144 @@
+"""Evaluation report, dask scoring (equal to in-process, lazy, robust to a killed worker), the API."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+from PIL import Image
+from typer.testing import CliRunner
+
+from featurize.api import featurize
+from featurize.runner import RunOptions
+from leakstore import Attributor
+from leakstore.cli import app
+from model.checkpoint import load_bundle
+from model.config import ModelConfig
+from model.data import load_features
+from model.predict import predict
+from model.train import train
+from pipelines.evaluate import evaluate
+from pipelines.score import score, scoring_frame
+from leakstore.store import FeatureStore
+from tests.conftest import write_class_images
+from tests.model.helpers import planted_store
+
+FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c, Client(c) as cl:
+        yield cl
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    planted_store(d / "s.zarr", per_class=40, chunk=16)
+    train(d / "s.zarr", d / "run", FAST, unknown_labels=["gen-c"], progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    """A model trained on real image files through the built-in demo encoder."""
+    d = tmp_path_factory.mktemp("img")
+    data = write_class_images(d / "data", {"real": 12, "gen-a": 12, "gen-b": 12}, size=(64, 64))
+    featurize(data, d / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4,
+              opts=RunOptions(device="cpu", workers=0, progress=False))
+    train(d / "s.zarr", d / "run", FAST, progress=False)
+    return d
+
+
+def test_evaluate_writes_metrics_plots_report(model, tmp_path):
+    s = evaluate(model / "run", [model / "s.zarr"], tmp_path / "eval")
+    for f in ("metrics.json", "predictions.parquet", "report.html", "confusion.png", "roc.png", "embedding.png",
+              "attention.png", "robustness.png"):
+        assert (tmp_path / "eval" / f).stat().st_size > 0, f
+    v = s["views"][0]
+    assert v["closed"]["n"] == 24 and v["open"]["n_unknown"] == 8 and 0 <= v["open"]["auroc"] <= 1
+    df = pd.read_parquet(tmp_path / "eval" / "predictions.parquet")
+    assert len(df) == 32 and df.true_is_unknown.sum() == 8
+    html = (tmp_path / "eval" / "report.html").read_text()
+    assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
+
+
+def test_scoring_is_lazy(model):
+    import model.checkpoint as ck
+    ddf = scoring_frame(model / "run", model / "s.zarr")
+    assert ddf.npartitions == 10 and list(ddf.columns[:3]) == ["path", "status", "error"]
+    assert "p_gen-a" in ddf.columns
+    # building the graph ran no task: the worker-side loader cache is still empty
+    from pipelines import score as sc
+    assert not any(k.startswith(str((model / "run").resolve())) for k in sc._MODELS)
+
+
+def test_dask_scoring_equals_in_process(model, cluster):
+    df = score(model / "run", model / "s.zarr", client=cluster, progress=False)
+    b = load_bundle(model / "run")
+    p = predict(b, load_features(FeatureStore.open(model / "s.zarr")))
+    assert list(df.row) == list(range(160)) and (df.status == "ok").all()
+    np.testing.assert_allclose(df[[f"p_{c}" for c in b.class_names]].to_numpy(), p["proba"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(df.log_density.to_numpy(), p["log_density"], rtol=1e-6)
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(model, cluster):
+    import signal
+    import time
+    pids = cluster.run(os.getpid)
+    fut = cluster.compute(scoring_frame(model / "run", model / "s.zarr"))
+    deadline = time.time() + 30
+    while not cluster.processing() or not any(cluster.processing().values()):
+        assert time.time() < deadline, "no task started"
+        time.sleep(0.01)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)   # a worker dies mid-job; its nanny restarts it
+    df = fut.result(timeout=120)
+    assert sorted(df.row) == list(range(160)) and df.row.is_unique
+    cluster.wait_for_workers(2, timeout=60)
+
+
+def test_failed_rows_are_reported_not_guessed(model, tmp_path, cluster):
+    import shutil
+    import zarr
+    shutil.copytree(model / "s.zarr", tmp_path / "s.zarr")
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    g["status"][3] = 2
+    g["error"][3] = "corrupt image data"
+    df = score(model / "run", tmp_path / "s.zarr", client=cluster, progress=False)
+    assert len(df) == 160 and df.status[3] == "failed" and df.error[3] == "corrupt image data"
+    assert np.isnan(df["p_real"][3]) and (df.status[df.index != 3] == "ok").all()
+
+
+def test_api_and_raw_image_scoring(image_model, cluster):
+    a = Attributor.load(image_model / "run")
+    img = next((image_model / "data" / "gen-a").glob("*.png"))
+    r = a.score(img)
+    assert r["status"] == "ok" and r["nearest_generator"] in a.classes and r["builtin_encoder"]
+    assert abs(sum(r["probabilities"].values()) - 1) < 1e-6 and len(r["nearest_prototypes"]) == 3
+    (image_model / "data" / "gen-a" / "broken.png").write_bytes(b"not an image")
+    df = a.score_many(image_model / "data")
+    assert len(df) == 37 and (df.status == "failed").sum() == 1
+    assert "not a recognised" in df.error[df.status == "failed"].iloc[0]
+    dd = score(image_model / "run", image_model / "data", client=cluster, progress=False)
+    assert list(dd.path) == list(df.path)
+    ok = df.status == "ok"
+    np.testing.assert_allclose(dd.confidence[ok].to_numpy(), df.confidence[ok].to_numpy(), rtol=1e-5)
+    (image_model / "data" / "gen-a" / "broken.png").unlink()
+
+
+def test_cli_train_evaluate_score(tmp_path):
+    planted_store(tmp_path / "s.zarr", per_class=20)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"), "--epochs", "2",
+                            "--width", "8", "--embed-dim", "16", "--unknown-labels", "gen-c", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "model saved" in r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["score", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--out",
+                            str(tmp_path / "p.parquet"), "--workers", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_parquet(tmp_path / "p.parquet")) == 80
+    r = runner.invoke(app, ["score", str(tmp_path / "nomodel"), str(tmp_path / "s.zarr")])
+    assert r.exit_code == 2 and "no trained model" in r.output
