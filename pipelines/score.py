@@ -203,7 +203,6 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
           device: str = "cpu", progress: bool = True, client=None) -> pd.DataFrame:
     """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`."""
     from distributed import Client, LocalCluster, progress as dask_progress
-    ddf = scoring_frame(run_dir, inp, device)
     own = client is None
     cluster = None
     if own:
@@ -214,6 +213,11 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
             client = Client(cluster)
     try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        n_inputs = None if is_store(inp) else len(list_inputs(inp))
+        # image partitions: at most PARTITION_IMAGES, and at least four per worker so all stay busy
+        part = PARTITION_IMAGES if n_inputs is None else max(8, min(PARTITION_IMAGES, -(-n_inputs // (4 * n_workers))))
+        ddf = scoring_frame(run_dir, inp, device, partition=part)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device), name="leakstore-model")
         if progress:
             print(f"dask dashboard: {client.dashboard_link}", flush=True)

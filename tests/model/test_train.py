@@ -14,7 +14,7 @@ from model.data import load_features
 from model.metrics import closed_set, open_set
 from model.predict import predict
 from model.train import train
-from tests.model.helpers import CFG, planted_store
+from pipelines.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3)
 

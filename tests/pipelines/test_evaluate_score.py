@@ -21,7 +21,7 @@ from pipelines.evaluate import evaluate
 from pipelines.score import score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
-from tests.model.helpers import planted_store
+from pipelines.synthetic import planted_store
 
 FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=32)
 

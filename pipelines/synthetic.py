@@ -1,4 +1,5 @@
-"""Synthetic feature stores with planted signal leaks, written through the real store API."""
+"""Synthetic feature stores with planted signal leaks, written through the real store API
+(for tests and benchmarks: no images or VAE needed)."""
 from __future__ import annotations
 
 import numpy as np
