@@ -34,4 +34,4 @@ def predict(bundle: Bundle, feats: Features, device: str | torch.device = "cpu",
     return {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
             "confidence": proba.max(1), "log_density": logd, "is_unknown": logd < thr,
             "nearest_prototypes": nearest, "attention": emb["a"], "top_gates": gates, "embedding": emb["e"],
-            "z": emb["z"], "logits": emb["logits"]}
+            "z": emb["z"], "g": emb["g"], "logits": emb["logits"]}

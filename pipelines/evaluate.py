@@ -32,10 +32,11 @@ def evaluate_store(bundle, store_path, device="cpu", split: str = "test") -> tup
     y = store_to_model[feats.labels]
     unknown = np.array([n not in bundle.class_names for n in names] + [False])[feats.labels] & (feats.labels >= 0)
     sel = (feats.splits == SPLIT_NAMES.index(split)) if split != "all" else np.ones(len(feats), bool)
-    sub = feats.subset(sel & ((y >= 0) | unknown))
+    keep = sel & ((y >= 0) | unknown)
+    sub = feats.subset(keep)
     if len(sub) == 0:
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
-    y, unknown = y[sel & ((y >= 0) | unknown)], unknown[sel & ((y >= 0) | unknown)]
+    y, unknown = y[keep], unknown[keep]
     p = predict(bundle, sub, device)
     known = y >= 0
     metrics = {"view": store.config.view, "store": str(store_path), "split": split,
@@ -49,7 +50,7 @@ def evaluate_store(bundle, store_path, device="cpu", split: str = "test") -> tup
                        "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]]})
     for i, c in enumerate(bundle.class_names):
         df[f"p_{c}"] = p["proba"][:, i]
-    extras = {"y": y, "unknown": unknown, **{k: p[k] for k in ("proba", "log_density", "attention", "embedding", "z")}}
+    extras = {"y": y, "unknown": unknown, **{k: p[k] for k in ("proba", "log_density", "attention", "embedding", "g")}}
     return metrics, df, extras
 
 

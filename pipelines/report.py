@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def _plt():
@@ -122,7 +123,9 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     y, unk = ex["y"], ex["unknown"]
     plot_confusion(out / "confusion.png", first["closed"]["confusion"], names, f"confusion ({first['view']})")
     plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, ex["log_density"][y >= 0], ex["log_density"][unk])
-    protos = (bundle.net.prototypes.detach() * ex_gate_scale(ex)).reshape(-1, ex["embedding"].shape[1])
+    # prototypes live in z space; the map shows z * sqrt(g): scale them by the mean sqrt(gate)
+    scale = torch.as_tensor(np.sqrt(ex["g"].mean(0)), dtype=torch.float32)
+    protos = (bundle.net.prototypes.detach() * scale).reshape(-1, ex["embedding"].shape[1])
     mask = bundle.net.proto_mask.reshape(-1).bool()
     plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy())
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
@@ -152,14 +155,6 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
-
-
-def ex_gate_scale(ex):
-    """Prototypes live in z space; scorers see z * sqrt(g). Scale prototypes by the mean sqrt gate."""
-    import torch
-    z, e = ex["z"], ex["embedding"]
-    ratio = np.where(np.abs(z) > 1e-6, e / np.where(np.abs(z) > 1e-6, z, 1), np.nan)
-    return torch.as_tensor(np.nan_to_num(np.nanmean(ratio, 0), nan=1.0), dtype=torch.float32)
 
 
 def _fmt(v) -> str:

@@ -32,8 +32,9 @@ def get_bundle(run_dir: str, device: str = "cpu"):
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
         if key not in _MODELS:
-            import torch
-            torch.set_num_threads(1) if device == "cpu" and os.environ.get("LEAKSTORE_WORKER") else None
+            if device == "cpu" and os.environ.get("LEAKSTORE_WORKER"):
+                import torch
+                torch.set_num_threads(1)  # one thread per dask worker process: workers scale, threads fight
             _MODELS[key] = load_bundle(run_dir, device)
         return _MODELS[key]
 
@@ -214,9 +215,10 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
             client = Client(cluster)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        n_inputs = None if is_store(inp) else len(list_inputs(inp))
+        if not is_store(inp):
+            inp = list_inputs(inp)  # listed once, here
         # image partitions: at most PARTITION_IMAGES, and at least four per worker so all stay busy
-        part = PARTITION_IMAGES if n_inputs is None else max(8, min(PARTITION_IMAGES, -(-n_inputs // (4 * n_workers))))
+        part = PARTITION_IMAGES if is_store(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
         ddf = scoring_frame(run_dir, inp, device, partition=part)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device), name="leakstore-model")
         if progress:
