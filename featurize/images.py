@@ -61,8 +61,6 @@ def _to_rgb8(img: Image.Image, path: str) -> np.ndarray:
         top = 1.0 if a.max() <= 1.0 else 255.0
         a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
-    if mode in ("RGB;16", "RGBA;16", "RGB;16B"):  # pragma: no cover - PIL opens these as RGB(A) already
-        img = img.convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode != "RGB":

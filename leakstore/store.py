@@ -27,7 +27,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -311,12 +311,3 @@ class FeatureStore:
                               "chunks": list(self.group[name].chunks)} for name in array_specs(0, self.config)},
             "first_failures": [{"path": str(p), "error": str(errors[r])} for p, r in zip(paths, failed_rows)],
         }
-
-
-def iter_done_rows(store: FeatureStore, rows: Iterable[int] | None = None) -> np.ndarray:
-    """Indices of rows whose features are on disk (status done)."""
-    st = store.status()
-    idx = np.flatnonzero(st == DONE)
-    if rows is not None:
-        idx = np.intersect1d(idx, np.asarray(list(rows)))
-    return idx

@@ -51,8 +51,3 @@ def open_set(known_score: np.ndarray, unknown_score: np.ndarray, known_correct: 
         fp = np.array([(unknown_score >= t).mean() for t in thr])
         out["oscr"] = float(np.trapezoid(np.r_[0, ccr], np.r_[0, fp]))
     return out
-
-
-def roc_points(y_bin: np.ndarray, score: np.ndarray):
-    fpr, tpr, _ = roc_curve(y_bin, score)
-    return fpr, tpr
