@@ -53,22 +53,29 @@ def embed_all(net: ProtoLeakNet, feats: Features, device, batch: int = 256) -> d
 
 
 def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One random circular shift per sample over the last two axes (FFT magnitudes unchanged)."""
+    """One random circular shift per sample over the last two axes (FFT magnitudes unchanged).
+    Vectorised (two gathers), on whatever device x lives; the shifts come from `gen` (CPU)."""
     h, w = x.shape[-2:]
-    dy = torch.randint(0, h, (len(x),), generator=gen).tolist()
-    dx = torch.randint(0, w, (len(x),), generator=gen).tolist()
-    return torch.stack([torch.roll(xi, (a, b), (-2, -1)) for xi, a, b in zip(x, dy, dx)])
+    b = len(x)
+    dy = torch.randint(0, h, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, w, (b,), generator=gen).to(x.device)
+    flat = x.reshape(b, -1, h, w)
+    iy = (torch.arange(h, device=x.device)[None, :] - dy[:, None]) % h          # (B, h): out row <- in row
+    ix = (torch.arange(w, device=x.device)[None, :] - dx[:, None]) % w
+    flat = flat.gather(2, iy[:, None, :, None].expand(b, flat.shape[1], h, w))
+    flat = flat.gather(3, ix[:, None, None, :].expand(b, flat.shape[1], h, w))
+    return flat.reshape(x.shape)
 
 
 def _renoised(feats: Features, idx: torch.Tensor, fcfg: FeaturizeConfig, gen: torch.Generator, device,
-              roll: bool = False):
-    """Fresh forward diffusion of latent0 for rows idx: (B, T, C, h, w), (B, T, C, k, k)."""
-    z0 = feats.latent0[idx].float()
+              roll: bool = False, noise_gen: torch.Generator | None = None):
+    """Fresh forward diffusion of latent0 for rows idx: (B, T, C, h, w), (B, T, C, k, k).
+    The noise is drawn on the device from `noise_gen` (on CPU that is `gen` itself)."""
+    z0 = feats.latent0[idx.to(feats.latent0.device)].to(device).float()
     if roll:
         z0 = _roll(z0, gen)
-    z0 = z0.to(device)
-    a, s = (torch.tensor(v, dtype=torch.float32) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
-    eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=gen).to(device)
+    a, s = (torch.tensor(v, dtype=torch.float32, device=device) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
+    eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=noise_gen or gen, device=device)
     zt = add_noise(z0, eps, a, s, fcfg.sigma_normalize)
     return zt, low_freq_spectrum(zt, fcfg.fft_size)
 
@@ -98,31 +105,51 @@ def _check_enough(known, y, splits, store):
         raise InputError("training needs at least two known classes")
 
 
-def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None) -> float:
+def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None) -> float:
+    """One pass over idx_all. Features may live on the device already (see `_to_device`);
+    the loss is summed on the device, so a step never waits for the GPU."""
     net.train()
     perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
-    total, n = 0.0, 0
+    y_dev = torch.as_tensor(y, device=device)
+    total, n = torch.zeros((), device=device), 0
     for s in range(0, len(perm), cfg.batch_size):
         idx = perm[s:s + cfg.batch_size]
         if cfg.renoise:
-            lat, spec = _renoised(feats, idx, fcfg, gen, device, cfg.roll_augment)
+            lat, spec = _renoised(feats, idx, fcfg, gen, device, cfg.roll_augment, noise_gen)
         else:
-            lat, spec = feats.latents[idx].to(device), feats.spectra[idx].to(device)
+            on = idx.to(feats.latents.device)
+            lat, spec = feats.latents[on].to(device, non_blocking=True), feats.spectra[on].to(device, non_blocking=True)
             if cfg.roll_augment:
                 lat = _roll(lat, gen)
         keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
         out = net(lat, spec, keep)
-        target = torch.as_tensor(y[idx.numpy()], device=device)
+        target = y_dev[idx.to(device)]
         loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
-        total += float(loss.detach()) * len(idx)
+        total += loss.detach() * len(idx)
         n += len(idx)
         if bar is not None:
             bar.update(len(idx))
-    return total / max(n, 1)
+    return float(total) / max(n, 1)
+
+
+def _to_device(feats: Features, device, fraction: float = 0.5) -> Features:
+    """The training tensors on the GPU once, when they take at most `fraction` of its free
+    memory (then no batch is copied from the host again); unchanged on CPU or when too big."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return feats
+    tensors = [t for t in (feats.latents, feats.spectra, feats.latent0) if t is not None]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    free, _ = torch.cuda.mem_get_info(dev)
+    if need > fraction * free:
+        return feats
+    mv = lambda t: None if t is None else t.to(dev)  # noqa: E731
+    return Features(feats.rows, mv(feats.latents), mv(feats.spectra), mv(feats.latent0), feats.labels, feats.splits,
+                    feats.paths)
 
 
 @torch.inference_mode()
@@ -130,7 +157,8 @@ def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, floa
     """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
     from model.metrics import closed_set
     net.eval()
-    logits = torch.cat([net(feats.latents[idx[s:s + batch]].to(device), feats.spectra[idx[s:s + batch]].to(device))
+    idx_f = idx.to(feats.latents.device)
+    logits = torch.cat([net(feats.latents[idx_f[s:s + batch]].to(device), feats.spectra[idx_f[s:s + batch]].to(device))
                         ["logits"].float().cpu() for s in range(0, len(idx), batch)])
     t = torch.as_tensor(y[idx.numpy()])
     loss = float(F.cross_entropy(logits, t))
@@ -201,12 +229,16 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     net = build_net(cfg, fcfg, len(known))
     net.set_normalisation(feats.latents[tr], feats.spectra[tr])
     net.to(dev)
+    dfeats = _to_device(feats, dev)
+    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed) if dev.type == "cuda" else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
              "best_epoch": -1, "bad_epochs": 0, "history": []}
     if resume and (out_dir / "train_state.json").exists():
         state = load_train_state(out_dir, net, opt)
         gen.manual_seed(cfg.seed + 1000 * state["epoch"])
+        if noise_gen is not None:
+            noise_gen.manual_seed(cfg.seed + 1000 * state["epoch"])
     best = {k: v.detach().clone() for k, v in net.state_dict().items()}
     if resume and (out_dir / "model.safetensors").exists():
         from safetensors.torch import load_file
@@ -215,8 +247,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     bar = tqdm(total=(cfg.epochs - state["epoch"]) * len(tr), unit="sample", disable=not progress, desc="train")
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
-        tl = _epoch(net, opt, feats, y, tr, cfg, fcfg, dev, gen, bar)
-        vl, vacc, vauc = _validate(net, feats, y, va, dev)
+        tl = _epoch(net, opt, dfeats, y, tr, cfg, fcfg, dev, gen, bar, noise_gen)
+        vl, vacc, vauc = _validate(net, dfeats, y, va, dev)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
                                  "val_auc": vauc, "seconds": time.perf_counter() - te})
@@ -231,6 +263,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
             state["bad_epochs"] += 1
         save_train_state(out_dir, net, opt, state)
     bar.close()
+    del dfeats
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
     return _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds,

@@ -91,3 +91,14 @@ def test_other_backbones_train(tmp_path, backbone, temporal):
                                                                      renoise=False, scorer="gmm"), progress=False)
     assert np.isfinite(s["history"][-1]["train_loss"])
     assert load_bundle(tmp_path / "run").closed.__class__.__name__ == "ClassGMM"
+
+
+def test_batch_roll_shifts_each_sample_circularly_like_torch_roll():
+    from model.train import _roll
+    x = torch.randn(5, 3, 2, 6, 7)
+    out = _roll(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    dy, dx = torch.randint(0, 6, (5,), generator=g), torch.randint(0, 7, (5,), generator=g)
+    want = torch.stack([torch.roll(x[i], (int(dy[i]), int(dx[i])), (-2, -1)) for i in range(5)])
+    assert torch.equal(out, want)
+    assert not torch.equal(out, x)
