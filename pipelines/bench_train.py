@@ -1,16 +1,23 @@
 """Training 10 epochs from the store versus re-encoding every image every epoch (the reference).
 
     python -m pipelines.bench_train DATA --vae taef2 --resolution 128 --images 256 --out /tmp/bench-train
+    python -m pipelines.bench_train synthetic --vae sd-random --resolution 256 --images 2048   # GPU, DESIGN's arm
 
 Both arms train the same model on the same images with the same steps; the re-encoding arm
 decodes, encodes (VAE), noises and transforms every image again in every epoch before the
 step, as the reference code does. Prints seconds per arm, the speed-up of training from the
 store, and the end-to-end speed-up when the one-time featurization is counted too.
+
+DATA "synthetic" writes --images random PNGs in four labelled folders (timing only);
+--vae sd-random is the SD-VAE architecture with random weights (the cost of the real one).
+--reference-precision fp32 runs the re-encoding arm's VAE in fp32 (no autocast, as the
+reference code does); the default runs it at the store's precision (bf16 on a GPU).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,28 +34,36 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-train"))
+    ap.add_argument("--loader-workers", type=int, default=min(8, max(1, (os.cpu_count() or 2) - 1)))
+    ap.add_argument("--reference-precision", choices=["same", "fp32"], default="same")
     args = ap.parse_args(argv)
+    import dataclasses
     import torch.nn.functional as F
 
     from featurize.api import build_config
     from featurize.datasets import build_catalog
-    from featurize.inmemory import featurize_paths
-    from featurize.runner import DeviceFeaturizer, RunOptions, featurize_store, resolve_device
+    from torch.utils.data import DataLoader
+
+    from featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store, resolve_device
     from featurize.vae import load_encoder
     from leakstore.store import Catalog
     from model.config import ModelConfig
     from model.train import train
     dev = resolve_device(args.device)
-    cat = build_catalog(args.data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cat = build_catalog(_synthetic(args.out, args.images, args.resolution) if args.data == "synthetic" else args.data)
     rng = np.random.default_rng(0)
     pick = np.sort(rng.choice(len(cat), min(args.images, len(cat)), replace=False))
     sub = Catalog(tuple(cat.paths[i] for i in pick), cat.labels[pick], np.zeros(len(pick), np.int8),
                   tuple(cat.groups[i] for i in pick), cat.class_names, cat.real_class, "bench: all train", cat.source)
     sub.splits[::5] = 1  # a validation row in five, for early stopping bookkeeping (never triggered here)
-    enc = load_encoder(args.vae)
+    enc = load_encoder(_sd_random(args.out) if args.vae == "sd-random" else args.vae)
     fcfg = build_config(enc, resolution=args.resolution, device=str(dev))
     cfg = ModelConfig(epochs=args.epochs, patience=args.epochs + 1, renoise=False, roll_augment=False)
-    res = {"device": str(dev), "images": len(pick), "epochs": args.epochs, "vae": args.vae}
+    res = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "images": len(pick),
+           "epochs": args.epochs, "vae": args.vae, "resolution": args.resolution, "store_precision": fcfg.precision,
+           "reference_precision": fcfg.precision if args.reference_precision == "same" else "fp32",
+           "loader_workers": args.loader_workers}
     _warm_up(cfg, fcfg, len(cat.class_names), dev)  # one-time imports and kernel set-up, out of both arms
     t = time.perf_counter()
     featurize_store(sub, args.out / "store.zarr", fcfg, enc,
@@ -63,22 +78,30 @@ def main(argv=None):
     from model.checkpoint import build_net
     net = build_net(cfg, fcfg, len(cat.class_names)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    runner = DeviceFeaturizer(enc, fcfg, dev, 64, use_compile=False)
+    ref_cfg = fcfg if args.reference_precision == "same" else dataclasses.replace(fcfg, precision="fp32")
+    runner = DeviceFeaturizer(enc, ref_cfg, dev, 64, use_compile=False)
     tr = np.flatnonzero(sub.splits == 0)
-    paths = [sub.paths[i] for i in tr]
-    y_all = torch.as_tensor(sub.labels[tr].astype(np.int64))
+    y_all = torch.as_tensor(sub.labels.astype(np.int64))
+    # a training loader as the reference has one: decode workers kept alive across epochs
+    ds = ImageRows(sub.paths, list(tr), ref_cfg, 1 << 27)
+    sampler = _EpochShuffle(len(tr))
+    loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=args.loader_workers, collate_fn=collate,
+                        persistent_workers=args.loader_workers > 0, sampler=sampler)
+    normalised = False
     t = time.perf_counter()
     for epoch in range(args.epochs):
-        perm = np.random.default_rng(epoch).permutation(len(paths))
-        for s0 in range(0, len(perm), cfg.batch_size):
-            idx = perm[s0:s0 + cfg.batch_size]
-            feats, _, _ = featurize_paths([paths[i] for i in idx], fcfg, enc, device=str(dev), batch_size=64,
-                                          runner=runner)
-            if epoch == 0 and s0 == 0:
-                net.set_normalisation(feats.latents, feats.spectra)
+        sampler.epoch = epoch
+        for b in loader:
+            out = runner(b["images"], b["noise"])
+            if "event" in out:
+                out.pop("event").synchronize()
+            lat, spec = out["latents"], out["spectra"]
+            if not normalised:
+                net.set_normalisation(lat.float(), spec.float())
+                normalised = True
             net.train()
-            out = net(feats.latents.to(dev), feats.spectra.to(dev), net.time_dropout_mask(len(idx), dev))
-            loss = F.cross_entropy(out["logits"], y_all[idx].to(dev))
+            o = net(lat.to(dev).float(), spec.to(dev).float(), net.time_dropout_mask(len(lat), dev))
+            loss = F.cross_entropy(o["logits"], y_all[b["ok_rows"]].to(dev))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -92,6 +115,40 @@ def main(argv=None):
     (args.out / "bench_train.json").write_text(json.dumps(res, indent=2))
     for k, v in res.items():
         print(f"{k:<22} {v:.2f}" if isinstance(v, float) else f"{k:<22} {v}")
+
+
+class _EpochShuffle(torch.utils.data.Sampler):
+    """A fresh seeded permutation each epoch (set .epoch), read by a persistent loader."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return iter(np.random.default_rng(self.epoch).permutation(self.n).tolist())
+
+
+def _synthetic(root: Path, n: int, res: int) -> Path:
+    """n random PNGs (pipelines.bench_featurize's generator) in four labelled folders: timing only."""
+    from pipelines.bench_featurize import make_images
+    folder = make_images(root, n, res) / "gen"
+    files = sorted(folder.glob("*.png"))[:n]
+    lines = ["path,label,split,group"] + [f"{f},class{i % 4},train,g{i}" for i, f in enumerate(files)]
+    (root / "synthetic.csv").write_text("\n".join(lines) + "\n")
+    return root / "synthetic.csv"
+
+
+def _sd_random(root: Path) -> str:
+    from diffusers import AutoencoderKL
+
+    from pipelines.bench_featurize import SD_VAE
+    vae_dir = root / "sd-vae-random"
+    if not (vae_dir / "config.json").exists():
+        torch.manual_seed(0)
+        AutoencoderKL(**SD_VAE).save_pretrained(vae_dir)
+    return str(vae_dir)
 
 
 def _warm_up(cfg, fcfg, n_classes, dev):
