@@ -22,12 +22,12 @@ def main(argv=None):
     ap.add_argument("--workers", default="")
     ap.add_argument("--chunk", type=int, default=1024)
     args = ap.parse_args(argv)
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from leakstore.config import FeaturizeConfig
     from model.config import ModelConfig
     from model.train import train
-    from pipelines.score import score, scoring_frame
+    from pipelines.score import local_cluster, score, scoring_frame
     from pipelines.synthetic import VAE, planted_store
     cfg = FeaturizeConfig(vae=VAE, resolution=128, timesteps=(0, 50, 100, 200, 400), fft_size=8)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def main(argv=None):
         [n for n in (1, 2, 4, 8, 16, 32) if n <= cpus]
     rows = {}
     for n in sizes:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as c, Client(c) as cl:
+        with local_cluster(n) as c, Client(c) as cl:
             from pipelines.score import LoadModel
             cl.register_plugin(LoadModel(str(run.resolve())), name="leakstore-model")
             cl.compute(scoring_frame(run, store).partitions[:n]).result()  # warm: imports, model, first reads

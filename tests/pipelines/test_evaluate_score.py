@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +18,7 @@ from model.data import load_features
 from model.predict import predict
 from model.train import train
 from pipelines.evaluate import evaluate
-from pipelines.score import score, scoring_frame
+from pipelines.score import local_cluster, score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
 from pipelines.synthetic import planted_store
@@ -28,8 +28,13 @@ FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=32)
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c, Client(c) as cl:
+    with local_cluster(2) as c, Client(c) as cl:
         yield cl
+
+
+def test_local_cluster_workers_keep_glibc_dynamic_mmap_threshold_and_one_thread(cluster):
+    env = cluster.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
+    assert len(env) == 2 and set(env.values()) == {(None, "1")}
 
 
 @pytest.fixture(scope="module")
