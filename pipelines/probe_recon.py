@@ -1,0 +1,128 @@
+"""Probe: do autoencoder-reconstruction residuals add what latent statistics miss?
+
+    python -m pipelines.probe_recon lb128x64/manifest.csv --per-class 150
+
+For a sample of a LeakBench manifest (the same number of images per class), computes with
+TAEF2 (encoder and decoder from $LEAKSTORE_WEIGHTS or ../shared/weights):
+  latent    per-channel mean and std of the latent E(x)           (what the leak lives in)
+  residual  radial power spectrum (12 bins) and mean |x - D(E(x))| per colour channel, and
+            per-channel energy of E(x) - E(D(E(x)))                (how far x is from the
+            autoencoder's own outputs: small for images it made)
+and reports the one-vs-rest AUC per class of a logistic-regression probe under 5-fold
+cross-validation grouped by source photograph, for each feature set and both together.
+A probe, not a trained model: it says whether the residual carries signal the store lacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from featurize.vae import _TinyBlock, build_sequential_encoder, weights_dirs
+
+N_BINS = 12
+
+
+class _SoftClamp(nn.Module):
+    def forward(self, z):
+        return torch.tanh(z / 3) * 3
+
+
+def build_sequential_decoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """A TAESD-family decoder from its state dict: layer 0 is the soft clamp; a conv without
+    bias follows a 2x nearest upsampling; other weightless indices are ReLUs."""
+    layers: list[nn.Module] = []
+    for i in range(max(int(k.split(".")[0]) for k in state) + 1):
+        w = state.get(f"{i}.weight")
+        if i == 0:
+            layers.append(_SoftClamp())
+        elif f"{i}.conv.0.weight" in state:
+            layers.append(_TinyBlock(state[f"{i}.conv.0.weight"].shape[0], f"{i}.pool.0.weight" in state))
+        elif w is not None:
+            layers.append(nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=f"{i}.bias" in state))
+        elif f"{i + 1}.weight" in state and f"{i + 1}.bias" not in state:
+            layers.append(nn.Upsample(scale_factor=2))
+        else:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def radial_power(x: np.ndarray, bins: int = N_BINS) -> np.ndarray:
+    """(C, H, W) -> (C, bins) mean |FFT|^2 over rings of radius 0 .. Nyquist."""
+    h, w = x.shape[-2:]
+    r = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")) / 0.5 * bins
+    ring = np.minimum(r.astype(int), bins - 1).ravel()
+    count = np.bincount(ring, minlength=bins)
+    p = np.abs(np.fft.fft2(x)) ** 2
+    return np.stack([np.bincount(ring, weights=pc.ravel(), minlength=bins) / count for pc in p])
+
+
+def features(images: torch.Tensor, enc: nn.Module, dec: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """images (B, 3, H, W) in [0, 1] -> (latent features (B, 2C), residual features (B, 3*bins+3+C))."""
+    with torch.inference_mode():
+        z = enc(images)
+        xr = dec(z).clamp(0, 1)
+        z2 = enc(xr)
+    res = (images - xr).numpy()
+    lat = torch.cat([z.mean((2, 3)), z.std((2, 3))], 1).numpy()
+    rfe = [np.concatenate([np.log(radial_power(r) + 1e-12).ravel(), np.log(np.abs(r).mean((1, 2)) + 1e-9),
+                           np.log(((a - b) ** 2).mean((1, 2)).numpy() + 1e-12)])
+           for r, a, b in zip(res, z, z2)]
+    return lat, np.stack(rfe)
+
+
+def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    p = cross_val_predict(clf, x, y, groups=groups, cv=GroupKFold(5), method="predict_proba")
+    classes = np.unique(y)
+    auc = {str(c): float(roc_auc_score(y == c, p[:, i])) for i, c in enumerate(classes)}
+    return {"macro_auc": float(np.mean(list(auc.values()))), **auc}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("manifest", type=Path)
+    ap.add_argument("--per-class", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    import pandas as pd
+    from PIL import Image
+    w = next((d for d in weights_dirs() if (d / "taef2_decoder.pth").is_file()), None)
+    if w is None:
+        raise SystemExit("taef2_decoder.pth not found: set LEAKSTORE_WEIGHTS to the folder holding TAEF2")
+    load = lambda n: torch.load(w / f"taef2_{n}.pth", map_location="cpu", weights_only=True)  # noqa: E731
+    enc = build_sequential_encoder(load("encoder"))[0]
+    dec = build_sequential_decoder(load("decoder"))
+    df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
+    df = df.groupby("label", group_keys=False).apply(
+        lambda g: g.sample(min(args.per_class, len(g)), random_state=args.seed))
+    lat, rfe = [], []
+    for s in range(0, len(df), 32):
+        batch = [np.asarray(Image.open(args.manifest.parent / p).convert("RGB")) for p in df.path.iloc[s:s + 32]]
+        a, b = features(torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255, enc, dec)
+        lat.append(a)
+        rfe.append(b)
+    lat, rfe = np.concatenate(lat), np.concatenate(rfe)
+    y, g = df.label.to_numpy(), df.group.to_numpy()
+    out = {"images": len(df), "latent": probe(lat, y, g), "residual": probe(rfe, y, g),
+           "latent+residual": probe(np.hstack([lat, rfe]), y, g)}
+    for k in ("latent", "residual", "latent+residual"):
+        print(f"{k:<16} " + " ".join(f"{c} {v:.3f}" for c, v in out[k].items()))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
