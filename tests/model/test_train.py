@@ -102,3 +102,15 @@ def test_batch_roll_shifts_each_sample_circularly_like_torch_roll():
     want = torch.stack([torch.roll(x[i], (int(dy[i]), int(dx[i])), (-2, -1)) for i in range(5)])
     assert torch.equal(out, want)
     assert not torch.equal(out, x)
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda_with_device_noise_and_resident_features(tmp_path):
+    planted_store(tmp_path / "s.zarr", per_class=60)
+    summary = train(tmp_path / "s.zarr", tmp_path / "run", FAST, device="cuda", progress=False)
+    b = load_bundle(tmp_path / "run")
+    f = load_features(FeatureStore.open(tmp_path / "s.zarr"))
+    test = f.subset(f.splits == 2)
+    p = predict(b, test)
+    y = np.array([b.class_names.index(n) for n in np.array(FeatureStore.open(tmp_path / "s.zarr").class_names)[test.labels]])
+    assert summary["device"].startswith("cuda") and (p["pred"] == y).mean() > 0.95
