@@ -106,8 +106,8 @@ def main(argv=None):
     enc = build_sequential_encoder(load("encoder"))[0]
     dec = build_sequential_decoder(load("decoder"))
     df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    df = df.groupby("label", group_keys=False).apply(
-        lambda g: g.sample(min(args.per_class, len(g)), random_state=args.seed))
+    df = df.loc[[i for _, g in df.groupby("label")
+                 for i in g.sample(min(args.per_class, len(g)), random_state=args.seed).index]]
     lat, rfe = [], []
     for s in range(0, len(df), 32):
         batch = [np.asarray(Image.open(args.manifest.parent / p).convert("RGB")) for p in df.path.iloc[s:s + 32]]
