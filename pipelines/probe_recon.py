@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featurize.vae import _TinyBlock, build_sequential_encoder, weights_dirs
+from featurize.vae import _read_state, _TinyBlock, build_sequential_encoder, weights_dirs
 
 N_BINS = 12
 
@@ -102,9 +102,8 @@ def main(argv=None):
     w = next((d for d in weights_dirs() if (d / "taef2_decoder.pth").is_file()), None)
     if w is None:
         raise SystemExit("taef2_decoder.pth not found: set LEAKSTORE_WEIGHTS to the folder holding TAEF2")
-    load = lambda n: torch.load(w / f"taef2_{n}.pth", map_location="cpu", weights_only=True)  # noqa: E731
-    enc = build_sequential_encoder(load("encoder"))[0]
-    dec = build_sequential_decoder(load("decoder"))
+    enc = build_sequential_encoder(_read_state(w / "taef2_encoder.pth"))[0]
+    dec = build_sequential_decoder(_read_state(w / "taef2_decoder.pth"))
     df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     df = df.loc[[i for _, g in df.groupby("label")
                  for i in g.sample(min(args.per_class, len(g)), random_state=args.seed).index]]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from featurize.vae import build_sequential_encoder
+from featurize.vae import _read_state, build_sequential_encoder
 from pipelines.probe_recon import build_sequential_decoder, features, radial_power
 
 
@@ -18,9 +18,8 @@ def test_radial_power_puts_a_sinusoid_in_its_ring():
 
 @pytest.mark.weights
 def test_taef2_round_trip_is_close_and_its_own_outputs_have_smaller_residuals(taef2_dir):
-    load = lambda n: torch.load(taef2_dir / f"taef2_{n}.pth", map_location="cpu", weights_only=True)  # noqa: E731
-    enc = build_sequential_encoder(load("encoder"))[0]
-    dec = build_sequential_decoder(load("decoder"))
+    enc = build_sequential_encoder(_read_state(taef2_dir / "taef2_encoder.pth"))[0]
+    dec = build_sequential_decoder(_read_state(taef2_dir / "taef2_decoder.pth"))
     g = torch.Generator().manual_seed(0)
     # smooth random images: what an autoencoder reconstructs well
     x = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=64, mode="bicubic").clamp(0, 1)
