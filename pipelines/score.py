@@ -56,7 +56,7 @@ class LoadModel(WorkerPlugin):
         get_bundle(self.run_dir, self.device)
 
 
-def local_cluster(n_workers: int, **kw):
+def local_cluster(n_workers: int):
     """A LocalCluster of worker processes (one thread each) for leakstore's work.
 
     dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into every worker; setting it also
@@ -66,8 +66,7 @@ def local_cluster(n_workers: int, **kw):
     import dask
     from distributed import LocalCluster
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address=kw.pop("dashboard_address", ":0"), **kw)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 # ---------------------------------------------------------------------------- one partition
