@@ -8,10 +8,10 @@ from featurize.runner import FeaturizeReport, RunOptions, featurize_store, resol
 from featurize.vae import load_encoder
 from featurize.views import parse_view, view_name
 from leakstore.config import FeaturizeConfig, ScheduleConfig
+from leakstore.errors import InputError
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
-    from leakstore.errors import InputError
     try:
         ts = tuple(int(t) for t in text.replace(" ", "").split(",") if t != "")
     except ValueError:
@@ -25,13 +25,20 @@ def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 
                  resize_policy: str = "shorter-crop", resample: str = "bilinear",
                  schedule: ScheduleConfig | None = None, sigma_normalize: bool = False, fft_size: int = 8,
                  seed: int = 0, view=None, min_side: int = 32, precision: str | None = None,
-                 device: str = "auto") -> FeaturizeConfig:
+                 residual_bins: int = 0, device: str = "auto") -> FeaturizeConfig:
+    """A FeaturizeConfig for `encoder`; residual_bins > 0 needs the encoder's decoder attached."""
     dev = resolve_device(device)
     prec = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    decoder = ""
+    if residual_bins:
+        if encoder.decoder is None:
+            raise InputError("the residual feature needs the VAE's decoder: load the encoder with decoder=True")
+        decoder = encoder.decoder.revision
     return FeaturizeConfig(vae=encoder.identity, resolution=resolution, resize_policy=resize_policy,
                            resample=resample, timesteps=tuple(timesteps), schedule=schedule or ScheduleConfig(),
                            sigma_normalize=sigma_normalize, fft_size=fft_size, seed=seed,
-                           view=view_name(parse_view(view)), min_side=min_side, precision=prec)
+                           view=view_name(parse_view(view)), min_side=min_side, precision=prec,
+                           residual_bins=residual_bins, decoder=decoder)
 
 
 def featurize(data: str | Path, store: str | Path, *, vae: str = "sd21", vae_subfolder: str = "",
@@ -40,7 +47,8 @@ def featurize(data: str | Path, store: str | Path, *, vae: str = "sd21", vae_sub
               opts: RunOptions | None = None, **config_kw) -> FeaturizeReport:
     """Featurize DATA (class folders, manifest or WILD layout) into STORE. See `build_config` for features."""
     catalog = build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions)
-    encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor)
+    encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                           decoder=config_kw.get("residual_bins", 0) > 0)
     config_kw.setdefault("device", (opts or RunOptions()).device)
     cfg = build_config(encoder, **config_kw)
     return featurize_store(catalog, store, cfg, encoder, opts)

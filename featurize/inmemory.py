@@ -20,7 +20,7 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
     runner = runner or DeviceFeaturizer(encoder, cfg, dev, batch_size, use_compile=False)
     ds = ImageRows(tuple(paths), list(range(len(paths))), cfg, max_pixels)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    lat, spec, ok, sha, errors = [], [], [], [""] * len(paths), {}
+    lat, spec, res, ok, sha, errors = [], [], [], [], [""] * len(paths), {}
     for b in loader:
         for r, h in b["sha"].items():
             sha[r] = h
@@ -32,6 +32,8 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
             out.pop("event").synchronize()
         lat.append(out["latents"].cpu())
         spec.append(out["spectra"].cpu())
+        if "residual" in out:
+            res.append(out["residual"].cpu())
         ok += b["ok_rows"]
     c, h, w = cfg.latent_shape
     t, k = len(cfg.timesteps), cfg.fft_size
@@ -39,5 +41,6 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
                      latents=torch.cat(lat) if lat else torch.zeros((0, t, c, h, w), dtype=torch.float16),
                      spectra=torch.cat(spec) if spec else torch.zeros((0, t, c, k, k), dtype=torch.float16),
                      latent0=None, labels=np.full(len(ok), -1), splits=np.full(len(ok), -1),
-                     paths=np.array([paths[i] for i in ok], dtype=object))
+                     paths=np.array([paths[i] for i in ok], dtype=object),
+                     residual=(torch.cat(res) if res else torch.zeros((0, cfg.residual_dim))) if cfg.residual_bins else None)
     return feats, sha, errors

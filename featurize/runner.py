@@ -1,7 +1,7 @@
 """The batched featurize runner: it only moves data.
 
     files --(DataLoader worker processes: read, hash, decode, view, resize, seeded noise)-->
-    uint8 batches --(device: encode, forward-diffuse, FFT)--> float16 results
+    uint8 batches --(device: encode, forward-diffuse, FFT[, decode: residual])--> float16 results
     --(writer threads: whole chunks, data first, status last)--> Zarr store
 
 Resumable: only chunks with a pending row are processed, and every chunk is rewritten
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
 from featurize.noising import add_noise, noise_coefficients, seeded_noise
+from featurize.residual import residual_features
 from featurize.spectra import low_freq_spectrum
 from featurize.vae import LatentEncoder
 from featurize.views import apply_view, parse_view
@@ -144,7 +145,8 @@ def chunk_aligned_batches(chunk_lengths: list[int], batch: int) -> list[list[int
 
 # ---------------------------------------------------------------------------- device side
 class DeviceFeaturizer:
-    """Encode + noise + spectra on one device. (B, 3, R, R) uint8 -> float16 arrays."""
+    """Encode + noise + spectra (+ the reconstruction residual when the config asks) on one device.
+    (B, 3, R, R) uint8 -> float16 arrays (residual: float32)."""
 
     def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
                  batch_size: int, use_compile: bool, compile_mode: str = "default"):
@@ -161,23 +163,35 @@ class DeviceFeaturizer:
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
         self.run = compile_encoder(self.encoder, compile_mode) if use_compile else self.encoder
+        self.decode = None
+        if cfg.residual_bins:
+            if self.encoder.decoder is None:
+                raise LeakstoreError("the config asks for the residual feature but the encoder came without its "
+                                     "decoder: load it with load_encoder(..., decoder=True)")
+            dec = self.encoder.decoder
+            self.decode = compile_encoder(dec, compile_mode) if use_compile else dec
         a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
         self.alpha = torch.tensor(a, dtype=torch.float32, device=device)
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32 -> float16 tensors on the CPU
+        """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32 -> tensors on the CPU
         (copies in flight: wait on the returned 'event' before reading them)."""
         b = images.shape[0]
         x = images.to(self.device, non_blocking=True)
         if self.fixed_batch and b < self.batch_size:
             x = torch.cat([x, x[:1].expand(self.batch_size - b, -1, -1, -1)])
         x = x.contiguous(memory_format=self.memory_format)
-        z0 = self.run(x)[:b].float()
+        z = self.run(x).float()
+        z0 = z[:b]
         zt = add_noise(z0, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, self.cfg.sigma_normalize)
         spec = low_freq_spectrum(zt, self.cfg.fft_size)
         out = {"latent0": z0.half(), "latents": zt.half(), "spectra": spec.half()}
+        if self.decode is not None:  # on the padded batch too: one shape for a compiled decoder
+            res = residual_features(x.float() / 255.0, z, self.decode, lambda px: self.run(px * 255.0),
+                                    self.cfg.residual_bins)
+            out["residual"] = res[:b]
         if self.device.type != "cuda":
             return out
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in out.items()}
@@ -198,7 +212,10 @@ class ChunkAssembler:
         cfg = store.config
         c, h, w = cfg.latent_shape
         t, k = len(cfg.timesteps), cfg.fft_size
-        self.shapes = {"latent0": (c, h, w), "latents": (t, c, h, w), "spectra": (t, c, k, k)}
+        self.shapes = {"latent0": ((c, h, w), np.float16), "latents": ((t, c, h, w), np.float16),
+                       "spectra": ((t, c, k, k), np.float16)}
+        if cfg.residual_bins:
+            self.shapes["residual"] = ((cfg.residual_dim,), np.float32)
         self.buffers: dict[int, dict] = {}
         self.remaining = {ck: len(store.chunk_rows(ck)) for ck in chunks}
         self.futures: deque[Future] = deque()
@@ -208,7 +225,7 @@ class ChunkAssembler:
     def _buffer(self, ck: int) -> dict:
         if ck not in self.buffers:
             n = len(self.store.chunk_rows(ck))
-            buf = {name: np.full((n,) + shape, np.nan, dtype=np.float16) for name, shape in self.shapes.items()}
+            buf = {name: np.full((n,) + shape, np.nan, dtype=dt) for name, (shape, dt) in self.shapes.items()}
             buf.update(sha256=np.full(n, "", dtype=object), error=np.full(n, "", dtype=object),
                        status=np.zeros(n, dtype=np.uint8))
             self.buffers[ck] = buf

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from leakstore.config import VAEIdentity
+from leakstore.config import FeaturizeConfig, VAEIdentity
 from leakstore.errors import WeightsNotFoundError
 
 
@@ -72,6 +72,7 @@ class LatentEncoder(nn.Module):
         super().__init__()
         self.net, self.quant_conv, self.identity, self.mode = net, quant_conv, identity, mode
         self.c = identity.latent_channels
+        self.decoder: LatentDecoder | None = None   # attached by load_encoder(..., decoder=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = next(self.net.parameters()).dtype
@@ -133,6 +134,58 @@ def build_sequential_encoder(state: dict[str, torch.Tensor], path: str = "") -> 
     return net.eval(), int(out_ch), 2 ** down
 
 
+class _SoftClamp(nn.Module):
+    def forward(self, z):
+        return torch.tanh(z / 3) * 3
+
+
+def build_sequential_decoder(state: dict[str, torch.Tensor], path: str = "") -> nn.Sequential:
+    """The decoder twin of `build_sequential_encoder`: layer 0 is the soft clamp tanh(z/3)*3; a
+    conv without bias follows a 2x nearest upsampling; other weightless indices are ReLUs."""
+    if "0.weight" in state:
+        raise WeightsNotFoundError(f"{path}: not a TAESD-family decoder (its layer 0 has weights where the decoder's "
+                                   "soft clamp belongs); an *_encoder.pth file was probably given")
+    layers: list[nn.Module] = []
+    for i in range(max(int(k.split(".")[0]) for k in state) + 1):
+        w = state.get(f"{i}.weight")
+        if i == 0:
+            layers.append(_SoftClamp())
+        elif f"{i}.conv.0.weight" in state:
+            layers.append(_TinyBlock(state[f"{i}.conv.0.weight"].shape[0], f"{i}.pool.0.weight" in state))
+        elif w is not None:
+            layers.append(nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=f"{i}.bias" in state))
+        elif f"{i + 1}.weight" in state and f"{i + 1}.bias" not in state:
+            layers.append(nn.Upsample(scale_factor=2))
+        else:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+class LatentDecoder(nn.Module):
+    """Scaled latents (B, C, h, w) float32, as a store holds them -> pixels (B, 3, H, W) float32 in [0, 1].
+
+    raw = latent / scaling + shift, then the VAE's own decoder (after post_quant_conv for the KL
+    family). `revision` names the weights, recorded in a store's config as `decoder`."""
+
+    def __init__(self, net: nn.Module, identity: VAEIdentity, output_range: str, revision: str,
+                 post_quant_conv: nn.Module | None = None):
+        super().__init__()
+        self.net, self.post_quant_conv, self.identity = net, post_quant_conv, identity
+        self.output_range, self.revision = output_range, revision
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.net.parameters()).dtype
+        raw = (z.float() / self.identity.scaling_factor + self.identity.shift_factor).to(dtype)
+        if self.post_quant_conv is not None:
+            raw = self.post_quant_conv(raw)
+        x = self.net(raw).float()
+        if self.output_range == "-1..1":
+            x = (x + 1.0) / 2.0
+        return x.clamp(0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------- sources
 def _sha256_files(paths) -> str:
     h = hashlib.sha256()
@@ -159,7 +212,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _diffusers_kl_from_state(state: dict, path: Path) -> nn.Module:
+def _diffusers_kl_from_state(state: dict, path: Path, decoder: bool = False) -> nn.Module:
     """A diffusers-format AutoencoderKL state dict -> AutoencoderKL, config read off the shapes."""
     from diffusers import AutoencoderKL
     n_blocks = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.down_blocks."))
@@ -175,18 +228,26 @@ def _diffusers_kl_from_state(state: dict, path: Path) -> nn.Module:
     cfg["norm_num_groups"] = min(32, groups) if groups % 32 else 32
     vae = AutoencoderKL(**cfg)
     missing, unexpected = vae.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.startswith(("encoder.", "quant_conv."))]
+    missing = [k for k in missing if k.startswith(("encoder.", "quant_conv.") + (("decoder.", "post_quant_conv.")
+                                                                               if decoder else ()))]
     if missing or unexpected:
         raise WeightsNotFoundError(f"{path}: weights do not fit an AutoencoderKL (missing {missing[:3]}, "
                                    f"unexpected {unexpected[:3]})")
     return vae
 
 
-def _wrap_diffusers(vae: nn.Module, identity: VAEIdentity) -> LatentEncoder:
-    cls = type(vae).__name__
-    if cls == "AutoencoderTiny":
-        return LatentEncoder(vae.encoder, identity, "tiny")
-    return LatentEncoder(vae.encoder, identity, "kl", getattr(vae, "quant_conv", None))
+def _wrap_diffusers(vae: nn.Module, identity: VAEIdentity, decoder: bool = False) -> LatentEncoder:
+    """Keep the encoder half (and, with `decoder`, the decoder half: same weights, same revision)."""
+    tiny = type(vae).__name__ == "AutoencoderTiny"
+    enc = (LatentEncoder(vae.encoder, identity, "tiny") if tiny
+           else LatentEncoder(vae.encoder, identity, "kl", getattr(vae, "quant_conv", None)))
+    if decoder:
+        if getattr(vae, "decoder", None) is None:
+            raise WeightsNotFoundError(f"{identity.source}: these weights hold no decoder; the residual feature "
+                                       "needs the full autoencoder (drop --residual, or pass the full VAE)")
+        enc.decoder = LatentDecoder(vae.decoder, identity, "-1..1", identity.revision,
+                                    None if tiny else getattr(vae, "post_quant_conv", None))
+    return enc
 
 
 def _hub_error(source: str, cause: Exception) -> WeightsNotFoundError:
@@ -267,12 +328,43 @@ def builtin_demo_encoder() -> LatentEncoder:
     return LatentEncoder(net, ident, "seq").eval()
 
 
+def builtin_demo_decoder(identity: VAEIdentity) -> LatentDecoder:
+    """The demo encoder's fixed random mirror: 8 -> 64 channels, GELU, -> 192, 8x8 pixel shuffle,
+    output read as [-1, 1]. Not an inverse of anything: for the demo and tests only."""
+    import numpy as np
+    net = nn.Sequential(nn.Conv2d(8, 64, 1), nn.GELU(), nn.Conv2d(64, 192, 1), nn.PixelShuffle(8))
+    rng = np.random.Generator(np.random.PCG64(1))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            w = rng.standard_normal(m.weight.shape) / np.sqrt(m.weight.shape[1])
+            m.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            m.bias.zero_()
+    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in net.state_dict().values()))
+    return LatentDecoder(net, identity, "-1..1", "sha256:" + rev.hexdigest()[:32]).eval()
+
+
+def _sibling_decoder(path: Path) -> Path:
+    """taef2_encoder.pth -> taef2_decoder.pth (the TAESD family ships its halves side by side)."""
+    if "encoder" not in path.name:
+        raise WeightsNotFoundError(f"{path}: cannot tell where its decoder is (no 'encoder' in the file name); "
+                                   "put NAME_decoder.pth beside NAME_encoder.pth, or drop --residual")
+    head, _, tail = path.name.rpartition("encoder")
+    found = path.with_name(head + "decoder" + tail)
+    if not found.is_file():
+        raise WeightsNotFoundError(f"the residual feature needs the decoder {found} beside {path.name}: put it "
+                                   "there, or drop --residual")
+    return found
+
+
 def load_encoder(spec: str, *, subfolder: str = "", scaling_factor: float | None = None,
-                 shift_factor: float | None = None) -> LatentEncoder:
-    """Resolve `spec` to a LatentEncoder on the CPU in float32 (see module docstring)."""
+                 shift_factor: float | None = None, decoder: bool = False) -> LatentEncoder:
+    """Resolve `spec` to a LatentEncoder on the CPU in float32 (see module docstring). With
+    `decoder`, the matching decoder is attached as `.decoder` (for the residual feature)."""
     local_only = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     if spec == BUILTIN:
         enc = builtin_demo_encoder()
+        if decoder:
+            enc.decoder = builtin_demo_decoder(enc.identity)
     elif spec in PRESETS and PRESETS[spec].kind == "taesd-sequential":
         preset = PRESETS[spec]
         found = [d / preset.hub_id for d in weights_dirs() if (d / preset.hub_id).is_file()]
@@ -280,7 +372,7 @@ def load_encoder(spec: str, *, subfolder: str = "", scaling_factor: float | None
             raise WeightsNotFoundError(
                 f"preset {spec!r} needs {preset.hub_id}; looked in {', '.join(map(str, weights_dirs()))}. "
                 f"Put the file there, set LEAKSTORE_WEIGHTS to its folder, or pass its path to --vae")
-        enc = _load_file(found[0], preset_name=spec)
+        enc = _load_file(found[0], preset_name=spec, decoder=decoder)
     elif spec in PRESETS:
         p = PRESETS[spec]
         vae, _ = _load_hub_or_folder(p.hub_id, subfolder or p.subfolder, p, local_only)
@@ -288,11 +380,11 @@ def load_encoder(spec: str, *, subfolder: str = "", scaling_factor: float | None
                             scaling_factor=p.scaling_factor, shift_factor=p.shift_factor, input_range="-1..1",
                             downsample=_downsample(vae), subfolder=subfolder or p.subfolder,
                             revision=_hub_revision(p.hub_id, subfolder or p.subfolder), note=p.note)
-        enc = _wrap_diffusers(vae, ident)
+        enc = _wrap_diffusers(vae, ident, decoder)
     elif Path(spec).is_file() or Path(spec).suffix.lower() in _SINGLE_FILE:
         if not Path(spec).is_file():
             raise WeightsNotFoundError(f"VAE weights file {spec} does not exist. --vae takes {vae_choices()}")
-        enc = _load_file(Path(spec))
+        enc = _load_file(Path(spec), decoder=decoder)
     else:
         vae, cfg = _load_hub_or_folder(spec, subfolder, None, local_only or Path(spec).is_dir())
         ident = VAEIdentity(name=Path(spec).name if Path(spec).is_dir() else spec,
@@ -303,14 +395,21 @@ def load_encoder(spec: str, *, subfolder: str = "", scaling_factor: float | None
                             shift_factor=float(cfg.get("shift_factor") or 0.0), input_range="-1..1",
                             downsample=_downsample(vae), subfolder=subfolder,
                             revision=_hub_revision(spec, subfolder))
-        enc = _wrap_diffusers(vae, ident)
+        enc = _wrap_diffusers(vae, ident, decoder)
     overrides = {k: float(v) for k, v in (("scaling_factor", scaling_factor), ("shift_factor", shift_factor))
                  if v is not None}
     if overrides:
-        enc.identity = replace(enc.identity, **overrides)
+        _set_identity(enc, replace(enc.identity, **overrides))
     for p in enc.parameters():
         p.requires_grad_(False)
     return enc.eval()
+
+
+def _set_identity(enc: LatentEncoder, identity: VAEIdentity) -> None:
+    """The decoder unscales latents with the encoder's factors: keep both on one identity."""
+    enc.identity = identity
+    if enc.decoder is not None:
+        enc.decoder.identity = identity
 
 
 def _downsample(vae) -> int:
@@ -319,7 +418,7 @@ def _downsample(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def _load_file(path: Path, preset_name: str | None = None) -> LatentEncoder:
+def _load_file(path: Path, preset_name: str | None = None, decoder: bool = False) -> LatentEncoder:
     state = _read_state(path)
     state = {k[len("first_stage_model."):] if k.startswith("first_stage_model.") else k: v for k, v in state.items()}
     rev = _sha256_files([path])
@@ -332,14 +431,19 @@ def _load_file(path: Path, preset_name: str | None = None) -> LatentEncoder:
                             latent_channels=c, scaling_factor=p.scaling_factor if p else 1.0,
                             shift_factor=p.shift_factor if p else 0.0, input_range="0..1", downsample=down,
                             revision=rev)
-        return LatentEncoder(net, ident, "seq")
+        enc = LatentEncoder(net, ident, "seq")
+        if decoder:
+            dpath = _sibling_decoder(path)
+            enc.decoder = LatentDecoder(build_sequential_decoder(_read_state(dpath), str(dpath)), ident, "0..1",
+                                        _sha256_files([dpath]))
+        return enc
     if "encoder.conv_in.weight" in state and any(k.startswith("encoder.down_blocks.") for k in state):
-        vae = _diffusers_kl_from_state(state, path)
+        vae = _diffusers_kl_from_state(state, path, decoder)
         ident = VAEIdentity(name=path.name, source=str(path.resolve()), kind="kl",
                             latent_channels=vae.config.latent_channels, scaling_factor=1.0, input_range="-1..1",
                             downsample=_downsample(vae), revision=rev,
                             note="scaling factor unknown for a bare file: set --scaling-factor")
-        return _wrap_diffusers(vae, ident)
+        return _wrap_diffusers(vae, ident, decoder)
     if any(k.startswith("encoder.down.") for k in state):
         raise WeightsNotFoundError(f"{path}: original (LDM) key layout; convert it to diffusers format first "
                                    "(diffusers' AutoencoderKL.from_single_file(...).save_pretrained(DIR)) and pass DIR")
@@ -347,9 +451,10 @@ def _load_file(path: Path, preset_name: str | None = None) -> LatentEncoder:
                                f"--vae takes {vae_choices()}")
 
 
-def encoder_for(identity: VAEIdentity) -> LatentEncoder:
+def encoder_for(identity: VAEIdentity, decoder_revision: str | None = None) -> LatentEncoder:
     """Reload the encoder a store or model was made with, and check it is the same one
-    (same weights revision), so features for scoring match the training features."""
+    (same weights revision), so features for scoring match the training features. With
+    `decoder_revision` (a config's `decoder`), the decoder is attached and checked too."""
     if identity.builtin:
         spec = BUILTIN
     elif identity.kind == "taesd-sequential" and identity.name in PRESETS and not Path(identity.source).is_file():
@@ -357,11 +462,21 @@ def encoder_for(identity: VAEIdentity) -> LatentEncoder:
     else:
         spec = identity.source
     enc = load_encoder(spec, subfolder=identity.subfolder, scaling_factor=identity.scaling_factor,
-                       shift_factor=identity.shift_factor)
+                       shift_factor=identity.shift_factor, decoder=decoder_revision is not None)
+    if decoder_revision not in (None, "", "unknown") and enc.decoder.revision not in ("", "unknown") \
+            and enc.decoder.revision != decoder_revision:
+        raise WeightsNotFoundError(f"the decoder beside {spec} now has weights {enc.decoder.revision}, but the "
+                                   f"features were made with {decoder_revision}: restore the original decoder")
     if identity.revision not in ("", "unknown") and enc.identity.revision not in ("", "unknown") \
             and enc.identity.revision != identity.revision:
         raise WeightsNotFoundError(f"the VAE at {spec} now has weights {enc.identity.revision}, but the model was "
                                    f"trained on features from {identity.revision}: restore the original weights there "
                                    "(features from other weights would not match the model)")
-    enc.identity = identity
+    _set_identity(enc, identity)
     return enc
+
+
+def encoder_for_config(cfg: FeaturizeConfig) -> LatentEncoder:
+    """The encoder (and, when the config has the residual feature, the decoder) a store or model
+    was featurized with, checked against the recorded weights revisions."""
+    return encoder_for(cfg.vae, cfg.decoder if cfg.residual_bins else None)

@@ -15,11 +15,11 @@ import pandas as pd
 class Attributor:
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
         from featurize.runner import DeviceFeaturizer, resolve_device
-        from featurize.vae import encoder_for
+        from featurize.vae import encoder_for_config
         from model.checkpoint import load_bundle
         self.run_dir, self.device = Path(run_dir), str(resolve_device(device))
         self.bundle = load_bundle(run_dir, self.device)
-        self.encoder = encoder_for(self.bundle.featurize.vae)
+        self.encoder = encoder_for_config(self.bundle.featurize)
         self._runner = DeviceFeaturizer(self.encoder, self.bundle.featurize, resolve_device(self.device), 16,
                                         use_compile=False)
 

@@ -88,6 +88,8 @@ def featurize(
     beta_end: Annotated[float, typer.Option()] = 0.012,
     sigma_normalize: Annotated[bool, typer.Option(help="Divide z_t by sigma_t, as the reference's option.")] = False,
     fft_size: Annotated[int, typer.Option(help="Keep the lowest k x k FFT frequencies.")] = 8,
+    residual: Annotated[bool, typer.Option(help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; ~3x the featurize cost, see README).")] = False,
+    residual_bins: Annotated[int, typer.Option(help="Radial frequency bins of the residual's power spectrum.")] = 12,
     seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
     view: Annotated[Optional[list[str]], typer.Option(help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
     real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
@@ -107,7 +109,8 @@ def featurize(
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ):
-    """Featurize images once: VAE latents, forward diffusion, FFT spectra -> a chunked Zarr store.
+    """Featurize images once: VAE latents, forward diffusion, FFT spectra (and with --residual the
+    reconstruction residual) -> a chunked Zarr store.
 
     Rerun the same command to resume an interrupted run."""
     try:
@@ -122,7 +125,8 @@ def featurize(
                   resolution=resolution, timesteps=parse_timesteps(timesteps), resize_policy=resize_policy.value,
                   schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
-                  precision=None if precision == Precision.auto else precision.value, device=device)
+                  precision=None if precision == Precision.auto else precision.value,
+                  residual_bins=residual_bins if residual else 0, device=device)
     except LeakstoreError as e:
         _fail(e)
     _print_report(rep, as_json)
@@ -163,6 +167,8 @@ def inspect(
                f"({sch['beta_schedule']} {sch['beta_start']}-{sch['beta_end']}), sigma-normalise "
                f"{cfg['sigma_normalize']}, FFT {cfg['fft_size']}x{cfg['fft_size']}, seed {cfg['seed']}, view {cfg['view']}, "
                f"precision {cfg['precision']}")
+    if cfg.get("residual_bins"):
+        typer.echo(f"  reconstruction residual: {cfg['residual_bins']} radial bins, decoder {cfg['decoder']}")
     st = d["status"]
     typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
                f"(splits: {d['split_source']})")

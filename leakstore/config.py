@@ -75,9 +75,15 @@ class FeaturizeConfig:
     view: str = "none"
     min_side: int = 32
     precision: str = "fp32"
+    residual_bins: int = 0        # > 0: also store the reconstruction residual (featurize/residual.py)
+    decoder: str = ""             # weights revision of the decoder the residual was made with
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if not 0 <= self.residual_bins <= 64:
+            raise InputError(f"--residual-bins {self.residual_bins} must lie in [0, 64] (0: no residual feature)")
+        if self.residual_bins and not self.decoder:
+            raise InputError("a residual feature needs the decoder's weights revision in the config (decoder='...')")
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
             raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
@@ -122,9 +128,18 @@ class FeaturizeConfig:
                                       "it was written by a newer leakstore; upgrade leakstore")
         return cls(vae=vae, schedule=schedule, **d)
 
+    @property
+    def residual_dim(self) -> int:
+        """Length of one image's residual feature vector (0 when the store has none)."""
+        return 3 * self.residual_bins + 3 + self.vae.latent_channels if self.residual_bins else 0
+
     def identity(self) -> dict[str, Any]:
-        """The part of the config that defines the features (what `hash` covers)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        """The part of the config that defines the features (what `hash` covers). Without a
+        residual feature its two fields are left out, so stores made before it keep their hash."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        if not self.residual_bins:
+            d.pop("residual_bins"), d.pop("decoder")
+        return d
 
     @property
     def hash(self) -> str:

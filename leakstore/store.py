@@ -7,6 +7,8 @@ array: shards never share a chunk and need no locks.
     latent0  (N, C, h, w)        float16  clean posterior latent (scaled, shifted)
     latents  (N, T, C, h, w)     float16  forward-diffused latent per timestep (sigma-normalised if configured)
     spectra  (N, T, C, k, k)     float16  log1p |FFT| of the lowest k x k frequencies (centred)
+    residual (N, F)              float32  reconstruction-residual features (featurize/residual.py);
+                                          only in stores featurized with --residual (residual_bins > 0)
     label    (N,)                int16    class index into attrs["class_names"], -1 unlabelled
     split    (N,)                int8     0 train, 1 val, 2 test, -1 none
     path     (N,)                str      source file
@@ -63,6 +65,10 @@ def array_specs(n: int, cfg: FeaturizeConfig) -> dict[str, tuple[ArraySpec, tupl
         (ArraySpec("latent0", ("image", "channel", "y", "x"), "float16", nan), (n, c, h, w)),
         (ArraySpec("latents", ("image", "timestep", "channel", "y", "x"), "float16", nan), (n, t, c, h, w)),
         (ArraySpec("spectra", ("image", "timestep", "channel", "fy", "fx"), "float16", nan), (n, t, c, k, k)),
+    ]
+    if cfg.residual_bins:
+        specs.append((ArraySpec("residual", ("image", "residual_feature"), "float32", nan), (n, cfg.residual_dim)))
+    specs += [
         (ArraySpec("label", ("image",), "int16", -1), (n,)),
         (ArraySpec("split", ("image",), "int8", -1), (n,)),
         (ArraySpec("path", ("image",), "str", ""), (n,)),
@@ -74,7 +80,9 @@ def array_specs(n: int, cfg: FeaturizeConfig) -> dict[str, tuple[ArraySpec, tupl
     return {s.name: (s, shape) for s, shape in specs}
 
 
-DATA_ARRAYS = ("latent0", "latents", "spectra", "sha256", "error")  # written per chunk by featurize
+def data_arrays(cfg: FeaturizeConfig) -> tuple[str, ...]:
+    """The arrays featurize writes per chunk (the rest are written once, at creation)."""
+    return ("latent0", "latents", "spectra") + (("residual",) if cfg.residual_bins else ()) + ("sha256", "error")
 
 
 def _compressors(codec: str, dtype: str):
@@ -264,7 +272,7 @@ class FeatureStore:
         resumed run) never sees a row marked done whose data is not on disk."""
         rows = self.chunk_rows(k)
         sl = slice(rows.start, rows.stop)
-        for name in DATA_ARRAYS:
+        for name in data_arrays(self.config):
             arr = data[name]
             if len(arr) != len(rows):
                 raise StoreError(f"chunk {k}: {name} has {len(arr)} rows, expected {len(rows)}")

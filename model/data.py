@@ -19,13 +19,14 @@ class Features:
     labels: np.ndarray         # (N,) store label index, -1 unlabelled
     splits: np.ndarray         # (N,) 0 train, 1 val, 2 test, -1 none
     paths: np.ndarray          # (N,) str
+    residual: torch.Tensor | None = None   # (N, F) float32, in stores featurized with --residual
 
     def subset(self, mask: np.ndarray) -> "Features":
         idx = np.flatnonzero(mask)
         t = torch.from_numpy(idx)
-        return Features(self.rows[idx], self.latents[t], self.spectra[t],
-                        None if self.latent0 is None else self.latent0[t], self.labels[idx], self.splits[idx],
-                        self.paths[idx])
+        pick = lambda x: None if x is None else x[t.to(x.device)]  # noqa: E731
+        return Features(self.rows[idx], self.latents[t], self.spectra[t], pick(self.latent0), self.labels[idx],
+                        self.splits[idx], self.paths[idx], pick(self.residual))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -49,5 +50,6 @@ def load_features(store: FeatureStore, *, with_latent0: bool = False, rows: np.n
     lat = torch.from_numpy(np.ascontiguousarray(read("latents")))
     spec = torch.from_numpy(np.ascontiguousarray(read("spectra")))
     l0 = torch.from_numpy(np.ascontiguousarray(read("latent0"))) if with_latent0 else None
+    res = torch.from_numpy(np.ascontiguousarray(read("residual"))) if store.config.residual_bins else None
     return Features(done, lat, spec, l0, store.read("label")[done], store.read("split")[done],
-                    np.array([str(p) for p in store.read("path")[done]], dtype=object))
+                    np.array([str(p) for p in store.read("path")[done]], dtype=object), res)

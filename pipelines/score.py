@@ -122,12 +122,12 @@ def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, devic
 def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = "cpu") -> pd.DataFrame:
     """Featurize and score one partition of image files."""
     from featurize.inmemory import featurize_paths
-    from featurize.vae import encoder_for
+    from featurize.vae import encoder_for_config
     bundle = get_bundle(run_dir, device)
     key = f"enc|{run_dir}|{device}"
     with _LOCK:
         if key not in _MODELS:
-            _MODELS[key] = encoder_for(bundle.featurize.vae)
+            _MODELS[key] = encoder_for_config(bundle.featurize)
         enc = _MODELS[key]
     feats, sha, errors = featurize_paths(paths, bundle.featurize, enc, device=device)
     return frame(bundle, len(paths), paths, feats, feats.rows, errors,
@@ -142,7 +142,8 @@ def _empty(bundle):
     c, h, w = f.latent_shape
     t, k = len(f.timesteps), f.fft_size
     return Features(np.zeros(0, np.int64), torch.zeros((0, t, c, h, w)), torch.zeros((0, t, c, k, k)), None,
-                    np.zeros(0), np.zeros(0), np.zeros(0, dtype=object))
+                    np.zeros(0), np.zeros(0), np.zeros(0, dtype=object),
+                    torch.zeros((0, f.residual_dim)) if f.residual_bins else None)
 
 
 # ---------------------------------------------------------------------------- inputs

@@ -198,3 +198,42 @@ def test_builtin_demo_encoder_is_labelled_in_the_store(class_folders, tmp_path):
     run(class_folders, tmp_path / "d.zarr", "demo", resolution=64)
     s = FeatureStore.open(tmp_path / "d.zarr")
     assert s.attrs["builtin_encoder"] is True and s.config.vae.builtin and "DEMO" in s.config.vae.note
+
+
+def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny_vae_dir, tmp_path):
+    """--residual adds one (N, F) float32 array: finite for done rows, NaN for failed ones, resumed
+    bit-identically, and equal to what scoring computes in memory for the same files."""
+    (class_folders / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    rep = run(class_folders, tmp_path / "r.zarr", str(tiny_vae_dir), residual_bins=5)
+    s = FeatureStore.open(tmp_path / "r.zarr")
+    f = 3 * 5 + 3 + 4
+    assert (rep.done, rep.failed) == (29, 1) and s.config.residual_dim == f
+    assert s.group["residual"].shape == (30, f) and str(s.group["residual"].dtype) == "float32"
+    assert s.group["residual"].metadata.dimension_names == ("image", "residual_feature")
+    st, res = s.status(), s.read("residual")
+    assert np.isfinite(res[st == DONE]).all() and np.isnan(res[st == FAILED]).all()
+    assert s.config.decoder == s.config.vae.revision             # a diffusers VAE: one set of weights
+    plain = run(class_folders, tmp_path / "p.zarr", str(tiny_vae_dir))
+    assert plain.done == 29 and "residual" not in FeatureStore.open(tmp_path / "p.zarr").group
+    np.testing.assert_array_equal(FeatureStore.open(tmp_path / "p.zarr").read("latents"), s.read("latents"))
+
+    shutil.copytree(tmp_path / "r.zarr", tmp_path / "cut.zarr")
+    g = zarr.open_group(str(tmp_path / "cut.zarr"), mode="r+")
+    g["status"][4:8] = PENDING
+    g["residual"][4:8] = 5.0
+    assert run(class_folders, tmp_path / "cut.zarr", str(tiny_vae_dir), residual_bins=5).processed == 4
+    np.testing.assert_array_equal(FeatureStore.open(tmp_path / "cut.zarr").read("residual"), res)
+
+    from featurize.inmemory import featurize_paths
+    from featurize.vae import encoder_for_config
+    ok = np.flatnonzero(st == DONE)[:6]
+    paths = [str(p) for p in s.read("path", ok)]
+    feats, _, errors = featurize_paths(paths, s.config, encoder_for_config(s.config), batch_size=3)
+    assert not errors
+    np.testing.assert_allclose(feats.residual.numpy(), res[ok], rtol=1e-5, atol=1e-5)
+
+
+def test_a_residual_store_and_a_plain_one_are_different_features(class_folders, tiny_vae_dir, tmp_path):
+    run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir))
+    with pytest.raises(ConfigMismatchError, match="residual_bins"):
+        run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir), residual_bins=4)

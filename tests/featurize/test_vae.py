@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from featurize.vae import PRESETS, load_encoder
+from featurize.vae import PRESETS, _read_state, build_sequential_decoder, load_encoder
 from leakstore.errors import WeightsNotFoundError
 
 
@@ -91,3 +91,58 @@ def test_builtin_demo_encoder_is_labelled():
     enc = load_encoder("demo")
     assert enc.identity.builtin and "DEMO" in enc.identity.note
     assert load_encoder("demo").identity.revision == enc.identity.revision  # seeded: same weights every time
+
+
+# ---------------------------------------------------------------------------- decoders (the residual feature)
+def _smooth(n=4, size=64, seed=0):
+    """Smooth random images, uint8: what an autoencoder reconstructs well."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=size, mode="bicubic")
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.mark.weights
+def test_taef2_decoder_reconstructs_and_is_recorded(taef2_dir, monkeypatch):
+    monkeypatch.setenv("LEAKSTORE_WEIGHTS", str(taef2_dir))
+    enc = load_encoder("taef2", decoder=True)
+    assert load_encoder("taef2").decoder is None                     # only on request
+    assert enc.decoder.revision.startswith("sha256:0a44a31e")        # the decoder file's own hash (weights README)
+    x = _smooth()
+    with torch.inference_mode():
+        xr = enc.decoder(enc(x))
+    assert xr.shape == (4, 3, 64, 64) and 0 <= xr.min() and xr.max() <= 1
+    assert (xr - x / 255).abs().mean() < 0.06                        # a wrong layout decodes to noise (~0.3)
+    with pytest.raises(WeightsNotFoundError, match="encoder.pth file was probably given"):
+        build_sequential_decoder(_read_state(taef2_dir / "taef2_encoder.pth"), "taef2_encoder.pth")
+
+
+@pytest.mark.weights
+def test_a_sequential_encoder_without_its_decoder_beside_it_says_so(taef2_dir, tmp_path):
+    import shutil
+    shutil.copy(taef2_dir / "taef2_encoder.pth", tmp_path / "mine_encoder.pth")
+    assert load_encoder(str(tmp_path / "mine_encoder.pth")).decoder is None
+    with pytest.raises(WeightsNotFoundError, match="mine_decoder.pth beside"):
+        load_encoder(str(tmp_path / "mine_encoder.pth"), decoder=True)
+    shutil.copy(taef2_dir / "taef2_decoder.pth", tmp_path / "mine_decoder.pth")
+    assert load_encoder(str(tmp_path / "mine_encoder.pth"), decoder=True).decoder is not None
+
+
+def test_diffusers_decoder_matches_vae_decode(tiny_vae_dir):
+    from diffusers import AutoencoderKL
+    enc = load_encoder(str(tiny_vae_dir), decoder=True, scaling_factor=0.5, shift_factor=0.1)
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
+    z = enc(_smooth(2, 32))                                           # scaled and shifted, as a store holds it
+    with torch.inference_mode():
+        want = ((vae.decode(z / 0.5 + 0.1).sample + 1) / 2).clamp(0, 1)
+        got = enc.decoder(z)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert enc.decoder.revision == enc.identity.revision              # one set of weights
+
+
+def test_encoder_for_checks_the_decoder_revision(tiny_vae_dir):
+    from featurize.vae import encoder_for
+    enc = load_encoder("demo", decoder=True)
+    assert encoder_for(enc.identity, enc.decoder.revision).decoder is not None
+    assert encoder_for(enc.identity).decoder is None
+    with pytest.raises(WeightsNotFoundError, match="restore the original decoder"):
+        encoder_for(enc.identity, "sha256:" + "0" * 32)

@@ -27,7 +27,8 @@ def test_mismatch_names_the_fields():
 
 
 @pytest.mark.parametrize("kw", [dict(timesteps=()), dict(timesteps=(0, 1000)), dict(resolution=100),
-                                dict(fft_size=64), dict(resize_policy="stretch")])
+                                dict(fft_size=64), dict(resize_policy="stretch"), dict(residual_bins=-1),
+                                dict(residual_bins=12)])   # the last: a residual without its decoder's revision
 def test_invalid_configs_are_refused(kw):
     with pytest.raises(InputError):
         FeaturizeConfig(vae=VAE, **kw)
@@ -38,3 +39,25 @@ def test_unknown_fields_from_a_newer_version_are_refused():
     d["new_thing"] = 1
     with pytest.raises(ConfigMismatchError, match="newer leakstore"):
         FeaturizeConfig.from_dict(d)
+
+
+def test_stores_made_before_the_residual_keep_their_hash():
+    """A config dict written before the residual fields existed reads back with the same hash."""
+    import hashlib
+    import json
+    cfg = FeaturizeConfig(vae=VAE)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision")}
+    want = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert cfg.hash == want
+    d = cfg.to_dict()
+    del d["residual_bins"], d["decoder"]
+    assert FeaturizeConfig.from_dict(d).hash == want
+
+
+def test_the_residual_and_its_decoder_are_part_of_the_features():
+    a = FeaturizeConfig(vae=VAE)
+    r = a.replace(residual_bins=12, decoder="sha256:aa")
+    assert r.residual_dim == 3 * 12 + 3 + 4 and a.residual_dim == 0
+    assert len({a.hash, r.hash, r.replace(decoder="sha256:bb").hash, r.replace(residual_bins=8).hash}) == 4
+    with pytest.raises(ConfigMismatchError, match="decoder"):
+        check_compatible(r, r.replace(decoder="sha256:bb"), "store s")
