@@ -90,7 +90,9 @@ class Bundle:
 
 
 def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
-    return ProtoLeakNet(cfg, fcfg.latent_shape, len(fcfg.timesteps), fcfg.fft_size, n_classes)
+    """The network for features of `fcfg`: it takes the residual when the store has it and cfg.use_residual."""
+    return ProtoLeakNet(cfg, fcfg.latent_shape, len(fcfg.timesteps), fcfg.fft_size, n_classes,
+                        fcfg.residual_dim if cfg.use_residual else 0)
 
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:

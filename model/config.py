@@ -20,6 +20,7 @@ class ModelConfig:
     width: int = 64
     embed_dim: int = 128
     use_spectra: bool = True
+    use_residual: bool = True      # use the store's reconstruction residual when it has one
     temporal: str = "attention"
     time_dropout: float = 0.3
     entropy_reg: float = 0.1

@@ -2,8 +2,9 @@
 embedding, gates, attention), `forward` (prototype logits).
 
 Inputs are a store's arrays: latents (B, T, C, h, w) and spectra (B, T, C, k, k), any float
-dtype; they are standardised with per-(timestep, channel) statistics of the training set,
-kept as buffers so a checkpoint carries them.
+dtype, and, for stores featurized with --residual, the per-image residual vector (B, F); they are
+standardised with statistics of the training set (per timestep and channel; per residual
+feature), kept as buffers so a checkpoint carries them.
 """
 from __future__ import annotations
 
@@ -93,10 +94,10 @@ class PatchTransformer(nn.Module):
 
 class ProtoLeakNet(nn.Module):
     def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int], n_timesteps: int, fft_size: int,
-                 n_classes: int):
+                 n_classes: int, residual_dim: int = 0):
         super().__init__()
         c, h, w = latent_shape
-        self.cfg, self.n_classes, self.t = cfg, n_classes, n_timesteps
+        self.cfg, self.n_classes, self.t, self.residual_dim = cfg, n_classes, n_timesteps, residual_dim
         self.register_buffer("lat_mean", torch.zeros(n_timesteps, c, 1, 1))
         self.register_buffer("lat_std", torch.ones(n_timesteps, c, 1, 1))
         self.register_buffer("spec_mean", torch.zeros(n_timesteps, c, fft_size, fft_size))
@@ -110,8 +111,14 @@ class ProtoLeakNet(nn.Module):
             self.backbone = PatchTransformer(c, cfg.width, h)
         spec_in = c * fft_size * fft_size
         self.spec = nn.Sequential(nn.Linear(spec_in, d), nn.GELU(), nn.Linear(d, d)) if cfg.use_spectra else None
-        self.fuse = nn.Sequential(nn.Linear(self.backbone.out_dim + 2 * c + (d if cfg.use_spectra else 0), d),
-                                  nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d), nn.LayerNorm(d))
+        # the residual is one vector per image: embedded once, joined to every timestep's token
+        self.res = nn.Sequential(nn.Linear(residual_dim, d), nn.GELU(), nn.Linear(d, d)) if residual_dim else None
+        if residual_dim:
+            self.register_buffer("res_mean", torch.zeros(residual_dim))
+            self.register_buffer("res_std", torch.ones(residual_dim))
+        fuse_in = self.backbone.out_dim + 2 * c + (d if cfg.use_spectra else 0) + (d if residual_dim else 0)
+        self.fuse = nn.Sequential(nn.Linear(fuse_in, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d),
+                                  nn.LayerNorm(d))
         self.time_embed = nn.Parameter(torch.zeros(n_timesteps, d))
         self.temporal = SelfAttentionBlock(d) if cfg.temporal == "transformer" else None
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
@@ -125,18 +132,31 @@ class ProtoLeakNet(nn.Module):
 
     # ------------------------------------------------------------------ normalisation
     @torch.no_grad()
-    def set_normalisation(self, latents: torch.Tensor, spectra: torch.Tensor) -> None:
-        """Per-(timestep, channel) statistics from training rows: latents (N, T, C, h, w), spectra (N, T, C, k, k)."""
+    def set_normalisation(self, latents: torch.Tensor, spectra: torch.Tensor,
+                          residual: torch.Tensor | None = None) -> None:
+        """Statistics from training rows: per (timestep, channel) for latents (N, T, C, h, w) and
+        spectra (N, T, C, k, k); per feature for the residual (N, F)."""
         lat = latents.float()
         self.lat_mean.copy_(lat.mean((0, 3, 4))[..., None, None])
         self.lat_std.copy_(lat.std((0, 3, 4))[..., None, None].clamp_min(1e-4))
         sp = spectra.float()
         self.spec_mean.copy_(sp.mean(0))
         self.spec_std.copy_(sp.std(0).clamp_min(1e-4))
+        if self.res is not None:
+            r = self._need_residual(residual).float()
+            self.res_mean.copy_(r.mean(0))
+            self.res_std.copy_(r.std(0).clamp_min(1e-4))
+
+    def _need_residual(self, residual):
+        if residual is None:
+            raise ValueError("this model was trained with the reconstruction residual: pass residual (B, F), "
+                             "featurized with --residual")
+        return residual
 
     # ------------------------------------------------------------------ timm-style API
-    def forward_features(self, latents: torch.Tensor, spectra: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, h, w), (B, T, C, k, k) -> per-timestep tokens (B, T, D)."""
+    def forward_features(self, latents: torch.Tensor, spectra: torch.Tensor,
+                         residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C, h, w), (B, T, C, k, k)[, residual (B, F)] -> per-timestep tokens (B, T, D)."""
         b, t = latents.shape[:2]
         x = (latents.float() - self.lat_mean) / self.lat_std
         flat = x.flatten(0, 1)                                              # (B T, C, h, w)
@@ -144,14 +164,18 @@ class ProtoLeakNet(nn.Module):
         if self.spec is not None:
             s = ((spectra.float() - self.spec_mean) / self.spec_std).flatten(0, 1).flatten(1)
             parts.append(self.spec(s))
+        if self.res is not None:
+            r = self.res((self._need_residual(residual).float() - self.res_mean) / self.res_std)   # (B, D)
+            parts.append(r.repeat_interleave(t, 0))                                                  # (B T, D)
         tok = self.fuse(torch.cat(parts, 1)).view(b, t, -1) + self.time_embed
         return self.temporal(tok) if self.temporal is not None else tok
 
-    def embed(self, latents, spectra, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def embed(self, latents, spectra, keep: torch.Tensor | None = None,
+              residual: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Pooled embedding z (B, D), gates g (B, D) in [0, 1], attention a (B, T).
 
         keep (B, T) bool: timesteps to use (time-dropout); dropped steps get zero attention."""
-        tok = self.forward_features(latents, spectra)
+        tok = self.forward_features(latents, spectra, residual)
         score = self.score(tok).squeeze(-1)
         if keep is not None:
             score = score.masked_fill(~keep, float("-inf"))
@@ -173,8 +197,8 @@ class ProtoLeakNet(nn.Module):
         off = torch.zeros_like(self.proto_mask).masked_fill(self.proto_mask == 0, float("-inf"))
         return tau * torch.logsumexp(-d / tau + off[None], dim=-1)  # -inf after the division: finite grads
 
-    def forward(self, latents, spectra, keep=None) -> dict[str, torch.Tensor]:
-        out = self.embed(latents, spectra, keep)
+    def forward(self, latents, spectra, keep=None, residual=None) -> dict[str, torch.Tensor]:
+        out = self.embed(latents, spectra, keep, residual)
         out["logits"] = self.logits(out["z"], out["g"])
         return out
 

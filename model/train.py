@@ -45,11 +45,21 @@ def embed_all(net: ProtoLeakNet, feats: Features, device, batch: int = 256) -> d
     net.eval()
     outs: dict[str, list] = {"e": [], "z": [], "g": [], "a": [], "logits": []}
     for s in range(0, len(feats), batch):
-        o = net(feats.latents[s:s + batch].to(device), feats.spectra[s:s + batch].to(device))
+        o = net(feats.latents[s:s + batch].to(device), feats.spectra[s:s + batch].to(device),
+                residual=_rows(feats.residual, slice(s, s + batch), device))
         outs["e"].append(gated(o))
         for k in ("z", "g", "a", "logits"):
             outs[k].append(o[k].float().cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
+
+
+def _rows(x: torch.Tensor | None, idx, device) -> torch.Tensor | None:
+    """x[idx] on `device` (idx: a slice or an index tensor), or None when the store has no such array."""
+    if x is None:
+        return None
+    if torch.is_tensor(idx):
+        idx = idx.to(x.device)
+    return x[idx].to(device, non_blocking=True)
 
 
 def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -122,7 +132,7 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_
             if cfg.roll_augment:
                 lat = _roll(lat, gen)
         keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
-        out = net(lat, spec, keep)
+        out = net(lat, spec, keep, residual=_rows(feats.residual, idx, device))
         target = y_dev[idx.to(device)]
         loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
         opt.zero_grad(set_to_none=True)
@@ -142,14 +152,14 @@ def _to_device(feats: Features, device, fraction: float = 0.5) -> Features:
     dev = torch.device(device)
     if dev.type != "cuda":
         return feats
-    tensors = [t for t in (feats.latents, feats.spectra, feats.latent0) if t is not None]
+    tensors = [t for t in (feats.latents, feats.spectra, feats.latent0, feats.residual) if t is not None]
     need = sum(t.numel() * t.element_size() for t in tensors)
     free, _ = torch.cuda.mem_get_info(dev)
     if need > fraction * free:
         return feats
     mv = lambda t: None if t is None else t.to(dev)  # noqa: E731
     return Features(feats.rows, mv(feats.latents), mv(feats.spectra), mv(feats.latent0), feats.labels, feats.splits,
-                    feats.paths)
+                    feats.paths, mv(feats.residual))
 
 
 @torch.inference_mode()
@@ -158,7 +168,8 @@ def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, floa
     from model.metrics import closed_set
     net.eval()
     idx_f = idx.to(feats.latents.device)
-    logits = torch.cat([net(feats.latents[idx_f[s:s + batch]].to(device), feats.spectra[idx_f[s:s + batch]].to(device))
+    logits = torch.cat([net(feats.latents[idx_f[s:s + batch]].to(device), feats.spectra[idx_f[s:s + batch]].to(device),
+                            residual=_rows(feats.residual, idx[s:s + batch], device))
                         ["logits"].float().cpu() for s in range(0, len(idx), batch)])
     t = torch.as_tensor(y[idx.numpy()])
     loss = float(F.cross_entropy(logits, t))
@@ -227,7 +238,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))
     va = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 1)))
     net = build_net(cfg, fcfg, len(known))
-    net.set_normalisation(feats.latents[tr], feats.spectra[tr])
+    net.set_normalisation(feats.latents[tr], feats.spectra[tr], _rows(feats.residual, tr, "cpu"))
     net.to(dev)
     dfeats = _to_device(feats, dev)
     noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed) if dev.type == "cuda" else None

@@ -15,10 +15,15 @@ VAE = VAEIdentity(name="synthetic", source="builtin", kind="builtin-demo", laten
 CFG = FeaturizeConfig(vae=VAE, resolution=64, timesteps=(0, 100, 300), fft_size=4)
 
 
+CFG_RESIDUAL = CFG.replace(residual_bins=4, decoder="sha256:synthetic")
+
+
 def planted_store(path, classes=("real", "gen-a", "gen-b", "gen-c"), per_class=48, seed=0, strength=0.6,
-                  cfg: FeaturizeConfig = CFG, chunk=32):
+                  cfg: FeaturizeConfig = CFG, chunk=32, residual_strength=0.0):
     """Each class adds its own low-frequency bias (a per-channel offset and a smooth ramp) to
-    random latents: the shape of a generator's signal leak. Splits 60/20/20 per class."""
+    random latents: the shape of a generator's signal leak. Splits 60/20/20 per class.
+    With cfg.residual_bins, the residual array holds unit noise plus, for each class but the
+    first, its own offset vector of norm ~ residual_strength * sqrt(F)."""
     rng = np.random.default_rng(seed)
     c, h, w = cfg.latent_shape
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
@@ -40,11 +45,16 @@ def planted_store(path, classes=("real", "gen-a", "gen-b", "gen-c"), per_class=4
     cat = Catalog(paths=tuple(f"/synthetic/{classes[l]}/{i}.png" for i, l in enumerate(labels)), labels=labels,
                   splits=splits, groups=("",) * n, class_names=tuple(classes), real_class="real",
                   split_source="synthetic")
+    res = rng.normal(0, 1, (n, cfg.residual_dim)).astype(np.float32)
+    for k in range(1, len(classes)):
+        res[labels == k] += residual_strength * np.random.default_rng(200 + k).normal(0, 1, cfg.residual_dim)
     store = FeatureStore.create(path, cfg, cat, chunk_size=chunk)
     for k in range(store.n_chunks):
         r = store.chunk_rows(k)
         sl = slice(r.start, r.stop)
-        store.write_chunk(k, {"latent0": z0[sl].half().numpy(), "latents": zt[sl].half().numpy(),
-                              "spectra": spec[sl].half().numpy(), "sha256": np.array(["0" * 64] * len(r)),
-                              "error": np.array([""] * len(r))}, np.full(len(r), DONE, dtype=np.uint8))
+        data = {"latent0": z0[sl].half().numpy(), "latents": zt[sl].half().numpy(), "spectra": spec[sl].half().numpy(),
+                "sha256": np.array(["0" * 64] * len(r)), "error": np.array([""] * len(r))}
+        if cfg.residual_bins:
+            data["residual"] = res[sl]
+        store.write_chunk(k, data, np.full(len(r), DONE, dtype=np.uint8))
     return store

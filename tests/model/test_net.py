@@ -59,3 +59,17 @@ def test_normalisation_is_stored_in_buffers():
     net.set_normalisation(lat, torch.randn(20, T, 4, 4, 4))
     assert torch.allclose(net.lat_mean.flatten(), lat.mean((0, 3, 4)).flatten(), atol=1e-5)
     assert "lat_std" in net.state_dict() and "proto_mask" in net.state_dict()
+
+
+def test_the_residual_branch_gets_gradients_and_is_required():
+    net = ProtoLeakNet(ModelConfig(width=8, embed_dim=16), SHAPE, T, 4, 3, residual_dim=7)
+    lat, spec, res = torch.randn(5, T, *SHAPE), torch.randn(5, T, 4, 4, 4), torch.randn(5, 7)
+    net.set_normalisation(lat, spec, res)
+    assert torch.allclose(net.res_mean, res.mean(0)) and "res_std" in net.state_dict()
+    out = net(lat, spec, residual=res)
+    out["logits"].sum().backward()
+    assert net.res[0].weight.grad is not None and net.res[0].weight.grad.abs().sum() > 0
+    other = net(lat, spec, residual=res + 3.0)["z"]
+    assert not torch.allclose(other, out["z"])              # the embedding depends on the residual
+    with pytest.raises(ValueError, match="--residual"):
+        net(lat, spec)

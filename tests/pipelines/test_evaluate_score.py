@@ -147,3 +147,22 @@ def test_cli_train_evaluate_score(tmp_path):
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 80
     r = runner.invoke(app, ["score", str(tmp_path / "nomodel"), str(tmp_path / "s.zarr")])
     assert r.exit_code == 2 and "no trained model" in r.output
+
+
+def test_a_residual_model_scores_raw_images_as_it_scores_its_store(tmp_path, cluster):
+    """Raw images are featurized with the model's recorded config, decoder included: the API and
+    dask give the probabilities that the store's own features give."""
+    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
+    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
+              opts=RunOptions(device="cpu", workers=0, progress=False))
+    train(tmp_path / "s.zarr", tmp_path / "run", FAST, progress=False)
+    b = load_bundle(tmp_path / "run")
+    assert b.featurize.residual_bins == 6 and b.net.res is not None
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    want = predict(b, load_features(store))["proba"]
+    paths = [str(p) for p in store.read("path")]
+    api = Attributor.load(tmp_path / "run").score_many(paths)
+    cols = [f"p_{c}" for c in b.class_names]
+    np.testing.assert_allclose(api[cols].to_numpy(float), want, rtol=1e-4, atol=1e-5)
+    dd = score(tmp_path / "run", paths, client=cluster, progress=False)
+    np.testing.assert_allclose(dd[cols].to_numpy(float), want, rtol=1e-4, atol=1e-5)
