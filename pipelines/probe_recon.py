@@ -7,7 +7,8 @@ TAEF2 (encoder and decoder from $LEAKSTORE_WEIGHTS or ../shared/weights):
   latent    per-channel mean and std of the latent E(x)           (what the leak lives in)
   residual  radial power spectrum (12 bins) and mean |x - D(E(x))| per colour channel, and
             per-channel energy of E(x) - E(D(E(x)))                (how far x is from the
-            autoencoder's own outputs: small for images it made)
+            autoencoder's own outputs: small for images it made; the store's --residual
+            feature, computed by the same function)
 and reports the one-vs-rest AUC per class of a logistic-regression probe under 5-fold
 cross-validation grouped by source photograph, for each feature set and both together.
 A probe, not a trained model: it says whether the residual carries signal the store lacks.
@@ -20,61 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from featurize.vae import _read_state, _TinyBlock, build_sequential_encoder, weights_dirs
+from featurize.residual import residual_features
+from featurize.vae import _read_state, build_sequential_decoder, build_sequential_encoder, weights_dirs
 
 N_BINS = 12
 
 
-class _SoftClamp(nn.Module):
-    def forward(self, z):
-        return torch.tanh(z / 3) * 3
-
-
-def build_sequential_decoder(state: dict[str, torch.Tensor]) -> nn.Sequential:
-    """A TAESD-family decoder from its state dict: layer 0 is the soft clamp; a conv without
-    bias follows a 2x nearest upsampling; other weightless indices are ReLUs."""
-    layers: list[nn.Module] = []
-    for i in range(max(int(k.split(".")[0]) for k in state) + 1):
-        w = state.get(f"{i}.weight")
-        if i == 0:
-            layers.append(_SoftClamp())
-        elif f"{i}.conv.0.weight" in state:
-            layers.append(_TinyBlock(state[f"{i}.conv.0.weight"].shape[0], f"{i}.pool.0.weight" in state))
-        elif w is not None:
-            layers.append(nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1, bias=f"{i}.bias" in state))
-        elif f"{i + 1}.weight" in state and f"{i + 1}.bias" not in state:
-            layers.append(nn.Upsample(scale_factor=2))
-        else:
-            layers.append(nn.ReLU())
-    net = nn.Sequential(*layers)
-    net.load_state_dict(state)
-    return net.eval()
-
-
-def radial_power(x: np.ndarray, bins: int = N_BINS) -> np.ndarray:
-    """(C, H, W) -> (C, bins) mean |FFT|^2 over rings of radius 0 .. Nyquist."""
-    h, w = x.shape[-2:]
-    r = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")) / 0.5 * bins
-    ring = np.minimum(r.astype(int), bins - 1).ravel()
-    count = np.bincount(ring, minlength=bins)
-    p = np.abs(np.fft.fft2(x)) ** 2
-    return np.stack([np.bincount(ring, weights=pc.ravel(), minlength=bins) / count for pc in p])
-
-
-def features(images: torch.Tensor, enc: nn.Module, dec: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """images (B, 3, H, W) in [0, 1] -> (latent features (B, 2C), residual features (B, 3*bins+3+C))."""
+def features(images: torch.Tensor, enc: torch.nn.Module, dec: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """images (B, 3, H, W) in [0, 1] -> (latent features (B, 2C), residual features (B, 3*bins+3+C)),
+    the residual exactly as a store featurized with --residual holds it (featurize/residual.py)."""
     with torch.inference_mode():
         z = enc(images)
-        xr = dec(z).clamp(0, 1)
-        z2 = enc(xr)
-    res = (images - xr).numpy()
-    lat = torch.cat([z.mean((2, 3)), z.std((2, 3))], 1).numpy()
-    rfe = [np.concatenate([np.log(radial_power(r) + 1e-12).ravel(), np.log(np.abs(r).mean((1, 2)) + 1e-9),
-                           np.log(((a - b) ** 2).mean((1, 2)).numpy() + 1e-12)])
-           for r, a, b in zip(res, z, z2)]
-    return lat, np.stack(rfe)
+        rfe = residual_features(images, z, lambda lat: dec(lat).clamp(0, 1), enc, N_BINS)
+    lat = torch.cat([z.mean((2, 3)), z.std((2, 3))], 1)
+    return lat.numpy(), rfe.numpy()
 
 
 def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
@@ -103,7 +64,7 @@ def main(argv=None):
     if w is None:
         raise SystemExit("taef2_decoder.pth not found: set LEAKSTORE_WEIGHTS to the folder holding TAEF2")
     enc = build_sequential_encoder(_read_state(w / "taef2_encoder.pth"))[0]
-    dec = build_sequential_decoder(_read_state(w / "taef2_decoder.pth"))
+    dec = build_sequential_decoder(_read_state(w / "taef2_decoder.pth"), "taef2_decoder.pth")
     df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
     df = df.loc[[i for _, g in df.groupby("label")
                  for i in g.sample(min(args.per_class, len(g)), random_state=args.seed).index]]
