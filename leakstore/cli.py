@@ -213,7 +213,8 @@ def train(
     width: Annotated[int, typer.Option(help="Backbone width.")] = 64,
     protos_per_class: Annotated[int, typer.Option()] = 6,
     scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
-    renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every epoch.")] = False,
+    renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
+    residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
     false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
@@ -228,7 +229,7 @@ def train(
         from model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, batch_size=batch_size,
-                          renoise=renoise, scorer=scorer.value, false_unknown_rate=false_unknown_rate, seed=seed)
+                          renoise=renoise, use_residual=residual, scorer=scorer.value, false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json)

@@ -73,6 +73,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                "builtin_encoder": bool(bundle.featurize.vae.builtin),
                "encoder": bundle.featurize.vae.name + (" (BUILT-IN DEMO ENCODER: random weights, not a real VAE)"
                                                        if bundle.featurize.vae.builtin else ""),
+               "inputs": ["latents"] + (["spectra"] if bundle.net.spec is not None else [])
+                         + ([f"residual ({bundle.featurize.residual_bins} bins)"] if bundle.net.res is not None else []),
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],

@@ -1,5 +1,6 @@
 import json
 
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from leakstore.cli import app
@@ -39,3 +40,21 @@ def test_errors_are_one_line(class_folders, tmp_path):
     r = runner.invoke(app, ["featurize", str(class_folders), str(tmp_path / "s.zarr"), "--vae", "sd21",
                             "--device", "cpu"])
     assert r.exit_code == 2 and "cannot load VAE" in r.output
+
+
+def test_featurize_residual_and_train_without_it(class_folders, tmp_path):
+    store = tmp_path / "r.zarr"
+    r = runner.invoke(app, ["featurize", str(class_folders), str(store), "--vae", "demo", "--resolution", "64",
+                            "--timesteps", "0,100", "--fft-size", "4", "--device", "cpu", "--workers", "0",
+                            "--no-progress", "--residual", "--residual-bins", "4"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["inspect", str(store)])
+    assert "reconstruction residual: 4 radial bins, decoder sha256:" in r.output
+    d = json.loads(runner.invoke(app, ["inspect", str(store), "--json"]).output)
+    assert d["arrays"]["residual"]["shape"] == [29, 3 * 4 + 3 + 8]
+    r = runner.invoke(app, ["train", str(store), "--out", str(tmp_path / "run"), "--epochs", "1", "--width", "8",
+                            "--embed-dim", "16", "--no-residual", "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["model_config"]["use_residual"] is False and meta["featurize_config"]["residual_bins"] == 4
+    assert not any(k.startswith("res.") for k in load_file(str(tmp_path / "run" / "model.safetensors")))

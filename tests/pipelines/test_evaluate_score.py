@@ -67,6 +67,7 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     assert len(df) == 32 and df.true_is_unknown.sum() == 8
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
+    assert s["inputs"] == ["latents", "spectra"] and "inputs: latents, spectra;" in html
 
 
 def test_scoring_is_lazy(model):
