@@ -11,6 +11,7 @@ Sharded: shard i of n owns chunks k with k % n == i; shards share no chunk and n
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from collections import deque
@@ -160,16 +161,21 @@ class DeviceFeaturizer:
             raise LeakstoreError(f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: "
                                  "use --precision fp32 on CPU")
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
-        self.run = compile_encoder(self.encoder, compile_mode) if use_compile else self.encoder
-        self.decode = None
+        if cfg.residual_bins and encoder.decoder is None:
+            raise LeakstoreError("the config asks for the residual feature but the encoder came without its "
+                                 "decoder: load it with load_encoder(..., decoder=True)")
+        # The residual is a difference near 1/255: bf16 rounding is 7-26 % of the real vs TAEF2
+        # round-trip gap (README). Its encode-decode-encode pass runs on a float32 copy.
+        res32 = (copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
+                 if cfg.residual_bins and dtype != torch.float32 else None)
+        self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
+        wrap = (lambda m: compile_encoder(m, compile_mode)) if use_compile else (lambda m: m)
+        self.run = wrap(self.encoder)
+        self.res_encoder = self.res_decoder = None
         if cfg.residual_bins:
-            if self.encoder.decoder is None:
-                raise LeakstoreError("the config asks for the residual feature but the encoder came without its "
-                                     "decoder: load it with load_encoder(..., decoder=True)")
-            dec = self.encoder.decoder
-            self.decode = compile_encoder(dec, compile_mode) if use_compile else dec
+            self.res_encoder = self.run if res32 is None else wrap(res32.eval())
+            self.res_decoder = wrap((self.encoder if res32 is None else res32).decoder)
         a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
         self.alpha = torch.tensor(a, dtype=torch.float32, device=device)
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
@@ -188,8 +194,9 @@ class DeviceFeaturizer:
         zt = add_noise(z0, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, self.cfg.sigma_normalize)
         spec = low_freq_spectrum(zt, self.cfg.fft_size)
         out = {"latent0": z0.half(), "latents": zt.half(), "spectra": spec.half()}
-        if self.decode is not None:  # on the padded batch too: one shape for a compiled decoder
-            res = residual_features(x.float() / 255.0, z, self.decode, lambda px: self.run(px * 255.0),
+        if self.res_encoder is not None:  # on the padded batch too: one shape for a compiled decoder
+            z32 = z if self.res_encoder is self.run else self.res_encoder(x)
+            res = residual_features(x.float() / 255.0, z32, self.res_decoder, lambda px: self.res_encoder(px * 255.0),
                                     self.cfg.residual_bins)
             out["residual"] = res[:b]
         if self.device.type != "cuda":

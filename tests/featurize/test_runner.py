@@ -237,3 +237,16 @@ def test_a_residual_store_and_a_plain_one_are_different_features(class_folders, 
     run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir))
     with pytest.raises(ConfigMismatchError, match="residual_bins"):
         run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir), residual_bins=4)
+
+
+@pytest.mark.gpu
+def test_on_cuda_in_bf16_the_residual_is_still_float32(class_folders, tiny_vae_dir, tmp_path):
+    """Latents may be bf16 on a GPU; the residual's encode-decode-encode runs on a float32 copy,
+    so it matches the CPU's float32 residual far more closely than bf16 rounding would allow."""
+    run(class_folders, tmp_path / "c.zarr", str(tiny_vae_dir), residual_bins=5)
+    opts = RunOptions(device="cuda", batch_size=3, workers=0, chunk_size=4, progress=False, compile=False)
+    featurize(class_folders, tmp_path / "g.zarr", vae=str(tiny_vae_dir), opts=opts, resolution=32, timesteps=TS,
+              residual_bins=5, precision="bf16", device="cuda")
+    a, b = FeatureStore.open(tmp_path / "c.zarr"), FeatureStore.open(tmp_path / "g.zarr")
+    assert b.config.precision == "bf16" and a.config.hash == b.config.hash
+    np.testing.assert_allclose(b.read("residual"), a.read("residual"), atol=2e-3, rtol=1e-3)
