@@ -308,21 +308,28 @@ def weights_dirs() -> list[Path]:
     return dirs + [Path.home() / ".cache" / "leakstore" / "weights"]
 
 
+def _seeded(net: nn.Module, seed: int) -> str:
+    """Fill every conv of `net` with seeded N(0, 1/fan_in) weights and zero biases, bit-identical on
+    every machine and thread count; -> "sha256:..." of the weights."""
+    import numpy as np
+    rng = np.random.Generator(np.random.PCG64(seed))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                w = rng.standard_normal(m.weight.shape) / np.sqrt(m.weight.shape[1])
+                m.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+                m.bias.zero_()
+    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in net.state_dict().values()))
+    return "sha256:" + rev.hexdigest()[:32]
+
+
 def builtin_demo_encoder() -> LatentEncoder:
     """A fixed random patch encoder (seeded): 8x8 pixel patches -> 64 -> 8 channels through a
     GELU. It keeps colour statistics and patch texture, like a VAE encoder, with no weights to
     download. For the demo and tests only: every store it makes says it is not a real VAE."""
-    import numpy as np
     net = nn.Sequential(nn.PixelUnshuffle(8), nn.Conv2d(192, 64, 1), nn.GELU(), nn.Conv2d(64, 8, 1))
-    rng = np.random.Generator(np.random.PCG64(0))  # bit-identical on every machine and thread count
-    with torch.no_grad():
-        for m in (net[1], net[3]):
-            w = rng.standard_normal(m.weight.shape) / np.sqrt(m.weight.shape[1])
-            m.weight.copy_(torch.from_numpy(w.astype(np.float32)))
-            m.bias.zero_()
-    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in net.state_dict().values()))
     ident = VAEIdentity(name=BUILTIN, source="builtin", kind="builtin-demo", latent_channels=8,
-                        scaling_factor=1.0, input_range="-1..1", downsample=8, revision="sha256:" + rev.hexdigest()[:32],
+                        scaling_factor=1.0, input_range="-1..1", downsample=8, revision=_seeded(net, seed=0),
                         builtin=True, note="BUILT-IN DEMO ENCODER: random weights, not a real VAE; "
                                            "features from it do not reflect any generator's latent space")
     return LatentEncoder(net, ident, "seq").eval()
@@ -331,16 +338,8 @@ def builtin_demo_encoder() -> LatentEncoder:
 def builtin_demo_decoder(identity: VAEIdentity) -> LatentDecoder:
     """The demo encoder's fixed random mirror: 8 -> 64 channels, GELU, -> 192, 8x8 pixel shuffle,
     output read as [-1, 1]. Not an inverse of anything: for the demo and tests only."""
-    import numpy as np
     net = nn.Sequential(nn.Conv2d(8, 64, 1), nn.GELU(), nn.Conv2d(64, 192, 1), nn.PixelShuffle(8))
-    rng = np.random.Generator(np.random.PCG64(1))
-    with torch.no_grad():
-        for m in (net[0], net[2]):
-            w = rng.standard_normal(m.weight.shape) / np.sqrt(m.weight.shape[1])
-            m.weight.copy_(torch.from_numpy(w.astype(np.float32)))
-            m.bias.zero_()
-    rev = hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in net.state_dict().values()))
-    return LatentDecoder(net, identity, "-1..1", "sha256:" + rev.hexdigest()[:32]).eval()
+    return LatentDecoder(net, identity, "-1..1", _seeded(net, seed=1)).eval()
 
 
 def _sibling_decoder(path: Path) -> Path:

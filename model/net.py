@@ -97,7 +97,7 @@ class ProtoLeakNet(nn.Module):
                  n_classes: int, residual_dim: int = 0):
         super().__init__()
         c, h, w = latent_shape
-        self.cfg, self.n_classes, self.t, self.residual_dim = cfg, n_classes, n_timesteps, residual_dim
+        self.cfg, self.n_classes, self.t = cfg, n_classes, n_timesteps
         self.register_buffer("lat_mean", torch.zeros(n_timesteps, c, 1, 1))
         self.register_buffer("lat_std", torch.ones(n_timesteps, c, 1, 1))
         self.register_buffer("spec_mean", torch.zeros(n_timesteps, c, fft_size, fft_size))
