@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from featurize.datasets import DEFAULT_FRACTIONS, build_catalog
-from featurize.runner import FeaturizeReport, RunOptions, featurize_store, resolve_device
+from featurize.runner import FeaturizeReport, RunOptions, featurize_store
 from featurize.vae import load_encoder
 from featurize.views import parse_view, view_name
 from leakstore.config import FeaturizeConfig, ScheduleConfig
+from leakstore.device import resolve_device
 from leakstore.errors import InputError
 
 

@@ -33,6 +33,31 @@ def list_images(folder: Path) -> list[Path]:
                   key=lambda p: str(p.relative_to(folder)))
 
 
+def list_inputs(inp) -> list[str]:
+    """Images to score: a folder (recursively), a manifest (.csv/.parquet with a 'path' column,
+    relative to the manifest), a glob, one image, or a list of paths."""
+    import glob
+
+    import pandas as pd
+    if isinstance(inp, (list, tuple)):
+        return [str(p) for p in inp]
+    s = str(inp)
+    p = Path(s)
+    if p.is_dir():
+        return [str(q.resolve()) for q in list_images(p)]
+    if p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
+        df = pd.read_parquet(p) if p.suffix.lower() == ".parquet" else pd.read_csv(p, dtype=str, keep_default_na=False)
+        if "path" not in df:
+            raise InputError(f"{p}: a manifest needs a 'path' column")
+        return [str((p.parent / q).resolve()) if not Path(q).is_absolute() else q for q in df["path"]]
+    if p.is_file():
+        return [str(p.resolve())]
+    hits = sorted(glob.glob(s, recursive=True))
+    if not hits:
+        raise InputError(f"no input at {s}: give a store, a folder, a manifest, a glob or an image")
+    return hits
+
+
 def _split_code(value, where: str) -> int:
     key = str(value).strip().lower() if value is not None else ""
     if key not in _SPLIT_ALIASES:

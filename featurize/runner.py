@@ -1,7 +1,7 @@
 """The batched featurize runner: it only moves data.
 
     files --(DataLoader worker processes: read, hash, decode, view, resize, seeded noise)-->
-    uint8 batches --(device: encode, forward-diffuse, FFT[, decode: residual])--> float16 results
+    uint8 batches --(device: encode, then every feature of leakstore.features)--> store-dtype results
     --(writer threads: whole chunks, data first, status last)--> Zarr store
 
 Resumable: only chunks with a pending row are processed, and every chunk is rewritten
@@ -24,12 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
-from featurize.noising import add_noise, noise_coefficients, seeded_noise
-from featurize.residual import residual_features
-from featurize.spectra import low_freq_spectrum
 from featurize.vae import LatentEncoder
 from featurize.views import apply_view, parse_view
 from leakstore.config import FeaturizeConfig
+from leakstore.device import resolve_device
+from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
+from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.errors import ImageDecodeError, LeakstoreError
 from leakstore.store import DONE, FAILED, Catalog, FeatureStore
 
@@ -69,15 +69,6 @@ class FeaturizeReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise LeakstoreError(f"--device {device}: no CUDA device is visible here; use --device cpu")
-    return d
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -146,12 +137,13 @@ def chunk_aligned_batches(chunk_lengths: list[int], batch: int) -> list[list[int
 
 # ---------------------------------------------------------------------------- device side
 class DeviceFeaturizer:
-    """Encode + noise + spectra (+ the reconstruction residual when the config asks) on one device.
-    (B, 3, R, R) uint8 -> float16 arrays (residual: float32)."""
+    """Every feature the config enables (leakstore.features.FEATURES) for batches on one device.
+    (B, 3, R, R) uint8 -> {name: (B, *shape)} in each feature's store dtype."""
 
     def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
                  batch_size: int, use_compile: bool, compile_mode: str = "default"):
         self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        self.features = features_for(cfg)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.precision == "tf32"
@@ -162,18 +154,19 @@ class DeviceFeaturizer:
                                  "use --precision fp32 on CPU")
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
-        if cfg.residual_bins and encoder.decoder is None:
-            raise LeakstoreError("the config asks for the residual feature but the encoder came without its "
-                                 "decoder: load it with load_encoder(..., decoder=True)")
+        decoding = needs_decoder(cfg)
+        if decoding and encoder.decoder is None:
+            raise LeakstoreError("the config asks for a decoder feature (the residual) but the encoder came without "
+                                 "its decoder: load it with load_encoder(..., decoder=True)")
         # The residual is a difference near 1/255: bf16 rounding is 7-26 % of the real vs TAEF2
-        # round-trip gap (README). Its encode-decode-encode pass runs on a float32 copy.
+        # round-trip gap (README). Decoder features run their encode-decode-encode on a float32 copy.
         res32 = (copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
-                 if cfg.residual_bins and dtype != torch.float32 else None)
+                 if decoding and dtype != torch.float32 else None)
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         wrap = (lambda m: compile_encoder(m, compile_mode)) if use_compile else (lambda m: m)
         self.run = wrap(self.encoder)
         self.res_encoder = self.res_decoder = None
-        if cfg.residual_bins:
+        if decoding:
             self.res_encoder = self.run if res32 is None else wrap(res32.eval())
             self.res_decoder = wrap((self.encoder if res32 is None else res32).decoder)
         a, s = noise_coefficients(cfg.schedule, cfg.timesteps)
@@ -190,15 +183,12 @@ class DeviceFeaturizer:
             x = torch.cat([x, x[:1].expand(self.batch_size - b, -1, -1, -1)])
         x = x.contiguous(memory_format=self.memory_format)
         z = self.run(x).float()
-        z0 = z[:b]
-        zt = add_noise(z0, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, self.cfg.sigma_normalize)
-        spec = low_freq_spectrum(zt, self.cfg.fft_size)
-        out = {"latent0": z0.half(), "latents": zt.half(), "spectra": spec.half()}
+        ctx = Context(self.cfg, b, z, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, pixels=x)
         if self.res_encoder is not None:  # on the padded batch too: one shape for a compiled decoder
-            z32 = z if self.res_encoder is self.run else self.res_encoder(x)
-            res = residual_features(x.float() / 255.0, z32, self.res_decoder, lambda px: self.res_encoder(px * 255.0),
-                                    self.cfg.residual_bins)
-            out["residual"] = res[:b]
+            ctx.z32 = z if self.res_encoder is self.run else self.res_encoder(x).float()
+            ctx.encode, ctx.decode = (lambda px: self.res_encoder(px * 255.0)), self.res_decoder
+        computed = compute(ctx, [f.name for f in self.features])
+        out = {f.name: computed[f.name].to(torch_dtype(f.dtype)) for f in self.features}
         if self.device.type != "cuda":
             return out
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in out.items()}
@@ -217,12 +207,7 @@ class ChunkAssembler:
     def __init__(self, store: FeatureStore, chunks: list[int], executor: ThreadPoolExecutor, max_pending: int = 4):
         self.store, self.executor, self.max_pending = store, executor, max_pending
         cfg = store.config
-        c, h, w = cfg.latent_shape
-        t, k = len(cfg.timesteps), cfg.fft_size
-        self.shapes = {"latent0": ((c, h, w), np.float16), "latents": ((t, c, h, w), np.float16),
-                       "spectra": ((t, c, k, k), np.float16)}
-        if cfg.residual_bins:
-            self.shapes["residual"] = ((cfg.residual_dim,), np.float32)
+        self.shapes = {f.name: (f.shape(cfg), np.dtype(f.dtype)) for f in features_for(cfg)}
         self.buffers: dict[int, dict] = {}
         self.remaining = {ck: len(store.chunk_rows(ck)) for ck in chunks}
         self.futures: deque[Future] = deque()

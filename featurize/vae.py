@@ -17,6 +17,7 @@ from torch import nn
 
 from leakstore.config import FeaturizeConfig, VAEIdentity
 from leakstore.errors import WeightsNotFoundError
+from leakstore.features import needs_decoder
 
 
 @dataclass(frozen=True)
@@ -476,6 +477,6 @@ def encoder_for(identity: VAEIdentity, decoder_revision: str | None = None) -> L
 
 
 def encoder_for_config(cfg: FeaturizeConfig) -> LatentEncoder:
-    """The encoder (and, when the config has the residual feature, the decoder) a store or model
-    was featurized with, checked against the recorded weights revisions."""
-    return encoder_for(cfg.vae, cfg.decoder if cfg.residual_bins else None)
+    """The encoder (and, when a feature of the config needs it, the decoder) a store or model was
+    featurized with, checked against the recorded weights revisions."""
+    return encoder_for(cfg.vae, cfg.decoder if needs_decoder(cfg) else None)

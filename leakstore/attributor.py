@@ -14,18 +14,20 @@ import pandas as pd
 
 class Attributor:
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
-        from featurize.runner import DeviceFeaturizer, resolve_device
-        from featurize.vae import encoder_for_config
-        from model.checkpoint import load_bundle
-        self.run_dir, self.device = Path(run_dir), str(resolve_device(device))
-        self.bundle = load_bundle(run_dir, self.device)
-        self.encoder = encoder_for_config(self.bundle.featurize)
-        self._runner = DeviceFeaturizer(self.encoder, self.bundle.featurize, resolve_device(self.device), 16,
-                                        use_compile=False)
+        from leakstore.predictor import Predictor
+        self.run_dir = Path(run_dir)
+        self.predictor = Predictor.load(run_dir, device)
+        self.device = self.predictor.device
+        self.bundle = self.predictor.bundle
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> "Attributor":
         return cls(run_dir, device)
+
+    @property
+    def encoder(self):
+        """The VAE encoder raw images go through (with its decoder only when the model reads a feature that needs it)."""
+        return self.predictor.encoder
 
     @property
     def classes(self) -> list[str]:
@@ -37,16 +39,10 @@ class Attributor:
 
     def score_many(self, images, batch_size: int = 16) -> pd.DataFrame:
         """A folder, manifest, glob or list of paths -> one row per image, in input order."""
-        from featurize.inmemory import featurize_paths
-        from pipelines.score import frame, list_inputs
+        from featurize.datasets import list_inputs
         paths = list_inputs(images)
-        frames = []
-        for s in range(0, len(paths), 256):
-            part = paths[s:s + 256]
-            feats, sha, errors = featurize_paths(part, self.bundle.featurize, self.encoder, device=self.device,
-                                                 batch_size=batch_size, runner=self._runner)
-            frames.append(frame(self.bundle, len(part), part, feats, feats.rows, errors, {"sha256": sha},
-                                self.device))
+        frames = [self.predictor.score_paths(paths[s:s + 256], s, batch_size).drop(columns="row")
+                  for s in range(0, len(paths), 256)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def score(self, image: str | Path) -> dict:

@@ -61,7 +61,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class FeaturizeConfig:
-    """Everything that defines the features of a store (see DESIGN.md, Store)."""
+    """Everything that defines the features of a store (the arrays themselves: leakstore/features)."""
 
     vae: VAEIdentity
     resolution: int = 256
@@ -75,7 +75,7 @@ class FeaturizeConfig:
     view: str = "none"
     min_side: int = 32
     precision: str = "fp32"
-    residual_bins: int = 0        # > 0: also store the reconstruction residual (featurize/residual.py)
+    residual_bins: int = 0        # > 0: also store the reconstruction residual (leakstore/features/residual.py)
     decoder: str = ""             # weights revision of the decoder the residual was made with
 
     def __post_init__(self):
@@ -119,19 +119,9 @@ class FeaturizeConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeaturizeConfig":
         d = dict(d)
-        vae = VAEIdentity(**d.pop("vae"))
-        schedule = ScheduleConfig(**d.pop("schedule"))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigMismatchError(f"featurize config has unknown fields {sorted(unknown)}: "
-                                      "it was written by a newer leakstore; upgrade leakstore")
-        return cls(vae=vae, schedule=schedule, **d)
-
-    @property
-    def residual_dim(self) -> int:
-        """Length of one image's residual feature vector (0 when the store has none)."""
-        return 3 * self.residual_bins + 3 + self.vae.latent_channels if self.residual_bins else 0
+        vae = from_fields(VAEIdentity, d.pop("vae"), "featurize config (vae)")
+        schedule = from_fields(ScheduleConfig, d.pop("schedule"), "featurize config (schedule)")
+        return from_fields(cls, d, "featurize config", vae=vae, schedule=schedule)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the features (what `hash` covers). Without a
@@ -148,6 +138,17 @@ class FeaturizeConfig:
 
     def replace(self, **changes) -> "FeaturizeConfig":
         return dataclasses.replace(self, **changes)
+
+
+def from_fields(cls, d: dict[str, Any], what: str, **extra):
+    """Build config dataclass `cls` from a dict, refusing fields it does not know (every config
+    loader does this alike: a file written by a newer leakstore is never half-read)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigMismatchError(f"{what} has unknown fields {sorted(unknown)}: it was written by a newer "
+                                  "leakstore; upgrade leakstore to read it")
+    return cls(**d, **extra)
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

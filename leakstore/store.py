@@ -4,11 +4,8 @@ A store is one Zarr v3 group. Every array is chunked along `image` only, with th
 chunk length, so a writer that owns chunk k owns rows [k*chunk, (k+1)*chunk) of every
 array: shards never share a chunk and need no locks.
 
-    latent0  (N, C, h, w)        float16  clean posterior latent (scaled, shifted)
-    latents  (N, T, C, h, w)     float16  forward-diffused latent per timestep (sigma-normalised if configured)
-    spectra  (N, T, C, k, k)     float16  log1p |FFT| of the lowest k x k frequencies (centred)
-    residual (N, F)              float32  reconstruction-residual features (featurize/residual.py);
-                                          only in stores featurized with --residual (residual_bins > 0)
+    <feature> (N, ...)                    every feature of leakstore.features.FEATURES that the config
+                                          enables (latent0, latents, spectra[, residual]), NaN-filled
     label    (N,)                int16    class index into attrs["class_names"], -1 unlabelled
     split    (N,)                int8     0 train, 1 val, 2 test, -1 none
     path     (N,)                str      source file
@@ -37,7 +34,8 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 import leakstore
 from leakstore.config import FeaturizeConfig, check_compatible
-from leakstore.errors import ConfigMismatchError, StoreError
+from leakstore.errors import ConfigMismatchError, InputError, StoreError
+from leakstore.features import FeatureBatch, features_for
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "leakstore.features"
@@ -56,33 +54,24 @@ class ArraySpec:
     fill: Any
 
 
+# Per-row bookkeeping arrays (the features come from the table in leakstore.features).
+ROW_ARRAYS = (ArraySpec("label", ("image",), "int16", -1), ArraySpec("split", ("image",), "int8", -1),
+              ArraySpec("path", ("image",), "str", ""), ArraySpec("group", ("image",), "str", ""),
+              ArraySpec("sha256", ("image",), "str", ""), ArraySpec("status", ("image",), "uint8", PENDING),
+              ArraySpec("error", ("image",), "str", ""))
+
+
 def array_specs(n: int, cfg: FeaturizeConfig) -> dict[str, tuple[ArraySpec, tuple[int, ...]]]:
-    """Every array of a store: its spec and shape. The single definition of the schema."""
-    c, h, w = cfg.latent_shape
-    t, k = len(cfg.timesteps), cfg.fft_size
-    nan = float("nan")
-    specs = [
-        (ArraySpec("latent0", ("image", "channel", "y", "x"), "float16", nan), (n, c, h, w)),
-        (ArraySpec("latents", ("image", "timestep", "channel", "y", "x"), "float16", nan), (n, t, c, h, w)),
-        (ArraySpec("spectra", ("image", "timestep", "channel", "fy", "fx"), "float16", nan), (n, t, c, k, k)),
-    ]
-    if cfg.residual_bins:
-        specs.append((ArraySpec("residual", ("image", "residual_feature"), "float32", nan), (n, cfg.residual_dim)))
-    specs += [
-        (ArraySpec("label", ("image",), "int16", -1), (n,)),
-        (ArraySpec("split", ("image",), "int8", -1), (n,)),
-        (ArraySpec("path", ("image",), "str", ""), (n,)),
-        (ArraySpec("group", ("image",), "str", ""), (n,)),
-        (ArraySpec("sha256", ("image",), "str", ""), (n,)),
-        (ArraySpec("status", ("image",), "uint8", PENDING), (n,)),
-        (ArraySpec("error", ("image",), "str", ""), (n,)),
-    ]
+    """Every array of a store: its spec and shape, derived from the feature table and ROW_ARRAYS."""
+    specs = [(ArraySpec(f.name, ("image",) + f.dims, f.dtype, float("nan")), (n,) + f.shape(cfg))
+             for f in features_for(cfg)]
+    specs += [(spec, (n,)) for spec in ROW_ARRAYS]
     return {s.name: (s, shape) for s, shape in specs}
 
 
 def data_arrays(cfg: FeaturizeConfig) -> tuple[str, ...]:
     """The arrays featurize writes per chunk (the rest are written once, at creation)."""
-    return ("latent0", "latents", "spectra") + (("residual",) if cfg.residual_bins else ()) + ("sha256", "error")
+    return tuple(f.name for f in features_for(cfg)) + ("sha256", "error")
 
 
 def _compressors(codec: str, dtype: str):
@@ -287,6 +276,23 @@ class FeatureStore:
             return np.asarray(arr[rows])
         return np.asarray(arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),) +
                                                        (slice(None),) * (arr.ndim - 1)))
+
+    def load(self, names=None, rows: np.ndarray | None = None) -> FeatureBatch:
+        """Done rows (all, or those among `rows`) in store order, with the named features (default:
+        every feature the store holds). Failed and pending rows are never read."""
+        import torch
+        done = np.flatnonzero(self.status() == DONE)
+        if rows is not None:
+            done = np.intersect1d(done, rows)
+        if len(done) == 0:
+            raise InputError(f"store {self.path} has no featurized rows: run or finish `leakstore featurize` first")
+        contiguous = len(done) == done[-1] - done[0] + 1
+        sel = slice(int(done[0]), int(done[-1]) + 1) if contiguous else done
+        names = [f.name for f in features_for(self.config) if names is None or f.name in names]
+        arrays = {n: torch.from_numpy(np.ascontiguousarray(self.read(n, sel))) for n in names}
+        return FeatureBatch(done, arrays, self.read("label")[done].astype(np.int64),
+                            self.read("split")[done].astype(np.int64),
+                            np.array([str(p) for p in self.read("path")[done]], dtype=object))
 
     def summary(self) -> dict[str, Any]:
         """A machine-readable description (what `leakstore inspect --json` prints)."""

@@ -22,6 +22,7 @@ from sklearn.neighbors import KernelDensity
 
 from leakstore.config import FeaturizeConfig
 from leakstore.errors import LeakstoreError
+from leakstore.features import BY_NAME, features_for
 from model import scorers as S
 from model.config import ModelConfig
 from model.net import ProtoLeakNet
@@ -89,10 +90,16 @@ class Bundle:
     open: Any = None            # a fitted OpenSetKDE with its threshold
 
 
+def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:
+    """The features the model reads: every model input of the table that `fcfg` holds, minus those
+    switched off in the model config (`use_<name>=False`, e.g. --no-residual)."""
+    return tuple(f.name for f in features_for(fcfg) if f.model_input and cfg.uses(f.name))
+
+
 def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
-    """The network for features of `fcfg`: it takes the residual when the store has it and cfg.use_residual."""
-    return ProtoLeakNet(cfg, fcfg.latent_shape, len(fcfg.timesteps), fcfg.fft_size, n_classes,
-                        fcfg.residual_dim if cfg.use_residual else 0)
+    """The network for features of `fcfg` (shapes from the feature table)."""
+    return ProtoLeakNet(cfg, {n: (BY_NAME[n].shape(fcfg), BY_NAME[n].per_timestep) for n in model_inputs(cfg, fcfg)},
+                        n_classes)
 
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:
@@ -107,6 +114,7 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
     np_save(arrays, str(run_dir / "scorers.safetensors"))
     meta = {**b.meta, "format": FORMAT, "version": VERSION, "model_config": b.cfg.to_dict(),
             "featurize_config": b.featurize.to_dict(), "featurize_hash": b.featurize.hash,
+            "inputs": list(b.net.inputs),
             "class_names": b.class_names, "scorers": scorer_meta}
     tmp = run_dir / "model.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=float))

@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from leakstore.config import from_fields
 from leakstore.errors import InputError
 
 BACKBONES = ("cnn", "resnet", "patch-transformer")
@@ -53,13 +54,16 @@ class ModelConfig:
         if not 0 <= self.time_dropout < 1:
             raise InputError("time_dropout must lie in [0, 1)")
 
+    def uses(self, feature: str) -> bool:
+        """Whether the model reads `feature` when the store has it (use_<feature>, default True)."""
+        return bool(getattr(self, f"use_{feature}", True))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return from_fields(cls, d, "model config")
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -1,10 +1,11 @@
 """Proto-LeakNet, split timm-style: `forward_features` (per-timestep tokens), `embed` (pooled
 embedding, gates, attention), `forward` (prototype logits).
 
-Inputs are a store's arrays: latents (B, T, C, h, w) and spectra (B, T, C, k, k), any float
-dtype, and, for stores featurized with --residual, the per-image residual vector (B, F); they are
-standardised with statistics of the training set (per timestep and channel; per residual
-feature), kept as buffers so a checkpoint carries them.
+Inputs come as a dict batch of a store's features (leakstore.features): latents (B, T, C, h, w)
+through the backbone, and every other model input (spectra (B, T, C, k, k), the residual (B, F)
+of stores featurized with --residual, ...) through an MLP of its own. They are standardised with
+statistics of the training set (latents per timestep and channel, the others per element), kept
+as buffers so a checkpoint carries them.
 """
 from __future__ import annotations
 
@@ -92,16 +93,27 @@ class PatchTransformer(nn.Module):
         return self.norm(h).mean(1)
 
 
+# Attribute names of the first vector inputs' branches and statistics, kept so that models saved
+# before inputs were generic still load (spec.*, spec_mean, res.*, res_mean ...).
+_ATTR = {"spectra": "spec", "residual": "res"}
+
+
 class ProtoLeakNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, latent_shape: tuple[int, int, int], n_timesteps: int, fft_size: int,
-                 n_classes: int, residual_dim: int = 0):
+    """inputs: {name: (per-image shape, per_timestep)} of the features the model reads, in table
+    order; "latents" (T, C, h, w) is required and goes through the backbone; every other input is
+    standardised, flattened and embedded by its own MLP: per timestep when per_timestep, else once
+    per image and joined to every timestep's token."""
+
+    def __init__(self, cfg: ModelConfig, inputs: dict[str, tuple[tuple[int, ...], bool]], n_classes: int):
         super().__init__()
-        c, h, w = latent_shape
-        self.cfg, self.n_classes, self.t = cfg, n_classes, n_timesteps
-        self.register_buffer("lat_mean", torch.zeros(n_timesteps, c, 1, 1))
-        self.register_buffer("lat_std", torch.ones(n_timesteps, c, 1, 1))
-        self.register_buffer("spec_mean", torch.zeros(n_timesteps, c, fft_size, fft_size))
-        self.register_buffer("spec_std", torch.ones(n_timesteps, c, fft_size, fft_size))
+        if "latents" not in inputs:
+            raise ValueError("the network needs the 'latents' input")
+        t, c, h, w = inputs["latents"][0]
+        self.cfg, self.n_classes, self.t = cfg, n_classes, t
+        self.inputs = tuple(inputs)
+        self.vector_inputs = tuple((n, per_t) for n, (_, per_t) in inputs.items() if n != "latents")
+        self.register_buffer("lat_mean", torch.zeros(t, c, 1, 1))
+        self.register_buffer("lat_std", torch.ones(t, c, 1, 1))
         d = cfg.embed_dim
         if cfg.backbone == "cnn":
             self.backbone = SmallCNN(c, cfg.width)
@@ -109,17 +121,17 @@ class ProtoLeakNet(nn.Module):
             self.backbone = ResNet18(c, cfg.width)
         else:
             self.backbone = PatchTransformer(c, cfg.width, h)
-        spec_in = c * fft_size * fft_size
-        self.spec = nn.Sequential(nn.Linear(spec_in, d), nn.GELU(), nn.Linear(d, d)) if cfg.use_spectra else None
-        # the residual is one vector per image: embedded once, joined to every timestep's token
-        self.res = nn.Sequential(nn.Linear(residual_dim, d), nn.GELU(), nn.Linear(d, d)) if residual_dim else None
-        if residual_dim:
-            self.register_buffer("res_mean", torch.zeros(residual_dim))
-            self.register_buffer("res_std", torch.ones(residual_dim))
-        fuse_in = self.backbone.out_dim + 2 * c + (d if cfg.use_spectra else 0) + (d if residual_dim else 0)
+        for name, per_t in self.vector_inputs:
+            shape = inputs[name][0]
+            width = math.prod(shape[1:] if per_t else shape)
+            a = _ATTR.get(name, f"in_{name}")
+            setattr(self, a, nn.Sequential(nn.Linear(width, d), nn.GELU(), nn.Linear(d, d)))
+            self.register_buffer(f"{a}_mean", torch.zeros(shape))
+            self.register_buffer(f"{a}_std", torch.ones(shape))
+        fuse_in = self.backbone.out_dim + 2 * c + d * len(self.vector_inputs)
         self.fuse = nn.Sequential(nn.Linear(fuse_in, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d),
                                   nn.LayerNorm(d))
-        self.time_embed = nn.Parameter(torch.zeros(n_timesteps, d))
+        self.time_embed = nn.Parameter(torch.zeros(t, d))
         self.temporal = SelfAttentionBlock(d) if cfg.temporal == "transformer" else None
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
         self.gate = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)) if cfg.gates else None
@@ -132,50 +144,46 @@ class ProtoLeakNet(nn.Module):
 
     # ------------------------------------------------------------------ normalisation
     @torch.no_grad()
-    def set_normalisation(self, latents: torch.Tensor, spectra: torch.Tensor,
-                          residual: torch.Tensor | None = None) -> None:
-        """Statistics from training rows: per (timestep, channel) for latents (N, T, C, h, w) and
-        spectra (N, T, C, k, k); per feature for the residual (N, F)."""
-        lat = latents.float()
+    def set_normalisation(self, batch: dict[str, torch.Tensor]) -> None:
+        """Statistics from training rows: latents per (timestep, channel); every other input per element."""
+        lat = self._need(batch, "latents").float()
         self.lat_mean.copy_(lat.mean((0, 3, 4))[..., None, None])
         self.lat_std.copy_(lat.std((0, 3, 4))[..., None, None].clamp_min(1e-4))
-        sp = spectra.float()
-        self.spec_mean.copy_(sp.mean(0))
-        self.spec_std.copy_(sp.std(0).clamp_min(1e-4))
-        if self.res is not None:
-            r = self._need_residual(residual).float()
-            self.res_mean.copy_(r.mean(0))
-            self.res_std.copy_(r.std(0).clamp_min(1e-4))
+        for name, _ in self.vector_inputs:
+            a, v = _ATTR.get(name, f"in_{name}"), self._need(batch, name).float()
+            getattr(self, f"{a}_mean").copy_(v.mean(0))
+            getattr(self, f"{a}_std").copy_(v.std(0).clamp_min(1e-4))
 
-    def _need_residual(self, residual):
-        if residual is None:
-            raise ValueError("this model was trained with the reconstruction residual: pass residual (B, F), "
-                             "featurized with --residual")
-        return residual
+    @staticmethod
+    def _need(batch, name):
+        if batch.get(name) is None:
+            raise ValueError(f"this model reads the {name!r} feature: pass it in the batch (a store featurized "
+                             f"with the model's featurize config has it)")
+        return batch[name]
 
     # ------------------------------------------------------------------ timm-style API
-    def forward_features(self, latents: torch.Tensor, spectra: torch.Tensor,
-                         residual: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, C, h, w), (B, T, C, k, k)[, residual (B, F)] -> per-timestep tokens (B, T, D)."""
-        b, t = latents.shape[:2]
-        x = (latents.float() - self.lat_mean) / self.lat_std
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{latents (B, T, C, h, w), other inputs (B, *shape)} -> per-timestep tokens (B, T, D)."""
+        lat = self._need(batch, "latents")
+        b, t = lat.shape[:2]
+        x = (lat.float() - self.lat_mean) / self.lat_std
         flat = x.flatten(0, 1)                                              # (B T, C, h, w)
         parts = [self.backbone(flat), flat.mean((-2, -1)), flat.flatten(2).std(-1)]
-        if self.spec is not None:
-            s = ((spectra.float() - self.spec_mean) / self.spec_std).flatten(0, 1).flatten(1)
-            parts.append(self.spec(s))
-        if self.res is not None:
-            r = self.res((self._need_residual(residual).float() - self.res_mean) / self.res_std)   # (B, D)
-            parts.append(r.repeat_interleave(t, 0))                                                  # (B T, D)
+        for name, per_t in self.vector_inputs:
+            a = _ATTR.get(name, f"in_{name}")
+            v = (self._need(batch, name).float() - getattr(self, f"{a}_mean")) / getattr(self, f"{a}_std")
+            if per_t:
+                parts.append(getattr(self, a)(v.flatten(0, 1).flatten(1)))                 # (B T, D)
+            else:
+                parts.append(getattr(self, a)(v.flatten(1)).repeat_interleave(t, 0))     # (B, D) -> (B T, D)
         tok = self.fuse(torch.cat(parts, 1)).view(b, t, -1) + self.time_embed
         return self.temporal(tok) if self.temporal is not None else tok
 
-    def embed(self, latents, spectra, keep: torch.Tensor | None = None,
-              residual: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def embed(self, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Pooled embedding z (B, D), gates g (B, D) in [0, 1], attention a (B, T).
 
         keep (B, T) bool: timesteps to use (time-dropout); dropped steps get zero attention."""
-        tok = self.forward_features(latents, spectra, residual)
+        tok = self.forward_features(batch)
         score = self.score(tok).squeeze(-1)
         if keep is not None:
             score = score.masked_fill(~keep, float("-inf"))
@@ -197,8 +205,8 @@ class ProtoLeakNet(nn.Module):
         off = torch.zeros_like(self.proto_mask).masked_fill(self.proto_mask == 0, float("-inf"))
         return tau * torch.logsumexp(-d / tau + off[None], dim=-1)  # -inf after the division: finite grads
 
-    def forward(self, latents, spectra, keep=None, residual=None) -> dict[str, torch.Tensor]:
-        out = self.embed(latents, spectra, keep, residual)
+    def forward(self, batch: dict[str, torch.Tensor], keep=None) -> dict[str, torch.Tensor]:
+        out = self.embed(batch, keep)
         out["logits"] = self.logits(out["z"], out["g"])
         return out
 

@@ -1,17 +1,50 @@
-"""Apply a trained bundle to features: attribution, unknown-generator flag, explanations."""
+"""Apply a trained bundle to features: embeddings, attribution, unknown-generator flag, explanations.
+Inference only: nothing here imports training."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy.special import softmax
 
+from leakstore.features import FeatureBatch
 from model.checkpoint import Bundle
-from model.data import Features
-from model.train import embed_all
+from model.net import ProtoLeakNet
+
+
+def gated(out: dict[str, torch.Tensor]) -> np.ndarray:
+    """The embedding every scorer sees: z * sqrt(g), so that squared Euclidean distances
+    equal the prototype head's gate-weighted distances. (B, D) float64."""
+    return (out["z"] * out["g"].sqrt()).double().cpu().numpy()
+
+
+def batch_dict(feats: FeatureBatch, idx, names, device) -> dict[str, torch.Tensor]:
+    """{name: feats[name][idx]} on `device` for the named features (idx: a slice or an index tensor)."""
+    out = {}
+    for n in names:
+        x = feats.get(n)
+        if x is None:
+            continue
+        i = idx.to(x.device) if torch.is_tensor(idx) else idx
+        out[n] = x[i].to(device, non_blocking=True)
+    return out
 
 
 @torch.inference_mode()
-def predict(bundle: Bundle, feats: Features, device: str | torch.device = "cpu", top: int = 3) -> dict:
+def embed_all(net: ProtoLeakNet, feats: FeatureBatch, device, batch: int = 256) -> dict[str, np.ndarray]:
+    """Embeddings, gates, attention and prototype logits for every row, in eval mode, on the
+    store's stored (seeded) noise: the same computation for known and unknown images."""
+    net.eval()
+    outs: dict[str, list] = {"e": [], "z": [], "g": [], "a": [], "logits": []}
+    for s in range(0, len(feats), batch):
+        o = net(batch_dict(feats, slice(s, s + batch), net.inputs, device))
+        outs["e"].append(gated(o))
+        for k in ("z", "g", "a", "logits"):
+            outs[k].append(o[k].float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
+
+
+@torch.inference_mode()
+def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "cpu", top: int = 3) -> dict:
     """Per row: probabilities over the model's classes (closed-set scorer, calibrated), the
     predicted class, open-set log density and unknown flag, the `top` nearest prototypes,
     attention over timesteps and the strongest gate dimensions. Arrays of length N."""

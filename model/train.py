@@ -17,49 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from featurize.noising import add_noise, noise_coefficients
-from featurize.runner import resolve_device
-from featurize.spectra import low_freq_spectrum
 from leakstore.config import FeaturizeConfig, check_compatible
+from leakstore.device import resolve_device
 from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.features import BY_NAME, Context, FeatureBatch, compute
+from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
-from model.checkpoint import Bundle, build_net, load_train_state, save_bundle, save_train_state
+from model.checkpoint import Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state
 from model.config import ModelConfig
-from model.data import Features, load_features
-from model.net import ProtoLeakNet, attention_entropy_penalty
+from model.net import attention_entropy_penalty
+from model.predict import batch_dict, embed_all
 from model.scorers import CLOSED_SCORERS, OpenSetKDE
 
 MIN_TRAIN_PER_CLASS = 4
-
-
-def gated(out: dict[str, torch.Tensor]) -> np.ndarray:
-    """The embedding every scorer sees: z * sqrt(g), so that squared Euclidean distances
-    equal the prototype head's gate-weighted distances. (B, D) float64."""
-    return (out["z"] * out["g"].sqrt()).double().cpu().numpy()
-
-
-@torch.inference_mode()
-def embed_all(net: ProtoLeakNet, feats: Features, device, batch: int = 256) -> dict[str, np.ndarray]:
-    """Embeddings, gates, attention and prototype logits for every row, in eval mode, on the
-    store's stored (seeded) noise: the same computation for known and unknown images."""
-    net.eval()
-    outs: dict[str, list] = {"e": [], "z": [], "g": [], "a": [], "logits": []}
-    for s in range(0, len(feats), batch):
-        o = net(feats.latents[s:s + batch].to(device), feats.spectra[s:s + batch].to(device),
-                residual=_rows(feats.residual, slice(s, s + batch), device))
-        outs["e"].append(gated(o))
-        for k in ("z", "g", "a", "logits"):
-            outs[k].append(o[k].float().cpu().numpy())
-    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
-
-
-def _rows(x: torch.Tensor | None, idx, device) -> torch.Tensor | None:
-    """x[idx] on `device` (idx: a slice or an index tensor), or None when the store has no such array."""
-    if x is None:
-        return None
-    if torch.is_tensor(idx):
-        idx = idx.to(x.device)
-    return x[idx].to(device, non_blocking=True)
 
 
 def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -77,20 +47,20 @@ def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return flat.reshape(x.shape)
 
 
-def _renoised(feats: Features, idx: torch.Tensor, fcfg: FeaturizeConfig, gen: torch.Generator, device,
-              roll: bool = False, noise_gen: torch.Generator | None = None):
-    """Fresh forward diffusion of latent0 for rows idx: (B, T, C, h, w), (B, T, C, k, k).
+def _renoised(feats: FeatureBatch, idx: torch.Tensor, names, fcfg: FeaturizeConfig, gen: torch.Generator, device,
+              roll: bool = False, noise_gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Fresh forward diffusion of latent0 for rows idx: the noise-derived features among `names`
+    (latents (B, T, C, h, w), spectra (B, T, C, k, k), ...), computed by the feature table.
     The noise is drawn on the device from `noise_gen` (on CPU that is `gen` itself)."""
-    z0 = feats.latent0[idx.to(feats.latent0.device)].to(device).float()
+    z0 = feats["latent0"][idx.to(feats["latent0"].device)].to(device).float()
     if roll:
         z0 = _roll(z0, gen)
     a, s = (torch.tensor(v, dtype=torch.float32, device=device) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
     eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=noise_gen or gen, device=device)
-    zt = add_noise(z0, eps, a, s, fcfg.sigma_normalize)
-    return zt, low_freq_spectrum(zt, fcfg.fft_size)
+    return compute(Context(fcfg, len(idx), z0, eps, a, s), names)
 
 
-def _split_known(store: FeatureStore, feats: Features, unknown_labels) -> tuple[list[str], np.ndarray]:
+def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:
     names = store.class_names
     missing = [u for u in unknown_labels if u not in names]
     if missing:
@@ -115,6 +85,17 @@ def _check_enough(known, y, splits, store):
         raise InputError("training needs at least two known classes")
 
 
+def _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen=None) -> dict[str, torch.Tensor]:
+    """One training batch of the model's inputs: noise-derived ones redrawn from latent0 when
+    cfg.renoise, the rest read from the features; latents rolled when cfg.roll_augment."""
+    fresh = [n for n in net.inputs if cfg.renoise and BY_NAME[n].noise_derived]
+    out = _renoised(feats, idx, fresh, fcfg, gen, device, cfg.roll_augment, noise_gen) if fresh else {}
+    out.update(batch_dict(feats, idx, [n for n in net.inputs if n not in out], device))
+    if cfg.roll_augment and not fresh:
+        out["latents"] = _roll(out["latents"], gen)
+    return out
+
+
 def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None) -> float:
     """One pass over idx_all. Features may live on the device already (see `_to_device`);
     the loss is summed on the device, so a step never waits for the GPU."""
@@ -124,15 +105,9 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_
     total, n = torch.zeros((), device=device), 0
     for s in range(0, len(perm), cfg.batch_size):
         idx = perm[s:s + cfg.batch_size]
-        if cfg.renoise:
-            lat, spec = _renoised(feats, idx, fcfg, gen, device, cfg.roll_augment, noise_gen)
-        else:
-            on = idx.to(feats.latents.device)
-            lat, spec = feats.latents[on].to(device, non_blocking=True), feats.spectra[on].to(device, non_blocking=True)
-            if cfg.roll_augment:
-                lat = _roll(lat, gen)
+        batch = _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen)
         keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
-        out = net(lat, spec, keep, residual=_rows(feats.residual, idx, device))
+        out = net(batch, keep)
         target = y_dev[idx.to(device)]
         loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
         opt.zero_grad(set_to_none=True)
@@ -146,20 +121,15 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_
     return float(total) / max(n, 1)
 
 
-def _to_device(feats: Features, device, fraction: float = 0.5) -> Features:
+def _to_device(feats: FeatureBatch, device, fraction: float = 0.5) -> FeatureBatch:
     """The training tensors on the GPU once, when they take at most `fraction` of its free
     memory (then no batch is copied from the host again); unchanged on CPU or when too big."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return feats
-    tensors = [t for t in (feats.latents, feats.spectra, feats.latent0, feats.residual) if t is not None]
-    need = sum(t.numel() * t.element_size() for t in tensors)
+    need = sum(t.numel() * t.element_size() for t in feats.arrays.values())
     free, _ = torch.cuda.mem_get_info(dev)
-    if need > fraction * free:
-        return feats
-    mv = lambda t: None if t is None else t.to(dev)  # noqa: E731
-    return Features(feats.rows, mv(feats.latents), mv(feats.spectra), mv(feats.latent0), feats.labels, feats.splits,
-                    feats.paths, mv(feats.residual))
+    return feats if need > fraction * free else feats.to(dev)
 
 
 @torch.inference_mode()
@@ -167,10 +137,8 @@ def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, floa
     """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
     from model.metrics import closed_set
     net.eval()
-    idx_f = idx.to(feats.latents.device)
-    logits = torch.cat([net(feats.latents[idx_f[s:s + batch]].to(device), feats.spectra[idx_f[s:s + batch]].to(device),
-                            residual=_rows(feats.residual, idx[s:s + batch], device))
-                        ["logits"].float().cpu() for s in range(0, len(idx), batch)])
+    logits = torch.cat([net(batch_dict(feats, idx[s:s + batch], net.inputs, device))["logits"].float().cpu()
+                        for s in range(0, len(idx), batch)])
     t = torch.as_tensor(y[idx.numpy()])
     loss = float(F.cross_entropy(logits, t))
     m = closed_set(t.numpy(), torch.softmax(logits, 1).numpy(), [str(i) for i in range(logits.shape[1])])
@@ -232,13 +200,14 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    feats = load_features(store, with_latent0=cfg.renoise)
+    inputs = model_inputs(cfg, fcfg)
+    feats = store.load(inputs + (("latent0",) if cfg.renoise else ()))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
     tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))
     va = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 1)))
     net = build_net(cfg, fcfg, len(known))
-    net.set_normalisation(feats.latents[tr], feats.spectra[tr], _rows(feats.residual, tr, "cpu"))
+    net.set_normalisation(batch_dict(feats, tr, inputs, "cpu"))
     net.to(dev)
     dfeats = _to_device(feats, dev)
     noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed) if dev.type == "cuda" else None

@@ -1,4 +1,4 @@
-"""Featurize throughput, measured side by side in one run (DESIGN.md, Targets).
+"""Featurize throughput, measured side by side in one run (README, "Speed").
 
     python -m pipelines.bench_featurize --resolution 256 --images 32768 --out /tmp/bench
 

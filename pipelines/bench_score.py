@@ -2,7 +2,8 @@
 
     python -m pipelines.bench_score --rows 100000 --out /tmp/bench-score
 
-Builds a synthetic store (planted leaks, real store API) and a small trained model, then times
+Builds a synthetic store (planted leaks through the real store API: the test fixture
+tests/synthetic.py, so run it from the repository root) and a small trained model, then times
 `score()` end to end (cluster start excluded: each size gets a fresh LocalCluster, warmed up on
 one partition first). Efficiency(n) = rate(n) / (n * rate(1)).
 """
@@ -28,7 +29,7 @@ def main(argv=None):
     from model.config import ModelConfig
     from model.train import train
     from pipelines.score import local_cluster, score, scoring_frame
-    from pipelines.synthetic import VAE, planted_store
+    from tests.synthetic import VAE, planted_store
     cfg = FeaturizeConfig(vae=VAE, resolution=128, timesteps=(0, 50, 100, 200, 400), fft_size=8)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / f"s{args.rows}.zarr"

@@ -1,7 +1,7 @@
 """Training 10 epochs from the store versus re-encoding every image every epoch (the reference).
 
     python -m pipelines.bench_train DATA --vae taef2 --resolution 128 --images 256 --out /tmp/bench-train
-    python -m pipelines.bench_train synthetic --vae sd-random --resolution 256 --images 2048   # GPU, DESIGN's arm
+    python -m pipelines.bench_train synthetic --vae sd-random --resolution 256 --images 2048   # GPU: SD-VAE architecture at 256 px
 
 Both arms train the same model on the same images with the same steps; the re-encoding arm
 decodes, encodes (VAE), noises and transforms every image again in every epoch before the
@@ -44,7 +44,8 @@ def main(argv=None):
     from featurize.datasets import build_catalog
     from torch.utils.data import DataLoader
 
-    from featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store, resolve_device
+    from featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store
+    from leakstore.device import resolve_device
     from featurize.vae import load_encoder
     from leakstore.store import Catalog
     from model.config import ModelConfig
@@ -95,12 +96,12 @@ def main(argv=None):
             out = runner(b["images"], b["noise"])
             if "event" in out:
                 out.pop("event").synchronize()
-            lat, spec = out["latents"], out["spectra"]
+            batch = {k: out[k].to(dev).float() for k in net.inputs}
             if not normalised:
-                net.set_normalisation(lat.float(), spec.float())
+                net.set_normalisation(batch)
                 normalised = True
             net.train()
-            o = net(lat.to(dev).float(), spec.to(dev).float(), net.time_dropout_mask(len(lat), dev))
+            o = net(batch, net.time_dropout_mask(len(b["ok_rows"]), dev))
             loss = F.cross_entropy(o["logits"], y_all[b["ok_rows"]].to(dev))
             opt.zero_grad()
             loss.backward()
@@ -154,12 +155,13 @@ def _sd_random(root: Path) -> str:
 def _warm_up(cfg, fcfg, n_classes, dev):
     """AdamW's first construction imports torch._dynamo (~2 s), and the first CUDA steps set up
     kernels: pay both before timing, so neither arm is charged for them."""
+    from leakstore.features import features_for
     from model.checkpoint import build_net
     net = build_net(cfg, fcfg, n_classes).to(dev)
     opt = torch.optim.AdamW(net.parameters())
-    t, (c, h, w) = len(fcfg.timesteps), fcfg.latent_shape
+    shapes = {f.name: f.shape(fcfg) for f in features_for(fcfg)}
     for b in (cfg.batch_size, 7):
-        out = net(torch.randn(b, t, c, h, w, device=dev), torch.randn(b, t, c, fcfg.fft_size, fcfg.fft_size, device=dev))
+        out = net({n: torch.randn((b,) + shapes[n], device=dev) for n in net.inputs})
         out["logits"].sum().backward()
         opt.step()
     if dev.type == "cuda":

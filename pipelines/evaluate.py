@@ -13,20 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from leakstore.config import check_compatible
 from leakstore.errors import InputError
+from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
-from model.checkpoint import load_bundle
-from model.data import load_features
 from model.metrics import closed_set, open_set
-from model.predict import predict
 
 
-def evaluate_store(bundle, store_path, device="cpu", split: str = "test") -> tuple[dict, "object"]:
+def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, "object", dict]:
     import pandas as pd
+    bundle = predictor.bundle
     store = FeatureStore.open(store_path)
-    check_compatible(bundle.featurize, store.config, f"store {store_path}", ignore=("view",))
-    feats = load_features(store)
+    predictor.check_store(store)
+    feats = store.load(predictor.inputs)
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
@@ -37,7 +35,7 @@ def evaluate_store(bundle, store_path, device="cpu", split: str = "test") -> tup
     if len(sub) == 0:
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
     y, unknown = y[keep], unknown[keep]
-    p = predict(bundle, sub, device)
+    p = predictor.predict(sub)
     known = y >= 0
     metrics = {"view": store.config.view, "store": str(store_path), "split": split,
                "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
@@ -61,10 +59,11 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    bundle = load_bundle(run_dir, device)
+    predictor = Predictor.load(run_dir, device)
+    bundle = predictor.bundle
     results, frames, extras = [], [], []
     for s in stores:
-        m, df, ex = evaluate_store(bundle, s, device, split)
+        m, df, ex = evaluate_store(predictor, s, split)
         results.append(m)
         frames.append(df)
         extras.append(ex)
@@ -73,8 +72,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                "builtin_encoder": bool(bundle.featurize.vae.builtin),
                "encoder": bundle.featurize.vae.name + (" (BUILT-IN DEMO ENCODER: random weights, not a real VAE)"
                                                        if bundle.featurize.vae.builtin else ""),
-               "inputs": ["latents"] + (["spectra"] if bundle.net.spec is not None else [])
-                         + ([f"residual ({bundle.featurize.residual_bins} bins)"] if bundle.net.res is not None else []),
+               "inputs": [f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n
+                          for n in predictor.inputs],
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featurize.residual import residual_features
+from leakstore.features.residual import residual_features
 from featurize.vae import _read_state, build_sequential_decoder, build_sequential_encoder, weights_dirs
 
 N_BINS = 12
@@ -30,7 +30,7 @@ N_BINS = 12
 
 def features(images: torch.Tensor, enc: torch.nn.Module, dec: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """images (B, 3, H, W) in [0, 1] -> (latent features (B, 2C), residual features (B, 3*bins+3+C)),
-    the residual exactly as a store featurized with --residual holds it (featurize/residual.py)."""
+    the residual exactly as a store featurized with --residual holds it (leakstore/features/residual.py)."""
     with torch.inference_mode():
         z = enc(images)
         rfe = residual_features(images, z, lambda lat: dec(lat).clamp(0, 1), enc, N_BINS)

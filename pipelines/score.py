@@ -10,7 +10,6 @@ are recomputed elsewhere: no row is lost or written twice.
 """
 from __future__ import annotations
 
-import glob
 import os
 import threading
 from pathlib import Path
@@ -18,25 +17,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakstore.errors import InputError
+from featurize.datasets import list_inputs
 
-_MODELS: dict[str, object] = {}
+_PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
 PARTITION_IMAGES = 256
 
 
 # ---------------------------------------------------------------------------- model, once per process
-def get_bundle(run_dir: str, device: str = "cpu"):
-    """The model for run_dir, loaded once per process (keyed by path, device and file time)."""
-    from model.checkpoint import load_bundle
+def get_predictor(run_dir: str, device: str = "cpu"):
+    """The Predictor for run_dir, loaded once per process (keyed by path, device and file time);
+    its encoder is loaded on the first raw-image partition and kept."""
+    from leakstore.predictor import Predictor
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
-        if key not in _MODELS:
+        if key not in _PREDICTORS:
             if device == "cpu" and os.environ.get("LEAKSTORE_WORKER"):
                 import torch
                 torch.set_num_threads(1)  # one thread per dask worker process: workers scale, threads fight
-            _MODELS[key] = load_bundle(run_dir, device)
-        return _MODELS[key]
+            _PREDICTORS[key] = Predictor.load(run_dir, device)
+        return _PREDICTORS[key]
 
 
 try:
@@ -53,7 +53,7 @@ class LoadModel(WorkerPlugin):
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
-        get_bundle(self.run_dir, self.device)
+        get_predictor(self.run_dir, self.device)
 
 
 def local_cluster(n_workers: int):
@@ -70,103 +70,14 @@ def local_cluster(n_workers: int):
 
 
 # ---------------------------------------------------------------------------- one partition
-def frame(bundle, n: int, paths, feats, ok_index: np.ndarray, errors: dict[int, str], extra: dict | None = None,
-          device="cpu") -> pd.DataFrame:
-    """One row per input (n of them): predictions where features exist, the error otherwise."""
-    from model.predict import predict
-    names = bundle.class_names
-    df = pd.DataFrame({"path": [str(p) for p in paths], "status": "failed", "error": "",
-                       "pred": None, "confidence": np.nan, "is_unknown": None, "log_density": np.nan,
-                       "nearest_prototypes": ""})
-    for c in names:
-        df[f"p_{c}"] = np.nan
-    for i, e in errors.items():
-        df.loc[i, "error"] = e
-    if len(feats):
-        p = predict(bundle, feats, device)
-        df.loc[ok_index, "status"] = "ok"
-        df.loc[ok_index, "pred"] = np.where(p["is_unknown"], "unknown", p["pred_name"])
-        df["nearest_generator"] = None
-        df.loc[ok_index, "nearest_generator"] = p["pred_name"]
-        df.loc[ok_index, "confidence"] = p["confidence"]
-        df.loc[ok_index, "is_unknown"] = p["is_unknown"]
-        df.loc[ok_index, "log_density"] = p["log_density"]
-        df.loc[ok_index, "nearest_prototypes"] = [";".join(x) for x in p["nearest_prototypes"]]
-        for i, c in enumerate(names):
-            df.loc[ok_index, f"p_{c}"] = p["proba"][:, i]
-    else:
-        df["nearest_generator"] = None
-    for k, v in (extra or {}).items():
-        df[k] = v
-    df["is_unknown"] = df["is_unknown"].astype("boolean")
-    return df
-
-
 def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, device: str = "cpu") -> pd.DataFrame:
-    """Score rows [start, stop) of a store (one chunk): rows not featurized are reported, not guessed."""
-    from leakstore.config import check_compatible
-    from leakstore.store import DONE, STATUS_NAMES, FeatureStore
-    from model.data import load_features
-    bundle = get_bundle(run_dir, device)
-    store = FeatureStore.open(store_path)
-    check_compatible(bundle.featurize, store.config, f"store {store_path}", ignore=("view",))
-    st = store.read("status", slice(start, stop))
-    paths = store.read("path", slice(start, stop))
-    err = store.read("error", slice(start, stop))
-    ok = np.flatnonzero(st == DONE)
-    errors = {int(i): (str(err[i]) or f"not featurized ({STATUS_NAMES[int(st[i])]})") for i in np.flatnonzero(st != DONE)}
-    feats = load_features(store, rows=np.arange(start, stop)) if len(ok) else _empty(bundle)
-    return frame(bundle, stop - start, paths, feats, ok, errors, {"row": np.arange(start, stop)}, device)
+    """Score rows [start, stop) of a store (one chunk)."""
+    return get_predictor(run_dir, device).score_store(store_path, start, stop)
 
 
 def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = "cpu") -> pd.DataFrame:
     """Featurize and score one partition of image files."""
-    from featurize.inmemory import featurize_paths
-    from featurize.vae import encoder_for_config
-    bundle = get_bundle(run_dir, device)
-    key = f"enc|{run_dir}|{device}"
-    with _LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = encoder_for_config(bundle.featurize)
-        enc = _MODELS[key]
-    feats, sha, errors = featurize_paths(paths, bundle.featurize, enc, device=device)
-    return frame(bundle, len(paths), paths, feats, feats.rows, errors,
-                 {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha}, device)
-
-
-def _empty(bundle):
-    import torch
-
-    from model.data import Features
-    f = bundle.featurize
-    c, h, w = f.latent_shape
-    t, k = len(f.timesteps), f.fft_size
-    return Features(np.zeros(0, np.int64), torch.zeros((0, t, c, h, w)), torch.zeros((0, t, c, k, k)), None,
-                    np.zeros(0), np.zeros(0), np.zeros(0, dtype=object),
-                    torch.zeros((0, f.residual_dim)) if f.residual_bins else None)
-
-
-# ---------------------------------------------------------------------------- inputs
-def list_inputs(inp) -> list[str]:
-    """A folder (recursively), a manifest (.csv/.parquet with a 'path' column), a glob, one image, or a list."""
-    from featurize.images import IMAGE_EXTENSIONS
-    if isinstance(inp, (list, tuple)):
-        return [str(p) for p in inp]
-    s = str(inp)
-    p = Path(s)
-    if p.is_dir():
-        return sorted(str(q.resolve()) for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-    if p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
-        df = pd.read_parquet(p) if p.suffix.lower() == ".parquet" else pd.read_csv(p, dtype=str, keep_default_na=False)
-        if "path" not in df:
-            raise InputError(f"{p}: a manifest needs a 'path' column")
-        return [str((p.parent / q).resolve()) if not Path(q).is_absolute() else q for q in df["path"]]
-    if p.is_file():
-        return [str(p.resolve())]
-    hits = sorted(glob.glob(s, recursive=True))
-    if not hits:
-        raise InputError(f"no input at {s}: give a store, a folder, a manifest, a glob or an image")
-    return hits
+    return get_predictor(run_dir, device).score_paths(paths, first_row)
 
 
 def is_store(inp) -> bool:
@@ -179,22 +90,20 @@ def scoring_frame(run_dir, inp, device: str = "cpu", partition: int = PARTITION_
     images). Nothing runs until it is computed."""
     import dask.dataframe as dd
 
-    from model.checkpoint import load_bundle
+    from leakstore.predictor import Predictor
     run_dir = str(Path(run_dir).resolve())
-    bundle = load_bundle(run_dir)  # on the client: validates the model and gives the output schema
+    pred = Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
     if is_store(inp):
-        from leakstore.config import check_compatible
         from leakstore.store import FeatureStore
         store = FeatureStore.open(inp)
-        check_compatible(bundle.featurize, store.config, f"store {inp}", ignore=("view",))
+        pred.check_store(store)
         parts = [(r.start, r.stop) for r in (store.chunk_rows(k) for k in range(store.n_chunks))]
-        meta = _meta(bundle, {"row": np.int64})
         return dd.from_map(_store_part, parts, run_dir=run_dir, store_path=str(Path(inp).resolve()), device=device,
-                           meta=meta, divisions=None, enforce_metadata=False)
+                           meta=pred.meta({"row": np.int64}), divisions=None, enforce_metadata=False)
     paths = list_inputs(inp)
     parts = [(s, paths[s:s + partition]) for s in range(0, len(paths), partition)]
-    meta = _meta(bundle, {"row": np.int64, "sha256": object})
-    return dd.from_map(_image_part, parts, run_dir=run_dir, device=device, meta=meta, enforce_metadata=False)
+    return dd.from_map(_image_part, parts, run_dir=run_dir, device=device,
+                       meta=pred.meta({"row": np.int64, "sha256": object}), enforce_metadata=False)
 
 
 def _store_part(part, run_dir, store_path, device):
@@ -203,15 +112,6 @@ def _store_part(part, run_dir, store_path, device):
 
 def _image_part(part, run_dir, device):
     return score_image_paths(run_dir, part[1], part[0], device)
-
-
-def _meta(bundle, extra: dict) -> pd.DataFrame:
-    cols = {"path": object, "status": object, "error": object, "pred": object, "confidence": float,
-            "is_unknown": "boolean", "log_density": float, "nearest_prototypes": object}
-    cols.update({f"p_{c}": float for c in bundle.class_names})
-    cols["nearest_generator"] = object
-    cols.update(extra)
-    return pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
 
 
 def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,

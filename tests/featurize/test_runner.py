@@ -11,9 +11,10 @@ import pytest
 import zarr
 
 from featurize.api import featurize
-from featurize.noising import noise_coefficients, seeded_noise
+from leakstore.features.noising import noise_coefficients, seeded_noise
 from featurize.runner import RunOptions
 from leakstore.errors import ConfigMismatchError
+from leakstore.features import residual_dim
 from leakstore.store import DONE, FAILED, PENDING, SCHEMA_VERSION, FeatureStore
 from tests.conftest import REPO, write_class_images
 
@@ -207,7 +208,7 @@ def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny
     rep = run(class_folders, tmp_path / "r.zarr", str(tiny_vae_dir), residual_bins=5)
     s = FeatureStore.open(tmp_path / "r.zarr")
     f = 3 * 5 + 3 + 4
-    assert (rep.done, rep.failed) == (29, 1) and s.config.residual_dim == f
+    assert (rep.done, rep.failed) == (29, 1) and residual_dim(s.config) == f
     assert s.group["residual"].shape == (30, f) and str(s.group["residual"].dtype) == "float32"
     assert s.group["residual"].metadata.dimension_names == ("image", "residual_feature")
     st, res = s.status(), s.read("residual")
@@ -230,7 +231,7 @@ def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny
     paths = [str(p) for p in s.read("path", ok)]
     feats, _, errors = featurize_paths(paths, s.config, encoder_for_config(s.config), batch_size=3)
     assert not errors
-    np.testing.assert_allclose(feats.residual.numpy(), res[ok], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats["residual"].numpy(), res[ok], rtol=1e-5, atol=1e-5)
 
 
 def test_a_residual_store_and_a_plain_one_are_different_features(class_folders, tiny_vae_dir, tmp_path):

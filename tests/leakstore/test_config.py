@@ -1,6 +1,7 @@
 import pytest
 
 from leakstore.config import FeaturizeConfig, ScheduleConfig, VAEIdentity, check_compatible
+from leakstore.features import residual_dim
 from leakstore.errors import ConfigMismatchError, InputError
 
 VAE = VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4, downsample=8)
@@ -57,7 +58,20 @@ def test_stores_made_before_the_residual_keep_their_hash():
 def test_the_residual_and_its_decoder_are_part_of_the_features():
     a = FeaturizeConfig(vae=VAE)
     r = a.replace(residual_bins=12, decoder="sha256:aa")
-    assert r.residual_dim == 3 * 12 + 3 + 4 and a.residual_dim == 0
+    assert residual_dim(r) == 3 * 12 + 3 + 4 and residual_dim(a) == 0
     assert len({a.hash, r.hash, r.replace(decoder="sha256:bb").hash, r.replace(residual_bins=8).hash}) == 4
     with pytest.raises(ConfigMismatchError, match="decoder"):
         check_compatible(r, r.replace(decoder="sha256:bb"), "store s")
+
+
+@pytest.mark.parametrize("where", ["top", "vae", "schedule", "model"])
+def test_every_config_loader_refuses_unknown_fields_alike(where):
+    from model.config import ModelConfig
+    d = FeaturizeConfig(vae=VAE).to_dict()
+    if where == "model":
+        load, d = ModelConfig.from_dict, {**ModelConfig().to_dict(), "future_knob": 1}
+    else:
+        load = FeaturizeConfig.from_dict
+        (d if where == "top" else d[where])["future_knob"] = 1
+    with pytest.raises(ConfigMismatchError, match=r"unknown fields \['future_knob'\].*upgrade leakstore"):
+        load(d)

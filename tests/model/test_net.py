@@ -5,21 +5,26 @@ from model.config import ModelConfig
 from model.net import ProtoLeakNet, attention_entropy_penalty
 
 SHAPE, T, K = (4, 8, 8), 3, 4
+INPUTS = {"latents": ((T,) + SHAPE, True), "spectra": ((T, 4, 4, 4), True)}
 
 
-def make(**kw):
+def make(inputs=INPUTS, **kw):
     cfg = ModelConfig(width=8, embed_dim=16, protos_per_class=3, **kw)
-    return ProtoLeakNet(cfg, SHAPE, T, 4, K)
+    return ProtoLeakNet(cfg, inputs, K)
+
+
+def batch(n, **extra):
+    return {"latents": torch.randn(n, T, *SHAPE), "spectra": torch.randn(n, T, 4, 4, 4), **extra}
 
 
 @pytest.mark.parametrize("backbone", ["cnn", "resnet", "patch-transformer"])
 @pytest.mark.parametrize("temporal", ["attention", "transformer"])
 def test_shapes_and_gradients(backbone, temporal):
     net = make(backbone=backbone, temporal=temporal)
-    lat, spec = torch.randn(5, T, *SHAPE), torch.randn(5, T, 4, 4, 4)
-    tok = net.forward_features(lat, spec)
+    b = batch(5)
+    tok = net.forward_features(b)
     assert tok.shape == (5, T, 16)
-    out = net(lat, spec, net.time_dropout_mask(5, "cpu"))
+    out = net(b, net.time_dropout_mask(5, "cpu"))
     assert out["logits"].shape == (5, K) and out["z"].shape == (5, 16) and out["a"].shape == (5, T)
     assert ((out["g"] >= 0) & (out["g"] <= 1)).all()
     torch.testing.assert_close(out["a"].sum(1), torch.ones(5))
@@ -32,7 +37,7 @@ def test_shapes_and_gradients(backbone, temporal):
 def test_dropped_timesteps_get_no_attention():
     net = make()
     keep = torch.tensor([[True, False, True], [False, False, True]])
-    a = net.embed(torch.randn(2, T, *SHAPE), torch.randn(2, T, 4, 4, 4), keep)["a"]
+    a = net.embed(batch(2), keep)["a"]
     assert (a[~keep] == 0).all() and torch.allclose(a[1, 2], torch.tensor(1.0))
     m = net.time_dropout_mask(1000, "cpu", torch.Generator().manual_seed(0))
     assert m.any(1).all() and 0.76 < m.float().mean() < 0.84  # 0.7 + 0.3 / 3: one step always kept
@@ -55,21 +60,33 @@ def test_entropy_penalty():
 
 def test_normalisation_is_stored_in_buffers():
     net = make()
-    lat = torch.randn(20, T, *SHAPE) * 3 + 2
-    net.set_normalisation(lat, torch.randn(20, T, 4, 4, 4))
+    b = batch(20)
+    lat = b["latents"] = b["latents"] * 3 + 2
+    net.set_normalisation(b)
     assert torch.allclose(net.lat_mean.flatten(), lat.mean((0, 3, 4)).flatten(), atol=1e-5)
     assert "lat_std" in net.state_dict() and "proto_mask" in net.state_dict()
 
 
 def test_the_residual_branch_gets_gradients_and_is_required():
-    net = ProtoLeakNet(ModelConfig(width=8, embed_dim=16), SHAPE, T, 4, 3, residual_dim=7)
-    lat, spec, res = torch.randn(5, T, *SHAPE), torch.randn(5, T, 4, 4, 4), torch.randn(5, 7)
-    net.set_normalisation(lat, spec, res)
+    net = make({**INPUTS, "residual": ((7,), False)})
+    b = batch(5, residual=torch.randn(5, 7))
+    res = b["residual"]
+    net.set_normalisation(b)
     assert torch.allclose(net.res_mean, res.mean(0)) and "res_std" in net.state_dict()
-    out = net(lat, spec, residual=res)
+    out = net(b)
     out["logits"].sum().backward()
     assert net.res[0].weight.grad is not None and net.res[0].weight.grad.abs().sum() > 0
-    other = net(lat, spec, residual=res + 3.0)["z"]
+    other = net({**b, "residual": res + 3.0})["z"]
     assert not torch.allclose(other, out["z"])              # the embedding depends on the residual
-    with pytest.raises(ValueError, match="--residual"):
-        net(lat, spec)
+    with pytest.raises(ValueError, match="'residual' feature"):
+        net({k: v for k, v in b.items() if k != "residual"})
+
+
+def test_a_new_vector_input_gets_its_own_branch_without_code():
+    """A feature added to the table needs no network code: per-timestep and per-image vectors get
+    their own standardised MLP branch, and the embedding depends on them."""
+    net = make({**INPUTS, "extra": ((T, 6), True)})
+    b = batch(4, extra=torch.randn(4, T, 6))
+    net.set_normalisation(b)
+    assert net.inputs == ("latents", "spectra", "extra") and net.in_extra_mean.shape == (T, 6)
+    assert not torch.allclose(net(b)["z"], net({**b, "extra": b["extra"] + 2.0})["z"])

@@ -7,14 +7,14 @@ import torch
 
 from leakstore.config import FeaturizeConfig
 from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.features import residual_dim
 from leakstore.store import FeatureStore
 from model.checkpoint import load_bundle
 from model.config import ModelConfig
-from model.data import load_features
 from model.metrics import closed_set, open_set
 from model.predict import predict
 from model.train import train
-from pipelines.synthetic import CFG, planted_store
+from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3)
 
@@ -31,7 +31,7 @@ def test_learns_a_planted_leak_and_flags_the_unseen_one(trained):
     d, summary = trained
     b = load_bundle(d / "run")
     store = FeatureStore.open(d / "s.zarr")
-    f = load_features(store)
+    f = store.load()
     test = f.subset(f.splits == 2)
     p = predict(b, test)
     known = test.labels != store.class_names.index("gen-c")
@@ -46,7 +46,7 @@ def test_learns_a_planted_leak_and_flags_the_unseen_one(trained):
 
 def test_checkpoint_round_trip_is_exact(trained):
     d, _ = trained
-    f = load_features(FeatureStore.open(d / "s.zarr"))
+    f = FeatureStore.open(d / "s.zarr").load()
     a, b = load_bundle(d / "run"), load_bundle(d / "run")
     pa, pb = predict(a, f), predict(b, f)
     np.testing.assert_array_equal(pa["proba"], pb["proba"])
@@ -109,7 +109,7 @@ def test_trains_on_cuda_with_device_noise_and_resident_features(tmp_path):
     planted_store(tmp_path / "s.zarr", per_class=60)
     summary = train(tmp_path / "s.zarr", tmp_path / "run", FAST, device="cuda", progress=False)
     b = load_bundle(tmp_path / "run")
-    f = load_features(FeatureStore.open(tmp_path / "s.zarr"))
+    f = FeatureStore.open(tmp_path / "s.zarr").load()
     test = f.subset(f.splits == 2)
     p = predict(b, test)
     y = np.array([b.class_names.index(n) for n in np.array(FeatureStore.open(tmp_path / "s.zarr").class_names)[test.labels]])
@@ -119,17 +119,17 @@ def test_trains_on_cuda_with_device_noise_and_resident_features(tmp_path):
 def test_a_class_difference_only_in_the_residual_is_learned_through_its_branch(tmp_path):
     """Latents carry no class signal here (strength 0); only the residual vector differs by class.
     With the residual the model separates the classes; told to ignore it, it cannot."""
-    from pipelines.synthetic import CFG_RESIDUAL
+    from tests.synthetic import CFG_RESIDUAL
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b"), per_class=60, strength=0.0,
                   cfg=CFG_RESIDUAL, residual_strength=1.5)
     store = FeatureStore.open(tmp_path / "s.zarr")
-    f = load_features(store)
+    f = store.load()
     test = f.subset(f.splits == 2)
-    assert f.residual is not None and f.residual.shape == (180, CFG_RESIDUAL.residual_dim)
+    assert f.get("residual") is not None and f["residual"].shape == (180, residual_dim(CFG_RESIDUAL))
     acc = {}
     for use in (True, False):
         train(tmp_path / "s.zarr", tmp_path / f"run{use}", FAST.replace(use_residual=use, epochs=15), progress=False)
         b = load_bundle(tmp_path / f"run{use}")
-        assert (b.net.res is not None) == use
+        assert ("residual" in b.net.inputs) == use
         acc[use] = float((predict(b, test)["pred"] == test.labels).mean())
     assert acc[True] > 0.95 and acc[False] < 0.6, acc

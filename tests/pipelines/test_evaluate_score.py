@@ -14,14 +14,13 @@ from leakstore import Attributor
 from leakstore.cli import app
 from model.checkpoint import load_bundle
 from model.config import ModelConfig
-from model.data import load_features
 from model.predict import predict
 from model.train import train
 from pipelines.evaluate import evaluate
 from pipelines.score import local_cluster, score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
-from pipelines.synthetic import planted_store
+from tests.synthetic import planted_store
 
 FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=32)
 
@@ -77,13 +76,13 @@ def test_scoring_is_lazy(model):
     assert "p_gen-a" in ddf.columns
     # building the graph ran no task: the worker-side loader cache is still empty
     from pipelines import score as sc
-    assert not any(k.startswith(str((model / "run").resolve())) for k in sc._MODELS)
+    assert not any(k.startswith(str((model / "run").resolve())) for k in sc._PREDICTORS)
 
 
 def test_dask_scoring_equals_in_process(model, cluster):
     df = score(model / "run", model / "s.zarr", client=cluster, progress=False)
     b = load_bundle(model / "run")
-    p = predict(b, load_features(FeatureStore.open(model / "s.zarr")))
+    p = predict(b, FeatureStore.open(model / "s.zarr").load())
     assert list(df.row) == list(range(160)) and (df.status == "ok").all()
     np.testing.assert_allclose(df[[f"p_{c}" for c in b.class_names]].to_numpy(), p["proba"], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(df.log_density.to_numpy(), p["log_density"], rtol=1e-6)
@@ -158,12 +157,29 @@ def test_a_residual_model_scores_raw_images_as_it_scores_its_store(tmp_path, clu
               opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", FAST, progress=False)
     b = load_bundle(tmp_path / "run")
-    assert b.featurize.residual_bins == 6 and b.net.res is not None
+    assert b.featurize.residual_bins == 6 and "residual" in b.net.inputs
     store = FeatureStore.open(tmp_path / "s.zarr")
-    want = predict(b, load_features(store))["proba"]
+    want = predict(b, store.load())["proba"]
     paths = [str(p) for p in store.read("path")]
     api = Attributor.load(tmp_path / "run").score_many(paths)
     cols = [f"p_{c}" for c in b.class_names]
     np.testing.assert_allclose(api[cols].to_numpy(float), want, rtol=1e-4, atol=1e-5)
     dd = score(tmp_path / "run", paths, client=cluster, progress=False)
     np.testing.assert_allclose(dd[cols].to_numpy(float), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_path):
+    """A --no-residual model trained on a residual store reads latents and spectra only: scoring raw
+    images must not pay for the decoder pass (~3x the featurize cost), and must still give the
+    probabilities the store's own features give."""
+    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
+    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
+              opts=RunOptions(device="cpu", workers=0, progress=False))
+    train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(use_residual=False), progress=False)
+    a = Attributor.load(tmp_path / "run")
+    assert "residual" not in a.bundle.net.inputs
+    assert a.encoder.decoder is None
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    want = predict(a.bundle, store.load())["proba"]
+    got = a.score_many([str(p) for p in store.read("path")])
+    np.testing.assert_allclose(got[[f"p_{c}" for c in a.classes]].to_numpy(float), want, rtol=1e-4, atol=1e-5)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from featurize.noising import add_noise, noise_coefficients
-from featurize.spectra import low_freq_spectrum
+from leakstore.features.noising import add_noise, noise_coefficients
+from leakstore.features.spectra import low_freq_spectrum
 from leakstore.config import FeaturizeConfig, VAEIdentity
+from leakstore.features import residual_dim
 from leakstore.store import DONE, Catalog, FeatureStore
 
 VAE = VAEIdentity(name="synthetic", source="builtin", kind="builtin-demo", latent_channels=4, downsample=8,
@@ -45,9 +46,9 @@ def planted_store(path, classes=("real", "gen-a", "gen-b", "gen-c"), per_class=4
     cat = Catalog(paths=tuple(f"/synthetic/{classes[l]}/{i}.png" for i, l in enumerate(labels)), labels=labels,
                   splits=splits, groups=("",) * n, class_names=tuple(classes), real_class="real",
                   split_source="synthetic")
-    res = rng.normal(0, 1, (n, cfg.residual_dim)).astype(np.float32)
+    res = rng.normal(0, 1, (n, residual_dim(cfg))).astype(np.float32)
     for k in range(1, len(classes)):
-        res[labels == k] += residual_strength * np.random.default_rng(200 + k).normal(0, 1, cfg.residual_dim)
+        res[labels == k] += residual_strength * np.random.default_rng(200 + k).normal(0, 1, residual_dim(cfg))
     store = FeatureStore.create(path, cfg, cat, chunk_size=chunk)
     for k in range(store.n_chunks):
         r = store.chunk_rows(k)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from featurize.noising import add_noise, alphas_cumprod, noise_coefficients, seeded_noise
+from leakstore.features.noising import add_noise, alphas_cumprod, noise_coefficients, seeded_noise
 from leakstore.config import ScheduleConfig
 
 

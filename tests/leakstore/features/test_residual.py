@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from featurize.residual import radial_power, residual_features, ring_index
+from leakstore.features.residual import radial_power, residual_features, ring_index
 
 
 def test_rings_run_from_dc_to_nyquist_and_corners_join_the_last():

@@ -6,7 +6,7 @@ or another generator's image; the latent round trip E(D(E(x))) - E(x) says the s
 latent space. Signal-leak statistics of E(x) alone cannot tell a real photograph from its
 VAE round trip well (README, "Results measured so far"); these features can.
 
-One vector per image, F = 3 * bins + 3 + C values (`FeaturizeConfig.residual_dim`), in this order:
+One vector per image, F = 3 * bins + 3 + C values (`leakstore.features.residual_dim`), in this order:
     [0, 3 bins)             log mean |FFT(x - x_hat)|^2 / (H W) over `bins` rings from DC to
                             Nyquist, per colour channel (R rings, then G, then B)
     [3 bins, 3 bins + 3)    log mean |x - x_hat| per colour channel

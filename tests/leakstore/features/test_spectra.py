@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from featurize.spectra import low_freq_spectrum
+from leakstore.features.spectra import low_freq_spectrum
 
 
 def test_constant_latent_has_only_dc():

@@ -1,0 +1,126 @@
+"""The one predictor: a trained bundle (+ the featurizer it needs for raw images) -> one DataFrame
+row per input. `Attributor`, dask scoring and evaluation all go through it.
+
+    p = Predictor.load("runs/m1")
+    p.score_paths(["a.png", "b.jpg"])            # featurize in memory, then predict
+    p.score_store("store.zarr", 0, 256)          # rows of a featurized store (no VAE needed)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leakstore.config import check_compatible
+from leakstore.device import resolve_device
+from leakstore.features import FeatureBatch, minimal_config
+from leakstore.store import DONE, STATUS_NAMES, FeatureStore
+
+BASE_COLUMNS = {"path": object, "status": object, "error": object, "pred": object, "confidence": float,
+                "is_unknown": "boolean", "log_density": float, "nearest_prototypes": object}
+
+
+class Predictor:
+    def __init__(self, bundle, device: str = "cpu"):
+        self.bundle = bundle
+        self.device = str(resolve_device(device))
+        self._encoder = self._runner = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Predictor":
+        from model.checkpoint import load_bundle
+        dev = str(resolve_device(device))
+        return cls(load_bundle(run_dir, dev), dev)
+
+    # ------------------------------------------------------------------ what the model reads
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The features the model reads (its network inputs)."""
+        return tuple(self.bundle.net.inputs)
+
+    @property
+    def featurize_config(self):
+        """The config raw images are featurized with: the model's, minus optional features it does
+        not read (a model trained with --no-residual on a residual store needs no decoder pass)."""
+        return minimal_config(self.bundle.featurize, self.inputs)
+
+    @property
+    def encoder(self):
+        """The VAE encoder (and decoder when a read feature needs it), loaded once, checked
+        against the weights revision recorded in the model."""
+        if self._encoder is None:
+            from featurize.vae import encoder_for_config
+            self._encoder = encoder_for_config(self.featurize_config)
+        return self._encoder
+
+    def _featurizer(self):
+        if self._runner is None:
+            from featurize.runner import DeviceFeaturizer
+            self._runner = DeviceFeaturizer(self.encoder, self.featurize_config, resolve_device(self.device), 16,
+                                            use_compile=False)
+        return self._runner
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, batch: FeatureBatch) -> dict:
+        from model.predict import predict
+        return predict(self.bundle, batch, self.device)
+
+    def meta(self, extra: dict | None = None) -> pd.DataFrame:
+        """The empty output frame: column names and dtypes (dask's `meta`)."""
+        cols = {**BASE_COLUMNS, **{f"p_{c}": float for c in self.bundle.class_names}, "nearest_generator": object,
+                **(extra or {})}
+        return pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
+
+    def frame(self, paths, batch: FeatureBatch, ok_index: np.ndarray, errors: dict[int, str],
+              extra: dict | None = None) -> pd.DataFrame:
+        """One row per input path: predictions where `batch` has features (at positions ok_index),
+        the error otherwise."""
+        names = self.bundle.class_names
+        df = pd.DataFrame({"path": [str(p) for p in paths], "status": "failed", "error": "", "pred": None,
+                           "confidence": np.nan, "is_unknown": None, "log_density": np.nan, "nearest_prototypes": ""})
+        for c in names:
+            df[f"p_{c}"] = np.nan
+        df["nearest_generator"] = None
+        for i, e in errors.items():
+            df.loc[i, "error"] = e
+        if len(batch):
+            p = self.predict(batch)
+            df.loc[ok_index, "status"] = "ok"
+            df.loc[ok_index, "pred"] = np.where(p["is_unknown"], "unknown", p["pred_name"])
+            df.loc[ok_index, "nearest_generator"] = p["pred_name"]
+            df.loc[ok_index, "confidence"] = p["confidence"]
+            df.loc[ok_index, "is_unknown"] = p["is_unknown"]
+            df.loc[ok_index, "log_density"] = p["log_density"]
+            df.loc[ok_index, "nearest_prototypes"] = [";".join(x) for x in p["nearest_prototypes"]]
+            for i, c in enumerate(names):
+                df.loc[ok_index, f"p_{c}"] = p["proba"][:, i]
+        for k, v in (extra or {}).items():
+            df[k] = v
+        df["is_unknown"] = df["is_unknown"].astype("boolean")
+        return df
+
+    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = 16) -> pd.DataFrame:
+        """Featurize image files in memory with the model's featurize config, then predict."""
+        from featurize.inmemory import featurize_paths
+        batch, sha, errors = featurize_paths(paths, self.featurize_config, self.encoder, device=self.device,
+                                             batch_size=batch_size, runner=self._featurizer())
+        return self.frame(paths, batch, batch.rows, errors,
+                          {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha})
+
+    def check_store(self, store: FeatureStore) -> None:
+        """Refuse a store featurized with another config (post-processing views may differ)."""
+        check_compatible(self.bundle.featurize, store.config, f"store {store.path}", ignore=("view",))
+
+    def score_store(self, store_path: str | Path, start: int, stop: int) -> pd.DataFrame:
+        """Rows [start, stop) of a store (one chunk): rows not featurized are reported, not guessed."""
+        store = FeatureStore.open(store_path)
+        self.check_store(store)
+        st = store.read("status", slice(start, stop))
+        paths = store.read("path", slice(start, stop))
+        err = store.read("error", slice(start, stop))
+        ok = np.flatnonzero(st == DONE)
+        errors = {int(i): (str(err[i]) or f"not featurized ({STATUS_NAMES[int(st[i])]})") for i in np.flatnonzero(st != DONE)}
+        batch = (store.load(self.inputs, rows=np.arange(start, stop)) if len(ok)
+                 else FeatureBatch.empty(self.bundle.featurize, self.inputs))
+        return self.frame(paths, batch, ok, errors, {"row": np.arange(start, stop)})

@@ -1,0 +1,61 @@
+"""The feature table is the one contract: the store schema, chunk buffers, in-memory featurizing,
+training batches and scoring all follow it."""
+import numpy as np
+import pytest
+import torch
+
+import leakstore.features as F
+from featurize.api import featurize
+from featurize.runner import RunOptions
+from leakstore import Attributor
+from leakstore.features import FeatureBatch, features_for, minimal_config
+from leakstore.store import ROW_ARRAYS, FeatureStore, array_specs
+from model.config import ModelConfig
+from model.predict import predict
+from model.train import train
+from tests.conftest import write_class_images
+from tests.synthetic import CFG, CFG_RESIDUAL
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG_RESIDUAL])
+def test_store_schema_and_empty_batches_follow_the_table(cfg):
+    specs = array_specs(5, cfg)
+    names = [f.name for f in features_for(cfg)]
+    assert list(specs) == names + [r.name for r in ROW_ARRAYS]
+    assert ("residual" in names) == bool(cfg.residual_bins)
+    empty = FeatureBatch.empty(cfg)
+    for f in features_for(cfg):
+        spec, shape = specs[f.name]
+        assert shape == (5,) + f.shape(cfg) and spec.dims == ("image",) + f.dims
+        assert empty[f.name].shape == (0,) + f.shape(cfg) and str(empty[f.name].dtype) == f"torch.{f.dtype}"
+
+
+def test_minimal_config_drops_only_unread_optional_features():
+    assert minimal_config(CFG_RESIDUAL, ("latents", "spectra")) == CFG.replace(precision=CFG_RESIDUAL.precision)
+    assert minimal_config(CFG_RESIDUAL, ("latents", "residual")) == CFG_RESIDUAL
+    assert not F.needs_decoder(minimal_config(CFG_RESIDUAL, ("latents",)))
+
+
+def _chanmean(ctx):
+    return ctx.out["latents"].mean((-2, -1))          # (n, T, C)
+
+
+def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, monkeypatch):
+    new = F.Feature("chanmean", ("timestep", "channel"), "float32",
+                    lambda c: (len(c.timesteps), c.vae.latent_channels), _chanmean, noise_derived=True)
+    monkeypatch.setattr(F, "FEATURES", F.FEATURES + (new,))
+    monkeypatch.setitem(F.BY_NAME, "chanmean", new)
+    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
+    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4,
+              opts=RunOptions(device="cpu", workers=0, progress=False))
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    feats = store.load()
+    assert feats["chanmean"].shape == (30, 2, 8)                                    # stored with its shape
+    torch.testing.assert_close(feats["chanmean"], feats["latents"].float().mean((-2, -1)), rtol=1e-2, atol=1e-2)
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16)
+    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)                # re-noised from latent0 too
+    a = Attributor.load(tmp_path / "run")
+    assert a.bundle.net.inputs == ("latents", "spectra", "chanmean")
+    want = predict(a.bundle, feats)["proba"]
+    got = a.score_many([str(p) for p in store.read("path")])                       # featurized in memory
+    np.testing.assert_allclose(got[[f"p_{c}" for c in a.classes]].to_numpy(float), want, rtol=1e-4, atol=1e-5)
