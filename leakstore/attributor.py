@@ -2,7 +2,7 @@
 
     from leakstore import Attributor
     a = Attributor.load("runs/m1")
-    a.score("image.png")        # dict: generator, confidence, is_unknown, log_density, nearest prototypes, ...
+    a.score("image.png")        # dict: generator, confidence, is_unknown, open_score, nearest prototypes, ...
     a.score_many("folder/")     # pandas DataFrame, one row per image, failures included
 """
 from __future__ import annotations
@@ -46,11 +46,11 @@ class Attributor:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def score(self, image: str | Path) -> dict:
-        """One image -> {generator, confidence, is_unknown, log_density, probabilities, nearest_prototypes, error}."""
+        """One image -> {generator, confidence, is_unknown, open_score, probabilities, nearest_prototypes, error}."""
         row = self.score_many([str(image)]).iloc[0]
         return {"path": row.path, "generator": row.pred, "nearest_generator": row.nearest_generator,
                 "confidence": float(row.confidence), "is_unknown": None if pd.isna(row.is_unknown) else bool(row.is_unknown),
-                "log_density": float(row.log_density), "status": row.status, "error": row.error,
+                "open_score": float(row.open_score), "status": row.status, "error": row.error,
                 "probabilities": {c: float(row[f"p_{c}"]) for c in self.classes},
                 "nearest_prototypes": row.nearest_prototypes.split(";") if row.nearest_prototypes else [],
                 "builtin_encoder": self.builtin_encoder}

@@ -192,6 +192,19 @@ class Temporal(str, Enum):
     transformer = "transformer"
 
 
+class OpenScorer(str, Enum):
+    kde = "kde"
+    gauss = "gauss"
+    knn = "knn"
+    prototype = "prototype"
+    confidence = "confidence"
+    stats = "stats"
+    residual = "residual"
+    fused = "fused"
+    fused_stats = "fused-stats"
+    fused_all = "fused-all"
+
+
 class Scorer(str, Enum):
     mahalanobis = "mahalanobis"
     gmm = "gmm"
@@ -213,6 +226,8 @@ def train(
     width: Annotated[int, typer.Option(help="Backbone width.")] = 64,
     protos_per_class: Annotated[int, typer.Option()] = 6,
     scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
+    open_scorer: Annotated[OpenScorer, typer.Option(help="Open-set scorer for 'unknown generator' (see README, Open set; "
+                                                         "compare them with leakstore openset-study).")] = OpenScorer.fused,
     renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
     false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images the unknown threshold may reject.")] = 0.05,
@@ -229,7 +244,8 @@ def train(
         from model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, batch_size=batch_size,
-                          renoise=renoise, use_residual=residual, scorer=scorer.value, false_unknown_rate=false_unknown_rate, seed=seed)
+                          renoise=renoise, use_residual=residual, scorer=scorer.value, open_scorer=open_scorer.value,
+                          false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json)
@@ -245,6 +261,41 @@ def train(
     if summary["post_hoc_prototypes"]:
         typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
+
+
+@app.command("openset-study")
+def openset_study(
+    store: Annotated[Path, typer.Argument(help="A featurized store with at least three known classes.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (folds are kept there: a rerun resumes).")],
+    epochs: Annotated[int, typer.Option(help="Training epochs per fold (a short schedule).")] = 10,
+    generators: Annotated[Optional[list[str]], typer.Option(help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
+    unknown_labels: Annotated[Optional[list[str]], typer.Option(help="Classes held out of every fold as well.")] = None,
+    residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
+    false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images each threshold may reject.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Leave-one-generator-out: train without each generator in turn and measure how well every
+    open-set scorer flags it; the choice is made on validation rows, test rows report."""
+    try:
+        from model.config import ModelConfig
+        from pipelines.openset_study import openset_study as run
+        split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
+        cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed)
+        s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
+                unknown_labels=split(unknown_labels), device=device, progress=not as_json)
+    except LeakstoreError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, default=float))
+        return
+    typer.echo(f"{'scorer':<14}{'mean val':>10}{'min val':>9}{'mean test':>11}{'min test':>10}{'FPR@95':>8}")
+    for r in s["scorers"]:
+        mark = "  <- chosen on validation" if r["scorer"] == s["chosen"] else ""
+        typer.echo(f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
+                   f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}")
+    typer.echo(f"{len(s['generators'])} folds in {s['seconds']} s; report: {s['report']}")
 
 
 @app.command()
@@ -292,11 +343,17 @@ def score(
                  progress=progress and not as_json)
     except LeakstoreError as e:
         _fail(e)
-    s = summarise(df) | {"out": str(out)}
+    from model.checkpoint import load_bundle
+    s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
     typer.echo(f"{s['rows']} rows -> {out}: {s['scored']} scored, {s['failed']} failed, {s['unknown']} unknown generator")
+    r = s.get("false_unknown_rate")
+    if r:
+        val = "" if r["validation"] is None else f"; {r['validation']:.1%} of known validation images were"
+        typer.echo(f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
+                   f"{r['asked']:.1%} of known images{val}")
     for k, v in s["predicted"].items():
         typer.echo(f"  {k:<24}{v:>8}")
 

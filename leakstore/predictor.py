@@ -18,7 +18,7 @@ from leakstore.features import FeatureBatch, minimal_config
 from leakstore.store import DONE, STATUS_NAMES, FeatureStore
 
 BASE_COLUMNS = {"path": object, "status": object, "error": object, "pred": object, "confidence": float,
-                "is_unknown": "boolean", "log_density": float, "nearest_prototypes": object}
+                "is_unknown": "boolean", "open_score": float, "nearest_prototypes": object}
 
 
 class Predictor:
@@ -36,8 +36,8 @@ class Predictor:
     # ------------------------------------------------------------------ what the model reads
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The features the model reads (its network inputs)."""
-        return tuple(self.bundle.net.inputs)
+        """The stored features predictions read: the network's inputs and the open-set scorer's."""
+        return self.bundle.feature_names
 
     @property
     def featurize_config(self):
@@ -78,7 +78,7 @@ class Predictor:
         the error otherwise."""
         names = self.bundle.class_names
         df = pd.DataFrame({"path": [str(p) for p in paths], "status": "failed", "error": "", "pred": None,
-                           "confidence": np.nan, "is_unknown": None, "log_density": np.nan, "nearest_prototypes": ""})
+                           "confidence": np.nan, "is_unknown": None, "open_score": np.nan, "nearest_prototypes": ""})
         for c in names:
             df[f"p_{c}"] = np.nan
         df["nearest_generator"] = None
@@ -91,7 +91,7 @@ class Predictor:
             df.loc[ok_index, "nearest_generator"] = p["pred_name"]
             df.loc[ok_index, "confidence"] = p["confidence"]
             df.loc[ok_index, "is_unknown"] = p["is_unknown"]
-            df.loc[ok_index, "log_density"] = p["log_density"]
+            df.loc[ok_index, "open_score"] = p["open_score"]
             df.loc[ok_index, "nearest_prototypes"] = [";".join(x) for x in p["nearest_prototypes"]]
             for i, c in enumerate(names):
                 df.loc[ok_index, f"p_{c}"] = p["proba"][:, i]

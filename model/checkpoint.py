@@ -32,8 +32,17 @@ VERSION = 1
 
 
 # ---------------------------------------------------------------------------- scorers <-> arrays
+def _scorer_class(name: str):
+    from model import openset
+    for mod in (S, openset):
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise LeakstoreError(f"model.json names an unknown scorer class {name!r}: it was written by a newer leakstore")
+
+
 def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    arrays, meta = {}, {"class": type(est).__name__, "params": est.get_params(), "scalars": {}}
+    """A fitted scorer -> (arrays for safetensors, JSON metadata). Sub-estimators (estimators_) nest."""
+    arrays, meta = {}, {"class": type(est).__name__, "params": est.get_params(deep=False), "scalars": {}}
     for k, v in vars(est).items():
         if not k.endswith("_") or k.startswith("_"):
             continue
@@ -41,6 +50,14 @@ def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]
             arrays[f"{prefix}.{k}"] = np.ascontiguousarray(v)
         elif isinstance(v, (int, float, np.floating, np.integer)):
             meta["scalars"][k] = float(v)
+        elif k == "components_":
+            meta["components"] = list(v)
+        elif k == "estimators_":
+            meta["estimators"] = []
+            for i, sub in enumerate(v):
+                a, m = pack_scorer(f"{prefix}.est{i}", sub)
+                arrays.update(a)
+                meta["estimators"].append(m)
         elif k == "gmms_":
             meta["n_gmms"] = len(v)
             for i, g in enumerate(v):
@@ -54,15 +71,18 @@ def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]
 
 
 def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
-    cls = getattr(S, meta["class"])
-    est = cls(**meta["params"])
+    est = _scorer_class(meta["class"])(**meta["params"])
     for name, v in arrays.items():
-        if name.startswith(prefix + ".") and name.count(".") == 1:
-            setattr(est, name.split(".", 1)[1], v)
+        if name.startswith(prefix + ".") and name.count(".") == prefix.count(".") + 1:
+            setattr(est, name.rsplit(".", 1)[1], v)
     for k, v in meta["scalars"].items():
         if isinstance(getattr(type(est), k, None), property):
             continue
         setattr(est, k, int(v) if k == "n_features_in_" else v)
+    if "components" in meta:
+        est.components_ = tuple(meta["components"])
+    if "estimators" in meta:
+        est.estimators_ = [unpack_scorer(f"{prefix}.est{i}", m, arrays) for i, m in enumerate(meta["estimators"])]
     if "n_gmms" in meta:
         est.gmms_ = []
         for i in range(meta["n_gmms"]):
@@ -87,7 +107,13 @@ class Bundle:
     class_names: list[str]      # the model's (known) classes, in logit order
     meta: dict
     closed: Any = None          # a fitted closed-set scorer
-    open: Any = None            # a fitted OpenSetKDE with its threshold
+    open: Any = None            # a fitted open-set scorer (model/openset.py) with its threshold
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
+        extra = tuple(b for b in getattr(self.open, "blocks_", ()) if b in BY_NAME and b not in self.net.inputs)
+        return tuple(self.net.inputs) + extra
 
 
 def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:

@@ -11,6 +11,9 @@ from leakstore.errors import InputError
 BACKBONES = ("cnn", "resnet", "patch-transformer")
 TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
+# open-set scorers (model/openset.py); "fused" won the leave-one-generator-out study (README)
+OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "fused", "fused-stats",
+                "fused-all")
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,14 @@ class ModelConfig:
     dropout: float = 0.1
     select_on: str = "val_auc"     # early stopping / best epoch on "val_auc" or "val_loss"
     scorer: str = "mahalanobis"    # closed-set scorer on embeddings
+    open_scorer: str = "fused"     # open-set scorer (model/openset.py), chosen by the leave-one-out study
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         for name, value, allowed in (("backbone", self.backbone, BACKBONES), ("temporal", self.temporal, TEMPORAL),
-                                     ("scorer", self.scorer, SCORERS)):
+                                     ("scorer", self.scorer, SCORERS), ("open_scorer", self.open_scorer, OPEN_SCORERS)):
             if value not in allowed:
                 raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if not 0 <= self.time_dropout < 1:

@@ -43,16 +43,34 @@ def embed_all(net: ProtoLeakNet, feats: FeatureBatch, device, batch: int = 256) 
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
 
 
+def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch) -> dict[str, np.ndarray]:
+    """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
+    from model.openset import channel_stats
+    with torch.no_grad():
+        d = net.distances(torch.as_tensor(emb["z"]), torch.as_tensor(emb["g"]))        # (N, K, M)
+    mask = net.proto_mask.cpu().bool()
+    return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().numpy(),
+            "stats": channel_stats(feats["latents"]),
+            "residual": feats["residual"].double().numpy() if feats.get("residual") is not None else None}
+
+
 @torch.inference_mode()
 def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "cpu", top: int = 3) -> dict:
     """Per row: probabilities over the model's classes (closed-set scorer, calibrated), the
-    predicted class, open-set log density and unknown flag, the `top` nearest prototypes,
-    attention over timesteps and the strongest gate dimensions. Arrays of length N."""
+    predicted class, the open-set score (higher: more like a known generator) and unknown flag,
+    the `top` nearest prototypes, attention over timesteps and the strongest gate dimensions."""
+    from model.openset import OpenSetScorer
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
     proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)
-    logd = bundle.open.score_samples(emb["e"]) if bundle.open is not None else np.full(len(feats), np.nan)
-    thr = bundle.open.threshold_ if bundle.open is not None else -np.inf
+    blocks = open_blocks(net.cpu(), emb, proba, feats)
+    net.to(device)
+    if bundle.open is None:
+        score, thr = np.full(len(feats), np.nan), -np.inf
+    elif isinstance(bundle.open, OpenSetScorer):
+        score, thr = bundle.open.score_samples(blocks), bundle.open.threshold_
+    else:  # a model saved before OpenSetScorer: the class-agnostic KDE on the embedding
+        score, thr = bundle.open.score_samples(blocks["embedding"]), bundle.open.threshold_
     z, g = torch.as_tensor(emb["z"], device=device), torch.as_tensor(emb["g"], device=device)
     d = net.distances(z, g).masked_fill(net.proto_mask[None] == 0, float("inf"))   # (N, K, M)
     flat = d.flatten(1)
@@ -65,6 +83,6 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     gates = np.argsort(-emb["g"], axis=1)[:, :5]
     pred = proba.argmax(1)
     return {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
-            "confidence": proba.max(1), "log_density": logd, "is_unknown": logd < thr,
+            "confidence": proba.max(1), "open_score": score, "is_unknown": score < thr,
             "nearest_prototypes": nearest, "attention": emb["a"], "top_gates": gates, "embedding": emb["e"],
-            "z": emb["z"], "g": emb["g"], "logits": emb["logits"]}
+            "z": emb["z"], "g": emb["g"], "logits": emb["logits"], "blocks": blocks}

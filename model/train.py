@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
 
 from leakstore.config import FeaturizeConfig, check_compatible
 from leakstore.device import resolve_device
@@ -26,8 +27,9 @@ from leakstore.store import FeatureStore
 from model.checkpoint import Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state
 from model.config import ModelConfig
 from model.net import attention_entropy_penalty
-from model.predict import batch_dict, embed_all
-from model.scorers import CLOSED_SCORERS, OpenSetKDE
+from model.openset import OpenSetScorer
+from model.predict import batch_dict, embed_all, open_blocks
+from model.scorers import CLOSED_SCORERS
 
 MIN_TRAIN_PER_CLASS = 4
 
@@ -201,7 +203,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     inputs = model_inputs(cfg, fcfg)
-    feats = store.load(inputs + (("latent0",) if cfg.renoise else ()))
+    # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual)
+    feats = store.load(inputs + (("latent0",) if cfg.renoise else ()) + (("residual",) if cfg.uses("residual") else ()))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
     tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))
@@ -250,6 +253,10 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
                    list(unknown_labels))
 
 
+def _rows_of(blocks: dict, mask: np.ndarray) -> dict:
+    return {k: (None if v is None else v[mask]) for k, v in blocks.items()}
+
+
 def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds, unknown) -> dict:
     emb = embed_all(net, feats.subset(np.isin(np.arange(len(feats)), np.r_[tr.numpy(), va.numpy()])), dev)
     # subset() keeps store order: recover which rows are train vs val in that order
@@ -261,7 +268,10 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
     added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
-    opn = OpenSetKDE(random_state=cfg.seed).fit(e_tr["e"]).set_threshold(e_va["e"], cfg.false_unknown_rate)
+    sub = feats.subset(order)
+    blocks = open_blocks(net.cpu(), emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
+    opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
+        _rows_of(blocks, is_tr), y_tr, _rows_of(blocks, ~is_tr))
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
@@ -270,6 +280,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
                "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
-               "open_threshold": opn.threshold_, "open_bandwidth": opn.bandwidth_}
+               "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
+                               "threshold": opn.threshold_, "false_unknown_rate": cfg.false_unknown_rate,
+                               "val_flagged": opn.val_flagged_}}
     save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn))
     return summary

@@ -39,16 +39,24 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     known = y >= 0
     metrics = {"view": store.config.view, "store": str(store_path), "split": split,
                "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
-               "open": open_set(p["log_density"][known], p["log_density"][unknown], (p["pred"] == y)[known])}
-    metrics["open"]["unknown_flagged"] = float(p["is_unknown"][unknown].mean()) if unknown.any() else None
-    metrics["open"]["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
-    df = pd.DataFrame({"path": sub.paths, "view": store.config.view, "true": [names[l] for l in sub.labels],
+               "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known])}
+    true = np.array([names[l] for l in sub.labels], dtype=object)
+    o = metrics["open"]
+    o["per_generator_auroc"] = {str(g): open_set(p["open_score"][known], p["open_score"][true == g]).get("auroc")
+                                for g in sorted(set(true[unknown]))}
+    o["unknown_flagged"] = float(p["is_unknown"][unknown].mean()) if unknown.any() else None
+    o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
+    # the threshold was set on validation data: the asked false-unknown rate, what validation gave, what this split gives
+    o["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
+                               "validation": getattr(bundle.open, "val_flagged_", None), split: o["known_flagged"]}
+    df = pd.DataFrame({"path": sub.paths, "view": store.config.view, "true": true,
                        "true_is_unknown": unknown, "pred": p["pred_name"], "confidence": p["confidence"],
-                       "log_density": p["log_density"], "is_unknown": p["is_unknown"],
+                       "open_score": p["open_score"], "is_unknown": p["is_unknown"],
                        "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]]})
     for i, c in enumerate(bundle.class_names):
         df[f"p_{c}"] = p["proba"][:, i]
-    extras = {"y": y, "unknown": unknown, **{k: p[k] for k in ("proba", "log_density", "attention", "embedding", "g")}}
+    extras = {"y": y, "unknown": unknown, "true": true, "threshold": getattr(bundle.open, "threshold_", None),
+              **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")}}
     return metrics, df, extras
 
 
@@ -75,6 +83,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                "inputs": [f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n
                           for n in predictor.inputs],
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
+               "open_scorer": bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde (saved before open_scorer)",
+               "open_components": list(getattr(bundle.open, "components_", ("kde",))),
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
                                "open_auroc": r["open"].get("auroc")} for r in results]}

@@ -55,10 +55,35 @@ def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
         bins = np.linspace(lo, hi, 40)
         ax.hist(known_score, bins, alpha=.6, density=True, label="known generators")
         ax.hist(unknown_score, bins, alpha=.6, density=True, label="unknown generators")
-        ax.set(xlabel="open-set log density", ylabel="density", title="open set: known vs unseen")
+        ax.set(xlabel="open-set score (higher: more like a known generator)", ylabel="density", title="open set: known vs unseen")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_open_scores(path, known_score, unknown: dict, threshold, scorer: str):
+    """One panel per unseen generator: its open-set scores against the known test images', with
+    the unknown threshold."""
+    plt = _plt()
+    gens = list(unknown)
+    cols = min(3, len(gens))
+    rows = -(-len(gens) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, g in zip(axes.flat, gens):
+        lo, hi = np.percentile(np.r_[known_score, unknown[g]], [0.5, 99.5])
+        bins = np.linspace(lo, hi, 35)
+        ax.hist(np.clip(known_score, lo, hi), bins, alpha=.6, density=True, label="known generators")
+        ax.hist(np.clip(unknown[g], lo, hi), bins, alpha=.6, density=True, label=f"{g} (unseen)")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", ls="--", lw=1, label="unknown below")
+        ax.set_title(g, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(gens):]:
+        ax.axis("off")
+    fig.suptitle(f"open-set score '{scorer}' per unseen generator (higher: more like a known one)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -122,7 +147,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     first = summary["views"][0]
     y, unk = ex["y"], ex["unknown"]
     plot_confusion(out / "confusion.png", first["closed"]["confusion"], names, f"confusion ({first['view']})")
-    plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, ex["log_density"][y >= 0], ex["log_density"][unk])
+    plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, ex["open_score"][y >= 0], ex["open_score"][unk])
     # prototypes live in z space; the map shows z * sqrt(g): scale them by the mean sqrt(gate)
     scale = torch.as_tensor(np.sqrt(ex["g"].mean(0)), dtype=torch.float32)
     protos = (bundle.net.prototypes.detach() * scale).reshape(-1, ex["embedding"].shape[1])
@@ -130,12 +155,18 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy())
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
     plot_robustness(out / "robustness.png", summary["robustness"])
+    unseen = sorted(set(ex["true"][unk]))
+    if unseen:
+        plot_open_scores(out / "open_scores.png", ex["open_score"][y >= 0],
+                         {g: ex["open_score"][ex["true"] == g] for g in unseen}, ex["threshold"], summary["open_scorer"])
     rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
                   f"<td>{_fmt(r['open_auroc'])}</td></tr>"
                   for r in summary["robustness"])
     per = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items())
     o = first["open"]
-    ostr = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.items())
+    ostr = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.items()
+                     if k not in ("false_unknown_rate", "per_generator_auroc"))
+    ostr += "; per unseen generator: " + ", ".join(f"{g} {_fmt(v)}" for g, v in o.get("per_generator_auroc", {}).items())
     warn = ('<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
             'show the pipeline runs, not how well any generator can be attributed.</p>' if summary["builtin_encoder"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore report</title>
@@ -151,11 +182,22 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 <h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
 <p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
 <table><tr><th>class</th><th>AUC</th></tr>{per}</table>{_img(out / 'confusion.png')}{_img(out / 'roc.png')}
-<h2>Open set</h2><p>{html.escape(ostr)}</p>
+<h2>Open set: unseen generators</h2>
+<p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}).
+{_rate_line(o.get('false_unknown_rate'))}</p>
+<p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
 <h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def _rate_line(r) -> str:
+    if not r:
+        return ""
+    got = [f"{k} {v:.1%}" for k, v in r.items() if k not in ("asked", "validation") and v is not None]
+    val = "" if r.get("validation") is None else f", on validation {r['validation']:.1%}"
+    return (f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + ".")
 
 
 def _fmt(v) -> str:

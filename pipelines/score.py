@@ -153,8 +153,14 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     return df
 
 
-def summarise(df: pd.DataFrame) -> dict:
+def summarise(df: pd.DataFrame, bundle=None) -> dict:
+    """Counts; with the model, how its unknown threshold was set (asked rate, rate on validation)."""
     ok = df[df.status == "ok"]
-    return {"rows": int(len(df)), "scored": int(len(ok)), "failed": int((df.status != "ok").sum()),
-            "unknown": int(ok.is_unknown.sum()) if len(ok) else 0,
-            "predicted": {str(k): int(v) for k, v in ok.pred.value_counts().items()}}
+    out = {"rows": int(len(df)), "scored": int(len(ok)), "failed": int((df.status != "ok").sum()),
+           "unknown": int(ok.is_unknown.sum()) if len(ok) else 0,
+           "predicted": {str(k): int(v) for k, v in ok.pred.value_counts().items()}}
+    if bundle is not None and bundle.open is not None:
+        out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
+        out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
+                                     "validation": getattr(bundle.open, "val_flagged_", None)}
+    return out

@@ -38,7 +38,7 @@ def test_learns_a_planted_leak_and_flags_the_unseen_one(trained):
     y = np.array([b.class_names.index(store.class_names[i]) for i in test.labels[known]])
     m = closed_set(y, p["proba"][known], b.class_names)
     assert m["top1"] > 0.95 and m["macro_auc"] > 0.98
-    o = open_set(p["log_density"][known], p["log_density"][~known])
+    o = open_set(p["open_score"][known], p["open_score"][~known])
     assert o["auroc"] > 0.8, o   # the unseen planted generator sits outside the known density
     assert summary["epochs_run"] >= 1 and summary["best_epoch"] >= 1
     assert b.class_names == ["real", "gen-a", "gen-b"] and summary["unknown_labels"] == ["gen-c"]
@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_is_exact(trained):
     a, b = load_bundle(d / "run"), load_bundle(d / "run")
     pa, pb = predict(a, f), predict(b, f)
     np.testing.assert_array_equal(pa["proba"], pb["proba"])
-    np.testing.assert_array_equal(pa["log_density"], pb["log_density"])
+    np.testing.assert_array_equal(pa["open_score"], pb["open_score"])
     files = sorted(p.name for p in (d / "run").iterdir())
     assert "model.safetensors" in files and "scorers.safetensors" in files
     assert not any(n.endswith((".pt", ".pth", ".pkl")) for n in files)

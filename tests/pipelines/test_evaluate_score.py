@@ -85,7 +85,7 @@ def test_dask_scoring_equals_in_process(model, cluster):
     p = predict(b, FeatureStore.open(model / "s.zarr").load())
     assert list(df.row) == list(range(160)) and (df.status == "ok").all()
     np.testing.assert_allclose(df[[f"p_{c}" for c in b.class_names]].to_numpy(), p["proba"], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(df.log_density.to_numpy(), p["log_density"], rtol=1e-6)
+    np.testing.assert_allclose(df.open_score.to_numpy(), p["open_score"], rtol=1e-6)
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(model, cluster):

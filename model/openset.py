@@ -1,0 +1,221 @@
+"""Open-set scoring: is an image from a generator the model never saw?
+
+A class-agnostic density of the classifier's embedding (the paper's KDE) measured at chance on
+LeakBench: the embedding is trained to separate known classes, so an unseen generator lands on a
+known cluster. These scorers also look at what the classifier is unsure about and at what it may
+discard (input statistics, the reconstruction residual):
+
+    block        what                                              from
+    embedding    gated embedding z * sqrt(g) (N, D)                the network
+    proba        calibrated closed-set class probabilities (N, K)  the closed-set scorer
+    prototypes   gate-weighted distances to every prototype        the network's head
+    stats        per-channel mean and log std of the smallest-     the latents
+                 timestep latent (N, 2C)
+    residual     reconstruction-residual vector (N, F)             the store (--residual)
+
+Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
+known generator). `OpenSetScorer` standardises its components on known validation rows and
+fuses them by their minimum (an image is as unknown as its most alarmed component); its threshold
+is the `false_unknown_rate` quantile of known validation images.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.covariance import LedoitWolf
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from leakstore.errors import InputError
+from model.config import OPEN_SCORERS as MODEL_OPEN_SCORERS
+from model.scorers import OpenSetKDE
+
+
+class _Scorer(OutlierMixin, BaseEstimator):
+    """Shared outlier-detector API: `score_samples` (higher: more like the training data),
+    `offset_` a provisional threshold at the `false_unknown_rate` quantile of the training scores
+    (OpenSetScorer sets the real one on validation data), `decision_function`, `predict` (+1/-1)."""
+
+    def _set_offset(self, X):
+        self.offset_ = float(np.quantile(self.score_samples(X), self.false_unknown_rate))
+        return self
+
+    def decision_function(self, X):
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+class ClassGaussian(_Scorer):
+    """Max over known classes of a Gaussian log density with one shared (Ledoit-Wolf shrunk)
+    covariance, on standardised features: how close an image lies to its nearest known class,
+    in the metric of within-class variation. Without y: one Gaussian for all rows."""
+
+    def __init__(self, *, false_unknown_rate: float = 0.05):
+        self.false_unknown_rate = false_unknown_rate
+
+    def fit(self, X, y=None):
+        if y is None:
+            X = validate_data(self, X)
+            y = np.zeros(len(X), dtype=int)
+        else:
+            X, y = validate_data(self, X, y)
+            check_classification_targets(y)
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-6
+        Z = (X - self.mean_) / self.scale_
+        self.means_ = np.stack([Z[yi == k].mean(0) for k in range(len(self.classes_))])
+        self.precision_ = LedoitWolf().fit(Z - self.means_[yi]).precision_
+        return self._set_offset(X)
+
+    def class_distances(self, X) -> np.ndarray:
+        """(N, K) squared Mahalanobis distances to each class mean."""
+        check_is_fitted(self, "precision_")
+        Z = (validate_data(self, X, reset=False) - self.mean_) / self.scale_
+        D = Z[:, None, :] - self.means_[None]
+        return np.einsum("nkd,de,nke->nk", D, self.precision_, D)
+
+    def score_samples(self, X) -> np.ndarray:
+        return -0.5 * self.class_distances(X).min(1)
+
+
+class KNNDistance(_Scorer):
+    """Minus the mean cosine distance to the `n_neighbors` nearest training embeddings
+    (L2-normalised): no density model, no class structure assumed. A training row's own
+    distance (0) counts among its neighbours, as for any other point at that place."""
+
+    def __init__(self, *, n_neighbors: int = 5, max_points: int = 5000, false_unknown_rate: float = 0.05,
+                 random_state: int = 0):
+        self.n_neighbors, self.max_points = n_neighbors, max_points
+        self.false_unknown_rate, self.random_state = false_unknown_rate, random_state
+
+    @staticmethod
+    def _unit(X):
+        return X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X)
+        P = X if len(X) <= self.max_points else X[np.random.default_rng(self.random_state).choice(len(X), self.max_points, replace=False)]
+        self.points_ = self._unit(P)
+        return self._set_offset(X)
+
+    def score_samples(self, X) -> np.ndarray:
+        check_is_fitted(self, "points_")
+        U = self._unit(validate_data(self, X, reset=False))
+        k = min(self.n_neighbors, len(self.points_))
+        out = np.empty(len(U))
+        for s in range(0, len(U), 2048):                     # bounded memory: (2048, n_points) at a time
+            d = 1.0 - U[s:s + 2048] @ self.points_.T
+            out[s:s + 2048] = -np.partition(d, k - 1, axis=1)[:, :k].mean(1)
+        return out
+
+
+class MaxColumn(_Scorer):
+    """The largest column, or minus the smallest with `negate`: max class probability
+    ("confidence", on `proba`) or minus the nearest prototype distance ("prototype", on
+    `prototypes`). Nothing to learn but the provisional threshold."""
+
+    def __init__(self, *, negate: bool = False, false_unknown_rate: float = 0.05):
+        self.negate, self.false_unknown_rate = negate, false_unknown_rate
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X)
+        self.fitted_ = True
+        return self._set_offset(X)
+
+    def score_samples(self, X) -> np.ndarray:
+        check_is_fitted(self, "fitted_")
+        X = validate_data(self, X, reset=False)
+        return -X.min(1) if self.negate else X.max(1)
+
+
+# name -> (block it reads, estimator factory, description)
+BASE_SCORERS = {
+    "kde": ("embedding", lambda seed: OpenSetKDE(random_state=seed), "class-agnostic KDE of the embedding (the paper's)"),
+    "gauss": ("embedding", lambda seed: ClassGaussian(), "nearest known class, shared-covariance Gaussian on the embedding"),
+    "knn": ("embedding", lambda seed: KNNDistance(random_state=seed), "k-nearest-neighbour cosine distance on the embedding"),
+    "prototype": ("prototypes", lambda seed: MaxColumn(negate=True), "distance to the nearest prototype of the model's head"),
+    "confidence": ("proba", lambda seed: MaxColumn(), "largest calibrated class probability"),
+    "stats": ("stats", lambda seed: ClassGaussian(), "nearest known class, Gaussian on per-channel latent statistics"),
+    "residual": ("residual", lambda seed: ClassGaussian(), "nearest known class, Gaussian on the reconstruction residual"),
+}
+# fused scorers: the minimum of standardised components (those whose block the model has)
+FUSED = {
+    "fused": ("confidence", "residual"),
+    "fused-stats": ("confidence", "stats"),
+    "fused-all": ("confidence", "residual", "stats", "gauss"),
+}
+OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
+assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
+BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual")
+
+
+def components(method: str, available_blocks) -> tuple[str, ...]:
+    """The base scorers `method` combines, given the blocks a model can provide."""
+    if method in BASE_SCORERS:
+        if BASE_SCORERS[method][0] not in available_blocks:
+            raise InputError(f"open-set scorer {method!r} reads the {BASE_SCORERS[method][0]!r} block, which this "
+                             f"model lacks (featurize with --residual for the residual); choose another --open-scorer")
+        return (method,)
+    if method not in FUSED:
+        raise InputError(f"unknown open-set scorer {method!r}; choose one of {', '.join(OPEN_SCORERS)}")
+    comps = tuple(c for c in FUSED[method] if BASE_SCORERS[c][0] in available_blocks)
+    return comps or ("confidence",)
+
+
+def channel_stats(latents) -> np.ndarray:
+    """latents (N, T, C, h, w) -> (N, 2C) float64: mean and log std per channel of the smallest
+    timestep (the least noised latent)."""
+    z = latents[:, 0].float()
+    return np.concatenate([z.mean((2, 3)).double().numpy(), z.flatten(2).std(2).clamp_min(1e-6).log().double().numpy()], 1)
+
+
+class OpenSetScorer(OutlierMixin, BaseEstimator):
+    """Known-ness of an image from one or more base scorers, each on its block: standardised on
+    known validation rows and fused by the minimum. `fit` takes a dict of blocks (N rows each)."""
+
+    def __init__(self, *, method: str = "fused", false_unknown_rate: float = 0.05, random_state: int = 0):
+        self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
+
+    def fit(self, blocks: dict, y, val_blocks: dict | None = None):
+        """Fit every component on training rows; standardise and set the threshold on validation
+        rows (`val_blocks`; the training rows when none are given)."""
+        self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
+        self.estimators_ = [BASE_SCORERS[c][1](self.random_state).fit(blocks[BASE_SCORERS[c][0]], y)
+                            for c in self.components_]
+        raw = self.component_scores(val_blocks if val_blocks is not None else blocks)
+        self.centers_ = np.array([np.median(raw[c]) for c in self.components_])
+        self.scales_ = np.array([np.subtract(*np.percentile(raw[c], [75, 25])) / 1.349 + 1e-9 for c in self.components_])
+        self.set_threshold(val_blocks if val_blocks is not None else blocks)
+        return self
+
+    @property
+    def blocks_(self) -> tuple[str, ...]:
+        return tuple(BASE_SCORERS[c][0] for c in self.components_)
+
+    def component_scores(self, blocks: dict) -> dict[str, np.ndarray]:
+        return {c: est.score_samples(blocks[BASE_SCORERS[c][0]]) for c, est in zip(self.components_, self.estimators_)}
+
+    def score_samples(self, blocks: dict) -> np.ndarray:
+        """(N,) fused known-ness: min over components of (score - median) / robust scale on known val."""
+        check_is_fitted(self, "estimators_")
+        raw = self.component_scores(blocks)
+        return np.min(np.stack([(raw[c] - m) / s for c, m, s in zip(self.components_, self.centers_, self.scales_)]), 0)
+
+    def set_threshold(self, val_blocks: dict, false_unknown_rate: float | None = None) -> "OpenSetScorer":
+        rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
+        s = self.score_samples(val_blocks)
+        self.offset_ = float(np.quantile(s, rate))
+        self.val_flagged_ = float((s < self.offset_).mean())
+        return self
+
+    @property
+    def threshold_(self) -> float:
+        return self.offset_
+
+    def decision_function(self, blocks):
+        return self.score_samples(blocks) - self.offset_
+
+    def predict(self, blocks):
+        return np.where(self.decision_function(blocks) >= 0, 1, -1)

@@ -1,0 +1,96 @@
+"""Open-set scorers: scikit-learn estimators, the fused scorer, and a planted store where only an
+input-aware score can see the unseen generator."""
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from leakstore.store import FeatureStore
+from model.checkpoint import load_bundle
+from model.config import ModelConfig
+from model.metrics import open_set
+from model.openset import ClassGaussian, KNNDistance, MaxColumn, OpenSetScorer
+from model.predict import predict
+from model.train import train
+from tests.synthetic import CFG_RESIDUAL, planted_store
+
+FAST = ModelConfig(width=8, embed_dim=16, epochs=6, batch_size=32, renoise=False)
+
+
+@parametrize_with_checks([ClassGaussian(), KNNDistance(), MaxColumn(), MaxColumn(negate=True)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def blobs(seed, n=100, centres=(0, 4, -4), d=5):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(c, 1, (n, d)) for c in centres]), np.repeat(np.arange(len(centres)), n)
+
+
+def test_class_gaussian_sees_the_gap_between_classes_that_a_single_density_covers():
+    """Known classes at -4 and +4: a point at 0 lies between them, inside their pooled spread."""
+    X, y = blobs(0, centres=(-4, 4))
+    gap = np.random.default_rng(1).normal(0, 1, (100, 5))
+    Xv, _ = blobs(2, centres=(-4, 4))
+    per_class = ClassGaussian().fit(X, y)
+    pooled = ClassGaussian().fit(X)
+    auc = lambda m: open_set(m.score_samples(Xv), m.score_samples(gap))["auroc"]  # noqa: E731
+    assert auc(per_class) > 0.99 and auc(pooled) < 0.6
+
+
+def test_fused_scorer_threshold_follows_validation_and_flags_by_the_most_alarmed_component():
+    X, y = blobs(0)
+    Xv, yv = blobs(1)
+    far_a = np.random.default_rng(3).normal(12, 1, (50, 5))       # unknown in block a only
+    blocks = lambda a, b: {"embedding": a, "residual": b, "proba": np.full((len(a), 3), 1 / 3)}  # noqa: E731
+    sc = OpenSetScorer(method="fused-all", false_unknown_rate=0.1).fit(blocks(X, X), y, blocks(Xv, Xv))
+    assert set(sc.components_) == {"confidence", "residual", "gauss"}
+    assert abs(sc.val_flagged_ - 0.1) < 0.02
+    assert (sc.predict(blocks(far_a, Xv[:50])) == -1).mean() > 0.95   # alarmed through the embedding alone
+    with pytest.raises(Exception, match="residual"):
+        OpenSetScorer(method="residual").fit({"embedding": X, "residual": None}, y)
+
+
+@pytest.fixture(scope="module")
+def residual_only_unknown(tmp_path_factory):
+    """gen-c has exactly gen-a's latents and spectra, and differs only in the residual vector,
+    which no known class needs (their residuals are alike)."""
+    d = tmp_path_factory.mktemp("residual_only")
+    classes = ("real", "gen-a", "gen-b", "gen-c")
+    planted_store(d / "s.zarr", classes=classes, per_class=60, cfg=CFG_RESIDUAL, residual_strength=0.0)
+    g = FeatureStore.open(d / "s.zarr", mode="r+").group
+    labels = g["label"][:]
+    a, c = np.flatnonzero(labels == 1), np.flatnonzero(labels == 3)
+    for name in ("latent0", "latents", "spectra"):
+        g[name][c[0]:c[-1] + 1] = g[name][a[0]:a[-1] + 1]
+    res = g["residual"][:]
+    res[c] += 1.5 * np.random.default_rng(7).normal(0, 1, res.shape[1])
+    g["residual"][:] = res
+    train(d / "s.zarr", d / "run", FAST.replace(open_scorer="fused"), unknown_labels=["gen-c"], progress=False)
+    return d
+
+
+def test_an_unknown_seen_only_in_statistics_the_classifier_ignores_is_flagged_by_the_input_aware_score(residual_only_unknown):
+    d = residual_only_unknown
+    b = load_bundle(d / "run")
+    store = FeatureStore.open(d / "s.zarr")
+    feats = store.load(b.feature_names)
+    test = feats.subset(feats.splits == 2)
+    p = predict(b, test)
+    unk = test.labels == 3
+    fused = open_set(p["open_score"][~unk], p["open_score"][unk])["auroc"]
+    # the paper's class-agnostic KDE on the embedding and the residual alone, fitted on the same training rows
+    tr = feats.subset((feats.splits == 0) & (feats.labels != 3))
+    auroc = {}
+    for m in ("kde", "residual"):
+        v = OpenSetScorer(method=m).fit(predict(b, tr)["blocks"], tr.labels).score_samples(p["blocks"])
+        auroc[m] = open_set(v[~unk], v[unk])["auroc"]
+    assert fused > 0.9 and auroc["residual"] > 0.9, (fused, auroc)
+    assert auroc["kde"] < 0.75, auroc
+
+
+def test_the_fused_scorer_survives_the_checkpoint_exactly(residual_only_unknown):
+    d = residual_only_unknown
+    b1, b2 = load_bundle(d / "run"), load_bundle(d / "run")
+    assert b1.open.components_ == ("confidence", "residual") and "residual" in b1.feature_names
+    feats = FeatureStore.open(d / "s.zarr").load(b1.feature_names)
+    np.testing.assert_array_equal(predict(b1, feats)["open_score"], predict(b2, feats)["open_score"])
