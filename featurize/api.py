@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featurize.datasets import DEFAULT_FRACTIONS, build_catalog
+from featurize.datasets import DEFAULT_FRACTIONS, build_catalog, with_train_views
 from featurize.runner import FeaturizeReport, RunOptions, featurize_store
 from featurize.vae import load_encoder
-from featurize.views import parse_view, view_name
+from featurize.views import DEFAULT_POLICY, parse_view, view_name
 from leakstore.config import FeaturizeConfig, ScheduleConfig
 from leakstore.device import resolve_device
 from leakstore.errors import InputError
@@ -45,9 +45,13 @@ def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 
 def featurize(data: str | Path, store: str | Path, *, vae: str = "sd21", vae_subfolder: str = "",
               scaling_factor: float | None = None, shift_factor: float | None = None,
               real_label: str = "real", split_seed: int = 0, fractions=DEFAULT_FRACTIONS,
+              train_views: int = 0, view_policy: str = DEFAULT_POLICY,
               opts: RunOptions | None = None, **config_kw) -> FeaturizeReport:
-    """Featurize DATA (class folders, manifest or WILD layout) into STORE. See `build_config` for features."""
-    catalog = build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions)
+    """Featurize DATA (class folders, manifest or WILD layout) into STORE. See `build_config` for features;
+    `train_views` > 0 adds that many post-processed views (drawn from `view_policy`) of every training
+    and validation image as extra rows."""
+    catalog = with_train_views(build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions),
+                               train_views, view_policy)
     encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor,
                            decoder=config_kw.get("residual_bins", 0) > 0)
     config_kw.setdefault("device", (opts or RunOptions()).device)

@@ -193,6 +193,28 @@ def from_manifest(path: Path, *, real_label: str, seed: int, fractions) -> Catal
                    split_source=f"manifest {path.name}" if splits is not None else "", source=str(path))
 
 
+def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
+    """`cat` plus `n` view rows for every labelled training and validation row, appended after the
+    clean rows (which keep their order): same path, label, split and group, `source_rows` naming
+    the clean row, `view_index` 1..n. Test rows get none: robustness sweeps measure them."""
+    import dataclasses
+
+    from featurize.views import parse_policy
+    if n <= 0:
+        return cat
+    if n > 64:
+        raise InputError(f"--train-views {n}: at most 64 views per image")
+    pol = str(parse_policy(policy))
+    src = np.flatnonzero((cat.labels >= 0) & np.isin(cat.splits, (0, 1)))
+    rows = np.repeat(src, n)
+    idx = np.tile(np.arange(1, n + 1), len(src))
+    return dataclasses.replace(
+        cat, paths=cat.paths + tuple(cat.paths[i] for i in rows), labels=np.r_[cat.labels, cat.labels[rows]],
+        splits=np.r_[cat.splits, cat.splits[rows]], groups=cat.groups + tuple(cat.groups[i] for i in rows),
+        view_index=np.r_[np.zeros(len(cat), np.int16), idx].astype(np.int16),
+        source_rows=np.r_[np.arange(len(cat)), rows].astype(np.int64), view_policy=pol)
+
+
 def build_catalog(data: str | Path, *, real_label: str = "real", seed: int = 0,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Catalog:
     """Dispatch on the input form (see module docstring)."""

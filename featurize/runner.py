@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
 from featurize.vae import LatentEncoder
-from featurize.views import apply_view, parse_view
+from featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
@@ -73,11 +73,18 @@ class FeaturizeReport:
 
 # ---------------------------------------------------------------------------- worker side
 class ImageRows(Dataset):
-    """Row j -> (row, uint8 (3, R, R) or None, noise (T, C, h, w) float32 or None, sha256, error)."""
+    """Row j -> (row, uint8 (3, R, R) or None, noise (T, C, h, w) float32 or None, sha256, error, view).
 
-    def __init__(self, paths: tuple[str, ...], rows: list[int], cfg: FeaturizeConfig, max_pixels: int):
+    A training-view row (view_index[row] > 0) re-reads its source file and goes through a view
+    drawn from `policy`, seeded by the file's SHA-256, the view index and the config seed (after
+    the store-wide `cfg.view`, when there is one); `view` names what was applied."""
+
+    def __init__(self, paths: tuple[str, ...], rows: list[int], cfg: FeaturizeConfig, max_pixels: int,
+                 view_index: np.ndarray | None = None, policy: str = ""):
         self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
         self.steps = parse_view(cfg.view)
+        self.view_index = view_index
+        self.policy = parse_policy(policy) if view_index is not None else None
         self.noise_shape = (len(cfg.timesteps),) + cfg.latent_shape
 
     def __len__(self) -> int:
@@ -85,20 +92,23 @@ class ImageRows(Dataset):
 
     def __getitem__(self, j: int):
         row = self.rows[j]
-        path, sha = self.paths[row], ""
+        path, sha, view = self.paths[row], "", ""
         try:
             data, sha = read_bytes(path)
             arr = decode_image(data, path, max_pixels=self.max_pixels, min_side=self.cfg.min_side)
-            if self.steps:
-                arr = apply_view(arr, self.steps, seed=int(sha[:8], 16) ^ self.cfg.seed)
+            k = int(self.view_index[row]) if self.view_index is not None else 0
+            steps = self.steps + (draw_view(self.policy, sha, k, self.cfg.seed) if k else ())
+            if steps:
+                view = view_name(steps)
+                arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
             arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
             img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
             eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
-            return row, img, eps, sha, ""
+            return row, img, eps, sha, "", view
         except ImageDecodeError as e:
-            return row, None, None, sha, e.reason
+            return row, None, None, sha, e.reason, view
         except Exception as e:  # an unexpected failure is still one row's failure, with its reason
-            return row, None, None, sha, f"unexpected {type(e).__name__}: {e}"
+            return row, None, None, sha, f"unexpected {type(e).__name__}: {e}", view
 
 
 def collate(items):
@@ -110,6 +120,7 @@ def collate(items):
         "noise": torch.stack([it[2] for it in ok]) if ok else None,
         "sha": {it[0]: it[3] for it in items},
         "error": {it[0]: it[4] for it in items if it[1] is None},
+        "view": {it[0]: it[5] for it in items},
     }
 
 
@@ -220,11 +231,13 @@ class ChunkAssembler:
             buf = {name: np.full((n,) + shape, np.nan, dtype=dt) for name, (shape, dt) in self.shapes.items()}
             buf.update(sha256=np.full(n, "", dtype=object), error=np.full(n, "", dtype=object),
                        status=np.zeros(n, dtype=np.uint8))
+            if self.store.has_views:
+                buf["view"] = np.full(n, "", dtype=object)
             self.buffers[ck] = buf
         return self.buffers[ck]
 
     def add(self, rows: list[int], sha: dict, errors: dict, results: dict[str, np.ndarray] | None,
-            ok_rows: list[int]) -> None:
+            ok_rows: list[int], views: dict | None = None) -> None:
         """Place one batch. Batches never cross a chunk (chunk_aligned_batches), so the ok rows
         are copied into the chunk buffer with one fancy-indexed assignment per array."""
         cs = self.store.chunk_size
@@ -234,6 +247,8 @@ class ChunkAssembler:
         buf = self._buffer(ck)
         offs = np.asarray(rows) - ck * cs
         buf["sha256"][offs] = [sha.get(r, "") for r in rows]
+        if "view" in buf:
+            buf["view"][offs] = [(views or {}).get(r, "") for r in rows]
         if ok_rows:
             ok = np.asarray(ok_rows) - ck * cs
             for name in self.shapes:
@@ -283,7 +298,7 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     if rows:
         runner = DeviceFeaturizer(encoder, cfg, device, batch,
                                   device.type == "cuda" if opts.compile is None else opts.compile, opts.compile_mode)
-        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels),
+        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy),
                             batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -328,7 +343,7 @@ def _finish(pending, assembler: ChunkAssembler, bar) -> None:
         if "event" in out:
             out.pop("event").synchronize()
         results = {k: v.numpy() for k, v in out.items()}
-    assembler.add(b["rows"], b["sha"], b["error"], results, b["ok_rows"])
+    assembler.add(b["rows"], b["sha"], b["error"], results, b["ok_rows"], b["view"])
     bar.update(len(b["rows"]))
     if assembler.failed:
         bar.set_postfix(failed=assembler.failed, refresh=False)

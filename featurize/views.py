@@ -101,3 +101,79 @@ def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> n
         elif s.op == "grayscale":
             arr = np.asarray(Image.fromarray(arr).convert("L").convert("RGB"))
     return np.ascontiguousarray(arr)
+
+
+# ---------------------------------------------------------------------------- training-view policies
+# What real life does to an image, in order: rescale, soften, add sensor/processing noise, lose
+# colour, and last of all compress (a JPEG or WebP re-encode). Compression ops are alternatives.
+_CHAIN_ORDER = ("crop", "resize", "blur", "noise", "grayscale", "jpeg", "webp")
+_COMPRESSION = ("jpeg", "webp")
+DEFAULT_POLICY = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02"
+
+
+@dataclass(frozen=True)
+class ViewPolicy:
+    """Ranges to draw training views from: {op: (lo, hi)} ('grayscale': (0, 0)).
+
+    A drawn view applies each non-compression op with probability `p_op`, then one compression op
+    (uniformly among those listed) with probability `p_compress`; never nothing at all."""
+
+    ranges: tuple[tuple[str, float, float], ...]
+    p_op: float = 0.5
+    p_compress: float = 0.85
+
+    def __str__(self) -> str:
+        return ",".join(op if op == "grayscale" else f"{op}:{lo:g}-{hi:g}" for op, lo, hi in self.ranges)
+
+
+def parse_policy(text: str) -> ViewPolicy:
+    """'jpeg:50-95,resize:0.5-1,blur:0-2,grayscale' -> ViewPolicy; a single value means lo = hi."""
+    ranges = {}
+    for raw in (p.strip().lower() for p in str(text).split(",")):
+        if not raw:
+            continue
+        op, _, rng = raw.partition(":")
+        if op in _FLAGS and not rng:
+            ranges[op] = (op, 0.0, 0.0)
+            continue
+        if op not in _PARAM or not rng:
+            raise InputError(f"bad view policy item {raw!r}: use OP:LO-HI with OP one of {', '.join(_PARAM)} "
+                             f"(or grayscale), comma-separated, e.g. {DEFAULT_POLICY}")
+        lo_s, _, hi_s = rng.partition("-")
+        try:
+            lo, hi = float(lo_s), float(hi_s or lo_s)
+        except ValueError:
+            raise InputError(f"bad view policy item {raw!r}: {rng!r} is not LO-HI") from None
+        typ, vmin, vmax = _PARAM[op]
+        if not vmin <= lo <= hi <= vmax:
+            raise InputError(f"bad view policy item {raw!r}: {op} takes LO <= HI in [{vmin}, {vmax}]")
+        ranges[op] = (op, lo, hi)
+    if not ranges:
+        raise InputError(f"empty view policy: give e.g. {DEFAULT_POLICY}")
+    return ViewPolicy(tuple(ranges[op] for op in _CHAIN_ORDER if op in ranges))
+
+
+def draw_view(policy: ViewPolicy, sha256_hex: str, index: int, seed: int = 0) -> tuple[ViewStep, ...]:
+    """The `index`-th training view of the image with this hash: the same on every machine."""
+    words = [int(sha256_hex[i:i + 8], 16) for i in range(0, 64, 8)] if sha256_hex else [0]
+    rng = np.random.default_rng(np.random.SeedSequence(words + [int(index), int(seed) & 0xFFFFFFFF, 0x76696577]))
+    comp = [r for r in policy.ranges if r[0] in _COMPRESSION]
+    steps = []
+    for op, lo, hi in policy.ranges:
+        if op in _COMPRESSION or rng.random() >= policy.p_op:
+            continue
+        steps.append(_step(op, lo, hi, rng))
+    if comp and (rng.random() < policy.p_compress or not steps):
+        op, lo, hi = comp[rng.integers(len(comp))]
+        steps.append(_step(op, lo, hi, rng))
+    if not steps:  # a policy without compression: at least one op
+        op, lo, hi = policy.ranges[rng.integers(len(policy.ranges))]
+        steps.append(_step(op, lo, hi, rng))
+    return tuple(steps)
+
+
+def _step(op: str, lo: float, hi: float, rng) -> ViewStep:
+    if op in _FLAGS:
+        return ViewStep(op)
+    v = lo + (hi - lo) * rng.random()
+    return ViewStep(op, int(round(v)) if _PARAM[op][0] is int else round(float(v), 3))

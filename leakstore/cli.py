@@ -92,6 +92,8 @@ def featurize(
     residual_bins: Annotated[int, typer.Option(help="Radial frequency bins of the residual's power spectrum.")] = 12,
     seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
     view: Annotated[Optional[list[str]], typer.Option(help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
+    train_views: Annotated[int, typer.Option(help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
+    view_policy: Annotated[str, typer.Option(help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02",
     real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
     min_side: Annotated[int, typer.Option(help="Images with a shorter side below this fail.")] = 32,
     max_pixels: Annotated[int, typer.Option(help="Larger images fail (decompression-bomb guard).")] = 1 << 27,
@@ -122,6 +124,7 @@ def featurize(
                           max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
         rep = run(data, store, vae=vae, vae_subfolder=vae_subfolder, scaling_factor=scaling_factor,
                   shift_factor=shift_factor, real_label=real_label, split_seed=seed, opts=opts,
+                  train_views=train_views, view_policy=view_policy,
                   resolution=resolution, timesteps=parse_timesteps(timesteps), resize_policy=resize_policy.value,
                   schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
@@ -172,6 +175,9 @@ def inspect(
     st = d["status"]
     typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
                f"(splits: {d['split_source']})")
+    if d.get("train_views"):
+        typer.echo(f"  training views: {d['view_rows']} rows, {d['train_views']['n']} per training/validation image, "
+                   f"drawn from {d['train_views']['policy']} (counts below include them)")
     typer.echo(f"  {'class':<24}{'train':>7}{'val':>7}{'test':>7}{'failed':>8}")
     for name, c in d["per_class"].items():
         typer.echo(f"  {name:<24}{c['train']:>7}{c['val']:>7}{c['test']:>7}{c['failed']:>8}")
@@ -230,6 +236,7 @@ def train(
                                                          "compare them with leakstore openset-study).")] = OpenScorer.fused,
     renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
+    view_prob: Annotated[float, typer.Option(help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views).")] = 0.5,
     false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
@@ -245,6 +252,7 @@ def train(
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, scorer=scorer.value, open_scorer=open_scorer.value,
+                          view_prob=view_prob,
                           false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
@@ -316,6 +324,35 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
+    _print_robustness(s)
+
+
+@app.command()
+def sweep(
+    run_dir: Annotated[Path, typer.Argument(help="A trained model directory.")],
+    data: Annotated[Optional[Path], typer.Argument(help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
+    views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = "jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (for featurizing).")] = "auto",
+    workers: Annotated[int, typer.Option(help="Decode processes (-1: auto).")] = -1,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+):
+    """Robustness in one command: featurize the test split under each view with the model's own
+    featurize config, evaluate, and write the robustness table, curve and report."""
+    try:
+        from pipelines.sweep import sweep as run
+        s = run(run_dir, data, [v for v in views.split(",") if v.strip()], out, device=device, workers=workers,
+                progress=progress and not as_json)
+    except LeakstoreError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, default=float))
+        return
+    _print_robustness(s)
+
+
+def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
     typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")

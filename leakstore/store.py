@@ -100,6 +100,11 @@ class Catalog:
     real_class: str | None = None
     split_source: str = "none"
     source: str = ""
+    # training views (featurize --train-views): extra rows that re-read a source row's file through a
+    # post-processing view drawn from `view_policy`; None for a catalog without them
+    view_index: np.ndarray | None = None     # (N,) int16: 0 for a clean row, 1..n for view rows
+    source_rows: np.ndarray | None = None    # (N,) int64: the clean row each row comes from (itself when clean)
+    view_policy: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -113,6 +118,9 @@ class Catalog:
         h.update(self.labels.astype("<i2").tobytes())
         h.update(self.splits.astype("<i1").tobytes())
         h.update("\0".join(self.class_names).encode())
+        if self.view_index is not None:   # catalogs without views keep the fingerprint they always had
+            h.update(self.view_index.astype("<i2").tobytes() + self.source_rows.astype("<i8").tobytes())
+            h.update(self.view_policy.encode())
         return h.hexdigest()[:16]
 
 
@@ -193,6 +201,12 @@ class FeatureStore:
                 name, shape=shape, chunks=(chunk,) + shape[1:], dtype=spec.dtype,
                 fill_value=spec.fill, dimension_names=spec.dims,
                 compressors=_compressors(codec, spec.dtype))
+        if catalog.view_index is not None:
+            for name, dtype, fill in (("source", "int64", -1), ("view_index", "int16", 0), ("view", "str", "")):
+                root.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=fill,
+                                  dimension_names=("image",), compressors=_compressors(codec, dtype))
+            root["source"][:] = catalog.source_rows.astype("int64")
+            root["view_index"][:] = catalog.view_index.astype("int16")
         root["path"][:] = np.asarray(catalog.paths, dtype=str)
         root["group"][:] = np.asarray(catalog.groups, dtype=str)
         root["label"][:] = catalog.labels.astype("int16")
@@ -209,6 +223,8 @@ class FeatureStore:
             "split_source": catalog.split_source,
             "source": catalog.source,
             "catalog_fingerprint": catalog.fingerprint,
+            "train_views": ({"n": int(catalog.view_index.max()), "policy": catalog.view_policy}
+                            if catalog.view_index is not None else None),
             "chunk_size": chunk,
             "codec": codec,
             "dimensions": {name: list(spec.dims) for name, (spec, _) in array_specs(n, cfg).items()},
@@ -256,12 +272,30 @@ class FeatureStore:
                 and (st[self.chunk_rows(k).start:self.chunk_rows(k).stop] == PENDING).any()]
 
     # ------------------------------------------------------------------ write / read
+    @property
+    def has_views(self) -> bool:
+        """Whether the store holds training-view rows (featurize --train-views)."""
+        return bool(self.attrs.get("train_views"))
+
+    @property
+    def chunk_arrays(self) -> tuple[str, ...]:
+        """The arrays a featurize run writes per chunk (the rest are written at creation)."""
+        return data_arrays(self.config) + (("view",) if self.has_views else ())
+
+    def source_rows(self) -> np.ndarray:
+        """(N,) the clean row each row comes from: itself, except for training-view rows."""
+        return self.read("source") if self.has_views else np.arange(self.n)
+
+    def view_index(self) -> np.ndarray:
+        """(N,) 0 for a clean row, j for a row's j-th training view."""
+        return self.read("view_index") if self.has_views else np.zeros(self.n, dtype=np.int16)
+
     def write_chunk(self, k: int, data: dict[str, np.ndarray], status: np.ndarray) -> None:
         """Write whole chunk k: the data arrays first, `status` last, so a reader (or a
         resumed run) never sees a row marked done whose data is not on disk."""
         rows = self.chunk_rows(k)
         sl = slice(rows.start, rows.stop)
-        for name in data_arrays(self.config):
+        for name in self.chunk_arrays:
             arr = data[name]
             if len(arr) != len(rows):
                 raise StoreError(f"chunk {k}: {name} has {len(arr)} rows, expected {len(rows)}")
@@ -321,6 +355,8 @@ class FeatureStore:
             "per_class": per_class,
             "unlabelled": int((labels < 0).sum()),
             "split_source": self.attrs.get("split_source"),
+            "train_views": self.attrs.get("train_views"),
+            "view_rows": int((self.view_index() > 0).sum()),
             "arrays": {name: {"shape": list(self.group[name].shape), "dtype": str(self.group[name].dtype),
                               "chunks": list(self.group[name].chunks)} for name in array_specs(0, self.config)},
             "first_failures": [{"path": str(p), "error": str(errors[r])} for p, r in zip(paths, failed_rows)],

@@ -40,6 +40,7 @@ class ModelConfig:
     batch_size: int = 64
     patience: int = 6
     renoise: bool = True           # fresh noise from latent0 every batch, as the reference redraws it
+    view_prob: float = 0.5         # per image and epoch: train on one of its post-processed views (featurize --train-views)
     roll_augment: bool = True      # random circular shifts of the latent: FFT magnitudes, hence the
                                    # low-frequency leak, are exactly invariant; the content is not
     dropout: float = 0.1
@@ -57,6 +58,8 @@ class ModelConfig:
                 raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if not 0 <= self.time_dropout < 1:
             raise InputError("time_dropout must lie in [0, 1)")
+        if not 0 <= self.view_prob <= 1:
+            raise InputError(f"--view-prob {self.view_prob} must lie in [0, 1]")
 
     def uses(self, feature: str) -> bool:
         """Whether the model reads `feature` when the store has it (use_<feature>, default True)."""

@@ -62,6 +62,33 @@ def _renoised(feats: FeatureBatch, idx: torch.Tensor, names, fcfg: FeaturizeConf
     return compute(Context(fcfg, len(idx), z0, eps, a, s), names)
 
 
+def _view_table(store: FeatureStore, feats: FeatureBatch, tr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Training rows as (clean rows (n,), their training views (n, k) as feats indices, -1 where
+    missing); (all training rows, None) for a store without training views."""
+    if not store.has_views:
+        return torch.from_numpy(tr), None
+    vi = store.view_index()[feats.rows]
+    src = store.source_rows()[feats.rows]
+    clean = tr[vi[tr] == 0]
+    slot = {int(feats.rows[i]): j for j, i in enumerate(clean)}          # store row of a clean row -> its position
+    table = np.full((len(clean), max(1, int(vi.max()))), -1, dtype=np.int64)
+    for i in tr[vi[tr] > 0]:
+        j = slot.get(int(src[i]))
+        if j is not None:                                                 # a view whose clean source failed is unused
+            table[j, vi[i] - 1] = i
+    return torch.from_numpy(clean), torch.from_numpy(table)
+
+
+def _draw_views(clean: torch.Tensor, views: torch.Tensor | None, p: float, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's rows: each clean row, or with probability p one of its training views (uniformly)."""
+    if views is None or p <= 0:
+        return clean
+    n, k = views.shape
+    cand = views[torch.arange(n), torch.randint(0, k, (n,), generator=gen)]
+    use = (torch.rand(n, generator=gen) < p) & (cand >= 0)
+    return torch.where(use, cand, clean)
+
+
 def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:
     names = store.class_names
     missing = [u for u in unknown_labels if u not in names]
@@ -204,11 +231,13 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     gen = torch.Generator().manual_seed(cfg.seed)
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual)
-    feats = store.load(inputs + (("latent0",) if cfg.renoise else ()) + (("residual",) if cfg.uses("residual") else ()))
+    feats = store.load(inputs + (("latent0",) if cfg.renoise else ())
+                       + (("residual",) if cfg.uses("residual") else ()))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
-    tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))
+    tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))      # every training row, views included
     va = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 1)))
+    clean, views = _view_table(store, feats, tr.numpy())
     net = build_net(cfg, fcfg, len(known))
     net.set_normalisation(batch_dict(feats, tr, inputs, "cpu"))
     net.to(dev)
@@ -227,10 +256,10 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
         from safetensors.torch import load_file
         best = load_file(str(out_dir / "model.safetensors"))
     t0 = time.perf_counter()
-    bar = tqdm(total=(cfg.epochs - state["epoch"]) * len(tr), unit="sample", disable=not progress, desc="train")
+    bar = tqdm(total=(cfg.epochs - state["epoch"]) * len(clean), unit="sample", disable=not progress, desc="train")
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
-        tl = _epoch(net, opt, dfeats, y, tr, cfg, fcfg, dev, gen, bar, noise_gen)
+        tl = _epoch(net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen)
         vl, vacc, vauc = _validate(net, dfeats, y, va, dev)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
@@ -250,14 +279,15 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
     return _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds,
-                   list(unknown_labels))
+                   list(unknown_labels), len(clean))
 
 
 def _rows_of(blocks: dict, mask: np.ndarray) -> dict:
     return {k: (None if v is None else v[mask]) for k, v in blocks.items()}
 
 
-def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds, unknown) -> dict:
+def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds, unknown,
+            epoch_rows: int) -> dict:
     emb = embed_all(net, feats.subset(np.isin(np.arange(len(feats)), np.r_[tr.numpy(), va.numpy()])), dev)
     # subset() keeps store order: recover which rows are train vs val in that order
     order = np.sort(np.r_[tr.numpy(), va.numpy()])
@@ -275,8 +305,9 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
+               "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "train_seconds": round(train_seconds, 2),
-               "samples_per_s": round(len(tr) * max(1, len(state["history"])) / max(train_seconds, 1e-9), 1),
+               "samples_per_s": round(epoch_rows * max(1, len(state["history"])) / max(train_seconds, 1e-9), 1),
                "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),

@@ -1,0 +1,83 @@
+"""Robustness sweep in one command: the test split under each post-processing view.
+
+    leakstore sweep runs/m1 --views jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2 --out runs/m1/sweep
+
+The test images (by default the test split of the store the model was trained on; or a store, a
+folder or a manifest given as DATA) are featurized under every view with exactly the featurize
+config recorded in the model (only the view differs), one store per view in OUT/views/, then
+evaluated together: metrics.json with the robustness table, predictions, the robustness curve
+and report.html in OUT. Featurizing resumes: a rerun computes only what is missing.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from leakstore.errors import InputError
+from leakstore.store import Catalog, FeatureStore
+
+DEFAULT_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")
+
+
+def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
+    """The labelled clean test rows of a store (and the store, to evaluate the clean view from),
+    or of image data (its test split when it has one, else every labelled image)."""
+    from featurize.datasets import build_catalog
+    if (Path(str(data)) / "zarr.json").is_file():
+        s = FeatureStore.open(data)
+        keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0))
+        if not len(keep):
+            raise InputError(f"store {data} has no labelled test rows to sweep")
+        paths, groups = s.read("path")[keep], s.read("group")[keep]
+        cat = Catalog(tuple(str(p) for p in paths), s.read("label")[keep].astype(np.int16), np.full(len(keep), 2, np.int8),
+                      tuple(str(g) for g in groups), tuple(s.class_names), s.attrs.get("real_class"),
+                      f"test split of {data}", str(data))
+        return cat, str(data)
+    cat = build_catalog(data)
+    keep = (cat.labels >= 0) & ((cat.splits == 2) if (cat.splits == 2).any() else True)
+    idx = np.flatnonzero(keep)
+    return Catalog(tuple(cat.paths[i] for i in idx), cat.labels[idx], np.full(len(idx), 2, np.int8),
+                   tuple(cat.groups[i] for i in idx), cat.class_names, cat.real_class,
+                   "test split" if (cat.splits == 2).any() else "every labelled image", str(data)), None
+
+
+def _slug(view: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", view).strip("-") or "none"
+
+
+def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = "auto", workers: int = -1,
+          progress: bool = True) -> dict:
+    from featurize.runner import RunOptions, featurize_store
+    from featurize.vae import encoder_for_config
+    from featurize.views import parse_view, view_name
+    from model.checkpoint import load_bundle
+    from pipelines.evaluate import evaluate
+    run_dir = Path(run_dir)
+    bundle = load_bundle(run_dir)
+    data = data or bundle.meta.get("training", {}).get("store")
+    if not data:
+        raise InputError(f"{run_dir}: the model does not name its training store; give the test images as DATA")
+    names = [view_name(parse_view(v)) for v in views]           # validates every view before any work
+    if not names:
+        raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_VIEWS))
+    cat, clean_store = test_catalog(data)
+    out = Path(out) if out else run_dir / "sweep"
+    from leakstore.device import resolve_device
+    encoder = encoder_for_config(bundle.featurize)
+    # precision is not part of a feature's identity (rounding level): the CPU path runs fp32
+    cpu = resolve_device(device).type == "cpu"
+    fcfg = bundle.featurize.replace(precision="fp32") if cpu else bundle.featurize
+    stores = [clean_store] if clean_store else []
+    todo = names if clean_store else ["none"] + [n for n in names if n != "none"]
+    for v in todo:
+        if v == "none" and clean_store:
+            continue
+        path = out / "views" / f"{_slug(v)}.zarr"
+        if progress:
+            print(f"featurize {len(cat)} test images, view {v}", flush=True)
+        featurize_store(cat, path, fcfg.replace(view=v), encoder,
+                        RunOptions(device=device, workers=workers, progress=progress))
+        stores.append(str(path))
+    return evaluate(run_dir, stores, out, device="cpu", split="test")

@@ -1,0 +1,127 @@
+"""Training views: extra rows of post-processed training/validation images, deterministic, never
+for test images, resumable; and a model trained on them survives the post-processing."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurize.api import featurize
+from featurize.runner import RunOptions
+from featurize.views import DEFAULT_POLICY, draw_view, parse_policy, view_name
+from leakstore.errors import InputError
+from leakstore.store import DONE, PENDING, FeatureStore
+from tests.conftest import write_class_images
+
+OPTS = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=2)
+
+
+def _run(data, store, views=2, **kw):
+    return featurize(data, store, train_views=views, opts=RunOptions(device="cpu", workers=0, progress=False,
+                                                                      chunk_size=8), **OPTS, **kw)
+
+
+def test_policy_draws_are_seeded_by_the_image_and_follow_real_life_order():
+    p = parse_policy(DEFAULT_POLICY)
+    sha = "ab" * 32
+    assert draw_view(p, sha, 1) == draw_view(p, sha, 1) and draw_view(p, sha, 1) != draw_view(p, sha, 2)
+    order = ["crop", "resize", "blur", "noise", "grayscale", "jpeg", "webp"]
+    for i in range(1, 40):
+        ops = [s.op for s in draw_view(p, f"{i:064x}", i)]
+        assert ops and [order.index(o) for o in ops] == sorted(order.index(o) for o in ops)
+        assert sum(o in ("jpeg", "webp") for o in ops) <= 1                 # one compression, last
+    with pytest.raises(InputError, match="OP:LO-HI"):
+        parse_policy("jpeg")
+    with pytest.raises(InputError, match="LO <= HI"):
+        parse_policy("jpeg:95-50")
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10}, size=(72, 64))
+
+
+def test_view_rows_keep_their_source_split_and_test_images_get_none(data, tmp_path):
+    _run(data, tmp_path / "s.zarr")
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    vi, src, split, lab = s.view_index(), s.source_rows(), s.read("split"), s.read("label")
+    views = np.flatnonzero(vi > 0)
+    clean = np.flatnonzero(vi == 0)
+    assert len(clean) == 20 and len(views) == 2 * int(np.isin(split[clean], (0, 1)).sum())
+    assert (split[views] == split[src[views]]).all() and (lab[views] == lab[src[views]]).all()
+    assert not (split[views] == 2).any()                                    # no test photograph ever trains
+    assert (s.read("path")[views] == s.read("path")[src[views]]).all()
+    names = s.read("view")
+    assert all(names[views]) and not any(names[clean])                      # every view row names its view
+    assert (s.status() == DONE).all() and s.summary()["view_rows"] == len(views)
+
+
+def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
+    _run(data, tmp_path / "a.zarr")
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)                                            # same bytes, other paths
+    _run(moved, tmp_path / "b.zarr")
+    a, b = FeatureStore.open(tmp_path / "a.zarr"), FeatureStore.open(tmp_path / "b.zarr")
+    assert (a.read("view") == b.read("view")).all()
+    for name in ("latents", "spectra", "latent0"):
+        np.testing.assert_array_equal(a.read(name), b.read(name))
+
+
+def test_an_interrupted_view_run_resumes_to_the_same_store(data, tmp_path):
+    _run(data, tmp_path / "s.zarr")
+    ref = {n: FeatureStore.open(tmp_path / "s.zarr").read(n) for n in ("latents", "view", "sha256")}
+    g = FeatureStore.open(tmp_path / "s.zarr", mode="r+").group
+    n = g["status"].shape[0]
+    g["status"][n - 12:] = PENDING                                          # the last chunks never finished
+    g["latents"][n - 12:] = np.nan
+    g["view"][n - 12:] = ""
+    rep = _run(data, tmp_path / "s.zarr")
+    assert rep.processed >= 12 and rep.already_done > 0
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    for k, v in ref.items():
+        np.testing.assert_array_equal(s.read(k), v)
+
+
+def test_another_policy_or_view_count_is_another_store(data, tmp_path):
+    from leakstore.errors import ConfigMismatchError
+    _run(data, tmp_path / "s.zarr")
+    with pytest.raises(ConfigMismatchError, match="another list of images"):
+        _run(data, tmp_path / "s.zarr", views=3)
+    with pytest.raises(ConfigMismatchError, match="another list of images"):
+        _run(data, tmp_path / "s.zarr", view_policy="jpeg:60-90")
+
+
+def _planted(root: Path, n: int, seed: int) -> Path:
+    """Per-image colour casts; gen adds a strong 2-pixel checkerboard (heavy JPEG wipes it) and a
+    weak red tint (JPEG keeps it): clean training can lean on the checkerboard alone."""
+    rng = np.random.default_rng(seed)
+    for cls in ("real", "gen"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = 128 + rng.normal(0, 6, (64, 64, 3)) + rng.normal(0, 8, 3)
+            if cls == "gen":
+                a += 24.0 * ((np.indices((64, 64)).sum(0) % 2) * 2 - 1)[..., None]
+                a[..., 0] += 8.0
+            Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(root / cls / f"{i:03d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
+    from model.config import ModelConfig
+    from model.train import train
+    from pipelines.evaluate import evaluate
+    data = _planted(tmp_path / "data", 40, 0)
+    unseen = _planted(tmp_path / "unseen", 30, 1)                           # independent images to measure on
+    featurize(unseen, tmp_path / "jpeg.zarr", view="jpeg:10",
+              opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8), **OPTS)
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=12, batch_size=16, renoise=False, view_prob=0.5)
+    acc = {}
+    for views in (0, 2):
+        store = tmp_path / f"s{views}.zarr"
+        _run(data, store, views=views, view_policy="jpeg:5-15")
+        train(store, tmp_path / f"run{views}", cfg, progress=False)
+        m = evaluate(tmp_path / f"run{views}", [str(tmp_path / "jpeg.zarr")], tmp_path / f"ev{views}", split="all")
+        acc[views] = m["robustness"][0]["top1"]
+    assert acc[2] > 0.9 and acc[2] > acc[0] + 0.08, acc                      # clean training leaned on the fragile cue
