@@ -19,6 +19,9 @@ from leakstore.errors import ImageDecodeError
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: larger is treated as a decompression bomb
+# --max-pixels is the one limit: PIL's own (which raises above 2 x 89.5 Mpx, whatever --max-pixels says)
+# is switched off, and decode_image checks the header's size before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "lanczos": Image.Resampling.LANCZOS}
 
@@ -83,7 +86,8 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(path, f"{w}x{h} px exceeds the {max_pixels:,} px limit (decompression-bomb "
-                                             "guard): downscale it first or raise --max-pixels")
+                                             f"guard; decoding it would take ~{4 * w * h / 1e9:.1f} GB): downscale "
+                                             "it first, or raise --max-pixels if this machine has the memory")
             img.load()
             img = ImageOps.exif_transpose(img)
             arr = _to_rgb8(img, path)

@@ -105,10 +105,11 @@ class ImageRows(Dataset):
             img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
             eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
             return row, img, eps, sha, "", view
+        # a failed row keeps no hash: the store records nothing about a file that is not a usable image
         except ImageDecodeError as e:
-            return row, None, None, sha, e.reason, view
+            return row, None, None, "", e.reason, view
         except Exception as e:  # an unexpected failure is still one row's failure, with its reason
-            return row, None, None, sha, f"unexpected {type(e).__name__}: {e}", view
+            return row, None, None, "", f"unexpected {type(e).__name__}: {e}", view
 
 
 def collate(items):
@@ -283,6 +284,9 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     device = resolve_device(opts.device)
     if encoder.identity != cfg.vae:
         raise LeakstoreError("internal: the encoder's identity differs from the config's VAE")
+    for name, low in (("batch_size", 0), ("chunk_size", 1), ("workers", -1), ("max_pixels", 1)):
+        if getattr(opts, name) < low:
+            raise LeakstoreError(f"--{name.replace('_', '-')} {getattr(opts, name)} must be at least {low}")
     i, n = opts.shard
     if not 0 <= i < n:
         raise LeakstoreError(f"--shard {i}/{n}: the shard index must lie in [0, {n - 1}]")

@@ -258,15 +258,42 @@ def _hub_error(source: str, cause: Exception) -> WeightsNotFoundError:
         f"--vae takes {vae_choices()}")
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """The hub's host when it cannot be reached (offline, HF_HUB_OFFLINE, no route), else None."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    host = urlparse(constants.ENDPOINT)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return f"{host.hostname} (HF_HUB_OFFLINE is set)"
+    try:
+        socket.create_connection((host.hostname, host.port or (443 if host.scheme == "https" else 80)), timeout).close()
+        return None
+    except OSError:
+        return host.hostname
+
+
 def _load_hub_or_folder(source: str, subfolder: str, preset: VAEPreset | None, local_only: bool):
+    import warnings
+
     import diffusers
     kw = {"subfolder": subfolder or None}
     try:
         try:
-            cfg = diffusers.AutoencoderKL.load_config(source, local_files_only=True, **kw)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cfg = diffusers.AutoencoderKL.load_config(source, local_files_only=True, **kw)
         except Exception:
             if local_only:
                 raise
+            host = None if Path(source).exists() else _hub_unreachable()
+            if host:   # say so at once, instead of minutes of retries and a misleading cause
+                raise WeightsNotFoundError(
+                    f"VAE {source!r} is not in the local Hugging Face cache and {host} cannot be reached (offline?): "
+                    f"download it once where there is network (huggingface-cli download {source}), or pass a local "
+                    f"folder or weights file. --vae takes {vae_choices()}") from None
             cfg = diffusers.AutoencoderKL.load_config(source, **kw)
         cls_name = cfg.get("_class_name", preset.diffusers_class if preset else "AutoencoderKL")
         if cls_name not in ALLOWED_CLASSES:
@@ -347,12 +374,12 @@ def _sibling_decoder(path: Path) -> Path:
     """taef2_encoder.pth -> taef2_decoder.pth (the TAESD family ships its halves side by side)."""
     if "encoder" not in path.name:
         raise WeightsNotFoundError(f"{path}: cannot tell where its decoder is (no 'encoder' in the file name); "
-                                   "put NAME_decoder.pth beside NAME_encoder.pth, or drop --residual")
+                                   "put NAME_decoder.pth beside NAME_encoder.pth, or pass --no-residual")
     head, _, tail = path.name.rpartition("encoder")
     found = path.with_name(head + "decoder" + tail)
     if not found.is_file():
         raise WeightsNotFoundError(f"the residual feature needs the decoder {found} beside {path.name}: put it "
-                                   "there, or drop --residual")
+                                   "there, or pass --no-residual (latents only: weaker, see README)")
     return found
 
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from leakstore.errors import InputError, LeakstoreError
+from leakstore.errors import InputError, Interrupted, LeakstoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attribute AI-generated images to their generator from diffusion signal leaks.")
@@ -46,6 +47,21 @@ def _fail(e: Exception, code: int = 2):
     raise typer.Exit(code)
 
 
+@contextmanager
+def _guard(on_interrupt: str):
+    """One line, no traceback: a LeakstoreError exits 2; Ctrl-C exits 130 saying what was kept."""
+    try:
+        yield
+    except Interrupted as e:
+        typer.echo(f"{e}", err=True)
+        raise typer.Exit(130)
+    except LeakstoreError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {on_interrupt}", err=True)
+        raise typer.Exit(130)
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
@@ -74,48 +90,48 @@ def _print_report(rep, as_json: bool) -> None:
 
 @app.command()
 def featurize(
-    data: Annotated[Path, typer.Argument(help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json.")],
-    store: Annotated[Path, typer.Argument(help="Output Zarr store (a folder).")],
-    vae: Annotated[str, typer.Option(help="Preset, 'demo', hub id, local diffusers folder or weights file.")] = "sd21",
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json.")],
+    store: Annotated[Path, typer.Argument(metavar="STORE", help="Output Zarr store (a folder).")],
+    vae: Annotated[str, typer.Option(help="Preset (sd15, sd21, sdxl, sd3, flux1, flux2, taesd, taesdxl, taesd3, taef1, taef2), 'demo' (built-in random encoder), a hub id, a local diffusers folder or a weights file.")] = "sd21",
     vae_subfolder: Annotated[str, typer.Option(help="Subfolder of a hub id or folder holding the VAE.")] = "",
     scaling_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent scaling factor.")] = None,
     shift_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent shift factor.")] = None,
     timesteps: Annotated[str, typer.Option(help="Forward-diffusion timesteps, comma-separated.")] = "0,50,100,200,400",
-    resolution: Annotated[int, typer.Option(help="Square input side in pixels.")] = 256,
+    resolution: Annotated[int, typer.Option(min=16, help="Square input side in pixels.")] = 256,
     resize_policy: Annotated[ResizePolicy, typer.Option(help="How images reach the resolution.")] = ResizePolicy.shorter_crop,
     schedule: Annotated[Schedule, typer.Option(help="Beta schedule (SD: scaled_linear; the reference code: linear).")] = Schedule.scaled_linear,
-    beta_start: Annotated[float, typer.Option()] = 0.00085,
-    beta_end: Annotated[float, typer.Option()] = 0.012,
-    sigma_normalize: Annotated[bool, typer.Option(help="Divide z_t by sigma_t, as the reference's option.")] = False,
-    fft_size: Annotated[int, typer.Option(help="Keep the lowest k x k FFT frequencies.")] = 8,
-    residual: Annotated[bool, typer.Option(help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; ~3x the featurize cost, see README).")] = False,
-    residual_bins: Annotated[int, typer.Option(help="Radial frequency bins of the residual's power spectrum.")] = 12,
+    beta_start: Annotated[float, typer.Option(min=0.0, max=1.0, help="First beta of the noise schedule.")] = 0.00085,
+    beta_end: Annotated[float, typer.Option(min=0.0, max=1.0, help="Last beta of the noise schedule.")] = 0.012,
+    sigma_normalize: Annotated[bool, typer.Option(metavar="", help="Divide z_t by sigma_t, as the reference's option.")] = False,
+    fft_size: Annotated[int, typer.Option(min=1, help="Keep the lowest k x k FFT frequencies.")] = 8,
+    residual: Annotated[bool, typer.Option(metavar="", help="Also store the reconstruction residual x - D(E(x)): needs the VAE's decoder and costs ~3x the featurize time, and adds ~6 points of closed-set AUC and ~8 of open-set AUROC (README). --no-residual: latents only.")] = True,
+    residual_bins: Annotated[int, typer.Option(min=1, max=64, help="Radial frequency bins of the residual's power spectrum.")] = 12,
     seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
-    view: Annotated[Optional[list[str]], typer.Option(help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
-    train_views: Annotated[int, typer.Option(help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
+    view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
+    train_views: Annotated[int, typer.Option(min=0, max=64, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
     view_policy: Annotated[str, typer.Option(help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02",
     real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
-    min_side: Annotated[int, typer.Option(help="Images with a shorter side below this fail.")] = 32,
-    max_pixels: Annotated[int, typer.Option(help="Larger images fail (decompression-bomb guard).")] = 1 << 27,
+    min_side: Annotated[int, typer.Option(min=1, help="Images with a shorter side below this fail.")] = 32,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Images with more pixels fail, before decoding (decompression-bomb guard; PIL's own limit follows it). A 10,000 x 10,000 RGB image needs ~300 MB to decode.")] = 1 << 27,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = Precision.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = 0,
-    workers: Annotated[int, typer.Option(help="Decode processes (-1: auto).")] = -1,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the encoder (default: on CUDA).")] = None,
+    batch_size: Annotated[int, typer.Option(min=0, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = 0,
+    workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto, 0: decode in the main process).")] = -1,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help="torch.compile the encoder (default: on CUDA).")] = None,
     compile_mode: Annotated[str, typer.Option(help="torch.compile mode; max-autotune-no-cudagraphs is ~23% faster on an H100 but compiles for ~5 min (cached on disk afterwards).")] = "default",
-    chunk_size: Annotated[int, typer.Option(help="Images per Zarr chunk (the unit of writing and resuming).")] = 256,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Images per Zarr chunk (the unit of writing and resuming).")] = 256,
     codec: Annotated[Codec, typer.Option(help="Blosc codec for the float arrays.")] = Codec.zstd1,
     shard: Annotated[str, typer.Option(help="i/n: this process fills chunks k with k % n == i.")] = "0/1",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store made with another config.")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit with code 1 when any image failed.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    overwrite: Annotated[bool, typer.Option(metavar="", help="Replace an existing store made with another config.")] = False,
+    strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any image failed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the run report as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
 ):
     """Featurize images once: VAE latents, forward diffusion, FFT spectra (and with --residual the
     reconstruction residual) -> a chunked Zarr store.
 
     Rerun the same command to resume an interrupted run."""
-    try:
+    with _guard("finished chunks are in the store; rerun the same command to resume"):
         from featurize.api import featurize as run, parse_timesteps
         from featurize.runner import RunOptions
         from leakstore.config import ScheduleConfig
@@ -130,8 +146,6 @@ def featurize(
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
                   precision=None if precision == Precision.auto else precision.value,
                   residual_bins=residual_bins if residual else 0, device=device)
-    except LeakstoreError as e:
-        _fail(e)
     _print_report(rep, as_json)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
@@ -139,12 +153,12 @@ def featurize(
 
 @app.command()
 def inspect(
-    store: Annotated[Path, typer.Argument(help="A featurized store.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    failures: Annotated[bool, typer.Option(help="List every failed row.")] = False,
+    store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store.")],
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
+    failures: Annotated[bool, typer.Option(metavar="", help="List every failed row.")] = False,
 ):
     """Summarise a store: config, counts per class and split, failures."""
-    try:
+    with _guard("nothing was changed"):
         from leakstore.store import FAILED, FeatureStore
         s = FeatureStore.open(store)
         d = s.summary()
@@ -153,8 +167,6 @@ def inspect(
             rows = [int(r) for r in (st == FAILED).nonzero()[0]]
             errs, paths = s.read("error"), s.read("path")
             d["failures"] = [{"row": r, "path": str(paths[r]), "error": str(errs[r])} for r in rows]
-    except LeakstoreError as e:
-        _fail(e)
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
@@ -220,45 +232,44 @@ class Scorer(str, Enum):
 
 @app.command()
 def train(
-    store: Annotated[Path, typer.Argument(help="A featurized store.")],
+    store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory for the model.")],
-    unknown_labels: Annotated[Optional[list[str]], typer.Option(help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    lr: Annotated[float, typer.Option()] = 3e-4,
-    backbone: Annotated[Backbone, typer.Option()] = Backbone.cnn,
-    temporal: Annotated[Temporal, typer.Option()] = Temporal.attention,
-    embed_dim: Annotated[int, typer.Option()] = 128,
-    width: Annotated[int, typer.Option(help="Backbone width.")] = 64,
-    protos_per_class: Annotated[int, typer.Option()] = 6,
+    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (training stops earlier after --patience epochs without validation gain).")] = 30,
+    patience: Annotated[int, typer.Option(min=1, help="Early stopping: stop after this many epochs without a better validation macro AUC.")] = 6,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate.")] = 3e-4,
+    backbone: Annotated[Backbone, typer.Option(help="Per-timestep backbone: small CNN, ResNet-18 layout, or latent-patch transformer.")] = Backbone.cnn,
+    temporal: Annotated[Temporal, typer.Option(help="Pooling over timesteps: attention pooling (the reference) or a transformer block first.")] = Temporal.attention,
+    embed_dim: Annotated[int, typer.Option(min=4, help="Embedding size (a multiple of 4).")] = 128,
+    width: Annotated[int, typer.Option(min=1, help="Backbone width.")] = 64,
+    protos_per_class: Annotated[int, typer.Option(min=1, help="Prototypes per class in the head.")] = 6,
     scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
     open_scorer: Annotated[OpenScorer, typer.Option(help="Open-set scorer for 'unknown generator' (see README, Open set; "
                                                          "compare them with leakstore openset-study).")] = OpenScorer.fused,
-    renoise: Annotated[bool, typer.Option(help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
-    residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
-    view_prob: Annotated[float, typer.Option(help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views).")] = 0.5,
-    false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images the unknown threshold may reject.")] = 0.05,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option()] = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a model already in --out.")] = False,
-    progress: Annotated[bool, typer.Option()] = True,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
+    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
+    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views).")] = 0.5,
+    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(metavar="", help="Replace a model already in --out.")] = False,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the training summary as JSON.")] = False,
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
-    try:
+    with _guard("the last finished epoch is saved; rerun the same command with --resume to continue"):
         from model.config import ModelConfig
         from model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
-                          protos_per_class=protos_per_class, lr=lr, epochs=epochs, batch_size=batch_size,
+                          protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, scorer=scorer.value, open_scorer=open_scorer.value,
                           view_prob=view_prob,
                           false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json)
-    except LeakstoreError as e:
-        _fail(e)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
@@ -273,28 +284,26 @@ def train(
 
 @app.command("openset-study")
 def openset_study(
-    store: Annotated[Path, typer.Argument(help="A featurized store with at least three known classes.")],
+    store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store with at least three known classes.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (folds are kept there: a rerun resumes).")],
-    epochs: Annotated[int, typer.Option(help="Training epochs per fold (a short schedule).")] = 10,
-    generators: Annotated[Optional[list[str]], typer.Option(help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
-    unknown_labels: Annotated[Optional[list[str]], typer.Option(help="Classes held out of every fold as well.")] = None,
-    residual: Annotated[bool, typer.Option(help="Use the store's reconstruction residual when it has one.")] = True,
-    false_unknown_rate: Annotated[float, typer.Option(help="Share of known validation images each threshold may reject.")] = 0.05,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")] = 10,
+    generators: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
+    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
+    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
+    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Leave-one-generator-out: train without each generator in turn and measure how well every
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
-    try:
+    with _guard("finished folds are kept in --out; rerun the same command to resume"):
         from model.config import ModelConfig
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json)
-    except LeakstoreError as e:
-        _fail(e)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -308,19 +317,17 @@ def openset_study(
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A trained model directory.")],
-    stores: Annotated[list[Path], typer.Argument(help="One or more stores (e.g. post-processing views).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
+    stores: Annotated[list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate: test, val, train or all.")] = "test",
-    device: Annotated[str, typer.Option()] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda for the model.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
-    try:
+    with _guard("rerun the command (the stores are unchanged)"):
         from pipelines.evaluate import evaluate as run
         s = run(run_dir, [str(x) for x in stores], out, device=device, split=split)
-    except LeakstoreError as e:
-        _fail(e)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -329,23 +336,21 @@ def evaluate(
 
 @app.command()
 def sweep(
-    run_dir: Annotated[Path, typer.Argument(help="A trained model directory.")],
-    data: Annotated[Optional[Path], typer.Argument(help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
+    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
     views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = "jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (for featurizing).")] = "auto",
-    workers: Annotated[int, typer.Option(help="Decode processes (-1: auto).")] = -1,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto).")] = -1,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Robustness in one command: featurize the test split under each view with the model's own
     featurize config, evaluate, and write the robustness table, curve and report."""
-    try:
+    with _guard("featurized views are kept in --out; rerun the same command to resume"):
         from pipelines.sweep import sweep as run
         s = run(run_dir, data, [v for v in views.split(",") if v.strip()], out, device=device, workers=workers,
                 progress=progress and not as_json)
-    except LeakstoreError as e:
-        _fail(e)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -364,22 +369,20 @@ def _print_robustness(s: dict) -> None:
 
 @app.command()
 def score(
-    run_dir: Annotated[Path, typer.Argument(help="A trained model directory.")],
-    inputs: Annotated[str, typer.Argument(help="A featurized store, a folder, a manifest, a glob or an image.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
+    inputs: Annotated[str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")],
     out: Annotated[Path, typer.Option(help="Parquet file for the predictions.")] = Path("predictions.parquet"),
     workers: Annotated[Optional[int], typer.Option(help="Local dask workers (default: one per core).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda on the workers.")] = "cpu",
-    progress: Annotated[bool, typer.Option()] = True,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
-    try:
+    with _guard("rerun the same command to finish"):
         from pipelines.score import score as run, summarise
         df = run(run_dir, inputs, out, workers=workers, scheduler=scheduler, device=device,
                  progress=progress and not as_json)
-    except LeakstoreError as e:
-        _fail(e)
     from model.checkpoint import load_bundle
     s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
@@ -398,25 +401,26 @@ def score(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder.")] = Path("leakstore-demo"),
-    photos: Annotated[int, typer.Option(help="Synthetic scenes (each rendered by every generator).")] = 300,
-    epochs: Annotated[int, typer.Option()] = 40,
-    workers: Annotated[int, typer.Option(help="dask workers for the scoring step.")] = 2,
+    photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = 300,
+    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = 40,
+    workers: Annotated[int, typer.Option(min=1, help="dask workers for the scoring step.")] = 2,
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
-    try:
+    with _guard("rerun leakstore demo"):
         from pipelines.demo import run_demo
         r = run_demo(out, n_photos=photos, epochs=epochs, workers=workers)
-    except LeakstoreError as e:
-        _fail(e)
     typer.echo(f"\ndemo done in {r['seconds']} s, encoder: {r['encoder']}")
     typer.echo(f"  closed-set macro AUC {r['closed_macro_auc']:.3f}, top-1 {r['closed_top1']:.3f}; "
                f"open-set AUROC (unseen generator) {r['open_auroc']:.3f}")
     typer.echo(f"  scored {r['scored']['rows']} images with dask: {r['scored']['predicted']}")
     typer.echo(f"  report: {r['report']}\n  predictions: {r['predictions']}")
+    typer.echo(f"next: open the report in a browser; score images of your own with\n"
+               f"  leakstore score {out / 'model'} FOLDER --out predictions.parquet\n"
+               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21 --residual; README).")
 
 
 @app.command()
-def env(as_json: Annotated[bool, typer.Option("--json")] = False):
+def env(as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False):
     """Versions, devices and xformers status, for bug reports."""
     from leakstore.envinfo import collect
     info = collect()

@@ -151,23 +151,30 @@ def from_fields(cls, d: dict[str, Any], what: str, **extra):
     return cls(**d, **extra)
 
 
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two config dicts: ["timesteps: [0, 50] != [0, 100]", ...]."""
+def config_diff(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences: ["timesteps: [0, 50] here, [0, 100] expected", ...], whole values."""
     out = []
-    for k in sorted(set(a) | set(b)):
+    for k in sorted(set(expected) | set(found)):
         if k in _UNHASHED and not prefix:
             continue
-        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.extend(config_diff(va, vb, f"{prefix}{k}."))
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} != {vb!r}")
+        ve, vf = expected.get(k, "<absent>"), found.get(k, "<absent>")
+        if isinstance(ve, dict) and isinstance(vf, dict):
+            out.extend(config_diff(ve, vf, f"{prefix}{k}."))
+        elif ve != vf:
+            out.append(f"{prefix}{k}: {vf!r} here, {ve!r} expected")
     return out
 
 
-def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str, ignore: tuple[str, ...] = ()) -> None:
-    """Raise ConfigMismatchError naming every differing field when two configs' features differ.
-    `ignore` names fields allowed to differ (evaluation across post-processing views ignores "view")."""
+STORE_ADVICE = "Featurize into a new store, or pass --overwrite to replace this one."
+MODEL_ADVICE = ("Featurize these images again with the model's featurize config (leakstore inspect shows both; "
+                "leakstore sweep does it for test images).")
+
+
+def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str, ignore: tuple[str, ...] = (),
+                     advice: str = MODEL_ADVICE) -> None:
+    """Raise ConfigMismatchError naming every differing field (its value in `what`, and the expected
+    one) when two configs' features differ. `ignore` names fields allowed to differ (evaluation
+    across post-processing views ignores "view")."""
     if expected.hash == found.hash:
         return
     a = {k: v for k, v in expected.identity().items() if k not in ignore}
@@ -175,7 +182,5 @@ def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: st
     diffs = config_diff(a, b)
     if not diffs:
         return
-    raise ConfigMismatchError(
-        f"{what} was featurized with another config ({found.hash} != {expected.hash}): "
-        + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
-        + ". Featurize the images again with the expected config, or pass --overwrite to replace the store.")
+    raise ConfigMismatchError(f"{what} was featurized with another config (its hash {found.hash}, expected "
+                              f"{expected.hash}): " + "; ".join(diffs) + ". " + advice)

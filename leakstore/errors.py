@@ -29,3 +29,7 @@ class WeightsNotFoundError(LeakstoreError):
 
 class InputError(LeakstoreError):
     """A data set, manifest or option is malformed."""
+
+
+class Interrupted(LeakstoreError):
+    """Ctrl-C: the message says what was kept and how to continue (the CLI exits with 130)."""

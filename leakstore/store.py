@@ -33,7 +33,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 import leakstore
-from leakstore.config import FeaturizeConfig, check_compatible
+from leakstore.config import STORE_ADVICE, FeaturizeConfig, check_compatible
 from leakstore.errors import ConfigMismatchError, InputError, StoreError
 from leakstore.features import FeatureBatch, features_for
 
@@ -234,7 +234,7 @@ class FeatureStore:
         }))
 
     def check_matches(self, cfg: FeaturizeConfig, catalog: Catalog | None = None) -> None:
-        check_compatible(cfg, self.config, f"store {self.path}")
+        check_compatible(cfg, self.config, f"store {self.path}", advice=STORE_ADVICE)
         if catalog is not None and catalog.fingerprint != self.attrs.get("catalog_fingerprint"):
             raise ConfigMismatchError(
                 f"store {self.path} was created for another list of images (catalog "

@@ -147,23 +147,53 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
     tmp.replace(run_dir / "model.json")
 
 
+def _broken(path: Path, e: Exception) -> LeakstoreError:
+    why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return LeakstoreError(f"{path} is unreadable or incomplete ({type(e).__name__}: {why}): the run directory is "
+                          f"damaged; train again into a new --out (or restore the file from a copy)")
+
+
 def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
     run_dir = Path(run_dir)
-    if not (run_dir / "model.json").is_file():
-        raise LeakstoreError(f"{run_dir} holds no trained model (model.json): run `leakstore train STORE --out {run_dir}`")
-    meta = json.loads((run_dir / "model.json").read_text())
+    meta_path = run_dir / "model.json"
+    if not meta_path.is_file():
+        hint = " (an interrupted training: rerun it with --resume)" if (run_dir / "train_state.json").is_file() else ""
+        raise LeakstoreError(f"{run_dir} holds no trained model (model.json){hint}: "
+                             f"run `leakstore train STORE --out {run_dir}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise _broken(meta_path, e) from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise LeakstoreError(f"{run_dir}/model.json is not a leakstore model of version {VERSION}")
-    cfg = ModelConfig.from_dict(meta["model_config"])
-    fcfg = FeaturizeConfig.from_dict(meta["featurize_config"])
-    net = build_net(cfg, fcfg, len(meta["class_names"]))
-    net.load_state_dict(t_load(str(run_dir / "model.safetensors")))
+        raise LeakstoreError(f"{meta_path} is not a leakstore model of version {VERSION}")
+    try:
+        cfg = ModelConfig.from_dict(meta["model_config"])
+        fcfg = FeaturizeConfig.from_dict(meta["featurize_config"])
+        classes = list(meta["class_names"])
+    except LeakstoreError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise _broken(meta_path, e) from None
+    net = build_net(cfg, fcfg, len(classes))
+    weights = run_dir / "model.safetensors"
+    try:
+        net.load_state_dict(t_load(str(weights)))
+    except Exception as e:  # missing, empty, truncated, corrupt or from another model: never a traceback
+        raise _broken(weights, e) from None
     net.to(device).eval()
-    arrays = np_load(str(run_dir / "scorers.safetensors")) if (run_dir / "scorers.safetensors").exists() else {}
+    scorers = run_dir / "scorers.safetensors"
     sm = meta.get("scorers", {})
-    closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
-    opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
-    return Bundle(net, cfg, fcfg, meta["class_names"], meta, closed, opn)
+    try:
+        arrays = np_load(str(scorers)) if sm else {}
+        closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
+        opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
+    except LeakstoreError:
+        raise
+    except Exception as e:
+        raise _broken(scorers, e) from None
+    return Bundle(net, cfg, fcfg, classes, meta, closed, opn)
 
 
 # ---------------------------------------------------------------------------- resume state

@@ -60,6 +60,11 @@ class ModelConfig:
             raise InputError("time_dropout must lie in [0, 1)")
         if not 0 <= self.view_prob <= 1:
             raise InputError(f"--view-prob {self.view_prob} must lie in [0, 1]")
+        for name in ("epochs", "batch_size", "protos_per_class", "patience", "width"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if not 0 < self.false_unknown_rate < 1:
+            raise InputError(f"--false-unknown-rate {self.false_unknown_rate} must lie in (0, 1), e.g. 0.05")
 
     def uses(self, feature: str) -> bool:
         """Whether the model reads `feature` when the store has it (use_<feature>, default True)."""

@@ -221,11 +221,6 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
         check_compatible(expect, fcfg, f"store {store_path}")
     if (out_dir / "model.json").exists() and not (resume or overwrite):
         raise InputError(f"{out_dir} already holds a model: pass --resume to continue it or --overwrite to replace it")
-    if resume and (out_dir / "model.json").exists():
-        prev = json.loads((out_dir / "model.json").read_text())
-        if prev.get("featurize_hash") != fcfg.hash:
-            raise ConfigMismatchError(f"{out_dir} was trained on features {prev.get('featurize_hash')}, the store has "
-                                      f"{fcfg.hash}: train into a new --out")
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -244,9 +239,13 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     dfeats = _to_device(feats, dev)
     noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed) if dev.type == "cuda" else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # what a resume must match: the features, the list of images and the classes the run started on
+    origin = {"featurize_hash": fcfg.hash, "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
+              "classes": known, "model_config": {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "patience")}}
     state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
-             "best_epoch": -1, "bad_epochs": 0, "history": []}
+             "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin}
     if resume and (out_dir / "train_state.json").exists():
+        _check_resume(out_dir, origin, store)
         state = load_train_state(out_dir, net, opt)
         gen.manual_seed(cfg.seed + 1000 * state["epoch"])
         if noise_gen is not None:
@@ -282,6 +281,23 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
                    list(unknown_labels), len(clean))
 
 
+def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
+    """Refuse, in one line, to continue a run on other features, images, classes or settings."""
+    try:
+        prev = json.loads((out_dir / "train_state.json").read_text()).get("origin")
+    except (OSError, ValueError):
+        prev = None
+    if prev is None:
+        raise ConfigMismatchError(f"{out_dir}: its training state does not record which store it was trained on "
+                                  "(written by an older leakstore or damaged): train into a new --out")
+    what = {"featurize_hash": "features (featurize config)", "catalog_fingerprint": "list of images",
+            "classes": "known classes (--unknown-labels)", "model_config": "model settings"}
+    diff = [what[k] for k in what if prev.get(k) != origin[k]]
+    if diff:
+        raise ConfigMismatchError(f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "
+                                  "run's; resume with the same store and options, or train into a new --out")
+
+
 def _rows_of(blocks: dict, mask: np.ndarray) -> dict:
     return {k: (None if v is None else v[mask]) for k, v in blocks.items()}
 
@@ -307,7 +323,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "train_seconds": round(train_seconds, 2),
-               "samples_per_s": round(epoch_rows * max(1, len(state["history"])) / max(train_seconds, 1e-9), 1),
+               "samples_per_s": round(epoch_rows * len(state["history"])
+                                      / max(sum(h["seconds"] for h in state["history"]), 1e-9), 1),
                "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),

@@ -90,7 +90,7 @@ def run_demo(out: Path, *, n_photos: int = 300, epochs: int = 40, workers: int =
     rep = featurize(manifest, out / "features.zarr", vae="demo", resolution=64, timesteps=(0, 100, 300), fft_size=4,
                     opts=RunOptions(device="cpu", workers=0, progress=progress, overwrite=True, chunk_size=64))
     say(f"[3/5] training (unseen generator held out: {UNSEEN})")
-    cfg = ModelConfig(width=32, embed_dim=64, epochs=epochs, patience=epochs, batch_size=32, lr=1e-3)
+    cfg = ModelConfig(width=32, embed_dim=64, epochs=epochs, patience=4, batch_size=32, lr=1e-3)  # stops once learned
     tr = train(out / "features.zarr", out / "model", cfg, unknown_labels=[UNSEEN], device="cpu", overwrite=True,
                progress=progress)
     say("[4/5] evaluating on the test split")

@@ -87,20 +87,24 @@ def plot_open_scores(path, known_score, unknown: dict, threshold, scorer: str):
     plt.close(fig)
 
 
-def plot_embedding(path, emb, y, unknown, names, protos=None):
+def plot_embedding(path, emb, y, unknown, names, protos=None, proto_class=None):
+    """PCA map of the gated embeddings; each class's prototypes as stars in the class's colour."""
     plt = _plt()
     mu = emb.mean(0)
     _, _, vt = np.linalg.svd(emb - mu, full_matrices=False)
     p2 = (emb - mu) @ vt[:2].T
     fig, ax = plt.subplots(figsize=(7, 6))
+    colour = lambda c: f"C{c % 10}"  # noqa: E731
     for c, n in enumerate(names):
         m = y == c
-        ax.scatter(p2[m, 0], p2[m, 1], s=8, alpha=.6, label=n)
+        ax.scatter(p2[m, 0], p2[m, 1], s=8, alpha=.6, label=n, color=colour(c))
     if unknown.any():
         ax.scatter(p2[unknown, 0], p2[unknown, 1], s=10, marker="x", c="k", alpha=.5, label="unknown")
     if protos is not None:
         q = (protos - mu) @ vt[:2].T
-        ax.scatter(q[:, 0], q[:, 1], s=90, marker="*", c="red", edgecolor="k", label="prototypes")
+        cls = np.zeros(len(q), int) if proto_class is None else np.asarray(proto_class)
+        ax.scatter(q[:, 0], q[:, 1], s=110, marker="*", c=[colour(c) for c in cls], edgecolor="k", linewidths=.8,
+                   label="prototypes (class colour)")
     ax.set(title="embedding map (PCA of gated embeddings)", xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
@@ -123,12 +127,17 @@ def plot_attention(path, att, y, names, timesteps):
 
 
 def plot_robustness(path, rows):
+    """Metrics across post-processing views: lines over the views, or bars for a single view."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
     x = np.arange(len(rows))
-    for key, label in (("macro_auc", "closed-set macro AUC"), ("top1", "top-1"), ("open_auroc", "open-set AUROC")):
+    metrics = (("macro_auc", "closed-set macro AUC"), ("top1", "top-1"), ("open_auroc", "open-set AUROC"))
+    for i, (key, label) in enumerate(metrics):
         vals = [np.nan if r[key] is None else r[key] for r in rows]
-        ax.plot(x, vals, marker="o", label=label)
+        if len(rows) == 1:
+            ax.bar(x + (i - 1) * 0.25, vals, width=0.24, label=label)
+        else:
+            ax.plot(x, vals, marker="o", label=label)
     ax.set_xticks(x, [r["view"] for r in rows], rotation=30, ha="right")
     ax.set(ylim=(0, 1.02), title="robustness to post-processing")
     ax.grid(alpha=.3)
@@ -152,7 +161,8 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     scale = torch.as_tensor(np.sqrt(ex["g"].mean(0)), dtype=torch.float32)
     protos = (bundle.net.prototypes.detach() * scale).reshape(-1, ex["embedding"].shape[1])
     mask = bundle.net.proto_mask.reshape(-1).bool()
-    plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy())
+    proto_class = np.repeat(np.arange(len(names)), bundle.net.proto_mask.shape[1])[mask.numpy()]
+    plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy(), proto_class)
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
     plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))

@@ -10,6 +10,7 @@ are recomputed elsewhere: no row is lost or written twice.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.datasets import list_inputs
+from leakstore.errors import InputError, Interrupted
 
 _PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -114,43 +116,141 @@ def _image_part(part, run_dir, device):
     return score_image_paths(run_dir, part[1], part[0], device)
 
 
+def check_out(out: Path) -> None:
+    """Fail before any work when the predictions could not be written."""
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory: give a file name, e.g. {out / 'predictions.parquet'}")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create {parent} ({e.strerror}); choose a writable place") from None
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"--out {out}: {parent} is not writable; choose a writable place")
+
+
+def _job(run_dir: str, inp, part: int) -> dict:
+    """What a set of finished partitions belongs to: the model, the input, the partitioning."""
+    import hashlib
+    model = Path(run_dir) / "model.json"
+    key = {"model": str(Path(run_dir).resolve()), "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+           "partition": part}
+    if is_store(inp):
+        from leakstore.store import FeatureStore
+        st = FeatureStore.open(inp)
+        key["input"] = {"store": str(Path(inp).resolve()), "store_id": st.attrs.get("store_id"), "n": st.n}
+    else:
+        key["input"] = {"paths_sha256": hashlib.sha256("\0".join(inp).encode()).hexdigest(), "n": len(inp)}
+    return key
+
+
+class ScoringInterrupted(Interrupted):
+    """Ctrl-C during `score`: finished partitions are kept for the rerun."""
+
+
 def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,
           device: str = "cpu", progress: bool = True, client=None) -> pd.DataFrame:
-    """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`."""
-    from distributed import Client, progress as dask_progress
+    """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`.
+
+    With `out`, each partition is written to OUT.parts/ as it finishes, so an interrupted job rerun
+    with the same model and input computes only what is missing; the parts become one file at the end."""
+    from leakstore.predictor import Predictor
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_out(out)
+    Predictor.load(run_dir)                          # a broken or missing model fails here, before any cluster
+    if not is_store(inp):
+        inp = list_inputs(inp)                       # listed once, here
     own = client is None
     cluster = None
     if own:
-        if scheduler:
-            client = Client(scheduler)
-        else:
-            n = workers or max(1, (os.cpu_count() or 2))
-            cluster = local_cluster(n)
-            client = Client(cluster)
+        client, cluster = _client(scheduler, workers)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        if not is_store(inp):
-            inp = list_inputs(inp)  # listed once, here
-        # image partitions: at most PARTITION_IMAGES, and at least four per worker so all stay busy
+        parts_dir = out.with_name(out.name + ".parts") if out is not None else None
+        saved = _saved_job(parts_dir)
+        # image partitions: at most PARTITION_IMAGES, at least four per worker (all stay busy); a resumed job
+        # keeps the partitioning it started with
         part = PARTITION_IMAGES if is_store(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
+        if saved and not is_store(inp):
+            part = saved.get("partition", part)
         ddf = scoring_frame(run_dir, inp, device, partition=part)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device), name="leakstore-model")
         if progress:
             print(f"dask dashboard: {client.dashboard_link}", flush=True)
-        fut = client.compute(ddf)
-        if progress:
-            dask_progress(fut)
-            print(flush=True)
-        df = fut.result().sort_values("row", kind="stable").reset_index(drop=True)
+        if out is None:
+            from distributed import progress as dask_progress
+            fut = client.compute(ddf)
+            if progress:
+                dask_progress(fut)
+                print(flush=True)
+            return fut.result().sort_values("row", kind="stable").reset_index(drop=True)
+        df = _compute_parts(client, ddf, parts_dir, _job(run_dir, inp, part), saved, progress)
     finally:
         if own:
             client.close()
             if cluster is not None:
                 cluster.close()
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(out, index=False)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    import shutil
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return df
+
+
+def _client(scheduler, workers):
+    from distributed import Client
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="10s"), None
+        except (OSError, TimeoutError) as e:
+            raise InputError(f"cannot reach the dask scheduler at {scheduler} within 10 s ({type(e).__name__}): "
+                             "start it (dask scheduler) or drop --scheduler to use local workers") from None
+    cluster = local_cluster(workers or max(1, (os.cpu_count() or 2)))
+    return Client(cluster), cluster
+
+
+def _saved_job(parts_dir: Path | None) -> dict | None:
+    if parts_dir is None or not (parts_dir / "job.json").is_file():
+        return None
+    try:
+        return json.loads((parts_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, progress: bool) -> pd.DataFrame:
+    """Compute the partitions not yet in parts_dir, writing each as it finishes; then all of them, in order."""
+    import shutil
+
+    from distributed import as_completed
+    if saved != job:                                  # another model, input or partitioning: start afresh
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    (parts_dir / "job.json").write_text(json.dumps(job))
+    delayed = ddf.to_delayed()
+    path = lambda i: parts_dir / f"part-{i:06d}.parquet"  # noqa: E731
+    todo = [i for i in range(len(delayed)) if not path(i).is_file()]
+    futures = {client.compute(delayed[i]): i for i in todo}
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(delayed), initial=len(delayed) - len(todo), unit="part", desc="score", disable=not progress)
+    try:
+        for fut in as_completed(futures):
+            i = futures[fut]
+            tmp = parts_dir / f".part-{i:06d}.tmp"
+            fut.result().to_parquet(tmp, index=False)
+            tmp.replace(path(i))                      # a part file is there whole, or not at all
+            bar.update(1)
+    except KeyboardInterrupt:
+        done = sum(path(i).is_file() for i in range(len(delayed)))
+        raise ScoringInterrupted(f"interrupted: {done} of {len(delayed)} partitions are kept in {parts_dir}; "
+                                 "rerun the same command to score only the rest") from None
+    finally:
+        bar.close()
+        client.cancel(list(futures))      # release every task, erred ones too, so a rerun recomputes them
+    df = pd.concat([pd.read_parquet(path(i)) for i in range(len(delayed))], ignore_index=True)
+    return df.sort_values("row", kind="stable").reset_index(drop=True)
 
 
 def summarise(df: pd.DataFrame, bundle=None) -> dict:

@@ -80,6 +80,20 @@ def test_offline_hub_id_fails_fast_with_the_options():
     assert time.perf_counter() - t < 10
 
 
+def test_an_unreachable_hub_is_said_at_once_in_one_line(monkeypatch):
+    """No HF_HUB_OFFLINE, but no network: one line naming the cause and the options, no retries."""
+    import huggingface_hub.constants as hc
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")       # nothing listens on the discard port
+    t = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as e:
+        load_encoder("someone/not-cached-vae")
+    assert time.perf_counter() - t < 5
+    msg = str(e.value)
+    assert "not in the local Hugging Face cache" in msg and "127.0.0.1 cannot be reached" in msg
+    assert "huggingface-cli download someone/not-cached-vae" in msg and "\n" not in msg
+
+
 def test_missing_file_and_presets_are_data():
     with pytest.raises(WeightsNotFoundError, match="does not exist"):
         load_encoder("/nonexistent/vae.safetensors")

@@ -75,3 +75,16 @@ def test_every_config_loader_refuses_unknown_fields_alike(where):
         (d if where == "top" else d[where])["future_knob"] = 1
     with pytest.raises(ConfigMismatchError, match=r"unknown fields \['future_knob'\].*upgrade leakstore"):
         load(d)
+
+
+def test_mismatch_message_labels_both_sides_shows_whole_values_and_fits_the_caller():
+    a = FeaturizeConfig(vae=VAE, timesteps=tuple(range(0, 900, 100)))
+    b = a.replace(timesteps=(0, 100))
+    with pytest.raises(ConfigMismatchError) as e:
+        check_compatible(a, b, "store s")
+    msg = str(e.value)
+    assert "timesteps: [0, 100] here, [0, 100, 200, 300, 400, 500, 600, 700, 800] expected" in msg
+    assert "--overwrite" not in msg and "...." not in msg and "\n" not in msg
+    from leakstore.config import STORE_ADVICE
+    with pytest.raises(ConfigMismatchError, match="--overwrite"):
+        check_compatible(a, b, "store s", advice=STORE_ADVICE)
