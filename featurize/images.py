@@ -86,7 +86,7 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(path, f"{w}x{h} px exceeds the {max_pixels:,} px limit (decompression-bomb "
-                                             f"guard; decoding it would take ~{4 * w * h / 1e9:.1f} GB): downscale "
+                                             f"guard; decoding it would peak near {12 * w * h / 1e9:.1f} GB): downscale "
                                              "it first, or raise --max-pixels if this machine has the memory")
             img.load()
             img = ImageOps.exif_transpose(img)

@@ -69,7 +69,7 @@ def plot_open_scores(path, known_score, unknown: dict, threshold, scorer: str):
     gens = list(unknown)
     cols = min(3, len(gens))
     rows = -(-len(gens) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 4.2 * cols), 3.4 * rows), squeeze=False)
     for ax, g in zip(axes.flat, gens):
         lo, hi = np.percentile(np.r_[known_score, unknown[g]], [0.5, 99.5])
         bins = np.linspace(lo, hi, 35)
@@ -81,7 +81,7 @@ def plot_open_scores(path, known_score, unknown: dict, threshold, scorer: str):
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(gens):]:
         ax.axis("off")
-    fig.suptitle(f"open-set score '{scorer}' per unseen generator (higher: more like a known one)", fontsize=10)
+    fig.suptitle(f"open-set score '{scorer}' per unseen generator\n(higher: more like a known generator)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -127,6 +127,7 @@ def _cli(*args):
     return [sys.executable, "-m", "leakstore.cli", *args], env
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_clean(tmp_path, tiny_vae_dir):
     data = write_class_images(tmp_path / "data", {"real": 150, "gen": 150})
     common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "8",
@@ -152,6 +153,7 @@ def test_kill_9_then_resume_equals_clean(tmp_path, tiny_vae_dir):
     assert_same(arrays(tmp_path / "clean.zarr"), arrays(tmp_path / "k.zarr"))
 
 
+@pytest.mark.slow
 def test_two_shard_processes_fill_one_store(class_folders, tiny_vae_dir, tmp_path):
     common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "4",
               "--batch-size", "3", "--workers", "0", "--device", "cpu", "--no-progress"]
@@ -187,6 +189,7 @@ def test_views_and_sigma_normalisation_are_recorded(class_folders, tiny_vae_dir,
     assert (a.read("sha256") == j.read("sha256")).all()  # same files, same noise: paired views
 
 
+@pytest.mark.slow
 @pytest.mark.weights
 def test_taef2_store(class_folders, taef2_dir, tmp_path):
     rep = run(class_folders, tmp_path / "t.zarr", str(taef2_dir / "taef2_encoder.pth"), resolution=64, fft_size=8)

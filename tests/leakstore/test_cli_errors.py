@@ -94,6 +94,7 @@ def test_score_checks_out_and_the_model_before_any_work(model, tmp_path):
     assert "no trained model" in out and time.perf_counter() - t < 5      # no cluster was started for either
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_one_line(model, tmp_path):
     out = one_line_error(runner.invoke(app, ["score", str(model / "run"), str(model / "s.zarr"), "--out",
                                              str(tmp_path / "p.parquet"), "--scheduler", "tcp://127.0.0.1:9"]))

@@ -116,6 +116,7 @@ def test_trains_on_cuda_with_device_noise_and_resident_features(tmp_path):
     assert summary["device"].startswith("cuda") and (p["pred"] == y).mean() > 0.95
 
 
+@pytest.mark.slow
 def test_a_class_difference_only_in_the_residual_is_learned_through_its_branch(tmp_path):
     """Latents carry no class signal here (strength 0); only the residual vector differs by class.
     With the residual the model separates the classes; told to ignore it, it cannot."""
