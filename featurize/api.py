@@ -42,18 +42,23 @@ def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 
                            residual_bins=residual_bins, decoder=decoder)
 
 
-def featurize(data: str | Path, store: str | Path, *, vae: str = "sd21", vae_subfolder: str = "",
-              scaling_factor: float | None = None, shift_factor: float | None = None,
-              real_label: str = "real", split_seed: int = 0, fractions=DEFAULT_FRACTIONS,
-              train_views: int = 0, view_policy: str = DEFAULT_POLICY,
-              opts: RunOptions | None = None, **config_kw) -> FeaturizeReport:
-    """Featurize DATA (class folders, manifest or WILD layout) into STORE. See `build_config` for features;
-    `train_views` > 0 adds that many post-processed views (drawn from `view_policy`) of every training
-    and validation image as extra rows."""
+def prepare(data: str | Path, *, vae: str = "sd21", vae_subfolder: str = "", scaling_factor: float | None = None,
+            shift_factor: float | None = None, real_label: str = "real", split_seed: int = 0,
+            fractions=DEFAULT_FRACTIONS, train_views: int = 0, view_policy: str = DEFAULT_POLICY, device: str = "auto",
+            **config_kw):
+    """(catalog, encoder, config) for featurizing DATA: what a single process or a dask cluster runs."""
     catalog = with_train_views(build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions),
                                train_views, view_policy)
     encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor,
                            decoder=config_kw.get("residual_bins", 0) > 0)
-    config_kw.setdefault("device", (opts or RunOptions()).device)
-    cfg = build_config(encoder, **config_kw)
+    return catalog, encoder, build_config(encoder, device=device, **config_kw)
+
+
+def featurize(data: str | Path, store: str | Path, *, opts: RunOptions | None = None, **kw) -> FeaturizeReport:
+    """Featurize DATA (class folders, manifest or WILD layout) into STORE in this process. See `prepare`
+    and `build_config` for the options; `train_views` > 0 adds that many post-processed views (drawn
+    from `view_policy`) of every training and validation image as extra rows."""
+    opts = opts or RunOptions()
+    kw.setdefault("device", opts.device)
+    catalog, encoder, cfg = prepare(data, **kw)
     return featurize_store(catalog, store, cfg, encoder, opts)

@@ -44,6 +44,7 @@ class RunOptions:
     chunk_size: int = 256
     codec: str = "zstd1"
     shard: tuple[int, int] = (0, 1)
+    chunks: tuple[int, ...] | None = None   # only these chunks (a dask task's share); None: the whole shard
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
@@ -278,8 +279,9 @@ class ChunkAssembler:
 
 # ---------------------------------------------------------------------------- the run
 def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConfig, encoder: LatentEncoder,
-                    opts: RunOptions | None = None) -> FeaturizeReport:
-    """Featurize `catalog` into the store at `store_path` (created, or resumed when it matches)."""
+                    opts: RunOptions | None = None, runner: DeviceFeaturizer | None = None) -> FeaturizeReport:
+    """Featurize `catalog` into the store at `store_path` (created, or resumed when it matches).
+    `runner`: a DeviceFeaturizer built once and reused (a dask worker featurizing chunk after chunk)."""
     opts = opts or RunOptions()
     device = resolve_device(opts.device)
     if encoder.identity != cfg.vae:
@@ -293,6 +295,8 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
                                 overwrite=opts.overwrite and i == 0 and n == 1)
     chunks = store.todo_chunks(opts.shard)
+    if opts.chunks is not None:
+        chunks = [k for k in chunks if k in set(opts.chunks)]
     rows = [r for ck in chunks for r in store.chunk_rows(ck)]
     mine = sum(len(store.chunk_rows(k)) for k in range(store.n_chunks) if k % n == i)
     t0 = time.perf_counter()
@@ -300,8 +304,9 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)
     assembler = None
     if rows:
-        runner = DeviceFeaturizer(encoder, cfg, device, batch,
-                                  device.type == "cuda" if opts.compile is None else opts.compile, opts.compile_mode)
+        runner = runner or DeviceFeaturizer(encoder, cfg, device, batch,
+                                            device.type == "cuda" if opts.compile is None else opts.compile,
+                                            opts.compile_mode)
         loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy),
                             batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",

@@ -233,6 +233,22 @@ class FeatureStore:
             **extra_attrs,
         }))
 
+    def catalog(self) -> Catalog:
+        """The catalog the store was created for, rebuilt from its own arrays (what a dask worker
+        featurizes from: no file list travels with the tasks)."""
+        a = self.attrs
+        views = self.has_views
+        cat = Catalog(tuple(str(p) for p in self.read("path")), self.read("label").astype(np.int16),
+                      self.read("split").astype(np.int8), tuple(str(g) for g in self.read("group")),
+                      tuple(a["class_names"]), a.get("real_class"), a.get("split_source", "none"), a.get("source", ""),
+                      self.view_index().astype(np.int16) if views else None,
+                      self.source_rows().astype(np.int64) if views else None,
+                      a["train_views"]["policy"] if views else "")
+        if cat.fingerprint != a.get("catalog_fingerprint"):
+            raise StoreError(f"{self.path}: its arrays do not match its catalog fingerprint (the store is damaged): "
+                             "featurize into a new store")
+        return cat
+
     def check_matches(self, cfg: FeaturizeConfig, catalog: Catalog | None = None) -> None:
         check_compatible(cfg, self.config, f"store {self.path}", advice=STORE_ADVICE)
         if catalog is not None and catalog.fingerprint != self.attrs.get("catalog_fingerprint"):

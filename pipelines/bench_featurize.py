@@ -83,6 +83,7 @@ def main(argv=None):
     ap.add_argument("--skip-anchors", action="store_true")
     ap.add_argument("--codec", default="zstd1")
     ap.add_argument("--writer-threads", type=int, default=4)
+    ap.add_argument("--residual-bins", type=int, default=0, help="> 0: the pipeline also computes the residual")
     args = ap.parse_args(argv)
 
     from diffusers import AutoencoderKL
@@ -141,15 +142,16 @@ def main(argv=None):
     opts = RunOptions(device=args.device, batch_size=B, workers=args.workers, codec=args.codec,
                       compile_mode=args.compile_mode,
                       writer_threads=args.writer_threads, progress=False, overwrite=True)
-    encoder = load_encoder(str(vae_dir))
-    cfg = build_config(encoder, resolution=res, precision=prec, device=args.device)
+    encoder = load_encoder(str(vae_dir), decoder=args.residual_bins > 0)
+    cfg = build_config(encoder, resolution=res, precision=prec, device=args.device, residual_bins=args.residual_bins)
+    results["residual_bins"] = args.residual_bins
     warm = type(catalog)(**{**catalog.__dict__, "paths": catalog.paths[:2048], "labels": catalog.labels[:2048],
                             "splits": catalog.splits[:2048], "groups": catalog.groups[:2048]})
     rep = featurize_store(warm, args.out / "warm.zarr", cfg, encoder, opts)
     results["pipeline_cold_2048"] = rep.images_per_s
     print(f"warm-up run (includes compile): {rep.images_per_s} img/s over {rep.processed} images", flush=True)
     store = args.out / f"bench{res}.zarr"
-    rep = featurize_store(catalog, store, cfg, load_encoder(str(vae_dir)), opts)
+    rep = featurize_store(catalog, store, cfg, load_encoder(str(vae_dir), decoder=args.residual_bins > 0), opts)
     results["pipeline"] = rep.images_per_s
     results["pipeline_seconds"] = rep.seconds
     results["pipeline_failed"] = rep.failed
