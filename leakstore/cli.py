@@ -384,7 +384,8 @@ def score(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
     inputs: Annotated[str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")],
     out: Annotated[Path, typer.Option(help="Parquet file for the predictions.")] = Path("predictions.parquet"),
-    workers: Annotated[Optional[int], typer.Option(help="Local dask workers (default: one per core).")] = None,
+    cluster: Annotated[Optional[int], typer.Option(min=1, help="Local dask worker processes (default: one per core).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, hidden=True, help="Deprecated name of --cluster.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda on the workers.")] = "cpu",
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
@@ -393,7 +394,7 @@ def score(
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
     with _guard("rerun the same command to finish"):
         from pipelines.score import score as run, summarise
-        df = run(run_dir, inputs, out, workers=workers, scheduler=scheduler, device=device,
+        df = run(run_dir, inputs, out, workers=cluster or workers, scheduler=scheduler, device=device,
                  progress=progress and not as_json)
     from model.checkpoint import load_bundle
     s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
@@ -415,12 +416,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working folder.")] = Path("leakstore-demo"),
     photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = 300,
     epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = 40,
-    workers: Annotated[int, typer.Option(min=1, help="dask workers for the scoring step.")] = 2,
+    cluster: Annotated[int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")] = 2,
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
     with _guard("rerun leakstore demo"):
         from pipelines.demo import run_demo
-        r = run_demo(out, n_photos=photos, epochs=epochs, workers=workers)
+        r = run_demo(out, n_photos=photos, epochs=epochs, workers=cluster)
     typer.echo(f"\ndemo done in {r['seconds']} s, encoder: {r['encoder']}")
     typer.echo(f"  closed-set macro AUC {r['closed_macro_auc']:.3f}, top-1 {r['closed_top1']:.3f}; "
                f"open-set AUROC (unseen generator) {r['open_auroc']:.3f}")

@@ -142,7 +142,7 @@ def test_cli_train_evaluate_score(tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["score", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--out",
-                            str(tmp_path / "p.parquet"), "--workers", "1", "--json"])
+                            str(tmp_path / "p.parquet"), "--cluster", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 80
     r = runner.invoke(app, ["score", str(tmp_path / "nomodel"), str(tmp_path / "s.zarr")])
