@@ -43,13 +43,20 @@ def embed_all(net: ProtoLeakNet, feats: FeatureBatch, device, batch: int = 256) 
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
 
 
-def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch) -> dict[str, np.ndarray]:
+def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
+    """(N, K, M) gate-weighted squared distances to every prototype, on the net's device."""
+    dev = net.prototypes.device
+    with torch.no_grad():
+        return net.distances(torch.as_tensor(emb["z"], device=dev), torch.as_tensor(emb["g"], device=dev))
+
+
+def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch,
+                dist: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
     from model.openset import channel_stats
-    with torch.no_grad():
-        d = net.distances(torch.as_tensor(emb["z"]), torch.as_tensor(emb["g"]))        # (N, K, M)
-    mask = net.proto_mask.cpu().bool()
-    return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().numpy(),
+    d = prototype_distances(net, emb) if dist is None else dist
+    mask = net.proto_mask.bool()
+    return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
             "stats": channel_stats(feats["latents"]),
             "residual": feats["residual"].double().numpy() if feats.get("residual") is not None else None}
 
@@ -63,17 +70,15 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
     proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)
-    blocks = open_blocks(net.cpu(), emb, proba, feats)
-    net.to(device)
+    d = prototype_distances(net, emb)                                               # (N, K, M)
+    blocks = open_blocks(net, emb, proba, feats, d)
     if bundle.open is None:
         score, thr = np.full(len(feats), np.nan), -np.inf
     elif isinstance(bundle.open, OpenSetScorer):
         score, thr = bundle.open.score_samples(blocks), bundle.open.threshold_
     else:  # a model saved before OpenSetScorer: the class-agnostic KDE on the embedding
         score, thr = bundle.open.score_samples(blocks["embedding"]), bundle.open.threshold_
-    z, g = torch.as_tensor(emb["z"], device=device), torch.as_tensor(emb["g"], device=device)
-    d = net.distances(z, g).masked_fill(net.proto_mask[None] == 0, float("inf"))   # (N, K, M)
-    flat = d.flatten(1)
+    flat = d.masked_fill(net.proto_mask[None] == 0, float("inf")).flatten(1)
     k = min(top, int(net.proto_mask.sum()))
     nd, ni = flat.topk(k, dim=1, largest=False)
     m = d.shape[2]

@@ -315,7 +315,7 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     sub = feats.subset(order)
-    blocks = open_blocks(net.cpu(), emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
+    blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
         _rows_of(blocks, is_tr), y_tr, _rows_of(blocks, ~is_tr))
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,

@@ -87,14 +87,14 @@ def is_store(inp) -> bool:
 
 
 # ---------------------------------------------------------------------------- the lazy graph
-def scoring_frame(run_dir, inp, device: str = "cpu", partition: int = PARTITION_IMAGES):
+def scoring_frame(run_dir, inp, device: str = "cpu", partition: int = PARTITION_IMAGES, predictor=None):
     """A lazy dask DataFrame of predictions, one partition per store chunk (or per `partition`
     images). Nothing runs until it is computed."""
     import dask.dataframe as dd
 
     from leakstore.predictor import Predictor
     run_dir = str(Path(run_dir).resolve())
-    pred = Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
+    pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
     if is_store(inp):
         from leakstore.store import FeatureStore
         store = FeatureStore.open(inp)
@@ -158,7 +158,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     out = Path(out) if out is not None else None
     if out is not None:
         check_out(out)
-    Predictor.load(run_dir)                          # a broken or missing model fails here, before any cluster
+    pred = Predictor.load(run_dir)                   # a broken or missing model fails here, before any cluster
     if not is_store(inp):
         inp = list_inputs(inp)                       # listed once, here
     own = client is None
@@ -174,7 +174,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
         part = PARTITION_IMAGES if is_store(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
         if saved and not is_store(inp):
             part = saved.get("partition", part)
-        ddf = scoring_frame(run_dir, inp, device, partition=part)
+        ddf = scoring_frame(run_dir, inp, device, partition=part, predictor=pred)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device), name="leakstore-model")
         if progress:
             print(f"dask dashboard: {client.dashboard_link}", flush=True)
