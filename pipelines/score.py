@@ -64,10 +64,18 @@ def local_cluster(n_workers: int):
     dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into every worker; setting it also
     freezes glibc's mmap threshold, so each large tensor is mmap'd and unmapped again
     (measured here: TAEF2 featurizing on one thread, 85.6 -> 105 ms/image). The nanny reads
-    this config when it is built, so restarted workers keep it; dask's thread caps stay."""
+    this config when it is built, so restarted workers keep it; dask's thread caps stay.
+
+    dask logs at error level only, here and in the workers: Ctrl-C or a finished job otherwise
+    ends in warnings about cancelled tasks and slow worker shutdowns, which are not the user's news."""
+    import logging
+
     import dask
     from distributed import LocalCluster
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                          "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
+                          "logging.distributed": "error"}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
