@@ -73,6 +73,9 @@ def local_cluster(n_workers: int):
     import dask
     from distributed import LocalCluster
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    # workers killed on Ctrl-C leave semaphores behind; multiprocessing's tracker process (started
+    # with this environment) would say so in two lines after leakstore's one
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                           "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
                           "logging.distributed": "error"}):
