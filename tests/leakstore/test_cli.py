@@ -23,6 +23,10 @@ def test_featurize_inspect_env(class_folders, tiny_vae_dir, tmp_path):
     d = json.loads(r.output)
     assert r.exit_code == 0 and d["status"] == {"pending": 0, "done": 29, "failed": 1}
     assert d["per_class"]["real"]["failed"] == 1
+    from leakstore.store import FAILED, FeatureStore
+    s = FeatureStore.open(store)
+    failed = s.status() == FAILED
+    assert (s.read("sha256")[failed] == "").all() and all(len(h) == 64 for h in s.read("sha256")[~failed])
     r = runner.invoke(app, ["inspect", str(store)])
     assert "bad.jpg" in r.output and "gen-a" in r.output
     r = runner.invoke(app, ["env", "--json"])
