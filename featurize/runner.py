@@ -166,7 +166,10 @@ class DeviceFeaturizer:
             raise LeakstoreError(f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: "
                                  "use --precision fp32 on CPU")
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.fixed_batch = use_compile  # pad to one shape: no recompiles for the last batch
+        # Pad a chunk's last, partial batch to the full batch shape: a compiled encoder is not recompiled,
+        # and on the CPU oneDNN picks its kernels by shape *and* thread count: a 4-image batch gave 1-ulp
+        # different latents with 1 thread (a dask worker) than with 2 (a plain run); full batches did not.
+        self.fixed_batch = True
         decoding = needs_decoder(cfg)
         if decoding and encoder.decoder is None:
             raise LeakstoreError("the config asks for a decoder feature (the residual) but the encoder came without "
