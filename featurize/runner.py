@@ -154,7 +154,7 @@ class DeviceFeaturizer:
     (B, 3, R, R) uint8 -> {name: (B, *shape)} in each feature's store dtype."""
 
     def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
-                 batch_size: int, use_compile: bool, compile_mode: str = "default"):
+                 batch_size: int, use_compile: bool, compile_mode: str = "default", pad: bool | None = None):
         self.cfg, self.device, self.batch_size = cfg, device, batch_size
         self.features = features_for(cfg)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
@@ -166,10 +166,12 @@ class DeviceFeaturizer:
             raise LeakstoreError(f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: "
                                  "use --precision fp32 on CPU")
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        # Pad a chunk's last, partial batch to the full batch shape: a compiled encoder is not recompiled,
-        # and on the CPU oneDNN picks its kernels by shape *and* thread count: a 4-image batch gave 1-ulp
-        # different latents with 1 thread (a dask worker) than with 2 (a plain run); full batches did not.
-        self.fixed_batch = True
+        # `pad`: run a partial batch padded to the full batch shape. A compiled encoder is then not
+        # recompiled; and a store's bytes do not depend on the thread count: on the CPU oneDNN picks its
+        # kernels by shape *and* threads (a 4-image batch gave 1-ulp different latents with 1 thread, a
+        # dask worker, than with 2, a plain run; full batches did not). Store featurizing pads; scoring a
+        # few images in memory does not (one image would cost a whole batch). Default: pad when compiled.
+        self.fixed_batch = use_compile if pad is None else pad
         decoding = needs_decoder(cfg)
         if decoding and encoder.decoder is None:
             raise LeakstoreError("the config asks for a decoder feature (the residual) but the encoder came without "
@@ -309,7 +311,7 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     if rows:
         runner = runner or DeviceFeaturizer(encoder, cfg, device, batch,
                                             device.type == "cuda" if opts.compile is None else opts.compile,
-                                            opts.compile_mode)
+                                            opts.compile_mode, pad=True)
         loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy),
                             batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",

@@ -43,7 +43,8 @@ def _runner(store: FeatureStore, device: str, batch: int):
                 import torch
                 torch.set_num_threads(1)  # one thread per worker process: processes scale, threads fight
             enc = encoder_for_config(store.config)
-            _CACHE[key] = (enc, DeviceFeaturizer(enc, store.config, dev, batch, use_compile=dev.type == "cuda"))
+            _CACHE[key] = (enc, DeviceFeaturizer(enc, store.config, dev, batch, use_compile=dev.type == "cuda",
+                                                            pad=True))
         return _CACHE[key]
 
 
