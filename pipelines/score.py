@@ -73,13 +73,34 @@ def local_cluster(n_workers: int):
     import dask
     from distributed import LocalCluster
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    # workers killed on Ctrl-C leave semaphores behind; multiprocessing's tracker process (started
-    # with this environment) would say so in two lines after leakstore's one
+    class Cluster(LocalCluster):
+        """Puts the caller's environment back when it closes: a LocalCluster's nannies run in this
+        process and write their workers' environment (OMP_NUM_THREADS=1, ...) into it at every spawn,
+        so every process started afterwards would run one thread."""
+
+        def close(self, *args, **kwargs):
+            try:
+                return super().close(*args, **kwargs)
+            finally:
+                _restore_environ(environ)
+
+    environ = dict(os.environ)
+    # workers killed on Ctrl-C leave semaphores behind; multiprocessing's tracker process (started with
+    # the cluster, from this environment) would say so in two lines after leakstore's one
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                          "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
-                          "logging.distributed": "error"}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                              "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
+                              "logging.distributed": "error"}):
+            return Cluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    finally:
+        _restore_environ(environ)     # also right after the first spawn (a restarted worker gets its own again)
+
+
+def _restore_environ(environ: dict) -> None:
+    for k in set(os.environ) - set(environ):
+        del os.environ[k]
+    os.environ.update(environ)
 
 
 # ---------------------------------------------------------------------------- one partition

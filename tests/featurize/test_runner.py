@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 import zarr
 
@@ -123,7 +124,8 @@ def test_resume_equals_an_uninterrupted_run(class_folders, tiny_vae_dir, tmp_pat
 
 
 def _cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # the same thread count as this process: CPU kernels may round differently with another one
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return [sys.executable, "-m", "leakstore.cli", *args], env
 
 

@@ -31,6 +31,16 @@ def cluster():
         yield cl
 
 
+def test_a_local_cluster_leaves_the_callers_environment_as_it_was():
+    """dask's nannies write OMP_NUM_THREADS=1 (and more) into the process that starts them, at every
+    worker spawn: without the restore every process started afterwards ran one thread."""
+    before = dict(os.environ)
+    with local_cluster(1) as c, Client(c) as cl:
+        assert dict(os.environ) == before
+        cl.restart()                                               # a respawn writes them again
+    assert dict(os.environ) == before
+
+
 def test_local_cluster_workers_keep_glibc_dynamic_mmap_threshold_and_one_thread(cluster):
     env = cluster.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")))
     assert len(env) == 2 and set(env.values()) == {(None, "1")}
