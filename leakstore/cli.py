@@ -112,7 +112,7 @@ def featurize(
     view_policy: Annotated[str, typer.Option(help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02",
     real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
     min_side: Annotated[int, typer.Option(min=1, help="Images with a shorter side below this fail.")] = 32,
-    max_pixels: Annotated[int, typer.Option(min=1, help="Images with more pixels fail, before decoding (decompression-bomb guard; PIL's own limit follows it). A 10,000 x 10,000 RGB image needs ~300 MB to decode.")] = 1 << 27,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Images with more pixels fail, before decoding (decompression-bomb guard; the only pixel limit: PIL's own is off). A 10,000 x 10,000 RGB image needs ~300 MB to decode.")] = 1 << 27,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     precision: Annotated[Precision, typer.Option(help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option(min=0, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = 0,

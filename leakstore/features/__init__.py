@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # torch is imported only where tensors are made, so the table
 class Context:
     """What a featurizer hands each feature's `compute`: tensors on one device.
 
-    Tensors may hold `pad` extra rows at the end (a compiled encoder sees one batch shape);
-    every feature returns exactly the first `n` rows."""
+    Tensors may hold padding rows after the first `n` (a partial batch run at the full batch
+    shape); every feature returns exactly the first `n` rows."""
 
     cfg: FeaturizeConfig
     n: int
@@ -82,6 +82,7 @@ class Feature:
     noise_derived: bool = False                             # a function of (latent0, noise) alone: training
                                                             # can redraw it from latent0 every batch
     needs_decoder: bool = False
+    requires: tuple[str, ...] = ()                          # features its compute reads from ctx.out
     enabled: Callable[[FeaturizeConfig], bool] = lambda cfg: True
     off: tuple[tuple[str, Any], ...] = ()                   # config fields that switch an optional feature off
     doc: str = ""
@@ -103,7 +104,7 @@ FEATURES: tuple[Feature, ...] = (
             doc="forward-diffused latent per timestep"),
     Feature("spectra", ("timestep", "channel", "fy", "fx"), "float16",
             lambda c: (len(c.timesteps), c.vae.latent_channels, c.fft_size, c.fft_size), _spectra,
-            noise_derived=True, doc="log1p |FFT| of the lowest k x k frequencies"),
+            noise_derived=True, requires=("latents",), doc="log1p |FFT| of the lowest k x k frequencies"),
     Feature("residual", ("residual_feature",), "float32", lambda c: (residual_dim(c),), _residual,
             needs_decoder=True, enabled=lambda c: c.residual_bins > 0, off=(("residual_bins", 0), ("decoder", "")),
             doc="reconstruction-residual statistics (leakstore/features/residual.py)"),
@@ -131,8 +132,13 @@ def minimal_config(cfg: FeaturizeConfig, needed) -> FeaturizeConfig:
 
 
 def compute(ctx: Context, names) -> dict[str, Any]:
-    """Compute the named features (and what they depend on earlier in the table) into ctx.out."""
-    wanted = set(names)
+    """Compute the named features, and the ones they require, into ctx.out; return the named ones."""
+    wanted, todo = set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n not in wanted:
+            wanted.add(n)
+            todo += BY_NAME[n].requires
     for f in FEATURES:
         if f.name in wanted and f.name not in ctx.out:
             ctx.out[f.name] = f.compute(ctx)

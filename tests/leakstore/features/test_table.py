@@ -36,13 +36,26 @@ def test_minimal_config_drops_only_unread_optional_features():
     assert not F.needs_decoder(minimal_config(CFG_RESIDUAL, ("latents",)))
 
 
+def test_compute_runs_what_a_feature_requires():
+    import torch
+    from leakstore.features import Context, compute
+    from leakstore.features.noising import noise_coefficients
+    a, s = (torch.tensor(v, dtype=torch.float32) for v in noise_coefficients(CFG.schedule, CFG.timesteps))
+    c, h, w = CFG.latent_shape
+    ctx = Context(CFG, 2, torch.randn(2, c, h, w), torch.randn(2, len(CFG.timesteps), c, h, w), a, s)
+    out = compute(ctx, ["spectra"])                      # its input, the noised latents, is computed first
+    assert list(out) == ["spectra"] and out["spectra"].shape == (2,) + F.BY_NAME["spectra"].shape(CFG)
+    assert "latents" in ctx.out
+
+
 def _chanmean(ctx):
     return ctx.out["latents"].mean((-2, -1))          # (n, T, C)
 
 
 def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, monkeypatch):
     new = F.Feature("chanmean", ("timestep", "channel"), "float32",
-                    lambda c: (len(c.timesteps), c.vae.latent_channels), _chanmean, noise_derived=True)
+                    lambda c: (len(c.timesteps), c.vae.latent_channels), _chanmean, noise_derived=True,
+                    requires=("latents",))
     monkeypatch.setattr(F, "FEATURES", F.FEATURES + (new,))
     monkeypatch.setitem(F.BY_NAME, "chanmean", new)
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
