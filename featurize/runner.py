@@ -301,7 +301,8 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
                                 overwrite=opts.overwrite and i == 0 and n == 1)
     chunks = store.todo_chunks(opts.shard)
     if opts.chunks is not None:
-        chunks = [k for k in chunks if k in set(opts.chunks)]
+        mine = set(opts.chunks)
+        chunks = [k for k in chunks if k in mine]
     rows = [r for ck in chunks for r in store.chunk_rows(ck)]
     mine = sum(len(store.chunk_rows(k)) for k in range(store.n_chunks) if k % n == i)
     t0 = time.perf_counter()

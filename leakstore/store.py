@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,8 +110,9 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
+        """A hash of the paths, labels, splits, classes (and training views): computed once per catalog."""
         import hashlib
         h = hashlib.sha256()
         for p in self.paths:

@@ -59,13 +59,23 @@ class LoadEncoder(WorkerPlugin):
         _runner(FeatureStore.open(self.store_path), self.device, self.batch)
 
 
+def _catalog(store: FeatureStore):
+    """The store's catalog, read and fingerprinted once per worker (not once per chunk: reading every
+    path for each of a large store's chunks would make the whole job quadratic)."""
+    key = f"catalog|{store.path.resolve()}|{store.attrs['store_id']}"
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = store.catalog()
+        return _CACHE[key]
+
+
 def featurize_chunk(store_path: str, k: int, device: str, batch: int, max_pixels: int) -> dict:
     """Featurize and write chunk k of the store (skipped when already done)."""
     from featurize.runner import featurize_store
     store = FeatureStore.open(store_path)
     enc, runner = _runner(store, device, batch)
     t = time.perf_counter()
-    rep = featurize_store(store.catalog(), store_path, store.config, enc,
+    rep = featurize_store(_catalog(store), store_path, store.config, enc,
                           RunOptions(device=device, batch_size=batch, workers=0, progress=False, chunks=(k,),
                                      max_pixels=max_pixels), runner=runner)
     return {"chunk": k, "processed": rep.processed, "done": rep.done, "failed": rep.failed,
