@@ -164,6 +164,11 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     return comps or ("confidence",)
 
 
+def select_rows(blocks: dict, rows) -> dict:
+    """The same blocks for a subset of rows (a mask or indices); absent blocks stay None."""
+    return {k: (None if v is None else v[rows]) for k, v in blocks.items()}
+
+
 def channel_stats(latents) -> np.ndarray:
     """latents (N, T, C, h, w) -> (N, 2C) float64: mean and log std per channel of the smallest
     timestep (the least noised latent)."""

@@ -27,7 +27,7 @@ from leakstore.store import FeatureStore
 from model.checkpoint import Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state
 from model.config import ModelConfig
 from model.net import attention_entropy_penalty
-from model.openset import OpenSetScorer
+from model.openset import OpenSetScorer, select_rows
 from model.predict import batch_dict, embed_all, open_blocks
 from model.scorers import CLOSED_SCORERS
 
@@ -298,15 +298,11 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
                                   "run's; resume with the same store and options, or train into a new --out")
 
 
-def _rows_of(blocks: dict, mask: np.ndarray) -> dict:
-    return {k: (None if v is None else v[mask]) for k, v in blocks.items()}
-
-
 def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds, unknown,
             epoch_rows: int) -> dict:
-    emb = embed_all(net, feats.subset(np.isin(np.arange(len(feats)), np.r_[tr.numpy(), va.numpy()])), dev)
-    # subset() keeps store order: recover which rows are train vs val in that order
-    order = np.sort(np.r_[tr.numpy(), va.numpy()])
+    order = np.sort(np.r_[tr.numpy(), va.numpy()])       # training and validation rows, in store order
+    sub = feats.subset(order)
+    emb = embed_all(net, sub, dev)
     is_tr = np.isin(order, tr.numpy())
     e_tr = {k: v[is_tr] for k, v in emb.items()}
     e_va = {k: v[~is_tr] for k, v in emb.items()}
@@ -314,10 +310,9 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
     added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
-    sub = feats.subset(order)
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
-        _rows_of(blocks, is_tr), y_tr, _rows_of(blocks, ~is_tr))
+        select_rows(blocks, is_tr), y_tr, select_rows(blocks, ~is_tr))
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),

@@ -24,7 +24,7 @@ from leakstore.store import FeatureStore
 from model.checkpoint import load_bundle
 from model.config import ModelConfig
 from model.metrics import open_set
-from model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components
+from model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
 from model.predict import predict
 from model.train import train
 
@@ -59,10 +59,10 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
     known = (y >= 0) & ~other_unknown
     rows, blocks = [], p["blocks"]
-    pick = lambda m: {k: (None if v is None else v[m]) for k, v in blocks.items()}  # noqa: E731
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
-        sc = OpenSetScorer(method=name, false_unknown_rate=b.cfg.false_unknown_rate).fit(pick(tr), y[tr], pick(va))
+        sc = OpenSetScorer(method=name, false_unknown_rate=b.cfg.false_unknown_rate).fit(
+            select_rows(blocks, tr), y[tr], select_rows(blocks, va))
         s = sc.score_samples(blocks)
         row = {"generator": g, "scorer": name, "components": "+".join(sc.components_)}
         for split, code in (("val", 1), ("test", 2)):
@@ -121,26 +121,11 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
 
 
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
-    from pipelines.report import _img, _plt
-    plt = _plt()
+    from pipelines.report import _img, plot_open_scores
     gens = summary["generators"]
-    cols = min(3, len(gens))
-    fig, axes = plt.subplots(-(-len(gens) // cols), cols, figsize=(4.2 * cols, 3.2 * -(-len(gens) // cols)), squeeze=False)
-    for ax, g in zip(axes.flat, gens):
-        k, u = scores[(g, best)]
-        lo, hi = np.percentile(np.r_[k, u], [0.5, 99.5])
-        bins = np.linspace(lo, hi, 35)
-        ax.hist(np.clip(k, lo, hi), bins, alpha=.6, density=True, label="known (test)")
-        ax.hist(np.clip(u, lo, hi), bins, alpha=.6, density=True, label=f"{g} (unseen)")
-        auc = df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0]
-        ax.set_title(f"without {g}: AUROC {auc:.3f}", fontsize=9)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(gens):]:
-        ax.axis("off")
-    fig.suptitle(f"open-set score '{best}' (higher: more like a known generator)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "histograms.png", dpi=100)
-    plt.close(fig)
+    auc = {g: df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0] for g in gens}
+    plot_open_scores(out / "histograms.png", {f"without {g}: AUROC {auc[g]:.3f}": scores[(g, best)] for g in gens},
+                     best, known_label="known (test)")
     head = "".join(f"<th>{html.escape(g)}</th>" for g in gens)
     body = ""
     for r in summary["scorers"]:
@@ -161,7 +146,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}.warn{{back
 Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.</p>
 <table><tr><th>scorer</th><th>mean val AUROC</th><th>min val</th><th>mean test AUROC</th><th>min test</th>
 <th>test FPR@95%TPR</th><th>known test flagged</th>{head}</tr>{body}</table>
-<p>Per-generator columns: test AUROC. Known test flagged: share of known test images above the unknown threshold
+<p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold (called unknown),
 calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).</p>
 {_img(out / 'histograms.png')}</body></html>"""
     (out / "report.html").write_text(page)

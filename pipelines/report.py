@@ -62,24 +62,23 @@ def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
     plt.close(fig)
 
 
-def plot_open_scores(path, known_score, unknown: dict, threshold, scorer: str):
-    """One panel per unseen generator: its open-set scores against the known test images', with
-    the unknown threshold."""
+def plot_open_scores(path, panels: dict, scorer: str, threshold=None, known_label: str = "known generators"):
+    """One panel per unseen generator: panels {title: (known scores, its scores)}, higher = more like
+    a known generator; with `threshold`, the line under which images are called unknown."""
     plt = _plt()
-    gens = list(unknown)
-    cols = min(3, len(gens))
-    rows = -(-len(gens) // cols)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 4.2 * cols), 3.4 * rows), squeeze=False)
-    for ax, g in zip(axes.flat, gens):
-        lo, hi = np.percentile(np.r_[known_score, unknown[g]], [0.5, 99.5])
+    for ax, (title, (known, unseen)) in zip(axes.flat, panels.items()):
+        lo, hi = np.percentile(np.r_[known, unseen], [0.5, 99.5])
         bins = np.linspace(lo, hi, 35)
-        ax.hist(np.clip(known_score, lo, hi), bins, alpha=.6, density=True, label="known generators")
-        ax.hist(np.clip(unknown[g], lo, hi), bins, alpha=.6, density=True, label=f"{g} (unseen)")
+        ax.hist(np.clip(known, lo, hi), bins, alpha=.6, density=True, label=known_label)
+        ax.hist(np.clip(unseen, lo, hi), bins, alpha=.6, density=True, label="unseen generator")
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=1, label="unknown below")
-        ax.set_title(g, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(gens):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"open-set score '{scorer}' per unseen generator\n(higher: more like a known generator)", fontsize=9)
     fig.tight_layout()
@@ -167,8 +166,9 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))
     if unseen:
-        plot_open_scores(out / "open_scores.png", ex["open_score"][y >= 0],
-                         {g: ex["open_score"][ex["true"] == g] for g in unseen}, ex["threshold"], summary["open_scorer"])
+        known = ex["open_score"][y >= 0]
+        plot_open_scores(out / "open_scores.png", {g: (known, ex["open_score"][ex["true"] == g]) for g in unseen},
+                         summary["open_scorer"], ex["threshold"])
     rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
                   f"<td>{_fmt(r['open_auroc'])}</td></tr>"
                   for r in summary["robustness"])
