@@ -89,7 +89,7 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     from tqdm.auto import tqdm
 
     from leakstore.device import resolve_device
-    from pipelines.score import _client
+    from pipelines.score import connect
     store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
                                 overwrite=opts.overwrite)
     todo = store.todo_chunks()
@@ -102,7 +102,7 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     failures: list[dict] = []
     if todo:
         if own:
-            client, local = _client(scheduler, cluster)
+            client, local = connect(scheduler, cluster)
         try:
             client.register_plugin(LoadEncoder(str(Path(store_path).resolve()), dev, batch), name="leakstore-encoder")
             futures = [client.submit(featurize_chunk, str(Path(store_path).resolve()), k, dev, batch, opts.max_pixels,

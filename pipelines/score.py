@@ -196,7 +196,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     own = client is None
     cluster = None
     if own:
-        client, cluster = _client(scheduler, workers)
+        client, cluster = connect(scheduler, workers)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         parts_dir = out.with_name(out.name + ".parts") if out is not None else None
@@ -231,7 +231,9 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     return df
 
 
-def _client(scheduler, workers):
+def connect(scheduler, workers):
+    """(client, local cluster or None): on the scheduler at `scheduler`, else on a new local cluster
+    of `workers` processes (default one per core). Shared by scoring and featurizing."""
     from distributed import Client
     if scheduler:
         try:
