@@ -304,6 +304,7 @@ def openset_study(
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
@@ -315,7 +316,7 @@ def openset_study(
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
-                unknown_labels=split(unknown_labels), device=device, progress=not as_json)
+                unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -324,6 +325,14 @@ def openset_study(
         mark = "  <- chosen on validation" if r["scorer"] == s["chosen"] else ""
         typer.echo(f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
                    f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}")
+    ct, sup = s["chosen_test"], s["supervised_ceiling"]
+    lo, hi = ct["mean_test_ci95"]
+    typer.echo(f"{s['chosen']}: mean test AUROC {ct['mean_test_auroc']:.3f} (95 % CI {lo:.3f}-{hi:.3f}, bootstrap over test photos)")
+    if sup:
+        lo, hi = sup["mean_test_ci95"]
+        per = ", ".join(f"{g} {v['test_auroc']:.3f}" for g, v in sup["per_generator"].items())
+        typer.echo(f"supervised ceiling (trained with each generator): mean test {sup['mean_test_auroc']:.3f} "
+                   f"(95 % CI {lo:.3f}-{hi:.3f}); {per}")
     typer.echo(f"{len(s['generators'])} folds in {s['seconds']} s; report: {s['report']}")
 
 

@@ -9,6 +9,15 @@ rows. The validation AUROC (g's validation rows vs known validation rows) choose
 test AUROC (test rows, never used for a choice) is what it is worth. Writes study.json,
 study.parquet (one row per generator and scorer), histograms and report.html in --out.
 Folds are kept in --out/folds/<g>: a rerun reuses every finished fold.
+
+Two yardsticks come with the numbers:
+- a supervised ceiling: one more model, trained WITH every generator (--out/supervised), and the
+  one-vs-rest AUROC of its probability for g on the same rows. It says how separable g is from
+  the known classes at all with these features and this much data; an open-set score, which
+  never saw g, is not expected to beat it.
+- 95 % confidence intervals from a bootstrap over source groups (photographs, prompts) of the
+  test split: crops of one photograph are not independent, so rows are resampled by group, and
+  the same draw serves every fold (the interval of the mean holds the folds' correlation).
 """
 from __future__ import annotations
 
@@ -47,10 +56,20 @@ def _scorers_for(blocks: dict) -> list[str]:
     return names + [n for n in FUSED if len(components(n, have)) > 1]
 
 
+BOOTSTRAP = 1000
+
+
+def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """Each row's source group for the bootstrap; a row without one is its own group."""
+    g = store.read("group")[rows]
+    return np.array([str(x) or f"row:{r}" for x, r in zip(g, rows)], dtype=object)
+
+
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu") -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows."""
     b = load_bundle(run, device)
     feats = store.load(b.feature_names)
+    groups = _groups(store, feats.rows)
     p = predict(b, feats, device)
     names = store.class_names
     to_model = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in names])
@@ -72,13 +91,72 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
                         f"{split}_known_flagged": float((s[k] < sc.threshold_).mean()) if k.any() else np.nan,
                         f"{split}_unknown_flagged": float((s[u] < sc.threshold_).mean()) if u.any() else np.nan,
                         f"n_{split}_unknown": int(u.sum())})
-        row["_scores"] = (s[te], s[held & (feats.splits == 2)])
+        u = held & (feats.splits == 2)
+        row["_scores"] = (s[te], s[u], groups[te], groups[u])
         rows.append(row)
     return rows
 
 
+def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str],
+                       device: str = "cpu") -> dict:
+    """For each g, the model trained with g: AUROC of its probability of g, g's rows against the
+    rows of every other known class (the same rows the open-set folds score), on val and test."""
+    b = load_bundle(run, device)
+    feats = store.load(b.feature_names)
+    groups = _groups(store, feats.rows)
+    p = predict(b, feats, device)["proba"]
+    names = store.class_names
+    known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0)
+    out = {}
+    for g in gens:
+        col, mine = b.class_names.index(g), feats.labels == names.index(g)
+        row = {}
+        for split, code in (("val", 1), ("test", 2)):
+            k, u = known & ~mine & (feats.splits == code), mine & (feats.splits == code)
+            # known-ness = -p(g), so that the same open_set() (and bootstrap) read it like an open-set score
+            row[f"{split}_auroc"] = open_set(-p[k, col], -p[u, col]).get("auroc", np.nan)
+        k, u = known & ~mine & (feats.splits == 2), mine & (feats.splits == 2)
+        row["_scores"] = (-p[k, col], -p[u, col], groups[k], groups[u])
+        out[g] = row
+    return out
+
+
+def _weighted_auroc(known, unknown, wk, wu) -> float:
+    """AUROC (known scored above unknown, ties half) with row weights: a bootstrap draw as counts."""
+    s = np.r_[known, unknown]
+    w = np.r_[wk, -wu].astype(float)              # sign marks the side
+    order = np.argsort(s, kind="mergesort")
+    s, w = s[order], w[order]
+    _, start = np.unique(s, return_index=True)
+    tie = np.add.reduceat(np.abs(w) * (w < 0), start), np.add.reduceat(w * (w > 0), start)
+    below_u = np.r_[0, np.cumsum(tie[0])[:-1]]    # unknown weight strictly below each distinct score
+    num = float((tie[1] * (below_u + 0.5 * tie[0])).sum())
+    den = float(wk.sum() * wu.sum())
+    return num / den if den > 0 else np.nan
+
+
+def group_bootstrap(per_gen: dict, n: int = BOOTSTRAP, seed: int = 0) -> tuple[dict, list]:
+    """per_gen {g: (known scores, unknown scores, known groups, unknown groups)} on one split ->
+    ({g: [lo, hi]}, [lo, hi] of the mean over g): 95 % percentile intervals of the AUROC when the
+    split's source groups are drawn with replacement (one draw shared by every g)."""
+    all_groups = sorted({str(x) for v in per_gen.values() for x in (*v[2], *v[3])})
+    if len(all_groups) < 2:
+        return {g: [np.nan, np.nan] for g in per_gen}, [np.nan, np.nan]
+    index = {gr: i for i, gr in enumerate(all_groups)}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
+    draws = {g: [] for g in per_gen}
+    for c in counts:
+        for g, (sk, su, gk, gu) in per_gen.items():
+            draws[g].append(_weighted_auroc(sk, su, c[[index[str(x)] for x in gk]],
+                                            c[[index[str(x)] for x in gu]]))
+    a = np.array([draws[g] for g in per_gen])           # (G, n)
+    ci = lambda v: [float(x) for x in np.nanpercentile(v, [2.5, 97.5])] if np.isfinite(v).any() else [np.nan, np.nan]  # noqa: E731
+    return {g: ci(a[i]) for i, g in enumerate(per_gen)}, ci(np.nanmean(a, 0) if np.isfinite(a).any() else a[0])
+
+
 def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
-                  unknown_labels=(), device: str = "cpu", progress: bool = True) -> dict:
+                  unknown_labels=(), device: str = "cpu", progress: bool = True, ceiling: bool = True) -> dict:
     import pandas as pd
 
     from leakstore.device import resolve_device
@@ -100,6 +178,11 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
         run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)
         rows += study_fold(store, run, g, extra, device)
+    sup = {}
+    if ceiling:
+        if progress:
+            print("[supervised] every generator known: the ceiling", flush=True)
+        sup = supervised_ceiling(store, _fold(store, out / "supervised", cfg, extra, device, progress), gens, extra, device)
     scores = {(r["generator"], r["scorer"]): r.pop("_scores") for r in rows}
     df = pd.DataFrame(rows)
     table = (df.groupby("scorer", sort=False)
@@ -109,9 +192,22 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                .reset_index())
     # the choice: best mean validation AUROC, ties broken by the minimum; never the test split
     best = table.sort_values(["mean_val_auroc", "min_val_auroc"], ascending=False).iloc[0]["scorer"]
+    ci, mean_ci = group_bootstrap({g: scores[(g, best)] for g in gens})
+    chosen = {"per_generator": {g: {"test_auroc": float(df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0]),
+                                    "test_ci95": ci[g]} for g in gens},
+              "mean_test_auroc": float(table.set_index("scorer").loc[best, "mean_test_auroc"]), "mean_test_ci95": mean_ci}
+    ceiling_out = None
+    if sup:
+        sci, smean = group_bootstrap({g: sup[g].pop("_scores") for g in gens})
+        ceiling_out = {"run": str(out / "supervised"),
+                       "per_generator": {g: {**sup[g], "test_ci95": sci[g]} for g in gens},
+                       "mean_test_auroc": float(np.mean([sup[g]["test_auroc"] for g in gens])),
+                       "mean_test_ci95": smean}
     summary = {"store": str(store.path), "generators": gens, "also_held_out": extra, "epochs": epochs,
                "model_config": cfg.to_dict(), "chosen_on": "mean validation AUROC", "chosen": best,
-               "scorers": table.to_dict(orient="records"), "seconds": round(time.perf_counter() - t0, 1),
+               "scorers": table.to_dict(orient="records"), "chosen_test": chosen,
+               "confidence_intervals": f"95 % group bootstrap over test source groups, {BOOTSTRAP} draws",
+               "supervised_ceiling": ceiling_out, "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
     df.to_parquet(out / "study.parquet", index=False)
     (out / "study.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -123,23 +219,43 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
     from pipelines.report import _img, plot_open_scores
     gens = summary["generators"]
-    auc = {g: df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0] for g in gens}
-    plot_open_scores(out / "histograms.png", {f"without {g}: AUROC {auc[g]:.3f}": scores[(g, best)] for g in gens},
+    chosen, sup = summary["chosen_test"]["per_generator"], summary["supervised_ceiling"]
+    title = lambda g: (f"without {g}: AUROC {chosen[g]['test_auroc']:.3f}"  # noqa: E731
+                       + (f" (supervised {sup['per_generator'][g]['test_auroc']:.3f})" if sup else ""))
+    plot_open_scores(out / "histograms.png", {title(g): scores[(g, best)][:2] for g in gens},
                      best, known_label="known (test)")
+    f3 = lambda x: "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
+    ci = lambda c: f"{f3(c[0])}&ndash;{f3(c[1])}"  # noqa: E731
     head = "".join(f"<th>{html.escape(g)}</th>" for g in gens)
     body = ""
     for r in summary["scorers"]:
-        per = "".join(f"<td>{df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0]:.3f}</td>" for g in gens)
+        per = "".join(f"<td>{f3(df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0])}</td>" for g in gens)
         mark = ' style="font-weight:bold"' if r["scorer"] == best else ""
-        body += (f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{r['mean_val_auroc']:.3f}</td><td>{r['min_val_auroc']:.3f}</td>"
-                 f"<td>{r['mean_test_auroc']:.3f}</td><td>{r['min_test_auroc']:.3f}</td><td>{r['mean_test_fpr95']:.3f}</td>"
-                 f"<td>{r['test_known_flagged']:.3f}</td>{per}</tr>")
+        body += (f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{f3(r['mean_val_auroc'])}</td><td>{f3(r['min_val_auroc'])}</td>"
+                 f"<td>{f3(r['mean_test_auroc'])}</td><td>{f3(r['min_test_auroc'])}</td><td>{f3(r['mean_test_fpr95'])}</td>"
+                 f"<td>{f3(r['test_known_flagged'])}</td>{per}</tr>")
+    ct = summary["chosen_test"]
+    body += (f'<tr class="ci"><td>{html.escape(best)}: 95 % CI</td><td></td><td></td><td>{ci(ct["mean_test_ci95"])}</td>'
+             f'<td></td><td></td><td></td>' + "".join(f"<td>{ci(chosen[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
+    if sup:
+        sp = sup["per_generator"]
+        body += (f'<tr class="sup"><td>supervised ceiling (trained with g)</td><td>{f3(np.mean([sp[g]["val_auroc"] for g in gens]))}</td>'
+                 f'<td>{f3(min(sp[g]["val_auroc"] for g in gens))}</td><td>{f3(sup["mean_test_auroc"])}</td>'
+                 f'<td>{f3(min(sp[g]["test_auroc"] for g in gens))}</td><td></td><td></td>'
+                 + "".join(f"<td>{f3(sp[g]['test_auroc'])}</td>" for g in gens) + "</tr>")
+        body += (f'<tr class="sup"><td>supervised: 95 % CI</td><td></td><td></td><td>{ci(sup["mean_test_ci95"])}</td><td></td><td></td><td></td>'
+                 + "".join(f"<td>{ci(sp[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
+    sup_text = ("" if not sup else
+                "<p><b>Supervised ceiling</b>: a model trained <i>with</i> every generator, scored by its probability of g "
+                "on the same rows (g against every other known class). It says how separable g is at all with these "
+                "features and this much data; a score that never saw g is not expected to reach it.</p>")
     warn = ('<p class="warn">BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers show the pipeline '
             'runs, not how well generators are told apart.</p>' if summary["builtin_encoder"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore open-set study</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:90%}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}</style>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}
+tr.ci td,tr.sup td{{color:#555;font-size:92%}}tr.sup td{{background:#f4f7fb}}</style>
 </head><body><h1>Leave-one-generator-out open-set study</h1>{warn}
 <p>Store <code>{html.escape(summary['store'])}</code>; each generator held out in turn, a model trained for
 {summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.
@@ -147,6 +263,8 @@ Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test col
 <table><tr><th>scorer</th><th>mean val AUROC</th><th>min val</th><th>mean test AUROC</th><th>min test</th>
 <th>test FPR@95%TPR</th><th>known test flagged</th>{head}</tr>{body}</table>
 <p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold (called unknown),
-calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).</p>
+calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).
+Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photograph move together).</p>
+{sup_text}
 {_img(out / 'histograms.png')}</body></html>"""
     (out / "report.html").write_text(page)

@@ -1,9 +1,12 @@
 import json
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from leakstore.cli import app
+from pipelines.openset_study import _weighted_auroc, group_bootstrap
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
 
@@ -21,10 +24,42 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
     assert len(df) == 3 * len(scorers) and df.test_auroc.between(0, 1).all()
     best = max(s["scorers"], key=lambda r: (r["mean_val_auroc"], r["min_val_auroc"]))
     assert best["scorer"] == s["chosen"]                         # chosen on validation, not on test
+    sup = s["supervised_ceiling"]                                # a model trained with every generator
+    assert sorted(sup["per_generator"]) == ["gen-a", "gen-b", "gen-c"]
+    assert (tmp_path / "logo" / "supervised" / "model.json").exists()
+    for g, v in sup["per_generator"].items():
+        assert 0 <= v["test_auroc"] <= 1 and v["test_ci95"][0] <= v["test_ci95"][1]
+        lo, hi = s["chosen_test"]["per_generator"][g]["test_ci95"]
+        assert 0 <= lo <= hi <= 1
+    assert "supervised ceiling" in r.output and "95 % CI" in r.output
     page = (tmp_path / "logo" / "report.html").read_text()
-    assert "data:image/png;base64" in page
+    assert "data:image/png;base64" in page and "Supervised ceiling" in page
     assert "Leave-one-generator-out" in page and "chosen" in r.output
     stamp = (tmp_path / "logo" / "folds" / "gen-a" / "model.safetensors").stat().st_mtime_ns
     r = CliRunner().invoke(app, args + ["--json"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "logo" / "folds" / "gen-a" / "model.safetensors").stat().st_mtime_ns == stamp   # reused
+
+
+def test_the_weighted_auroc_matches_scikit_learn_with_sample_weights():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k, u = rng.integers(0, 6, 25).astype(float), rng.integers(0, 6, 15) - 0.5   # many ties
+        wk, wu = rng.integers(0, 3, 25), rng.integers(1, 3, 15)
+        want = roc_auc_score(np.r_[np.ones(25), np.zeros(15)], np.r_[k, u], sample_weight=np.r_[wk, wu])
+        assert abs(_weighted_auroc(k, u, wk, wu) - want) < 1e-12
+
+
+def test_the_bootstrap_resamples_source_groups_not_rows():
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"photo{i}" for i in range(10)], 4)
+    # perfectly separated: every draw gives 1
+    ci, mean_ci = group_bootstrap({"g": (np.ones(40), np.zeros(40), groups, groups)}, n=200)
+    assert ci["g"] == [1.0, 1.0] and mean_ci == [1.0, 1.0]
+    # the score is a per-photo constant (crops of one photograph move together): the interval is as
+    # wide as 10 photos allow, far wider than 40 independent rows would give
+    known = np.repeat(rng.normal(size=10), 4)
+    unknown = np.repeat(rng.normal(size=10), 4)
+    ci, _ = group_bootstrap({"g": (known, unknown, groups, groups)}, n=500)
+    rows_ci, _ = group_bootstrap({"g": (known, unknown, np.arange(40).astype(str), np.arange(40).astype(str))}, n=500)
+    assert ci["g"][1] - ci["g"][0] > 1.3 * (rows_ci["g"][1] - rows_ci["g"][0])
