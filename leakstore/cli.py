@@ -342,17 +342,35 @@ def evaluate(
     stores: Annotated[list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate: test, val, train or all.")] = "test",
+    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored against the known rows; repeatable.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda for the model.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
     with _guard("rerun the command (the stores are unchanged)"):
         from pipelines.evaluate import evaluate as run
-        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split)
+        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split, unseen=[str(u) for u in unseen or ()])
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
     _print_robustness(s)
+
+
+def _print_robustness(s: dict) -> None:
+    if s["builtin_encoder"]:
+        typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
+    for r in s["robustness"]:
+        oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
+        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}")
+    if s.get("unseen"):
+        typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
+        for g, v in s["unseen"]["per_generator"].items():
+            what = (f"called correctly {v['called_correctly']:.1%}" if v["known_class"]
+                    else f"AUROC {v['auroc']:.3f}, FPR@95 {v['fpr_at_95tpr']:.3f}")
+            typer.echo(f"  {g:<22} n={v['n']:<5} {what}, flagged unknown {v['flagged']:.1%}, "
+                       f"called {v['called_most']} ({v['called_most_share']:.0%})")
+    typer.echo(f"report: {s['report']}")
 
 
 @app.command()
@@ -376,16 +394,6 @@ def sweep(
         typer.echo(json.dumps(s, indent=2, default=float))
         return
     _print_robustness(s)
-
-
-def _print_robustness(s: dict) -> None:
-    if s["builtin_encoder"]:
-        typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
-    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
-    for r in s["robustness"]:
-        oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
-        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}")
-    typer.echo(f"report: {s['report']}")
 
 
 @app.command()

@@ -5,6 +5,11 @@
 Closed set: test-split rows of the model's known classes. Open set: test-split rows of the
 classes held out of training (unknown generators) against those known rows; both embedded
 identically. Writes metrics.json, predictions.parquet, PNG plots and report.html.
+
+Images from generators outside the training store (`unseen=[store, ...]`, featurized with the
+model's config) are scored the same way: each label's rows (of `split` when the store has
+splits, all rows otherwise) against the first store's known rows. A label the model knows
+(real photographs from elsewhere, say) reports how often it is still called what it is.
 """
 from __future__ import annotations
 
@@ -60,7 +65,39 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     return metrics, df, extras
 
 
-def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = "test") -> dict:
+def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test") -> tuple[dict, dict]:
+    """Rows of a store of other images, per label, against `known_score` (the known rows' open-set
+    scores): -> ({label: metrics}, {label: scores})."""
+    bundle = predictor.bundle
+    store = FeatureStore.open(store_path)
+    predictor.check_store(store)
+    feats = store.load(predictor.inputs)
+    has_splits = (feats.splits >= 0).any()
+    sel = (feats.splits == SPLIT_NAMES.index(split)) if has_splits and split != "all" else np.ones(len(feats), bool)
+    if not sel.any():
+        raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
+    sub = feats.subset(sel)
+    p = predictor.predict(sub)
+    names = np.array([store.class_names[l] if l >= 0 else "(unlabelled)" for l in sub.labels], dtype=object)
+    per, scores = {}, {}
+    for g in sorted(set(names)):
+        m = names == g
+        called = p["pred_name"][m]
+        top, count = np.unique(called, return_counts=True)
+        row = {"store": str(store_path), "n": int(m.sum()), "known_class": g in bundle.class_names,
+               "flagged": float(p["is_unknown"][m].mean()), "called_most": str(top[count.argmax()]),
+               "called_most_share": float(count.max() / m.sum())}
+        if g in bundle.class_names:
+            row["called_correctly"] = float((called == g).mean())
+        else:
+            o = open_set(known_score, p["open_score"][m])
+            row.update({"auroc": o.get("auroc"), "fpr_at_95tpr": o.get("fpr_at_95tpr")})
+        per[g] = row
+        scores[g] = p["open_score"][m]
+    return per, scores
+
+
+def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = "test", unseen=()) -> dict:
     import pandas as pd
 
     from pipelines.report import write_report
@@ -88,6 +125,20 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
                                "open_auroc": r["open"].get("auroc")} for r in results]}
+    if unseen:
+        first = extras[0]
+        known_score = first["open_score"][first["y"] >= 0]
+        per, scores = {}, {}
+        for u in unseen:
+            pu, su = evaluate_unseen(predictor, u, known_score, split)
+            for g in pu:   # the same label in two stores: keep both, named by store
+                key = g if g not in per else f"{g} ({Path(u).name})"
+                per[key], scores[key] = pu[g], su[g]
+        aucs = [v["auroc"] for v in per.values() if v.get("auroc") is not None]
+        summary["unseen"] = {"known_rows": f"{split} rows of the model's classes in {stores[0]}",
+                             "per_generator": per, "mean_auroc": float(np.mean(aucs)) if aucs else None,
+                             "min_auroc": float(np.min(aucs)) if aucs else None}
+        extras[0]["unseen_scores"] = scores
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     pd.concat(frames, ignore_index=True).to_parquet(out / "predictions.parquet", index=False)
     write_report(out, summary, bundle, extras[0])

@@ -169,6 +169,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         known = ex["open_score"][y >= 0]
         plot_open_scores(out / "open_scores.png", {g: (known, ex["open_score"][ex["true"] == g]) for g in unseen},
                          summary["open_scorer"], ex["threshold"])
+    unseen_html = _unseen_section(out, summary, ex)
     rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
                   f"<td>{_fmt(r['open_auroc'])}</td></tr>"
                   for r in summary["robustness"])
@@ -196,10 +197,35 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 <p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}).
 {_rate_line(o.get('false_unknown_rate'))}</p>
 <p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
-<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}
+{unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
+    """Images of generators from outside the training store (evaluate --unseen)."""
+    u = summary.get("unseen")
+    if not u:
+        return ""
+    known = ex["open_score"][ex["y"] >= 0]
+    new = {g: v for g, v in u["per_generator"].items() if not v["known_class"]}
+    if new:
+        plot_open_scores(out / "unseen_scores.png",
+                         {f"{g}: AUROC {_fmt(v['auroc'])}": (known, ex["unseen_scores"][g]) for g, v in new.items()},
+                         summary["open_scorer"], ex["threshold"], known_label="known (this split)")
+    rows = "".join(
+        f"<tr><td>{html.escape(g)}</td><td>{html.escape(Path(v['store']).name)}</td><td>{v['n']}</td>"
+        f"<td>{_fmt(v.get('auroc'))}</td><td>{_fmt(v.get('fpr_at_95tpr'))}</td><td>{v['flagged']:.1%}</td>"
+        f"<td>{html.escape(v['called_most'])} ({v['called_most_share']:.0%})</td>"
+        f"<td>{'' if v.get('called_correctly') is None else format(v['called_correctly'], '.1%')}</td></tr>"
+        for g, v in u["per_generator"].items())
+    mean = "" if u["mean_auroc"] is None else f" Mean AUROC {u['mean_auroc']:.4f}, minimum {u['min_auroc']:.4f}."
+    return (f"<h3>Images from outside the training store</h3><p>Each label's rows scored against the {html.escape(u['known_rows'])}."
+            f"{mean} A label the model knows reports how often it is still called so.</p>"
+            "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th><th>FPR@95%TPR</th><th>flagged unknown</th>"
+            f"<th>called most</th><th>called correctly</th></tr>{rows}</table>"
+            + (_img(out / "unseen_scores.png") if new else ""))
 
 
 def _rate_line(r) -> str:

@@ -193,3 +193,28 @@ def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_
     want = predict(a.bundle, store.load())["proba"]
     got = a.score_many([str(p) for p in store.read("path")])
     np.testing.assert_allclose(got[[f"p_{c}" for c in a.classes]].to_numpy(float), want, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_scores_images_from_outside_the_training_store_per_label(model, tmp_path):
+    # another draw of the same planted generators, plus one the model never saw (gen-x)
+    planted_store(tmp_path / "x.zarr", classes=("real", "gen-a", "gen-b", "gen-c", "gen-x"), per_class=20, seed=5,
+                  strength=1.5)
+    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen", str(tmp_path / "x.zarr"),
+                                 "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    import json
+    u = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unseen"]
+    per = u["per_generator"]
+    assert set(per) == {"real", "gen-a", "gen-b", "gen-c", "gen-x"}
+    assert per["gen-x"]["n"] == 4 and 0 <= per["gen-x"]["auroc"] <= 1 and not per["gen-x"]["known_class"]
+    assert per["real"]["known_class"] and "auroc" not in per["real"] and 0 <= per["real"]["called_correctly"] <= 1
+    assert u["min_auroc"] <= u["mean_auroc"]
+    assert "gen-x" in r.output and "Images from outside the training store" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
+    from tests.synthetic import CFG_RESIDUAL
+    planted_store(tmp_path / "other.zarr", per_class=10, cfg=CFG_RESIDUAL)
+    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen",
+                                 str(tmp_path / "other.zarr"), "--out", str(tmp_path / "ev")])
+    assert r.exit_code != 0 and "other.zarr" in r.output and "Traceback" not in r.output
