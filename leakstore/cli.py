@@ -261,7 +261,7 @@ def train(
                                                          "compare them with leakstore openset-study).")] = OpenScorer.fused,
     renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
-    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views).")] = 0.5,
+    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",

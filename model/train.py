@@ -230,8 +230,12 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
                        + (("residual",) if cfg.uses("residual") else ()))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
-    tr = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 0)))      # every training row, views included
-    va = torch.from_numpy(np.flatnonzero((y >= 0) & (feats.splits == 1)))
+    rows = (y >= 0)
+    if cfg.view_prob <= 0 and store.has_views:
+        # --view-prob 0 trains as if the store had no views: network, validation, scorers, threshold
+        rows &= store.view_index()[feats.rows] == 0
+    tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))      # every training row, views included
+    va = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 1)))
     clean, views = _view_table(store, feats, tr.numpy())
     net = build_net(cfg, fcfg, len(known))
     net.set_normalisation(batch_dict(feats, tr, inputs, "cpu"))

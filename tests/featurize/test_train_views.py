@@ -57,6 +57,20 @@ def test_view_rows_keep_their_source_split_and_test_images_get_none(data, tmp_pa
     assert (s.status() == DONE).all() and s.summary()["view_rows"] == len(views)
 
 
+def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
+    from model.config import ModelConfig
+    from model.train import train
+    _run(data, tmp_path / "s.zarr")
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    vi, split = s.view_index(), s.read("split")
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_class=1)
+    off = train(tmp_path / "s.zarr", tmp_path / "off", cfg.replace(view_prob=0.0), progress=False)
+    on = train(tmp_path / "s.zarr", tmp_path / "on", cfg.replace(view_prob=0.5), progress=False)
+    # scorers, calibration and threshold are fitted on these rows: views only when views are on
+    assert off["train_rows"] == int(((vi == 0) & (split == 0)).sum()) and off["val_rows"] == int(((vi == 0) & (split == 1)).sum())
+    assert on["train_rows"] == int((split == 0).sum()) and on["val_rows"] == int((split == 1).sum())
+
+
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
     _run(data, tmp_path / "a.zarr")
     moved = tmp_path / "moved"
