@@ -304,6 +304,7 @@ def openset_study(
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
@@ -314,7 +315,7 @@ def openset_study(
         from model.config import ModelConfig
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
-        cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed)
+        cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed, view_prob=view_prob)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:

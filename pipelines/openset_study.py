@@ -59,6 +59,13 @@ def _scorers_for(blocks: dict) -> list[str]:
 BOOTSTRAP = 1000
 
 
+def _in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Rows a model trained with `cfg` counts: all, or the clean ones when it ignores the views."""
+    if cfg.view_prob <= 0 and store.has_views:
+        return store.view_index()[rows] == 0
+    return np.ones(len(rows), bool)
+
+
 def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     """Each row's source group for the bootstrap; a row without one is its own group."""
     g = store.read("group")[rows]
@@ -76,7 +83,9 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     y = to_model[feats.labels]
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
-    known = (y >= 0) & ~other_unknown
+    use = _in_use(store, feats.rows, b.cfg)
+    known = (y >= 0) & ~other_unknown & use
+    held &= use
     rows, blocks = [], p["blocks"]
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
@@ -107,9 +116,10 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
     p = predict(b, feats, device)["proba"]
     names = store.class_names
     known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0)
+    known &= _in_use(store, feats.rows, b.cfg)
     out = {}
     for g in gens:
-        col, mine = b.class_names.index(g), feats.labels == names.index(g)
+        col, mine = b.class_names.index(g), (feats.labels == names.index(g)) & _in_use(store, feats.rows, b.cfg)
         row = {}
         for split, code in (("val", 1), ("test", 2)):
             k, u = known & ~mine & (feats.splits == code), mine & (feats.splits == code)
