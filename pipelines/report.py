@@ -175,9 +175,14 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
                   for r in summary["robustness"])
     per = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items())
     o = first["open"]
-    ostr = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in o.items()
-                     if k not in ("false_unknown_rate", "per_generator_auroc"))
-    ostr += "; per unseen generator: " + ", ".join(f"{g} {_fmt(v)}" for g, v in o.get("per_generator_auroc", {}).items())
+    if o.get("n_unknown"):
+        label = {"auroc": "AUROC", "eer": "EER", "fpr_at_95tpr": "FPR@95%TPR", "overlap": "histogram overlap",
+                 "oscr": "OSCR", "unknown_flagged": "unseen flagged", "known_flagged": "known flagged"}
+        ostr = (f"{o['n_known']} known and {o['n_unknown']} unseen images: "
+                + ", ".join(f"{label[k]} {o[k]:.4f}" for k in label if isinstance(o.get(k), float))
+                + "; per unseen generator: " + ", ".join(f"{g} {_fmt(v)}" for g, v in o.get("per_generator_auroc", {}).items()))
+    else:
+        ostr = f"{o.get('n_known', 0)} known images; no generator held out of training in this split."
     warn = ('<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
             'show the pipeline runs, not how well any generator can be attributed.</p>' if summary["builtin_encoder"] else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore report</title>
