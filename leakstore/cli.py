@@ -262,6 +262,7 @@ def train(
     renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
+    scorer_rows: Annotated[str, typer.Option(metavar="all|clean", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all, or clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well: README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
@@ -277,7 +278,7 @@ def train(
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, scorer=scorer.value, open_scorer=open_scorer.value,
-                          view_prob=view_prob,
+                          view_prob=view_prob, scorer_rows=scorer_rows,
                           false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,

@@ -11,6 +11,7 @@ from leakstore.errors import InputError
 BACKBONES = ("cnn", "resnet", "patch-transformer")
 TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
+SCORER_ROWS = ("all", "clean")
 # open-set scorers (model/openset.py); "fused" won the leave-one-generator-out study (README)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "fused", "fused-stats",
                 "fused-all")
@@ -41,6 +42,8 @@ class ModelConfig:
     patience: int = 6
     renoise: bool = True           # fresh noise from latent0 every batch, as the reference redraws it
     view_prob: float = 0.5         # per image and epoch: train on one of its post-processed views (featurize --train-views)
+    scorer_rows: str = "all"       # rows the closed- and open-set scorers are fitted and calibrated on: "all"
+                                   # (clean and views) or "clean" (the network still trains on views)
     roll_augment: bool = True      # random circular shifts of the latent: FFT magnitudes, hence the
                                    # low-frequency leak, are exactly invariant; the content is not
     dropout: float = 0.1
@@ -53,7 +56,8 @@ class ModelConfig:
 
     def __post_init__(self):
         for name, value, allowed in (("backbone", self.backbone, BACKBONES), ("temporal", self.temporal, TEMPORAL),
-                                     ("scorer", self.scorer, SCORERS), ("open_scorer", self.open_scorer, OPEN_SCORERS)):
+                                     ("scorer", self.scorer, SCORERS), ("open_scorer", self.open_scorer, OPEN_SCORERS),
+                                     ("scorer_rows", self.scorer_rows, SCORER_ROWS)):
             if value not in allowed:
                 raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
         if not 0 <= self.time_dropout < 1:

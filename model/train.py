@@ -281,6 +281,10 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     del dfeats
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
+    if cfg.scorer_rows == "clean" and store.has_views:
+        # the network learned from views; its scorers, calibration and threshold see clean images only
+        clean_row = store.view_index()[feats.rows] == 0
+        tr, va = (torch.from_numpy(t.numpy()[clean_row[t.numpy()]]) for t in (tr, va))
     return _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds,
                    list(unknown_labels), len(clean))
 
@@ -296,6 +300,10 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
                                   "(written by an older leakstore or damaged): train into a new --out")
     what = {"featurize_hash": "features (featurize config)", "catalog_fingerprint": "list of images",
             "classes": "known classes (--unknown-labels)", "model_config": "model settings"}
+    if isinstance(prev.get("model_config"), dict):   # settings added since the run started count at their defaults
+        defaults = ModelConfig().to_dict()
+        prev = {**prev, "model_config": {**{k: defaults[k] for k in origin["model_config"] if k not in prev["model_config"]},
+                                         **prev["model_config"]}}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
         raise ConfigMismatchError(f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "
@@ -321,6 +329,7 @@ def _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
                "history": state["history"], "train_rows": int(len(tr)), "val_rows": int(len(va)),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
+               "scorer_rows": cfg.scorer_rows if store.has_views else None,
                "train_seconds": round(train_seconds, 2),
                "samples_per_s": round(epoch_rows * len(state["history"])
                                       / max(sum(h["seconds"] for h in state["history"]), 1e-9), 1),

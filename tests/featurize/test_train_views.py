@@ -69,6 +69,11 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
     # scorers, calibration and threshold are fitted on these rows: views only when views are on
     assert off["train_rows"] == int(((vi == 0) & (split == 0)).sum()) and off["val_rows"] == int(((vi == 0) & (split == 1)).sum())
     assert on["train_rows"] == int((split == 0).sum()) and on["val_rows"] == int((split == 1).sum())
+    # --scorer-rows clean: the network learns from views, the scorers see clean rows only
+    sc = train(tmp_path / "s.zarr", tmp_path / "sc", cfg.replace(view_prob=0.5, scorer_rows="clean"), progress=False)
+    assert (sc["train_rows"], sc["val_rows"], sc["scorer_rows"]) == (off["train_rows"], off["val_rows"], "clean")
+    with pytest.raises(InputError, match="scorer_rows"):
+        cfg.replace(scorer_rows="views")
 
 
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
