@@ -43,7 +43,8 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
     meta = run / "model.json"
     if meta.exists():
         m = json.loads(meta.read_text())
-        if (m.get("training", {}).get("unknown_labels") == held and m.get("model_config") == cfg.to_dict()
+        saved = {**ModelConfig().to_dict(), **m.get("model_config", {})}   # settings added since count at their defaults
+        if (m.get("training", {}).get("unknown_labels") == held and saved == cfg.to_dict()
                 and m.get("featurize_hash") == store.config.hash):
             return run
     train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
