@@ -6,7 +6,8 @@ An open-set density judges an image by where its statistics lie; a supervised cl
 they differ between classes shown on the same content. This probe measures both sides on a
 store's own arrays, no model needed: per image, the per-channel mean and log std of the clean
 latent (`latent0`) and, when stored, the reconstruction residual, standardised on the training
-rows, in the squared Mahalanobis metric of the within-class covariance (shared, Ledoit-Wolf).
+rows, in the squared Mahalanobis metric of the within-class covariance (shared, Ledoit-Wolf): the
+metric of the `stats` and `residual` open-set scorers (`model.openset.ClassGaussian`).
 
   between   distance between class means on the training split (how far apart generators are)
   shift     distance from a class's training mean to its own test mean (how far new content
@@ -24,10 +25,10 @@ import argparse
 import json
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 from leakstore.store import DONE, FeatureStore
+from model.openset import ClassGaussian
 
 
 def statistics(store: FeatureStore) -> tuple[np.ndarray, list[str]]:
@@ -40,19 +41,6 @@ def statistics(store: FeatureStore) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(parts, 1), names
 
 
-def _metric(X: np.ndarray, y: np.ndarray, train: np.ndarray, classes) -> tuple[np.ndarray, dict, np.ndarray]:
-    mu, sd = X[train].mean(0), X[train].std(0) + 1e-9
-    Xs = (X - mu) / sd
-    cen = {c: Xs[train & (y == c)].mean(0) for c in classes}
-    R = np.concatenate([Xs[train & (y == c)] - cen[c] for c in classes])
-    return Xs, cen, LedoitWolf().fit(R).precision_
-
-
-def _d2(a: np.ndarray, b: np.ndarray, P: np.ndarray) -> float:
-    d = a - b
-    return float(d @ P @ d)
-
-
 def probe(store_path, set_sizes=(1, 4, 16), draws: int = 300, seed: int = 0) -> dict:
     store = FeatureStore.open(store_path)
     rows = store.status() == DONE                             # featurized rows only
@@ -63,20 +51,26 @@ def probe(store_path, set_sizes=(1, 4, 16), draws: int = 300, seed: int = 0) -> 
     X, y, sp = X[rows], y[rows], sp[rows]
     names = store.class_names
     present = [c for c in range(len(names)) if ((y == c) & (sp == 0)).sum() > 1 and ((y == c) & (sp == 2)).any()]
-    Xs, cen, P = _metric(X, y, sp == 0, present)
-    between = {names[a]: {names[b]: _d2(cen[a], cen[b], P) for b in present} for a in present}
-    shift = {names[c]: _d2(Xs[(sp == 2) & (y == c)].mean(0), cen[c], P) for c in present}
+    test = {c: np.flatnonzero((sp == 2) & (y == c)) for c in present}
+
+    def fit(classes) -> ClassGaussian:                        # the open-set scorer's own metric (model/openset.py)
+        m = (sp == 0) & np.isin(y, classes)
+        return ClassGaussian().fit(X[m], y[m])
+
+    g = fit(present)
+    centres = g.means_ * g.scale_ + g.mean_                   # class means in the raw statistics
+    d = g.class_distances(centres)                            # (K, K) squared distances between class means
+    between = {names[a]: {names[b]: float(d[i, j]) for j, b in enumerate(g.classes_)} for i, a in enumerate(g.classes_)}
+    shift = {names[c]: float(g.class_distances(X[test[c]].mean(0)[None])[0, i]) for i, c in enumerate(g.classes_)}
     rng = np.random.default_rng(seed)
     real = store.attrs.get("real_class")
     sets = {}
     for h in [c for c in present if names[c] != real]:
         known = [c for c in present if c != h]
-        Xh, ch, Ph = _metric(X, y, (sp == 0) & (y != h), known)
-        test = {c: np.flatnonzero((sp == 2) & (y == c)) for c in present}
+        gh = fit(known)
 
         def nearest(idx, k):
-            m = Xh[idx].mean(0)
-            return k * min(_d2(m, ch[c], Ph) for c in known)
+            return k * float(gh.class_distances(X[idx].mean(0)[None]).min())
         sets[names[h]] = {}
         for k in set_sizes:
             if k > min(len(v) for v in test.values()):
