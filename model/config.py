@@ -78,6 +78,12 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def with_defaults(cls, saved: dict) -> dict:
+        """Saved settings with those added since they were written at their defaults (a resume
+        or a study rerun after an upgrade compares like with like)."""
+        return {**cls().to_dict(), **saved}
+
+    @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         return from_fields(cls, d, "model config")
 

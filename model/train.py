@@ -89,6 +89,20 @@ def _draw_views(clean: torch.Tensor, views: torch.Tensor | None, p: float, gen: 
     return torch.where(use, cand, clean)
 
 
+def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, scorers: bool = False) -> np.ndarray:
+    """(len(rows),) bool over store rows: those a model trained with `cfg` learns from, or with
+    `scorers` those its scorers, calibration and threshold are fitted on. Every row, or only the
+    clean ones of a store with training views under --view-prob 0 (and, for the scorers,
+    --scorer-rows clean)."""
+    clean_only = store.has_views and (cfg.view_prob <= 0 or (scorers and cfg.scorer_rows == "clean"))
+    return store.view_index()[rows] == 0 if clean_only else np.ones(len(rows), bool)
+
+
+def _resumable(settings: dict) -> dict:
+    """The model settings a resumed run must share with the run it continues (all but the schedule)."""
+    return {k: v for k, v in settings.items() if k not in ("epochs", "patience")}
+
+
 def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:
     names = store.class_names
     missing = [u for u in unknown_labels if u not in names]
@@ -230,11 +244,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
                        + (("residual",) if cfg.uses("residual") else ()))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
-    rows = (y >= 0)
-    if cfg.view_prob <= 0 and store.has_views:
-        # --view-prob 0 trains as if the store had no views: network, validation, scorers, threshold
-        rows &= store.view_index()[feats.rows] == 0
-    tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))      # every training row, views included
+    rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)                     # views included unless --view-prob 0
+    tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))
     va = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 1)))
     clean, views = _view_table(store, feats, tr.numpy())
     net = build_net(cfg, fcfg, len(known))
@@ -245,7 +256,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # what a resume must match: the features, the list of images and the classes the run started on
     origin = {"featurize_hash": fcfg.hash, "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
-              "classes": known, "model_config": {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "patience")}}
+              "classes": known, "model_config": _resumable(cfg.to_dict())}
     state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
              "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin}
     if resume and (out_dir / "train_state.json").exists():
@@ -281,10 +292,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     del dfeats
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
-    if cfg.scorer_rows == "clean" and store.has_views:
-        # the network learned from views; its scorers, calibration and threshold see clean images only
-        clean_row = store.view_index()[feats.rows] == 0
-        tr, va = (torch.from_numpy(t.numpy()[clean_row[t.numpy()]]) for t in (tr, va))
+    fit = (y >= 0) & rows_in_use(store, feats.rows, cfg, scorers=True)       # clean only under --scorer-rows clean
+    tr, va = (torch.from_numpy(np.flatnonzero(fit & (feats.splits == s))) for s in (0, 1))
     return _finish(net, cfg, fcfg, store, feats, known, y, tr, va, dev, out_dir, state, train_seconds,
                    list(unknown_labels), len(clean))
 
@@ -300,10 +309,8 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
                                   "(written by an older leakstore or damaged): train into a new --out")
     what = {"featurize_hash": "features (featurize config)", "catalog_fingerprint": "list of images",
             "classes": "known classes (--unknown-labels)", "model_config": "model settings"}
-    if isinstance(prev.get("model_config"), dict):   # settings added since the run started count at their defaults
-        defaults = ModelConfig().to_dict()
-        prev = {**prev, "model_config": {**{k: defaults[k] for k in origin["model_config"] if k not in prev["model_config"]},
-                                         **prev["model_config"]}}
+    if isinstance(prev.get("model_config"), dict):
+        prev = {**prev, "model_config": _resumable(ModelConfig.with_defaults(prev["model_config"]))}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
         raise ConfigMismatchError(f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "

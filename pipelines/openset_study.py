@@ -35,7 +35,7 @@ from model.config import ModelConfig
 from model.metrics import open_set
 from model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
 from model.predict import predict
-from model.train import train
+from model.train import rows_in_use, train
 
 
 def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool) -> Path:
@@ -43,8 +43,8 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
     meta = run / "model.json"
     if meta.exists():
         m = json.loads(meta.read_text())
-        saved = {**ModelConfig().to_dict(), **m.get("model_config", {})}   # settings added since count at their defaults
-        if (m.get("training", {}).get("unknown_labels") == held and saved == cfg.to_dict()
+        if (m.get("training", {}).get("unknown_labels") == held
+                and ModelConfig.with_defaults(m.get("model_config", {})) == cfg.to_dict()
                 and m.get("featurize_hash") == store.config.hash):
             return run
     train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
@@ -58,13 +58,6 @@ def _scorers_for(blocks: dict) -> list[str]:
 
 
 BOOTSTRAP = 1000
-
-
-def _in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """Rows a model trained with `cfg` counts: all, or the clean ones when it ignores the views."""
-    if cfg.view_prob <= 0 and store.has_views:
-        return store.view_index()[rows] == 0
-    return np.ones(len(rows), bool)
 
 
 def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
@@ -84,7 +77,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     y = to_model[feats.labels]
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
-    use = _in_use(store, feats.rows, b.cfg)
+    use = rows_in_use(store, feats.rows, b.cfg, scorers=True)       # the rows the fold's own scorers were fitted on
     known = (y >= 0) & ~other_unknown & use
     held &= use
     rows, blocks = [], p["blocks"]
@@ -116,11 +109,11 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)["proba"]
     names = store.class_names
-    known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0)
-    known &= _in_use(store, feats.rows, b.cfg)
+    use = rows_in_use(store, feats.rows, b.cfg, scorers=True)
+    known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0) & use
     out = {}
     for g in gens:
-        col, mine = b.class_names.index(g), (feats.labels == names.index(g)) & _in_use(store, feats.rows, b.cfg)
+        col, mine = b.class_names.index(g), (feats.labels == names.index(g)) & use
         row = {}
         for split, code in (("val", 1), ("test", 2)):
             k, u = known & ~mine & (feats.splits == code), mine & (feats.splits == code)
@@ -156,11 +149,12 @@ def group_bootstrap(per_gen: dict, n: int = BOOTSTRAP, seed: int = 0) -> tuple[d
     index = {gr: i for i, gr in enumerate(all_groups)}
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
+    at = {g: (np.array([index[str(x)] for x in gk], dtype=np.int64), np.array([index[str(x)] for x in gu], dtype=np.int64))
+          for g, (_, _, gk, gu) in per_gen.items()}
     draws = {g: [] for g in per_gen}
     for c in counts:
-        for g, (sk, su, gk, gu) in per_gen.items():
-            draws[g].append(_weighted_auroc(sk, su, c[[index[str(x)] for x in gk]],
-                                            c[[index[str(x)] for x in gu]]))
+        for g, (sk, su, _, _) in per_gen.items():
+            draws[g].append(_weighted_auroc(sk, su, c[at[g][0]], c[at[g][1]]))
     a = np.array([draws[g] for g in per_gen])           # (G, n)
     ci = lambda v: [float(x) for x in np.nanpercentile(v, [2.5, 97.5])] if np.isfinite(v).any() else [np.nan, np.nan]  # noqa: E731
     return {g: ci(a[i]) for i, g in enumerate(per_gen)}, ci(np.nanmean(a, 0) if np.isfinite(a).any() else a[0])
