@@ -106,6 +106,7 @@ def featurize(
     fft_size: Annotated[int, typer.Option(min=1, help="Keep the lowest k x k FFT frequencies.")] = 8,
     residual: Annotated[bool, typer.Option(metavar="", help="Also store the reconstruction residual x - D(E(x)): needs the VAE's decoder and costs ~3x the featurize time, and adds ~6 points of closed-set AUC and ~8 of open-set AUROC (README). --no-residual: latents only.")] = True,
     residual_bins: Annotated[int, typer.Option(min=1, max=64, help="Radial frequency bins of the residual's power spectrum.")] = 12,
+    period: Annotated[int, typer.Option(min=0, max=64, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces; survives JPEG; costs nothing next to the VAE). 0: off.")] = 8,
     seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
     view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
     train_views: Annotated[int, typer.Option(min=0, max=64, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
@@ -157,7 +158,7 @@ def featurize(
                   schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
                   precision=None if precision == Precision.auto else precision.value,
-                  residual_bins=residual_bins if residual else 0, device=device)
+                  residual_bins=residual_bins if residual else 0, period=period, device=device)
     _print_report(rep, as_json)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
@@ -196,6 +197,8 @@ def inspect(
                f"precision {cfg['precision']}")
     if cfg.get("residual_bins"):
         typer.echo(f"  reconstruction residual: {cfg['residual_bins']} radial bins, decoder {cfg['decoder']}")
+    if cfg.get("period"):
+        typer.echo(f"  pixel periodicity: gradient phase profile modulo {cfg['period']}")
     st = d["status"]
     typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
                f"(splits: {d['split_source']})")
@@ -230,9 +233,11 @@ class OpenScorer(str, Enum):
     confidence = "confidence"
     stats = "stats"
     residual = "residual"
+    periodicity = "periodicity"
     fused = "fused"
     fused_stats = "fused-stats"
     fused_all = "fused-all"
+    fused_input = "fused-input"
 
 
 class Scorer(str, Enum):
@@ -261,6 +266,7 @@ def train(
                                                          "compare them with leakstore openset-study).")] = OpenScorer.fused,
     renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
+    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
     scorer_rows: Annotated[str, typer.Option(metavar="all|clean", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all, or clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well: README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
@@ -277,7 +283,7 @@ def train(
         from model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                          renoise=renoise, use_residual=residual, scorer=scorer.value, open_scorer=open_scorer.value,
+                          renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
                           view_prob=view_prob, scorer_rows=scorer_rows,
                           false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
@@ -303,6 +309,7 @@ def openset_study(
     generators: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
     unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
+    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
@@ -316,7 +323,8 @@ def openset_study(
         from model.config import ModelConfig
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
-        cfg = ModelConfig(use_residual=residual, false_unknown_rate=false_unknown_rate, seed=seed, view_prob=view_prob)
+        cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
+                          seed=seed, view_prob=view_prob)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:

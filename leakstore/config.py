@@ -77,6 +77,7 @@ class FeaturizeConfig:
     precision: str = "fp32"
     residual_bins: int = 0        # > 0: also store the reconstruction residual (leakstore/features/residual.py)
     decoder: str = ""             # weights revision of the decoder the residual was made with
+    period: int = 0               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -84,6 +85,9 @@ class FeaturizeConfig:
             raise InputError(f"--residual-bins {self.residual_bins} must lie in [0, 64] (0: no residual feature)")
         if self.residual_bins and not self.decoder:
             raise InputError("a residual feature needs the decoder's weights revision in the config (decoder='...')")
+        if not 0 <= self.period <= 64 or (self.period and 2 * self.period > self.resolution):
+            raise InputError(f"--period {self.period} must lie in [0, 64] and at most half the resolution "
+                             f"{self.resolution} (0: no periodicity feature)")
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
             raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
@@ -125,10 +129,13 @@ class FeaturizeConfig:
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the features (what `hash` covers). Without a
-        residual feature its two fields are left out, so stores made before it keep their hash."""
+        residual feature its two fields are left out, and without a periodicity feature its period,
+        so stores made before them keep their hash."""
         d = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
         if not self.residual_bins:
             d.pop("residual_bins"), d.pop("decoder")
+        if not self.period:
+            d.pop("period")
         return d
 
     @property

@@ -13,8 +13,8 @@ TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean")
 # open-set scorers (model/openset.py); "fused" won the leave-one-generator-out study (README)
-OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "fused", "fused-stats",
-                "fused-all")
+OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "fused",
+                "fused-stats", "fused-all", "fused-input")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ModelConfig:
     embed_dim: int = 128
     use_spectra: bool = True
     use_residual: bool = True      # use the store's reconstruction residual when it has one
+    use_periodicity: bool = True   # use the store's pixel periodicity profile when it has one
     temporal: str = "attention"
     time_dropout: float = 0.3
     entropy_reg: float = 0.1

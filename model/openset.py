@@ -12,6 +12,7 @@ discard (input statistics, the reconstruction residual):
     stats        per-channel mean and log std of the smallest-     the latents
                  timestep latent (N, 2C)
     residual     reconstruction-residual vector (N, F)             the store (--residual)
+    periodicity  pixel-gradient phase profile (N, 2P)              the store (--period)
 
 Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
 known generator). `OpenSetScorer` standardises its components on known validation rows and
@@ -139,16 +140,19 @@ BASE_SCORERS = {
     "confidence": ("proba", lambda seed: MaxColumn(), "largest calibrated class probability"),
     "stats": ("stats", lambda seed: ClassGaussian(), "nearest known class, Gaussian on per-channel latent statistics"),
     "residual": ("residual", lambda seed: ClassGaussian(), "nearest known class, Gaussian on the reconstruction residual"),
+    "periodicity": ("periodicity", lambda seed: ClassGaussian(),
+                    "nearest known class, Gaussian on the pixel periodicity profile"),
 }
 # fused scorers: the minimum of standardised components (those whose block the model has)
 FUSED = {
     "fused": ("confidence", "residual"),
     "fused-stats": ("confidence", "stats"),
     "fused-all": ("confidence", "residual", "stats", "gauss"),
+    "fused-input": ("confidence", "residual", "periodicity"),
 }
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
 assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
-BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual")
+BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity")
 
 
 def components(method: str, available_blocks) -> tuple[str, ...]:
@@ -156,7 +160,8 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     if method in BASE_SCORERS:
         if BASE_SCORERS[method][0] not in available_blocks:
             raise InputError(f"open-set scorer {method!r} reads the {BASE_SCORERS[method][0]!r} block, which this "
-                             f"model lacks (featurize with --residual for the residual); choose another --open-scorer")
+                             f"model lacks (featurize with --residual for the residual, --period for the periodicity); "
+                             "choose another --open-scorer")
         return (method,)
     if method not in FUSED:
         raise InputError(f"unknown open-set scorer {method!r}; choose one of {', '.join(OPEN_SCORERS)}")

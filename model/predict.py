@@ -58,7 +58,7 @@ def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureB
     mask = net.proto_mask.bool()
     return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
             "stats": channel_stats(feats["latents"]),
-            "residual": feats["residual"].double().numpy() if feats.get("residual") is not None else None}
+            **{k: feats[k].double().numpy() if feats.get(k) is not None else None for k in ("residual", "periodicity")}}
 
 
 @torch.inference_mode()

@@ -13,6 +13,7 @@ if it is not a per-timestep or per-image vector (those get one automatically), a
     latents   (T, C, h, w)   float16  forward-diffused per timestep (sigma-normalised if configured)
     spectra   (T, C, k, k)   float16  log1p |FFT| of the lowest k x k frequencies of each z_t
     residual  (F,)           float32  reconstruction residual (residual.py); with residual_bins > 0
+    periodicity (2P,)        float32  pixel-gradient phase profile modulo P (periodicity.py); with period > 0
 """
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ def _residual(ctx: Context):
     return residual_features(ctx.pixels.float() / 255.0, ctx.z32, ctx.decode, ctx.encode, ctx.cfg.residual_bins)[:ctx.n]
 
 
+def _periodicity(ctx: Context):
+    from leakstore.features.periodicity import periodicity_features
+    return periodicity_features(ctx.pixels[:ctx.n], ctx.cfg.period)
+
+
+def periodicity_dim(cfg: FeaturizeConfig) -> int:
+    """Length of one image's periodicity vector: 2 * period (0 without the feature)."""
+    return 2 * cfg.period
+
+
 def residual_dim(cfg: FeaturizeConfig) -> int:
     """Length of one image's residual vector: 3 * bins + 3 + C (0 without the residual feature)."""
     return 3 * cfg.residual_bins + 3 + cfg.vae.latent_channels if cfg.residual_bins else 0
@@ -108,6 +119,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("residual", ("residual_feature",), "float32", lambda c: (residual_dim(c),), _residual,
             needs_decoder=True, enabled=lambda c: c.residual_bins > 0, off=(("residual_bins", 0), ("decoder", "")),
             doc="reconstruction-residual statistics (leakstore/features/residual.py)"),
+    Feature("periodicity", ("periodicity_feature",), "float32", lambda c: (periodicity_dim(c),), _periodicity,
+            enabled=lambda c: c.period > 0, off=(("period", 0),),
+            doc="pixel-gradient phase profile modulo the period (leakstore/features/periodicity.py)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 

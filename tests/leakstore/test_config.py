@@ -29,7 +29,8 @@ def test_mismatch_names_the_fields():
 
 @pytest.mark.parametrize("kw", [dict(timesteps=()), dict(timesteps=(0, 1000)), dict(resolution=100),
                                 dict(fft_size=64), dict(resize_policy="stretch"), dict(residual_bins=-1),
-                                dict(residual_bins=12)])   # the last: a residual without its decoder's revision
+                                dict(residual_bins=12),    # a residual without its decoder's revision
+                                dict(period=-1), dict(period=40, resolution=64)])
 def test_invalid_configs_are_refused(kw):
     with pytest.raises(InputError):
         FeaturizeConfig(vae=VAE, **kw)
@@ -47,12 +48,21 @@ def test_stores_made_before_the_residual_keep_their_hash():
     import hashlib
     import json
     cfg = FeaturizeConfig(vae=VAE)
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision")}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision", "period")}
     want = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert cfg.hash == want
     d = cfg.to_dict()
-    del d["residual_bins"], d["decoder"]
+    del d["residual_bins"], d["decoder"], d["period"]
     assert FeaturizeConfig.from_dict(d).hash == want
+
+
+def test_the_period_is_part_of_the_features_only_when_on():
+    a = FeaturizeConfig(vae=VAE)
+    p = a.replace(period=8)
+    assert "period" not in a.identity() and p.identity()["period"] == 8
+    assert len({a.hash, p.hash, p.replace(period=4).hash}) == 3
+    with pytest.raises(ConfigMismatchError, match="period"):
+        check_compatible(p, a, "store s")
 
 
 def test_the_residual_and_its_decoder_are_part_of_the_features():

@@ -17,12 +17,12 @@ from tests.conftest import write_class_images
 from tests.synthetic import CFG, CFG_RESIDUAL
 
 
-@pytest.mark.parametrize("cfg", [CFG, CFG_RESIDUAL])
+@pytest.mark.parametrize("cfg", [CFG, CFG_RESIDUAL, CFG_RESIDUAL.replace(period=8)])
 def test_store_schema_and_empty_batches_follow_the_table(cfg):
     specs = array_specs(5, cfg)
     names = [f.name for f in features_for(cfg)]
     assert list(specs) == names + [r.name for r in ROW_ARRAYS]
-    assert ("residual" in names) == bool(cfg.residual_bins)
+    assert ("residual" in names) == bool(cfg.residual_bins) and ("periodicity" in names) == bool(cfg.period)
     empty = FeatureBatch.empty(cfg)
     for f in features_for(cfg):
         spec, shape = specs[f.name]
@@ -72,3 +72,27 @@ def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, m
     want = predict(a.bundle, feats)["proba"]
     got = a.score_many([str(p) for p in store.read("path")])                       # featurized in memory
     np.testing.assert_allclose(got[[f"p_{c}" for c in a.classes]].to_numpy(float), want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_path):
+    """--period: the store holds the profile of the pixels the VAE saw, the network reads it, the
+    periodicity open-set scorer fits on it, and in-memory scoring of the files gives the same."""
+    from featurize.images import decode_image, prepare
+    from leakstore.features.periodicity import periodicity_features
+    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
+    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
+              opts=RunOptions(device="cpu", workers=0, progress=False))
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    feats = store.load()
+    paths = [str(p) for p in store.read("path")]
+    px = torch.from_numpy(np.stack([prepare(decode_image(open(p, "rb").read(), p), 48, "shorter-crop")
+                                    for p in paths[:3]])).permute(0, 3, 1, 2)
+    torch.testing.assert_close(feats["periodicity"][:3], periodicity_features(px, 8))
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-input")
+    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
+    a = Attributor.load(tmp_path / "run")
+    assert a.bundle.net.inputs == ("latents", "spectra", "periodicity")
+    assert a.bundle.open.components_ == ("confidence", "periodicity")       # no residual in this store
+    want = predict(a.bundle, feats)
+    got = a.score_many(paths)
+    np.testing.assert_allclose(got["open_score"].to_numpy(float), want["open_score"], rtol=1e-4, atol=1e-5)
