@@ -29,7 +29,7 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
         errors.update(b["error"])
         if b["images"] is None:
             continue
-        out = runner(b["images"], b["noise"])
+        out = runner(b["images"], b["noise"], b["native"])
         if "event" in out:
             out.pop("event").synchronize()
         for name, v in out.items():

@@ -87,6 +87,7 @@ class ImageRows(Dataset):
         self.view_index = view_index
         self.policy = parse_policy(policy) if view_index is not None else None
         self.noise_shape = (len(cfg.timesteps),) + cfg.latent_shape
+        self.native = [f for f in features_for(cfg) if f.native is not None]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -102,15 +103,20 @@ class ImageRows(Dataset):
             if steps:
                 view = view_name(steps)
                 arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
+            try:
+                native = {f.name: torch.from_numpy(np.asarray(f.native(arr, self.cfg), dtype=np.float32))
+                          for f in self.native}
+            except ValueError as e:          # e.g. an image (or view) too small for the feature
+                raise ImageDecodeError(path, str(e)) from None
             arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
             img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
             eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
-            return row, img, eps, sha, "", view
+            return row, img, eps, sha, "", view, native
         # a failed row keeps no hash: the store records nothing about a file that is not a usable image
         except ImageDecodeError as e:
-            return row, None, None, "", e.reason, view
+            return row, None, None, "", e.reason, view, None
         except Exception as e:  # an unexpected failure is still one row's failure, with its reason
-            return row, None, None, "", f"unexpected {type(e).__name__}: {e}", view
+            return row, None, None, "", f"unexpected {type(e).__name__}: {e}", view, None
 
 
 def collate(items):
@@ -123,6 +129,7 @@ def collate(items):
         "sha": {it[0]: it[3] for it in items},
         "error": {it[0]: it[4] for it in items if it[1] is None},
         "view": {it[0]: it[5] for it in items},
+        "native": {k: torch.stack([it[6][k] for it in ok]) for k in ok[0][6]} if ok else None,
     }
 
 
@@ -192,16 +199,18 @@ class DeviceFeaturizer:
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32 -> tensors on the CPU
-        (copies in flight: wait on the returned 'event' before reading them)."""
+    def __call__(self, images: torch.Tensor, noise: torch.Tensor, native: dict | None = None) -> dict[str, torch.Tensor]:
+        """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32, native: the loader's per-image
+        features (collate's "native") -> tensors on the CPU (copies in flight: wait on the returned
+        'event' before reading them)."""
         b = images.shape[0]
         x = images.to(self.device, non_blocking=True)
         if self.fixed_batch and b < self.batch_size:
             x = torch.cat([x, x[:1].expand(self.batch_size - b, -1, -1, -1)])
         x = x.contiguous(memory_format=self.memory_format)
         z = self.run(x).float()
-        ctx = Context(self.cfg, b, z, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, pixels=x)
+        ctx = Context(self.cfg, b, z, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, pixels=x,
+                      native={k: v.to(self.device) for k, v in (native or {}).items()})
         if self.res_encoder is not None:  # on the padded batch too: one shape for a compiled decoder
             ctx.z32 = z if self.res_encoder is self.run else self.res_encoder(x).float()
             ctx.encode, ctx.decode = (lambda px: self.res_encoder(px * 255.0)), self.res_decoder
@@ -343,7 +352,7 @@ def _drive(loader, runner: DeviceFeaturizer, assembler: ChunkAssembler, total: i
     pending = None
     with contextlib.closing(bar):
         for b in loader:
-            out = runner(b["images"], b["noise"]) if b["images"] is not None else None
+            out = runner(b["images"], b["noise"], b["native"]) if b["images"] is not None else None
             if pending is not None:
                 _finish(pending, assembler, bar)
             pending = (b, out)

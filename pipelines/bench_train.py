@@ -93,7 +93,7 @@ def main(argv=None):
     for epoch in range(args.epochs):
         sampler.epoch = epoch
         for b in loader:
-            out = runner(b["images"], b["noise"])
+            out = runner(b["images"], b["noise"], b["native"])
             if "event" in out:
                 out.pop("event").synchronize()
             batch = {k: out[k].to(dev).float() for k in net.inputs}

@@ -13,7 +13,8 @@ if it is not a per-timestep or per-image vector (those get one automatically), a
     latents   (T, C, h, w)   float16  forward-diffused per timestep (sigma-normalised if configured)
     spectra   (T, C, k, k)   float16  log1p |FFT| of the lowest k x k frequencies of each z_t
     residual  (F,)           float32  reconstruction residual (residual.py); with residual_bins > 0
-    periodicity (2P,)        float32  pixel-gradient phase profile modulo P (periodicity.py); with period > 0
+    periodicity (2P,)        float32  pixel-gradient phase profile modulo P of the image at its own size
+                                      (periodicity.py); with period > 0
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Context:
     encode: Callable | None = None         # float32 pixels in [0, 1] -> latents (float32 pass)
     decode: Callable | None = None         # latents -> pixels in [0, 1] (float32 pass)
     z32: "torch.Tensor | None" = None      # (B, C, h, w) latents of the float32 pass
+    native: dict[str, Any] | None = None   # features the loader computed on each decoded image (`Feature.native`)
     out: dict[str, Any] = field(default_factory=dict)   # features computed so far, by name
 
 
@@ -67,9 +69,18 @@ def _residual(ctx: Context):
     return residual_features(ctx.pixels.float() / 255.0, ctx.z32, ctx.decode, ctx.encode, ctx.cfg.residual_bins)[:ctx.n]
 
 
-def _periodicity(ctx: Context):
-    from leakstore.features.periodicity import periodicity_features
-    return periodicity_features(ctx.pixels[:ctx.n], ctx.cfg.period)
+def _from_loader(name: str):
+    def compute(ctx: Context):
+        if not ctx.native or name not in ctx.native:
+            raise RuntimeError(f"the {name!r} feature is computed on each decoded image by the loader "
+                               "(featurize.runner.ImageRows): pass the batch's 'native' to the featurizer")
+        return ctx.native[name][:ctx.n]
+    return compute
+
+
+def _periodicity_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
+    from leakstore.features.periodicity import periodicity_of_image
+    return periodicity_of_image(arr, cfg.period)
 
 
 def periodicity_dim(cfg: FeaturizeConfig) -> int:
@@ -95,6 +106,10 @@ class Feature:
     needs_decoder: bool = False
     requires: tuple[str, ...] = ()                          # features its compute reads from ctx.out
     enabled: Callable[[FeaturizeConfig], bool] = lambda cfg: True
+    native: Callable[[np.ndarray, FeaturizeConfig], np.ndarray] | None = None
+                                                            # computed by the loader on the decoded (H, W, 3) uint8
+                                                            # image at its own size (after views, before the resize
+                                                            # to the VAE's resolution); `compute` then reads ctx.native
     off: tuple[tuple[str, Any], ...] = ()                   # config fields that switch an optional feature off
     doc: str = ""
 
@@ -119,8 +134,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("residual", ("residual_feature",), "float32", lambda c: (residual_dim(c),), _residual,
             needs_decoder=True, enabled=lambda c: c.residual_bins > 0, off=(("residual_bins", 0), ("decoder", "")),
             doc="reconstruction-residual statistics (leakstore/features/residual.py)"),
-    Feature("periodicity", ("periodicity_feature",), "float32", lambda c: (periodicity_dim(c),), _periodicity,
-            enabled=lambda c: c.period > 0, off=(("period", 0),),
+    Feature("periodicity", ("periodicity_feature",), "float32", lambda c: (periodicity_dim(c),),
+            _from_loader("periodicity"), native=_periodicity_native, enabled=lambda c: c.period > 0, off=(("period", 0),),
             doc="pixel-gradient phase profile modulo the period (leakstore/features/periodicity.py)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}

@@ -11,12 +11,18 @@ One vector per image, 2 P values (`leakstore.features.periodicity_dim`):
                 minus the log of their mean (a shape, not a level: content contrast cancels)
     [P, 2 P)    the same for rows
 with x the image in [0, 1], averaged over colour channels. A pure function of pixels.
+
+The store measures it on each image at its own size (`periodicity_of_image`), after any view and
+before the resize to the VAE's resolution: resizing would erase an upscale's period or, for a
+small image brought up to the resolution, print one of its own.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPS = 1e-6
+MAX_SIDE = 1024          # larger images are measured on a central crop this big, aligned to the period
 
 
 def phase_profile(diff: torch.Tensor, period: int) -> torch.Tensor:
@@ -38,3 +44,16 @@ def periodicity_features(x: torch.Tensor, period: int) -> torch.Tensor:
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((1, 2))      # (B, W-1), column j: between j and j+1
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 3))      # (B, H-1)
     return torch.cat([phase_profile(dx, period), phase_profile(dy, period)], 1)
+
+
+def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
+    """(H, W, 3) uint8 at its own size -> (2 period,) float32. Images over MAX_SIDE a side are
+    measured on a central MAX_SIDE crop whose corner is a multiple of the period (same phases)."""
+    h, w = arr.shape[:2]
+    if min(h, w) < 2 * period:
+        raise ValueError(f"periodicity needs images of at least {2 * period} pixels a side, got {h}x{w}: "
+                         f"featurize with a smaller --period or --period 0")
+    top = (max(0, h - MAX_SIDE) // 2) // period * period
+    left = (max(0, w - MAX_SIDE) // 2) // period * period
+    crop = np.array(arr[top:top + MAX_SIDE, left:left + MAX_SIDE], dtype=np.uint8)   # a writable copy
+    return periodicity_features(torch.from_numpy(crop).permute(2, 0, 1)[None], period)[0].numpy()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leakstore.features.periodicity import periodicity_features
+from leakstore.features.periodicity import MAX_SIDE, periodicity_features, periodicity_of_image
 
 
 def _photo_like(n=4, size=64, seed=0):
@@ -59,3 +59,13 @@ def test_the_upscale_trace_survives_jpeg_75():
     j = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
     f = periodicity_features(j, 8)
     assert (f[:, 1::2].mean(1) - f[:, 0::2].mean(1) > 0.3).all()   # odd phases still carry the gradients
+
+
+def test_a_large_image_is_measured_on_a_period_aligned_central_crop():
+    x = _upscale_nearest(_photo_like(1, MAX_SIDE + 200, seed=5))
+    arr = (x[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    f = periodicity_of_image(arr, 8)
+    assert f.shape == (16,) and f.dtype == np.float32
+    assert (f[0::2] < -5).all()                  # the crop kept the phases: the pairs still start at even columns
+    with pytest.raises(ValueError, match="--period"):
+        periodicity_of_image(arr[:10, :10], 8)

@@ -75,19 +75,19 @@ def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, m
 
 
 def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_path):
-    """--period: the store holds the profile of the pixels the VAE saw, the network reads it, the
-    periodicity open-set scorer fits on it, and in-memory scoring of the files gives the same."""
-    from featurize.images import decode_image, prepare
-    from leakstore.features.periodicity import periodicity_features
-    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
+    """--period: the store holds the profile of each image at its own size (not of the resized
+    pixels the VAE sees), the network reads it, the periodicity open-set scorer fits on it, and
+    in-memory scoring of the files gives the same."""
+    from featurize.images import decode_image
+    from leakstore.features.periodicity import periodicity_of_image
+    data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
               opts=RunOptions(device="cpu", workers=0, progress=False))
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     paths = [str(p) for p in store.read("path")]
-    px = torch.from_numpy(np.stack([prepare(decode_image(open(p, "rb").read(), p), 48, "shorter-crop")
-                                    for p in paths[:3]])).permute(0, 3, 1, 2)
-    torch.testing.assert_close(feats["periodicity"][:3], periodicity_features(px, 8))
+    want = np.stack([periodicity_of_image(decode_image(open(p, "rb").read(), p), 8) for p in paths[:3]])
+    np.testing.assert_allclose(feats["periodicity"][:3].numpy(), want, rtol=1e-6)
     cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-input")
     train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
     a = Attributor.load(tmp_path / "run")
@@ -96,3 +96,15 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     want = predict(a.bundle, feats)
     got = a.score_many(paths)
     np.testing.assert_allclose(got["open_score"].to_numpy(float), want["open_score"], rtol=1e-4, atol=1e-5)
+
+
+def test_an_image_too_small_for_the_period_fails_alone_with_its_reason(tmp_path):
+    from PIL import Image
+    data = write_class_images(tmp_path / "data", {"real": 6, "gen-a": 6}, size=(48, 48))
+    Image.new("RGB", (12, 12), (10, 200, 30)).save(data / "gen-a" / "tiny.png")
+    rep = featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0,), fft_size=4, period=8,
+                    min_side=8, opts=RunOptions(device="cpu", workers=0, progress=False))
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    err = {str(p): str(e) for p, e in zip(store.read("path"), store.read("error")) if e}
+    assert list(err) == [str(data / "gen-a" / "tiny.png")] and "--period" in err[str(data / "gen-a" / "tiny.png")]
+    assert rep.failed_in_store == 1 and np.isfinite(store.load()["periodicity"].numpy()).all()
