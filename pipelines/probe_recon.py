@@ -51,6 +51,24 @@ def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     return {"macro_auc": float(np.mean(list(auc.values()))), **auc}
 
 
+def load_taef2():
+    """(encoder, decoder) of TAEF2 from $LEAKSTORE_WEIGHTS or ../shared/weights, in eval mode."""
+    w = next((d for d in weights_dirs() if (d / "taef2_decoder.pth").is_file()), None)
+    if w is None:
+        raise SystemExit("taef2_decoder.pth not found: set LEAKSTORE_WEIGHTS to the folder holding TAEF2")
+    enc = build_sequential_encoder(_read_state(w / "taef2_encoder.pth"))[0]
+    dec = build_sequential_decoder(_read_state(w / "taef2_decoder.pth"), "taef2_decoder.pth")
+    return enc.eval(), dec.eval()
+
+
+def sample_manifest(manifest: Path, per_class: int, seed: int):
+    """The same number of rows of every label of a LeakBench manifest (a DataFrame), seeded."""
+    import pandas as pd
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    return df.loc[[i for _, g in df.groupby("label")
+                   for i in g.sample(min(per_class, len(g)), random_state=seed).index]]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("manifest", type=Path)
@@ -58,16 +76,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    import pandas as pd
     from PIL import Image
-    w = next((d for d in weights_dirs() if (d / "taef2_decoder.pth").is_file()), None)
-    if w is None:
-        raise SystemExit("taef2_decoder.pth not found: set LEAKSTORE_WEIGHTS to the folder holding TAEF2")
-    enc = build_sequential_encoder(_read_state(w / "taef2_encoder.pth"))[0]
-    dec = build_sequential_decoder(_read_state(w / "taef2_decoder.pth"), "taef2_decoder.pth")
-    df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    df = df.loc[[i for _, g in df.groupby("label")
-                 for i in g.sample(min(args.per_class, len(g)), random_state=args.seed).index]]
+    enc, dec = load_taef2()
+    df = sample_manifest(args.manifest, args.per_class, args.seed)
     lat, rfe = [], []
     for s in range(0, len(df), 32):
         batch = [np.asarray(Image.open(args.manifest.parent / p).convert("RGB")) for p in df.path.iloc[s:s + 32]]
