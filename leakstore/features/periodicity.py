@@ -1,8 +1,8 @@
 """Pixel periodicity: where in a P-pixel period an image's pixel gradients are strong.
 
-Upsampling leaves a period in the pixel grid: a 2x nearest-neighbour upscale repeats every
-other column and row (the gradient vanishes at every odd position), a bilinear one smooths them
-alternately, a decoder with stride P and an 8 x 8 block codec modulate gradients with period P.
+Upsampling leaves a period in the pixel grid: a 2x nearest-neighbour upscale repeats each
+column and row once (no gradient inside a repeated pair: phases 0, 2, 4, 6 below), a bilinear
+one smooths them alternately, a decoder with stride P and an 8 x 8 block codec modulate gradients with period P.
 A photograph's gradients do not care about position modulo P. The profile survives JPEG better
 than the residual's high rings: at JPEG 75 a nearest-upscaled image still shows its period 2.
 
@@ -35,7 +35,7 @@ def phase_profile(diff: torch.Tensor, period: int) -> torch.Tensor:
 
 
 def periodicity_features(x: torch.Tensor, period: int) -> torch.Tensor:
-    """x (B, 3, S, S) float in [0, 1] (or uint8) -> (B, 2 period) float32 (see module doc)."""
+    """x (B, 3, H, W) float in [0, 1] (or uint8) -> (B, 2 period) float32 (see module doc)."""
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()
