@@ -69,13 +69,12 @@ def _residual(ctx: Context):
     return residual_features(ctx.pixels.float() / 255.0, ctx.z32, ctx.decode, ctx.encode, ctx.cfg.residual_bins)[:ctx.n]
 
 
-def _from_loader(name: str):
-    def compute(ctx: Context):
-        if not ctx.native or name not in ctx.native:
-            raise RuntimeError(f"the {name!r} feature is computed on each decoded image by the loader "
-                               "(featurize.runner.ImageRows): pass the batch's 'native' to the featurizer")
-        return ctx.native[name][:ctx.n]
-    return compute
+def _from_loader(ctx: Context, name: str):
+    """A `native` feature: what the loader computed on each decoded image (ctx.native)."""
+    if not ctx.native or name not in ctx.native:
+        raise RuntimeError(f"the {name!r} feature is computed on each decoded image by the loader "
+                           "(featurize.runner.ImageRows): pass the batch's 'native' to the featurizer")
+    return ctx.native[name][:ctx.n]
 
 
 def _periodicity_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
@@ -99,7 +98,7 @@ class Feature:
     dims: tuple[str, ...]                                   # per-image dimension names (after "image")
     dtype: str                                              # store dtype
     shape: Callable[[FeaturizeConfig], tuple[int, ...]]     # per-image shape
-    compute: Callable[[Context], Any]                       # -> (n, *shape) float32 tensor
+    compute: Callable[[Context], Any] | None                # -> (n, *shape) float32 tensor; None for a `native` feature
     model_input: bool = True                                # fed to the network
     noise_derived: bool = False                             # a function of (latent0, noise) alone: training
                                                             # can redraw it from latent0 every batch
@@ -109,7 +108,7 @@ class Feature:
     native: Callable[[np.ndarray, FeaturizeConfig], np.ndarray] | None = None
                                                             # computed by the loader on the decoded (H, W, 3) uint8
                                                             # image at its own size (after views, before the resize
-                                                            # to the VAE's resolution); `compute` then reads ctx.native
+                                                            # to the VAE's resolution), handed on in ctx.native
     off: tuple[tuple[str, Any], ...] = ()                   # config fields that switch an optional feature off
     doc: str = ""
 
@@ -135,7 +134,7 @@ FEATURES: tuple[Feature, ...] = (
             needs_decoder=True, enabled=lambda c: c.residual_bins > 0, off=(("residual_bins", 0), ("decoder", "")),
             doc="reconstruction-residual statistics (leakstore/features/residual.py)"),
     Feature("periodicity", ("periodicity_feature",), "float32", lambda c: (periodicity_dim(c),),
-            _from_loader("periodicity"), native=_periodicity_native, enabled=lambda c: c.period > 0, off=(("period", 0),),
+            None, native=_periodicity_native, enabled=lambda c: c.period > 0, off=(("period", 0),),
             doc="pixel-gradient phase profile modulo the period (leakstore/features/periodicity.py)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
@@ -170,7 +169,7 @@ def compute(ctx: Context, names) -> dict[str, Any]:
             todo += BY_NAME[n].requires
     for f in FEATURES:
         if f.name in wanted and f.name not in ctx.out:
-            ctx.out[f.name] = f.compute(ctx)
+            ctx.out[f.name] = _from_loader(ctx, f.name) if f.native else f.compute(ctx)
     return {k: ctx.out[k] for k in names}
 
 
