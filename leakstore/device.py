@@ -13,3 +13,47 @@ def resolve_device(device: str = "auto"):
     if d.type == "cuda" and not torch.cuda.is_available():
         raise LeakstoreError(f"--device {device}: no CUDA device is visible here; use --device cpu")
     return d
+
+
+LOCAL_WORKERS = "LEAKSTORE_LOCAL_WORKERS"   # set by pipelines.score.local_cluster in its workers' environment
+
+
+def worker_device(device: str, index: int | None = None):
+    """The device of this dask worker process, for `device` as the user gave it.
+
+    Workers of a local cluster (`--cluster N`, which sets LEAKSTORE_LOCAL_WORKERS=N in their
+    environment) that are asked for plain 'cuda' are spread over the visible GPUs round-robin by
+    worker number, instead of all landing on GPU 0. Workers that share one GPU each get an equal
+    share of its memory (torch's per-process cap): without it the first worker's kernel tuning and
+    allocator cache take the whole card and the next one fails with CUDA out-of-memory (seen with 2
+    featurize workers on one H200, the residual on). Workers started by hand (`dask worker`, one per
+    GPU with CUDA_VISIBLE_DEVICES) are not touched. `index`: the worker's number, its dask name as a
+    LocalCluster gives it (0..N-1); default: read from the running task's worker, else 0."""
+    import os
+
+    import torch
+    dev = resolve_device(device)
+    n = int(os.environ.get(LOCAL_WORKERS, "0") or 0)
+    if dev.type != "cuda" or n <= 1:
+        return dev
+    if index is None:
+        index = _worker_number()
+    count = max(1, torch.cuda.device_count())
+    if dev.index is None:
+        dev = torch.device("cuda", index % count)
+        sharing = len(range(dev.index, n, count))       # local workers that land on this GPU
+    else:
+        sharing = n                                     # every local worker was sent to this one GPU
+    torch.cuda.set_device(dev)
+    if sharing > 1:
+        torch.cuda.set_per_process_memory_fraction(0.95 / sharing, dev)
+    return dev
+
+
+def _worker_number() -> int:
+    try:
+        from distributed import get_worker
+        name = get_worker().name
+    except (ImportError, ValueError):   # not inside a task (a worker plugin passes its number instead)
+        return 0
+    return name if isinstance(name, int) else 0

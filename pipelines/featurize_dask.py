@@ -30,15 +30,18 @@ except ImportError:  # pragma: no cover - distributed is a dependency
     WorkerPlugin = object
 
 
-def _runner(store: FeatureStore, device: str, batch: int):
-    """The encoder and its DeviceFeaturizer for this store's config, built once per worker process."""
+def _runner(store: FeatureStore, device: str, batch: int, worker_number: int | None = None):
+    """The encoder and its DeviceFeaturizer for this store's config, built once per worker process
+    (`worker_number`: the dask worker's number, which picks its GPU on a local cluster)."""
     from featurize.runner import DeviceFeaturizer
     from featurize.vae import encoder_for_config
-    from leakstore.device import resolve_device
+    from leakstore.device import resolve_device, worker_device
     key = f"{store.config.hash}|{store.config.decoder}|{device}|{batch}"
     with _LOCK:
         if key not in _CACHE:
-            dev = resolve_device(device)
+            # a local cluster's GPU workers are spread over the GPUs, and share one GPU's memory evenly
+            dev = (worker_device(device, worker_number) if os.environ.get("LEAKSTORE_WORKER")
+                   else resolve_device(device))
             if dev.type == "cpu" and os.environ.get("LEAKSTORE_WORKER"):
                 import torch
                 torch.set_num_threads(1)  # one thread per worker process: processes scale, threads fight
@@ -56,7 +59,12 @@ class LoadEncoder(WorkerPlugin):
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
-        _runner(FeatureStore.open(self.store_path), self.device, self.batch)
+        _runner(FeatureStore.open(self.store_path), self.device, self.batch, _number(worker))
+
+
+def _number(worker) -> int | None:
+    """A LocalCluster numbers its workers 0..n-1 (their names); others may be named anything."""
+    return worker.name if isinstance(worker.name, int) else None
 
 
 def _catalog(store: FeatureStore):

@@ -3,19 +3,21 @@
     python -m pipelines.gpu_check --out gpu-check          # on a GPU machine: ~8 min on one H100
     python -m pipelines.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
 
-Parts (each a benchmark script of pipelines/, run in this process with the sizes below; random
-weights, no download; the SD-VAE architecture at 256 px):
+Parts, in this order (each a benchmark script of pipelines/, run in this process with the sizes
+below; random weights, no download; the SD-VAE architecture at 256 px). The order puts first what
+has no GPU figure yet, so a run cut short by --budget-s keeps the most needed ones:
 
-    featurize            files -> store vs the compiled encoder alone (bench_featurize), default compile mode
-    featurize_residual   the same with the reconstruction residual (decoder pass and second encode)
     train                training 10 epochs from the store vs re-encoding every epoch in fp32 (bench_train)
     score_store          dask store scoring with 1, 2, 4, 8, 16 workers (bench_score)
-    score_images         raw-image scoring, in process and with dask, on the device (bench_score_images)
+    featurize            files -> store vs the compiled encoder alone (bench_featurize), default compile mode
     featurize_cluster    featurize on a local dask cluster of 1 and 2 workers (bench_featurize_cluster)
+    score_images         raw-image scoring, in process and with dask, on the device (bench_score_images)
+    featurize_residual   the same as featurize with the reconstruction residual (decoder pass and second encode)
 
 Writes gpu_check.json (every part's results, seconds, and status: a failing part is recorded
 and the others still run) and gpu_check.md (one table), and prints the table. Exit code 1 when a
-part failed.
+part failed. `--size KEY=VALUE` shrinks a part to fit a short lease (the sizes are recorded in the
+JSON); `--budget-s S` starts no part after S seconds and records the rest as skipped.
 """
 from __future__ import annotations
 
@@ -49,10 +51,6 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
     common = ["--resolution", str(s["res"]), "--device", device]
     feat = ["--out", str(out / "featurize"), "--images", str(s["images"])] + common + (["--batch", "16", "--skip-anchors"]
                                                                                       if smoke else [])
-    yield "featurize", lambda: bench_featurize.main(feat), out / "featurize" / f"bench{s['res']}.json"
-    yield ("featurize_residual", lambda: bench_featurize.main(
-        ["--out", str(out / "featurize-residual"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
-        + common + (["--batch", "16"] if smoke else [])), out / "featurize-residual" / f"bench{s['res']}.json")
     yield ("train", lambda: bench_train.main(
         ["synthetic", "--vae", "sd-random", "--images", str(s["train_images"]), "--reference-precision", "fp32",
          "--out", str(out / "train")] + common + (["--epochs", "1", "--loader-workers", "0"] if smoke else [])),
@@ -60,15 +58,19 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
     yield ("score_store", lambda: bench_score.main(
         ["--rows", str(s["score_rows"]), "--workers", s["score_workers"], "--out", str(out / "score-store")]
         + (["--chunk", "256"] if smoke else [])), out / "score-store" / "bench_score.json")
+    yield "featurize", lambda: bench_featurize.main(feat), out / "featurize" / f"bench{s['res']}.json"
     data = _labelled(out / "featurize", s["images"], s["res"])
-    yield ("score_images", lambda: bench_score_images.main(
-        [str(data), "--vae", vae, "--images", str(s["score_images"]), "--workers", "1" if smoke else "1,4",
-         "--out", str(out / "score-images")] + common), out / "score-images" / "bench_score_images.json")
     yield ("featurize_cluster", lambda: bench_featurize_cluster.main(
         [str(data), "--vae", vae, "--resolution", str(s["res"]), "--images", str(s["cluster_images"]),
          "--cluster", "1,2", "--device", device, "--out", str(out / "featurize-cluster")]
         + (["--residual-bins", "0"] if smoke else [])),
         out / "featurize-cluster" / "results.json")
+    yield ("score_images", lambda: bench_score_images.main(
+        [str(data), "--vae", vae, "--images", str(s["score_images"]), "--workers", "1" if smoke else "1,4",
+         "--out", str(out / "score-images")] + common), out / "score-images" / "bench_score_images.json")
+    yield ("featurize_residual", lambda: bench_featurize.main(
+        ["--out", str(out / "featurize-residual"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
+        + common + (["--batch", "16"] if smoke else [])), out / "featurize-residual" / f"bench{s['res']}.json")
 
 
 def _table(results: dict) -> str:
@@ -97,20 +99,34 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu-check"))
     ap.add_argument("--smoke", action="store_true", help="every part at toy size on the CPU (what CI runs)")
     ap.add_argument("--only", default="", help="comma-separated part names (default: all)")
+    ap.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override one size of the run (keys: {', '.join(FULL)}); repeatable")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="start no part after this many seconds (0: no limit); skipped parts are recorded as such")
     a = ap.parse_args(argv)
     import torch
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     if not a.smoke and device == "cpu":
         print("no CUDA device here: run with --smoke for the CPU check, or on a GPU machine", flush=True)
         return 2
+    sizes = dict(SMOKE if a.smoke else FULL)
+    for kv in a.size:
+        key, _, value = kv.partition("=")
+        if key not in sizes or not value:
+            ap.error(f"--size {kv}: expected KEY=VALUE with KEY one of {', '.join(sizes)}")
+        sizes[key] = value if isinstance(sizes[key], str) else int(value)
     a.out.mkdir(parents=True, exist_ok=True)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "smoke": a.smoke,
                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "sizes": SMOKE if a.smoke else FULL, "parts": {}}
+               "torch": torch.__version__, "sizes": sizes, "parts": {}}
     only = {p for p in a.only.split(",") if p}
     t_all = time.perf_counter()
-    for name, run, produced in _parts(a.out, SMOKE if a.smoke else FULL, device, a.smoke):
+    for name, run, produced in _parts(a.out, sizes, device, a.smoke):
         if only and name not in only:
+            continue
+        if a.budget_s and time.perf_counter() - t_all > a.budget_s:
+            results["parts"][name] = {"status": "skipped", "error": f"not started: past --budget-s {a.budget_s:g}",
+                                      "seconds": 0.0}
             continue
         print(f"\n=== {name}", flush=True)
         t = time.perf_counter()
@@ -129,7 +145,7 @@ def main(argv=None) -> int:
     (a.out / "gpu_check.md").write_text(f"gpu_check {results['date']} on {results['device']} "
                                         f"({'smoke' if a.smoke else 'full'}, {results['seconds']} s)\n\n{table}\n")
     print("\n" + table, flush=True)
-    return 1 if any(r["status"] != "ok" for r in results["parts"].values()) else 0
+    return 1 if any(r["status"] == "failed" for r in results["parts"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from featurize.datasets import list_inputs
+from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError, Interrupted
 
 _PREDICTORS: dict[str, object] = {}
@@ -27,16 +28,21 @@ PARTITION_IMAGES = 256
 
 
 # ---------------------------------------------------------------------------- model, once per process
-def get_predictor(run_dir: str, device: str = "cpu"):
+def get_predictor(run_dir: str, device: str = "cpu", worker_number: int | None = None):
     """The Predictor for run_dir, loaded once per process (keyed by path, device and file time);
-    its encoder is loaded on the first raw-image partition and kept."""
+    its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
+    worker's number, which picks its GPU on a local cluster."""
     from leakstore.predictor import Predictor
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
         if key not in _PREDICTORS:
-            if device == "cpu" and os.environ.get("LEAKSTORE_WORKER"):
-                import torch
-                torch.set_num_threads(1)  # one thread per dask worker process: workers scale, threads fight
+            if os.environ.get("LEAKSTORE_WORKER"):
+                if device == "cpu":
+                    import torch
+                    torch.set_num_threads(1)  # one thread per dask worker process: workers scale, threads fight
+                else:
+                    from leakstore.device import worker_device
+                    device = str(worker_device(device, worker_number))  # local GPU workers: spread, memory shared
             _PREDICTORS[key] = Predictor.load(run_dir, device)
         return _PREDICTORS[key]
 
@@ -55,7 +61,7 @@ class LoadModel(WorkerPlugin):
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
-        get_predictor(self.run_dir, self.device)
+        get_predictor(self.run_dir, self.device, worker.name if isinstance(worker.name, int) else None)
 
 
 def local_cluster(n_workers: int):
@@ -91,6 +97,7 @@ def local_cluster(n_workers: int):
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
                               "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
+                              f"distributed.nanny.pre-spawn-environ.{LOCAL_WORKERS}": str(n_workers),
                               "logging.distributed": "error"}):
             return Cluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     finally:

@@ -46,6 +46,12 @@ def test_local_cluster_workers_keep_glibc_dynamic_mmap_threshold_and_one_thread(
     assert len(env) == 2 and set(env.values()) == {(None, "1")}
 
 
+def test_local_cluster_workers_know_how_many_they_are_and_their_number(cluster):
+    """What worker_device spreads GPU workers by: the cluster's size and each worker's number."""
+    seen = cluster.run(lambda dask_worker: (os.environ.get("LEAKSTORE_LOCAL_WORKERS"), dask_worker.name))
+    assert sorted(seen.values()) == [("2", 0), ("2", 1)]
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("m")
