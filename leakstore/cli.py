@@ -235,6 +235,7 @@ class OpenScorer(str, Enum):
     residual = "residual"
     periodicity = "periodicity"
     fused = "fused"
+    fused_period = "fused-period"
     fused_stats = "fused-stats"
     fused_all = "fused-all"
     fused_input = "fused-input"
@@ -263,7 +264,7 @@ def train(
     protos_per_class: Annotated[int, typer.Option(min=1, help="Prototypes per class in the head.")] = 6,
     scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
     open_scorer: Annotated[OpenScorer, typer.Option(help="Open-set scorer for 'unknown generator' (see README, Open set; "
-                                                         "compare them with leakstore openset-study).")] = OpenScorer.fused,
+                                                         "compare them with leakstore openset-study).")] = OpenScorer.fused_period,
     renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,

@@ -12,9 +12,9 @@ BACKBONES = ("cnn", "resnet", "patch-transformer")
 TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean")
-# open-set scorers (model/openset.py); "fused" won the leave-one-generator-out study (README)
+# open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (README)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "fused",
-                "fused-stats", "fused-all", "fused-input")
+                "fused-period", "fused-stats", "fused-all", "fused-input")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ModelConfig:
     dropout: float = 0.1
     select_on: str = "val_auc"     # early stopping / best epoch on "val_auc" or "val_loss"
     scorer: str = "mahalanobis"    # closed-set scorer on embeddings
-    open_scorer: str = "fused"     # open-set scorer (model/openset.py), chosen by the leave-one-out study
+    open_scorer: str = "fused-period"  # open-set scorer (model/openset.py), chosen by the leave-one-out study
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

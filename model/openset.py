@@ -143,13 +143,17 @@ BASE_SCORERS = {
     "periodicity": ("periodicity", lambda seed: ClassGaussian(),
                     "nearest known class, Gaussian on the pixel periodicity profile"),
 }
-# fused scorers: the minimum of standardised components (those whose block the model has)
+# fused scorers: the minimum of tail-matched components (those whose block the model has)
 FUSED = {
     "fused": ("confidence", "residual"),
+    "fused-period": ("confidence", "periodicity"),
     "fused-stats": ("confidence", "stats"),
     "fused-all": ("confidence", "residual", "stats", "gauss"),
     "fused-input": ("confidence", "residual", "periodicity"),
 }
+# a fused scorer left with one component on a model without its input block falls back to another
+# (the default, fused-period, on a store featurized with --period 0: confidence + residual)
+FALLBACK = {"fused-period": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
 assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
 BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity")
@@ -166,6 +170,8 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     if method not in FUSED:
         raise InputError(f"unknown open-set scorer {method!r}; choose one of {', '.join(OPEN_SCORERS)}")
     comps = tuple(c for c in FUSED[method] if BASE_SCORERS[c][0] in available_blocks)
+    if len(comps) < 2 and method in FALLBACK:
+        return components(FALLBACK[method], available_blocks)
     return comps or ("confidence",)
 
 
@@ -181,9 +187,22 @@ def channel_stats(latents) -> np.ndarray:
     return np.concatenate([z.mean((2, 3)).double().numpy(), z.flatten(2).std(2).clamp_min(1e-6).log().double().numpy()], 1)
 
 
+TAIL = 0.01        # each component's scale: its known validation median minus this quantile
+TAIL_ROWS = 5      # ... and at least this many rows below it (the quantile rises on small sets)
+
+
 class OpenSetScorer(OutlierMixin, BaseEstimator):
-    """Known-ness of an image from one or more base scorers, each on its block: standardised on
-    known validation rows and fused by the minimum. `fit` takes a dict of blocks (N rows each)."""
+    """Known-ness of an image from one or more base scorers, each on its block, fused by the minimum.
+    `fit` takes a dict of blocks (N rows each).
+
+    Each component is put on one scale by its own lower tail on known validation rows: (score -
+    median) / (median - 1 % quantile), so -1 is where that component alone would call 1 % of known
+    images unknown. The minimum then flags an image when any component sees it far out in that
+    component's own tail. Components' known distributions have very different tails (a class
+    Gaussian on a 16-value profile is heavy-tailed; a calibrated probability is bounded): scaled by
+    their spread instead (median and interquartile range, the first version), the heaviest-tailed
+    component drove the minimum on known images and its false alarms hid the other components'
+    signal. Chosen on validation rows of the leave-one-generator-out study (README)."""
 
     def __init__(self, *, method: str = "fused", false_unknown_rate: float = 0.05, random_state: int = 0):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
@@ -196,7 +215,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
                             for c in self.components_]
         raw = self.component_scores(val_blocks if val_blocks is not None else blocks)
         self.centers_ = np.array([np.median(raw[c]) for c in self.components_])
-        self.scales_ = np.array([np.subtract(*np.percentile(raw[c], [75, 25])) / 1.349 + 1e-9 for c in self.components_])
+        self.scales_ = np.array([_tail_scale(raw[c]) for c in self.components_])
         self.set_threshold(val_blocks if val_blocks is not None else blocks)
         return self
 
@@ -208,7 +227,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         return {c: est.score_samples(blocks[BASE_SCORERS[c][0]]) for c, est in zip(self.components_, self.estimators_)}
 
     def score_samples(self, blocks: dict) -> np.ndarray:
-        """(N,) fused known-ness: min over components of (score - median) / robust scale on known val."""
+        """(N,) fused known-ness: min over components of (score - median) / tail scale on known val."""
         check_is_fitted(self, "estimators_")
         raw = self.component_scores(blocks)
         return np.min(np.stack([(raw[c] - m) / s for c, m, s in zip(self.components_, self.centers_, self.scales_)]), 0)
@@ -229,3 +248,15 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
 
     def predict(self, blocks):
         return np.where(self.decision_function(blocks) >= 0, 1, -1)
+
+
+def _tail_scale(known: np.ndarray) -> float:
+    """median - lower quantile of a component's scores on known rows (TAIL, or TAIL_ROWS rows on a
+    small set, at most the lower quartile); the interquartile scale where that is zero (a component
+    flat on its tail); 1 if both are."""
+    q = max(TAIL, TAIL_ROWS / max(len(known), 1))
+    med = np.median(known)
+    for scale in (med - np.quantile(known, min(q, 0.25)), np.subtract(*np.percentile(known, [75, 25])) / 1.349):
+        if scale > 1e-12:
+            return float(scale)
+    return 1.0
