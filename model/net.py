@@ -37,7 +37,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         h = self.net(x)
-        return torch.cat([h.mean((-2, -1)), h.flatten(2).std(-1)], 1)
+        flat = h.flatten(2)
+        # a latent of side <= 4 leaves one position after the two strides: its spread is 0, not NaN
+        spread = flat.std(-1) if flat.shape[-1] > 1 else torch.zeros_like(flat[..., 0])
+        return torch.cat([h.mean((-2, -1)), spread], 1)
 
 
 class _Basic(nn.Module):

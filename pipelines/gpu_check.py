@@ -1,6 +1,8 @@
 """Every GPU measurement in one prepared command, so the figures never wait for a GPU again.
 
-    python -m pipelines.gpu_check --out gpu-check          # on a GPU machine: ~8 min on one H100
+    python -m pipelines.gpu_check --out gpu-check          # on a GPU machine: more than 10 min at full size
+    python -m pipelines.gpu_check --out gc --budget-s 220 --size train_images=1024 --size score_rows=20000
+                                                           # what a 15-minute lease holds (README, Speed)
     python -m pipelines.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
 
 Parts, in this order (each a benchmark script of pipelines/, run in this process with the sizes

@@ -90,3 +90,14 @@ def test_a_new_vector_input_gets_its_own_branch_without_code():
     net.set_normalisation(b)
     assert net.inputs == ("latents", "spectra", "extra") and net.in_extra_mean.shape == (T, 6)
     assert not torch.allclose(net(b)["z"], net({**b, "extra": b["extra"] + 2.0})["z"])
+
+
+def test_the_small_cnn_is_finite_on_latents_too_small_for_a_spread():
+    """Side 4 -> 2 -> 1 after the two strides: one position, whose std was NaN and poisoned training."""
+    import torch
+
+    from model.net import SmallCNN
+    net = SmallCNN(4, 8)
+    for side in (1, 2, 4, 5):
+        out = net(torch.randn(3, 4, side, side))
+        assert out.shape == (3, 32) and torch.isfinite(out).all(), side
