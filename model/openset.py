@@ -15,8 +15,8 @@ discard (input statistics, the reconstruction residual):
     periodicity  pixel-gradient phase profile (N, 2P)              the store (--period)
 
 Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
-known generator). `OpenSetScorer` standardises its components on known validation rows and
-fuses them by their minimum (an image is as unknown as its most alarmed component); its threshold
+known generator). `OpenSetScorer` scales each component by its own lower tail on known validation
+rows and fuses them by their minimum (an image is as unknown as its most alarmed component); its threshold
 is the `false_unknown_rate` quantile of known validation images.
 """
 from __future__ import annotations
@@ -208,7 +208,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
 
     def fit(self, blocks: dict, y, val_blocks: dict | None = None):
-        """Fit every component on training rows; standardise and set the threshold on validation
+        """Fit every component on training rows; scale them and set the threshold on validation
         rows (`val_blocks`; the training rows when none are given)."""
         self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
         self.estimators_ = [BASE_SCORERS[c][1](self.random_state).fit(blocks[BASE_SCORERS[c][0]], y)

@@ -4,8 +4,7 @@
 
 For each known non-real generator g: train without g (a short schedule, `--epochs`), then score
 g's rows as unknown against the other classes' rows with every open-set scorer (model/openset.py),
-each fitted on the fold's training rows and standardised and thresholded on its known validation
-rows. The validation AUROC (g's validation rows vs known validation rows) chooses the scorer; the
+each fitted on the fold's training rows, scaled and thresholded on its known validation rows. The validation AUROC (g's validation rows vs known validation rows) chooses the scorer; the
 test AUROC (test rows, never used for a choice) is what it is worth. Writes study.json,
 study.parquet (one row per generator and scorer), histograms and report.html in --out.
 Folds are kept in --out/folds/<g>: a rerun reuses every finished fold.
