@@ -24,9 +24,10 @@ def worker_device(device: str, index: int | None = None):
     Workers of a local cluster (`--cluster N`, which sets LEAKSTORE_LOCAL_WORKERS=N in their
     environment) that are asked for plain 'cuda' are spread over the visible GPUs round-robin by
     worker number, instead of all landing on GPU 0. Workers that share one GPU each get an equal
-    share of its memory (torch's per-process cap): without it the first worker's kernel tuning and
-    allocator cache take the whole card and the next one fails with CUDA out-of-memory (seen with 2
-    featurize workers on one H200, the residual on). Workers started by hand (`dask worker`, one per
+    share of its memory (torch's per-process cap): without it one worker could take the whole card
+    and the next one failed with CUDA out-of-memory (seen with 2 featurize workers on one H200, the
+    residual on; whether cuDNN's benchmark workspaces or torch's allocator cache grew was not
+    established). Workers started by hand (`dask worker`, one per
     GPU with CUDA_VISIBLE_DEVICES) are not touched. `index`: the worker's number, its dask name as a
     LocalCluster gives it (0..N-1); default: read from the running task's worker, else 0."""
     import os
@@ -50,10 +51,15 @@ def worker_device(device: str, index: int | None = None):
     return dev
 
 
+def number_of(worker) -> int | None:
+    """A dask worker's number: a LocalCluster names its workers 0..n-1; others may be named anything."""
+    return worker.name if isinstance(worker.name, int) else None
+
+
 def _worker_number() -> int:
     try:
         from distributed import get_worker
-        name = get_worker().name
+        worker = get_worker()
     except (ImportError, ValueError):   # not inside a task (a worker plugin passes its number instead)
         return 0
-    return name if isinstance(name, int) else 0
+    return number_of(worker) or 0

@@ -59,12 +59,8 @@ class LoadEncoder(WorkerPlugin):
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
-        _runner(FeatureStore.open(self.store_path), self.device, self.batch, _number(worker))
-
-
-def _number(worker) -> int | None:
-    """A LocalCluster numbers its workers 0..n-1 (their names); others may be named anything."""
-    return worker.name if isinstance(worker.name, int) else None
+        from leakstore.device import number_of
+        _runner(FeatureStore.open(self.store_path), self.device, self.batch, number_of(worker))
 
 
 def _catalog(store: FeatureStore):

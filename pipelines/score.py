@@ -61,7 +61,8 @@ class LoadModel(WorkerPlugin):
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
-        get_predictor(self.run_dir, self.device, worker.name if isinstance(worker.name, int) else None)
+        from leakstore.device import number_of
+        get_predictor(self.run_dir, self.device, number_of(worker))
 
 
 def local_cluster(n_workers: int):
