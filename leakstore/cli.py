@@ -268,6 +268,7 @@ def train(
     renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
+    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
     scorer_rows: Annotated[str, typer.Option(metavar="all|clean", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all, or clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well: README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
@@ -285,7 +286,7 @@ def train(
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
-                          view_prob=view_prob, scorer_rows=scorer_rows,
+                          drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows,
                           false_unknown_rate=false_unknown_rate, seed=seed)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
@@ -311,6 +312,7 @@ def openset_study(
     unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
     periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
+    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
@@ -325,7 +327,7 @@ def openset_study(
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
-                          seed=seed, view_prob=view_prob)
+                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:

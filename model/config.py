@@ -17,6 +17,10 @@ OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "resi
                 "fused-period", "fused-stats", "fused-all", "fused-input")
 
 
+# settings added after models were saved without them, with the value that reads those models as they were
+LEGACY = {"drop_jpeg_grid": False}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Defaults follow the Proto-LeakNet reference (AdamW 3e-4, wd 1e-4, clip 5, 128-d, M = 6)."""
@@ -27,6 +31,7 @@ class ModelConfig:
     use_spectra: bool = True
     use_residual: bool = True      # use the store's reconstruction residual when it has one
     use_periodicity: bool = True   # use the store's pixel periodicity profile when it has one
+    drop_jpeg_grid: bool = True    # read the profile without the phases JPEG's 8x8 block grid prints on
     temporal: str = "attention"
     time_dropout: float = 0.3
     entropy_reg: float = 0.1
@@ -81,12 +86,13 @@ class ModelConfig:
     @classmethod
     def with_defaults(cls, saved: dict) -> dict:
         """Saved settings with those added since they were written at their defaults (a resume
-        or a study rerun after an upgrade compares like with like)."""
-        return {**cls().to_dict(), **saved}
+        or a study rerun after an upgrade compares like with like), except a setting in LEGACY,
+        which takes the value that reproduces what models saved before it existed did."""
+        return {**cls().to_dict(), **LEGACY, **saved}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return from_fields(cls, d, "model config")
+        return from_fields(cls, {**LEGACY, **d}, "model config")
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leakstore.features.periodicity import grid_phases, without_grid
 from model.attention import SelfAttentionBlock
 from model.config import ModelConfig
 
@@ -101,6 +102,21 @@ class PatchTransformer(nn.Module):
 _ATTR = {"spectra": "spec", "residual": "res"}
 
 
+def read_input(cfg: ModelConfig, name: str, value):
+    """A stored feature as the model reads it: the periodicity profile without the phases JPEG's
+    block grid prints on (cfg.drop_jpeg_grid); every other feature as stored. Shared by the
+    network and the open-set block of the same name (model/predict.py)."""
+    if name == "periodicity" and cfg.drop_jpeg_grid and value is not None:
+        return without_grid(value, value.shape[-1] // 2)
+    return value
+
+
+def _input_shape(cfg: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if name == "periodicity" and cfg.drop_jpeg_grid:
+        return (shape[0] - 2 * len(grid_phases(shape[0] // 2)),)
+    return shape
+
+
 class ProtoLeakNet(nn.Module):
     """inputs: {name: (per-image shape, per_timestep)} of the features the model reads, in table
     order; "latents" (T, C, h, w) is required and goes through the backbone; every other input is
@@ -125,7 +141,7 @@ class ProtoLeakNet(nn.Module):
         else:
             self.backbone = PatchTransformer(c, cfg.width, h)
         for name, per_t in self.vector_inputs:
-            shape = inputs[name][0]
+            shape = _input_shape(cfg, name, inputs[name][0])
             width = math.prod(shape[1:] if per_t else shape)
             a = _ATTR.get(name, f"in_{name}")
             setattr(self, a, nn.Sequential(nn.Linear(width, d), nn.GELU(), nn.Linear(d, d)))
@@ -153,7 +169,7 @@ class ProtoLeakNet(nn.Module):
         self.lat_mean.copy_(lat.mean((0, 3, 4))[..., None, None])
         self.lat_std.copy_(lat.std((0, 3, 4))[..., None, None].clamp_min(1e-4))
         for name, _ in self.vector_inputs:
-            a, v = _ATTR.get(name, f"in_{name}"), self._need(batch, name).float()
+            a, v = _ATTR.get(name, f"in_{name}"), read_input(self.cfg, name, self._need(batch, name).float())
             getattr(self, f"{a}_mean").copy_(v.mean(0))
             getattr(self, f"{a}_std").copy_(v.std(0).clamp_min(1e-4))
 
@@ -174,7 +190,8 @@ class ProtoLeakNet(nn.Module):
         parts = [self.backbone(flat), flat.mean((-2, -1)), flat.flatten(2).std(-1)]
         for name, per_t in self.vector_inputs:
             a = _ATTR.get(name, f"in_{name}")
-            v = (self._need(batch, name).float() - getattr(self, f"{a}_mean")) / getattr(self, f"{a}_std")
+            v = read_input(self.cfg, name, self._need(batch, name).float())
+            v = (v - getattr(self, f"{a}_mean")) / getattr(self, f"{a}_std")
             if per_t:
                 parts.append(getattr(self, a)(v.flatten(0, 1).flatten(1)))                 # (B T, D)
             else:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 EPS = 1e-6
+BLOCK = 8                # JPEG's block side: its grid lands on the gradient between pixels 8k+7 and 8k+8
 MAX_SIDE = 512           # larger images are measured on a central crop this big, aligned to the period
                          # (5 ms per image on one CPU thread; 1024 would cost 27 ms, a loader bottleneck on a GPU node)
 
@@ -58,3 +59,34 @@ def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
     left = (max(0, w - MAX_SIDE) // 2) // period * period
     crop = np.array(arr[top:top + MAX_SIDE, left:left + MAX_SIDE], dtype=np.uint8)   # a writable copy
     return periodicity_features(torch.from_numpy(crop).permute(2, 0, 1)[None], period)[0].numpy()
+
+
+def grid_phases(period: int) -> list[int]:
+    """The phases of one direction's profile that cross JPEG's 8 x 8 block boundaries (column or row
+    j = 7 mod 8), when the period is a multiple of 8; none otherwise (the grid then wanders over
+    the phases instead of printing on one)."""
+    return [k for k in range(period) if k % BLOCK == BLOCK - 1] if period % BLOCK == 0 else []
+
+
+def without_grid(profile, period: int):
+    """(N, 2 period) profile -> (N, 2 (period - len(grid_phases))): the JPEG block-boundary phases
+    left out of each direction and the rest centred again (the same shape-not-level reading).
+
+    A JPEG re-encode prints its block grid on those phases: measured on the 4-crop bench's test
+    images (a class Gaussian fitted on clean training profiles), the median known-ness of JPEG 75
+    images fell from -1.9 (clean) to -10.5 with every phase, to -2.5 without the grid's; photographs
+    against the resampling classes at JPEG 75: AUROC 0.883 with every phase, 0.927 without.
+    The stored feature keeps every phase; this is how a model reads it (ModelConfig.drop_jpeg_grid).
+    Works on numpy arrays and torch tensors alike."""
+    drop = grid_phases(period)
+    if not drop:
+        return profile
+    keep = [k for k in range(period) if k not in drop]
+    is_torch = isinstance(profile, torch.Tensor)
+    x = profile if is_torch else torch.as_tensor(np.asarray(profile))
+    parts = []
+    for half in (x[:, :period], x[:, period:]):
+        kept = half[:, keep]
+        parts.append(kept - torch.log(torch.exp(kept).mean(1, keepdim=True)))
+    out = torch.cat(parts, 1)
+    return out if is_torch else out.numpy()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from leakstore.features.periodicity import MAX_SIDE, periodicity_features, periodicity_of_image
+from leakstore.features.periodicity import MAX_SIDE, grid_phases, periodicity_features, periodicity_of_image, without_grid
 
 
 def _photo_like(n=4, size=64, seed=0):
@@ -69,3 +69,37 @@ def test_a_large_image_is_measured_on_a_period_aligned_central_crop():
     assert (f[0::2] < -5).all()                  # the crop kept the phases: the pairs still start at even columns
     with pytest.raises(ValueError, match="--period"):
         periodicity_of_image(arr[:10, :10], 8)
+
+
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    out = []
+    for a in (x * 255).round().byte().permute(0, 2, 3, 1).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+def test_without_grid_leaves_out_the_jpeg_block_phases_and_centres_the_rest():
+    assert grid_phases(8) == [7] and grid_phases(16) == [7, 15] and grid_phases(6) == []
+    f = periodicity_features(_photo_like(), 8)
+    g = without_grid(f, 8)
+    assert g.shape == (4, 14)
+    for half, kept in ((g[:, :7], f[:, :7]), (g[:, 7:], f[:, 8:15])):
+        torch.testing.assert_close(torch.exp(half).mean(1), torch.ones(4))          # centred again
+        torch.testing.assert_close(half - half[:, :1], kept - kept[:, :1])           # same shape
+    np.testing.assert_allclose(without_grid(f.numpy(), 8), g.numpy(), rtol=1e-6)     # numpy in, numpy out
+    p6 = f[:, :12]
+    assert without_grid(p6, 6) is p6                                   # no fixed grid phase at period 6
+
+
+def test_jpeg_prints_its_grid_on_the_left_out_phase_and_barely_moves_the_rest():
+    x = _photo_like(4, 128, seed=5)
+    clean, j = periodicity_features(x, 8), periodicity_features(_jpeg(x, 50), 8)
+    assert (j[:, 7] - clean[:, 7] > 0.1).all() and (j[:, 15] - clean[:, 15] > 0.1).all()   # the block boundary
+    moved_all = (j - clean).abs().max(1).values
+    moved_kept = (without_grid(j, 8) - without_grid(clean, 8)).abs().max(1).values
+    assert (moved_kept < 0.5 * moved_all).all()
+    # a nearest upscale's period 2 is still there without the grid phases, after JPEG too
+    u = without_grid(periodicity_features(_jpeg(_upscale_nearest(x), 75), 8), 8)
+    assert (u[:, [1, 3, 5]].mean(1) - u[:, [0, 2, 4, 6]].mean(1) > 0.3).all()

@@ -96,6 +96,20 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     want = predict(a.bundle, feats)
     got = a.score_many(paths)
     np.testing.assert_allclose(got["open_score"].to_numpy(float), want["open_score"], rtol=1e-4, atol=1e-5)
+    # read without the JPEG grid's phases (7 and 15 of 16): by the network and by the open-set scorer
+    assert a.bundle.cfg.drop_jpeg_grid and a.bundle.net.in_periodicity_mean.shape == (14,)
+    assert a.bundle.open.estimators_[1].n_features_in_ == 14
+
+    # a model saved before the setting existed (no key in model.json) reads every phase, as it did
+    import json
+    train(tmp_path / "s.zarr", tmp_path / "old", cfg.replace(drop_jpeg_grid=False), progress=False)
+    before = predict(Attributor.load(tmp_path / "old").bundle, feats)["open_score"]
+    meta = json.loads((tmp_path / "old" / "model.json").read_text())
+    del meta["model_config"]["drop_jpeg_grid"]
+    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+    old = Attributor.load(tmp_path / "old").bundle
+    assert not old.cfg.drop_jpeg_grid and old.net.in_periodicity_mean.shape == (16,)
+    np.testing.assert_array_equal(predict(old, feats)["open_score"], before)
 
 
 def test_an_image_too_small_for_the_period_fails_alone_with_its_reason(tmp_path):
