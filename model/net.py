@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leakstore.features.periodicity import grid_phases, without_grid
+from leakstore.features.periodicity import without_grid
 from model.attention import SelfAttentionBlock
 from model.config import ModelConfig
 
@@ -112,9 +112,8 @@ def read_input(cfg: ModelConfig, name: str, value):
 
 
 def _input_shape(cfg: ModelConfig, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    if name == "periodicity" and cfg.drop_jpeg_grid:
-        return (shape[0] - 2 * len(grid_phases(shape[0] // 2)),)
-    return shape
+    """Per-image shape of an input as the model reads it: derived from read_input, not restated."""
+    return tuple(read_input(cfg, name, torch.zeros(1, *shape)).shape[1:])
 
 
 class ProtoLeakNet(nn.Module):

@@ -8,7 +8,7 @@ from scipy.special import softmax
 
 from leakstore.features import FeatureBatch
 from model.checkpoint import Bundle
-from model.net import ProtoLeakNet
+from model.net import ProtoLeakNet, read_input
 
 
 def gated(out: dict[str, torch.Tensor]) -> np.ndarray:
@@ -53,7 +53,6 @@ def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
 def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch,
                 dist: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
-    from model.net import read_input
     from model.openset import channel_stats
     d = prototype_distances(net, emb) if dist is None else dist
     mask = net.proto_mask.bool()
