@@ -270,7 +270,7 @@ def train(
     periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
     jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
-    scorer_rows: Annotated[str, typer.Option(metavar="all|clean", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all, or clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well: README, Robustness).")] = "all",
+    scorer_rows: Annotated[str, typer.Option(metavar="all|clean|closed-clean", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well); or closed-clean: the closed-set scorer on clean rows, the open-set scorer and its threshold on all (README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",

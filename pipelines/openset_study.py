@@ -76,7 +76,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     y = to_model[feats.labels]
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
-    use = rows_in_use(store, feats.rows, b.cfg, scorers=True)       # the rows the fold's own scorers were fitted on
+    use = rows_in_use(store, feats.rows, b.cfg, "open")       # the rows the fold's own open-set scorer was fitted on
     known = (y >= 0) & ~other_unknown & use
     held &= use
     rows, blocks = [], p["blocks"]
@@ -108,7 +108,7 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)["proba"]
     names = store.class_names
-    use = rows_in_use(store, feats.rows, b.cfg, scorers=True)
+    use = rows_in_use(store, feats.rows, b.cfg, "closed")
     known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0) & use
     out = {}
     for g in gens:
