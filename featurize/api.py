@@ -26,9 +26,10 @@ def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 
                  resize_policy: str = "shorter-crop", resample: str = "bilinear",
                  schedule: ScheduleConfig | None = None, sigma_normalize: bool = False, fft_size: int = 8,
                  seed: int = 0, view=None, min_side: int = 32, precision: str | None = None,
-                 residual_bins: int = 0, period: int = 0, device: str = "auto") -> FeaturizeConfig:
+                 residual_bins: int = 0, period: int = 0, spectrum_bins: int = 0,
+                 device: str = "auto") -> FeaturizeConfig:
     """A FeaturizeConfig for `encoder`; residual_bins > 0 needs the encoder's decoder attached;
-    period > 0 adds the pixel periodicity profile."""
+    period > 0 adds the pixel periodicity profile, spectrum_bins > 0 the pixel spectrum."""
     dev = resolve_device(device)
     prec = precision or ("bf16" if dev.type == "cuda" else "fp32")
     decoder = ""
@@ -40,7 +41,8 @@ def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 
                            resample=resample, timesteps=tuple(timesteps), schedule=schedule or ScheduleConfig(),
                            sigma_normalize=sigma_normalize, fft_size=fft_size, seed=seed,
                            view=view_name(parse_view(view)), min_side=min_side, precision=prec,
-                           residual_bins=residual_bins, decoder=decoder, period=period)
+                           residual_bins=residual_bins, decoder=decoder, period=period,
+                           spectrum_bins=spectrum_bins)
 
 
 def prepare(data: str | Path, *, vae: str = "sd21", vae_subfolder: str = "", scaling_factor: float | None = None,

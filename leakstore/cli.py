@@ -107,6 +107,7 @@ def featurize(
     residual: Annotated[bool, typer.Option(metavar="", help="Also store the reconstruction residual x - D(E(x)): needs the VAE's decoder and costs ~3x the featurize time, and adds ~6 points of closed-set AUC and ~8 of open-set AUROC (README). --no-residual: latents only.")] = True,
     residual_bins: Annotated[int, typer.Option(min=1, max=64, help="Radial frequency bins of the residual's power spectrum.")] = 12,
     period: Annotated[int, typer.Option(min=0, max=64, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces; survives JPEG; costs nothing next to the VAE). 0: off.")] = 8,
+    pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers; costs nothing next to the VAE). 0: off.")] = 16,
     seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
     view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
     train_views: Annotated[int, typer.Option(min=0, max=64, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
@@ -158,7 +159,8 @@ def featurize(
                   schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
                   precision=None if precision == Precision.auto else precision.value,
-                  residual_bins=residual_bins if residual else 0, period=period, device=device)
+                  residual_bins=residual_bins if residual else 0, period=period,
+                  spectrum_bins=pixel_spectrum, device=device)
     _print_report(rep, as_json)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
@@ -199,6 +201,8 @@ def inspect(
         typer.echo(f"  reconstruction residual: {cfg['residual_bins']} radial bins, decoder {cfg['decoder']}")
     if cfg.get("period"):
         typer.echo(f"  pixel periodicity: gradient phase profile modulo {cfg['period']}")
+    if cfg.get("spectrum_bins"):
+        typer.echo(f"  pixel spectrum: {cfg['spectrum_bins']} bands per axis")
     st = d["status"]
     typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
                f"(splits: {d['split_source']})")
@@ -234,11 +238,13 @@ class OpenScorer(str, Enum):
     stats = "stats"
     residual = "residual"
     periodicity = "periodicity"
+    spectrum = "spectrum"
     fused = "fused"
     fused_period = "fused-period"
     fused_stats = "fused-stats"
     fused_all = "fused-all"
     fused_input = "fused-input"
+    fused_pixel = "fused-pixel"
 
 
 class Scorer(str, Enum):

@@ -78,6 +78,7 @@ class FeaturizeConfig:
     residual_bins: int = 0        # > 0: also store the reconstruction residual (leakstore/features/residual.py)
     decoder: str = ""             # weights revision of the decoder the residual was made with
     period: int = 0               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
+    spectrum_bins: int = 0        # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -87,6 +88,8 @@ class FeaturizeConfig:
             raise InputError("a residual feature needs the decoder's weights revision in the config (decoder='...')")
         if not 0 <= self.period <= 64:   # measured at each image's own size: smaller images fail alone
             raise InputError(f"--period {self.period} must lie in [0, 64] (0: no periodicity feature)")
+        if not 0 <= self.spectrum_bins <= 64:
+            raise InputError(f"--pixel-spectrum {self.spectrum_bins} must lie in [0, 64] (0: no pixel-spectrum feature)")
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
             raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
@@ -128,13 +131,16 @@ class FeaturizeConfig:
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that defines the features (what `hash` covers). Without a
-        residual feature its two fields are left out, and without a periodicity feature its period,
+        residual feature its two fields are left out, without a periodicity feature its period and
+        without a pixel spectrum its bins,
         so stores made before them keep their hash."""
         d = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
         if not self.residual_bins:
             d.pop("residual_bins"), d.pop("decoder")
         if not self.period:
             d.pop("period")
+        if not self.spectrum_bins:
+            d.pop("spectrum_bins")
         return d
 
     @property

@@ -122,6 +122,12 @@ def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:
     return tuple(f.name for f in features_for(fcfg) if f.model_input and cfg.uses(f.name))
 
 
+def scorer_features(fcfg: FeaturizeConfig) -> tuple[str, ...]:
+    """Stored features only the open-set scorers read (not the network), that `fcfg` holds."""
+    from model.openset import BLOCKS
+    return tuple(f.name for f in features_for(fcfg) if not f.model_input and f.name in BLOCKS)
+
+
 def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
     """The network for features of `fcfg` (shapes from the feature table)."""
     return ProtoLeakNet(cfg, {n: (BY_NAME[n].shape(fcfg), BY_NAME[n].per_timestep) for n in model_inputs(cfg, fcfg)},

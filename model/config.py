@@ -13,8 +13,8 @@ TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean", "closed-clean")
 # open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (README)
-OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "fused",
-                "fused-period", "fused-stats", "fused-all", "fused-input")
+OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "spectrum",
+                "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel")
 
 
 # settings added after models were saved without them, with the value that reads those models as they were

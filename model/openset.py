@@ -13,6 +13,7 @@ discard (input statistics, the reconstruction residual):
                  timestep latent (N, 2C)
     residual     reconstruction-residual vector (N, F)             the store (--residual)
     periodicity  pixel-gradient phase profile (N, 2P)              the store (--period)
+    pixel_spectrum  band powers of the pixel spectrum (N, 2B)      the store (--pixel-spectrum)
 
 Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
 known generator). `OpenSetScorer` scales each component by its own lower tail on known validation
@@ -142,6 +143,8 @@ BASE_SCORERS = {
     "residual": ("residual", lambda seed: ClassGaussian(), "nearest known class, Gaussian on the reconstruction residual"),
     "periodicity": ("periodicity", lambda seed: ClassGaussian(),
                     "nearest known class, Gaussian on the pixel periodicity profile"),
+    "spectrum": ("pixel_spectrum", lambda seed: ClassGaussian(),
+                 "nearest known class, Gaussian on the pixel spectrum's band powers"),
 }
 # fused scorers: the minimum of tail-matched components (those whose block the model has)
 FUSED = {
@@ -150,13 +153,14 @@ FUSED = {
     "fused-stats": ("confidence", "stats"),
     "fused-all": ("confidence", "residual", "stats", "gauss"),
     "fused-input": ("confidence", "residual", "periodicity"),
+    "fused-pixel": ("confidence", "periodicity", "spectrum"),
 }
 # a fused scorer left with one component on a model without its input block falls back to another
 # (the default, fused-period, on a store featurized with --period 0: confidence + residual)
 FALLBACK = {"fused-period": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
 assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
-BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity")
+BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum")
 
 
 def components(method: str, available_blocks) -> tuple[str, ...]:
@@ -164,7 +168,7 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     if method in BASE_SCORERS:
         if BASE_SCORERS[method][0] not in available_blocks:
             raise InputError(f"open-set scorer {method!r} reads the {BASE_SCORERS[method][0]!r} block, which this "
-                             f"model lacks (featurize with --residual for the residual, --period for the periodicity); "
+                             f"model lacks (featurize with --residual for the residual, --period for the periodicity, --pixel-spectrum for the pixel spectrum); "
                              "choose another --open-scorer")
         return (method,)
     if method not in FUSED:

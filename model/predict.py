@@ -59,7 +59,7 @@ def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureB
     return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
             "stats": channel_stats(feats["latents"]),
             **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
-               for k in ("residual", "periodicity")}}
+               for k in ("residual", "periodicity", "pixel_spectrum")}}
 
 
 @torch.inference_mode()

@@ -24,7 +24,8 @@ from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
 from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
-from model.checkpoint import Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state
+from model.checkpoint import (Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state,
+                              scorer_features)
 from model.config import ModelConfig
 from model.net import attention_entropy_penalty
 from model.openset import OpenSetScorer, select_rows
@@ -242,9 +243,10 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     inputs = model_inputs(cfg, fcfg)
-    # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual)
+    # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
+    # and the features only they read (the pixel spectrum)
     feats = store.load(inputs + (("latent0",) if cfg.renoise else ())
-                       + (("residual",) if cfg.uses("residual") else ()))
+                       + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg))
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
     rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)                     # views included unless --view-prob 0

@@ -29,7 +29,7 @@ import numpy as np
 
 from leakstore.errors import InputError
 from leakstore.store import FeatureStore
-from model.checkpoint import load_bundle
+from model.checkpoint import load_bundle, scorer_features
 from model.config import ModelConfig
 from model.metrics import open_set
 from model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
@@ -68,7 +68,8 @@ def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu") -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows."""
     b = load_bundle(run, device)
-    feats = store.load(b.feature_names)
+    # every scorer is compared, so every block the store can give them
+    feats = store.load(tuple(dict.fromkeys(b.feature_names + scorer_features(store.config))))
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)
     names = store.class_names

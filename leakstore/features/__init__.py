@@ -15,6 +15,8 @@ if it is not a per-timestep or per-image vector (those get one automatically), a
     residual  (F,)           float32  reconstruction residual (residual.py); with residual_bins > 0
     periodicity (2P,)        float32  pixel-gradient phase profile modulo P of the image at its own size
                                       (periodicity.py); with period > 0
+    pixel_spectrum (2B,)     float32  band powers of the pixel spectrum along each axis, at the image's own
+                                      size (pixel_spectrum.py); with spectrum_bins > 0; open-set scorers only
 """
 from __future__ import annotations
 
@@ -82,6 +84,16 @@ def _periodicity_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
     return periodicity_of_image(arr, cfg.period)
 
 
+def _pixel_spectrum_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
+    from leakstore.features.pixel_spectrum import pixel_spectrum_of_image
+    return pixel_spectrum_of_image(arr, cfg.spectrum_bins)
+
+
+def pixel_spectrum_dim(cfg: FeaturizeConfig) -> int:
+    """Length of one image's pixel-spectrum vector: 2 * bins (0 without the feature)."""
+    return 2 * cfg.spectrum_bins
+
+
 def periodicity_dim(cfg: FeaturizeConfig) -> int:
     """Length of one image's periodicity vector: 2 * period (0 without the feature)."""
     return 2 * cfg.period
@@ -136,6 +148,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("periodicity", ("periodicity_feature",), "float32", lambda c: (periodicity_dim(c),),
             None, native=_periodicity_native, enabled=lambda c: c.period > 0, off=(("period", 0),),
             doc="pixel-gradient phase profile modulo the period (leakstore/features/periodicity.py)"),
+    Feature("pixel_spectrum", ("pixel_spectrum_feature",), "float32", lambda c: (pixel_spectrum_dim(c),),
+            None, model_input=False, native=_pixel_spectrum_native, enabled=lambda c: c.spectrum_bins > 0,
+            off=(("spectrum_bins", 0),),
+            doc="band powers of the pixel spectrum along each axis (leakstore/features/pixel_spectrum.py)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 

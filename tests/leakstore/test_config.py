@@ -44,15 +44,17 @@ def test_unknown_fields_from_a_newer_version_are_refused():
 
 
 def test_stores_made_before_the_residual_keep_their_hash():
-    """A config dict written before the residual fields existed reads back with the same hash."""
+    """A config dict written before the residual fields (and the periodicity and pixel spectrum)
+    existed reads back with the same hash."""
     import hashlib
     import json
     cfg = FeaturizeConfig(vae=VAE)
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision", "period")}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision", "period",
+                                                                "spectrum_bins")}
     want = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert cfg.hash == want
     d = cfg.to_dict()
-    del d["residual_bins"], d["decoder"], d["period"]
+    del d["residual_bins"], d["decoder"], d["period"], d["spectrum_bins"]
     assert FeaturizeConfig.from_dict(d).hash == want
 
 
@@ -63,6 +65,17 @@ def test_the_period_is_part_of_the_features_only_when_on():
     assert len({a.hash, p.hash, p.replace(period=4).hash}) == 3
     with pytest.raises(ConfigMismatchError, match="period"):
         check_compatible(p, a, "store s")
+
+
+def test_the_pixel_spectrum_is_part_of_the_features_only_when_on():
+    a = FeaturizeConfig(vae=VAE, period=8)
+    s = a.replace(spectrum_bins=16)
+    assert "spectrum_bins" not in a.identity() and s.identity()["spectrum_bins"] == 16
+    assert len({a.hash, s.hash, s.replace(spectrum_bins=8).hash}) == 3
+    with pytest.raises(ConfigMismatchError, match="spectrum_bins"):
+        check_compatible(s, a, "store s")
+    with pytest.raises(InputError, match="--pixel-spectrum"):
+        a.replace(spectrum_bins=65)
 
 
 def test_the_residual_and_its_decoder_are_part_of_the_features():
