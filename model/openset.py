@@ -156,8 +156,8 @@ FUSED = {
     "fused-pixel": ("confidence", "periodicity", "spectrum"),
 }
 # a fused scorer left with one component on a model without its input block falls back to another
-# (the default, fused-period, on a store featurized with --period 0: confidence + residual)
-FALLBACK = {"fused-period": "fused"}
+# (fused-period on a store featurized with --period 0: confidence + residual)
+FALLBACK = {"fused-period": "fused", "fused-pixel": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
 assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
 BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum")

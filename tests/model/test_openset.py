@@ -136,3 +136,10 @@ def test_the_default_open_scorer_falls_back_to_the_residual_on_a_store_without_p
     assert components("fused-period", ["proba", "periodicity", "residual"]) == ("confidence", "periodicity")
     assert components("fused-period", ["proba", "residual"]) == ("confidence", "residual")
     assert components("fused-period", ["proba"]) == ("confidence",)
+
+
+def test_fused_pixel_uses_the_pixel_cues_it_has_and_falls_back_without_them():
+    from model.openset import components
+    assert components("fused-pixel", ["proba", "periodicity", "pixel_spectrum"]) == ("confidence", "periodicity", "spectrum")
+    assert components("fused-pixel", ["proba", "pixel_spectrum"]) == ("confidence", "spectrum")
+    assert components("fused-pixel", ["proba", "residual"]) == ("confidence", "residual")

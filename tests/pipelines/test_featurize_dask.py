@@ -16,14 +16,15 @@ from pipelines.featurize_dask import featurize_on_dask
 from pipelines.score import local_cluster
 from tests.conftest import write_class_images
 
-KW = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=4, period=8, device="cpu")
+KW = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=4, period=8, spectrum_bins=16,
+          device="cpu")   # the CLI's default periodicity and pixel spectrum
 
 
 def same_store(a, b):
     sa, sb = FeatureStore.open(a), FeatureStore.open(b)
     assert sa.attrs["config_hash"] == sb.attrs["config_hash"]
     assert sa.attrs["catalog_fingerprint"] == sb.attrs["catalog_fingerprint"]
-    for name in ("latent0", "latents", "spectra", "residual", "periodicity", "status", "sha256", "error", "view", "label", "split"):
+    for name in ("latent0", "latents", "spectra", "residual", "periodicity", "pixel_spectrum", "status", "sha256", "error", "view", "label", "split"):
         np.testing.assert_array_equal(sa.read(name), sb.read(name))   # NaN-aware: NaN == NaN here
 
 
