@@ -11,7 +11,7 @@ from leakstore.errors import InputError
 BACKBONES = ("cnn", "resnet", "patch-transformer")
 TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
-SCORER_ROWS = ("all", "clean", "closed-clean")
+SCORER_ROWS = ("all", "clean", "clean-fit")
 # open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (README)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "spectrum",
                 "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel")
@@ -50,7 +50,8 @@ class ModelConfig:
     view_prob: float = 0.5         # per image and epoch: train on one of its post-processed views (featurize --train-views)
     scorer_rows: str = "all"       # rows the closed- and open-set scorers are fitted and calibrated on: "all"
                                    # (clean and views), "clean" (the network still trains on views) or
-                                   # "closed-clean" (closed-set scorer on clean rows, open-set scorer on all)
+                                   # "clean-fit" (every scorer fitted on clean rows, the open-set scales and
+                                   # threshold calibrated on all validation rows, views included)
     roll_augment: bool = True      # random circular shifts of the latent: FFT magnitudes, hence the
                                    # low-frequency leak, are exactly invariant; the content is not
     dropout: float = 0.1

@@ -91,14 +91,15 @@ def _draw_views(clean: torch.Tensor, views: torch.Tensor | None, p: float, gen: 
 
 
 def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, part: str = "network") -> np.ndarray:
-    """(len(rows),) bool over store rows: those `part` of a model trained with `cfg` is fitted on:
-    the "network", the "closed"-set scorer (and its calibration) or the "open"-set scorer (and its
-    threshold). Every row, or only the clean ones of a store with training views: all parts under
-    --view-prob 0; the scorers under --scorer-rows clean; the closed-set scorer under closed-clean."""
-    if part not in ("network", "closed", "open"):
+    """(len(rows),) bool over store rows: those `part` of a model trained with `cfg` uses: the
+    "network", the scorers' "fit" (closed-set scorer and its calibration, open-set components) or
+    the open-set scorer's "calibration" (its scales and threshold). Every row, or only the clean
+    ones of a store with training views: all parts under --view-prob 0; the scorers under
+    --scorer-rows clean; their fit, not the open-set calibration, under clean-fit."""
+    if part not in ("network", "fit", "calibration"):
         raise ValueError(f"part {part!r}")
     clean_only = store.has_views and (cfg.view_prob <= 0 or (part != "network" and cfg.scorer_rows == "clean")
-                                      or (part == "closed" and cfg.scorer_rows == "closed-clean"))
+                                      or (part == "fit" and cfg.scorer_rows == "clean-fit"))
     return store.view_index()[rows] == 0 if clean_only else np.ones(len(rows), bool)
 
 
@@ -297,7 +298,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     del dfeats
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
-    fit = {part: (y >= 0) & rows_in_use(store, feats.rows, cfg, part) & (feats.splits <= 1) for part in ("closed", "open")}
+    use, cal = (y >= 0) & rows_in_use(store, feats.rows, cfg, "fit"), (y >= 0) & rows_in_use(store, feats.rows, cfg, "calibration")
+    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1), "calibration": cal & (feats.splits == 1)}
     return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, state, train_seconds,
                    list(unknown_labels), len(clean))
 
@@ -323,27 +325,26 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
 
 def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, state, train_seconds,
             unknown, epoch_rows: int) -> dict:
-    """Fit the closed- and open-set scorers on their rows (`fit`: part -> bool over feats rows,
-    training and validation split) and save the bundle."""
-    order = np.flatnonzero(fit["closed"] | fit["open"])   # every row a scorer is fitted on, in store order
+    """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
+    closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
+    (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
+    order = np.flatnonzero(fit["train"] | fit["val"] | fit["calibration"])   # in store order
     sub = feats.subset(order)
     emb = embed_all(net, sub, dev)
-    split = feats.splits[order]
-    closed_tr, closed_va, open_tr, open_va = (fit[part][order] & (split == s) for part in ("closed", "open") for s in (0, 1))
-    e_tr = {k: v[closed_tr] for k, v in emb.items()}
-    e_va = {k: v[closed_va] for k, v in emb.items()}
+    tr, va, cal = (fit[k][order] for k in ("train", "val", "calibration"))
+    e_tr = {k: v[tr] for k, v in emb.items()}
+    e_va = {k: v[va] for k, v in emb.items()}
     y_sub = y[order]
-    y_tr, y_va = y_sub[closed_tr], y_sub[closed_va]
+    y_tr, y_va = y_sub[tr], y_sub[va]
     added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
-        select_rows(blocks, open_tr), y_sub[open_tr], select_rows(blocks, open_va))
+        select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
-               "history": state["history"], "train_rows": int(closed_tr.sum()), "val_rows": int(closed_va.sum()),
-               "open_rows": {"train": int(open_tr.sum()), "val": int(open_va.sum())},
+               "history": state["history"], "train_rows": int(tr.sum()), "val_rows": int(va.sum()), "calibration_rows": int(cal.sum()),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "scorer_rows": cfg.scorer_rows if store.has_views else None,
                "train_seconds": round(train_seconds, 2),

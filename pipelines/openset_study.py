@@ -77,7 +77,8 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     y = to_model[feats.labels]
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
-    use = rows_in_use(store, feats.rows, b.cfg, "open")       # the rows the fold's own open-set scorer was fitted on
+    # the rows the fold's own open-set scorer was fitted (training) and calibrated (validation) on
+    use = np.where(feats.splits == 0, rows_in_use(store, feats.rows, b.cfg, "fit"), rows_in_use(store, feats.rows, b.cfg, "calibration"))
     known = (y >= 0) & ~other_unknown & use
     held &= use
     rows, blocks = [], p["blocks"]
@@ -109,7 +110,7 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)["proba"]
     names = store.class_names
-    use = rows_in_use(store, feats.rows, b.cfg, "closed")
+    use = rows_in_use(store, feats.rows, b.cfg, "fit")
     known = ~np.isin(feats.labels, [names.index(u) for u in extra_unknown]) & (feats.labels >= 0) & use
     out = {}
     for g in gens:

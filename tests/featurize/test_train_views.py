@@ -72,15 +72,19 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
     # --scorer-rows clean: the network learns from views, the scorers see clean rows only
     sc = train(tmp_path / "s.zarr", tmp_path / "sc", cfg.replace(view_prob=0.5, scorer_rows="clean"), progress=False)
     assert (sc["train_rows"], sc["val_rows"], sc["scorer_rows"]) == (off["train_rows"], off["val_rows"], "clean")
-    assert sc["open_rows"] == {"train": off["train_rows"], "val": off["val_rows"]}
-    # --scorer-rows closed-clean: the closed-set scorer as under clean, the open-set scorer on every row
-    cc = train(tmp_path / "s.zarr", tmp_path / "cc", cfg.replace(view_prob=0.5, scorer_rows="closed-clean"), progress=False)
-    assert (cc["train_rows"], cc["val_rows"]) == (off["train_rows"], off["val_rows"])
-    assert cc["open_rows"] == {"train": on["train_rows"], "val": on["val_rows"]}
+    assert sc["calibration_rows"] == off["val_rows"]
+    # --scorer-rows clean-fit: fitted as under clean, the open-set scales and threshold set on every validation row
+    cf = train(tmp_path / "s.zarr", tmp_path / "cf", cfg.replace(view_prob=0.5, scorer_rows="clean-fit"), progress=False)
+    assert (cf["train_rows"], cf["val_rows"], cf["calibration_rows"]) == (off["train_rows"], off["val_rows"], on["val_rows"])
     from model.checkpoint import load_bundle
-    b_sc, b_cc = load_bundle(tmp_path / "sc"), load_bundle(tmp_path / "cc")
-    np.testing.assert_array_equal(b_cc.closed.means_, b_sc.closed.means_)   # same network, same clean rows
-    assert b_cc.open.threshold_ != b_sc.open.threshold_                        # its threshold saw the views
+    b_sc, b_cf = load_bundle(tmp_path / "sc"), load_bundle(tmp_path / "cf")
+    np.testing.assert_array_equal(b_cf.closed.means_, b_sc.closed.means_)   # same network, same clean rows
+    from model.predict import predict
+    blocks = predict(b_sc, s.load(b_sc.feature_names))["blocks"]
+    raw_sc, raw_cf = b_sc.open.component_scores(blocks), b_cf.open.component_scores(blocks)
+    for c in raw_sc:                                                          # the same open-set components ...
+        np.testing.assert_array_equal(raw_cf[c], raw_sc[c])
+    assert b_cf.open.threshold_ != b_sc.open.threshold_                        # ... calibrated on the views too
     with pytest.raises(InputError, match="scorer_rows"):
         cfg.replace(scorer_rows="views")
 
