@@ -298,8 +298,9 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     del dfeats
     train_seconds = time.perf_counter() - t0
     net.load_state_dict(best)
-    use, cal = (y >= 0) & rows_in_use(store, feats.rows, cfg, "fit"), (y >= 0) & rows_in_use(store, feats.rows, cfg, "calibration")
-    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1), "calibration": cal & (feats.splits == 1)}
+    use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
+    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
+           "calibration": cal & (feats.splits == 1)}
     return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, state, train_seconds,
                    list(unknown_labels), len(clean))
 
@@ -344,7 +345,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
-               "history": state["history"], "train_rows": int(tr.sum()), "val_rows": int(va.sum()), "calibration_rows": int(cal.sum()),
+               "history": state["history"], "train_rows": int(tr.sum()), "val_rows": int(va.sum()),
+               "calibration_rows": int(cal.sum()),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "scorer_rows": cfg.scorer_rows if store.has_views else None,
                "train_seconds": round(train_seconds, 2),

@@ -78,7 +78,8 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
     # the rows the fold's own open-set scorer was fitted (training) and calibrated (validation) on
-    use = np.where(feats.splits == 0, rows_in_use(store, feats.rows, b.cfg, "fit"), rows_in_use(store, feats.rows, b.cfg, "calibration"))
+    use = np.where(feats.splits == 0, rows_in_use(store, feats.rows, b.cfg, "fit"),
+                   rows_in_use(store, feats.rows, b.cfg, "calibration"))
     known = (y >= 0) & ~other_unknown & use
     held &= use
     rows, blocks = [], p["blocks"]

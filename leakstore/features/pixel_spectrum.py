@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from leakstore.features.periodicity import MAX_SIDE   # the same cap for both pixel features measured in the loader
+
 EPS = 1e-10
-MAX_SIDE = 512
 
 
 def pixel_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
