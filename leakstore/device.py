@@ -51,6 +51,16 @@ def worker_device(device: str, index: int | None = None):
     return dev
 
 
+def worker_process_device(device: str, index: int | None = None):
+    """The device a dask worker process (featurizing or scoring) runs on: `worker_device`, and on
+    the CPU one torch thread per process (worker processes scale; threads inside them fight)."""
+    dev = worker_device(device, index)
+    if dev.type == "cpu":
+        import torch
+        torch.set_num_threads(1)
+    return dev
+
+
 def number_of(worker) -> int | None:
     """A dask worker's number: a LocalCluster names its workers 0..n-1; others may be named anything."""
     return worker.name if isinstance(worker.name, int) else None

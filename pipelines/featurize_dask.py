@@ -35,16 +35,13 @@ def _runner(store: FeatureStore, device: str, batch: int, worker_number: int | N
     (`worker_number`: the dask worker's number, which picks its GPU on a local cluster)."""
     from featurize.runner import DeviceFeaturizer
     from featurize.vae import encoder_for_config
-    from leakstore.device import resolve_device, worker_device
+    from leakstore.device import resolve_device, worker_process_device
     key = f"{store.config.hash}|{store.config.decoder}|{device}|{batch}"
     with _LOCK:
         if key not in _CACHE:
-            # a local cluster's GPU workers are spread over the GPUs, and share one GPU's memory evenly
-            dev = (worker_device(device, worker_number) if os.environ.get("LEAKSTORE_WORKER")
+            # in a worker: a local cluster's GPU workers spread over the GPUs, one CPU thread per process
+            dev = (worker_process_device(device, worker_number) if os.environ.get("LEAKSTORE_WORKER")
                    else resolve_device(device))
-            if dev.type == "cpu" and os.environ.get("LEAKSTORE_WORKER"):
-                import torch
-                torch.set_num_threads(1)  # one thread per worker process: processes scale, threads fight
             enc = encoder_for_config(store.config)
             _CACHE[key] = (enc, DeviceFeaturizer(enc, store.config, dev, batch, use_compile=dev.type == "cuda",
                                                             pad=True))

@@ -37,12 +37,9 @@ def get_predictor(run_dir: str, device: str = "cpu", worker_number: int | None =
     with _LOCK:
         if key not in _PREDICTORS:
             if os.environ.get("LEAKSTORE_WORKER"):
-                if device == "cpu":
-                    import torch
-                    torch.set_num_threads(1)  # one thread per dask worker process: workers scale, threads fight
-                else:
-                    from leakstore.device import worker_device
-                    device = str(worker_device(device, worker_number))  # local GPU workers: spread, memory shared
+                from leakstore.device import worker_process_device
+                # local GPU workers spread over the GPUs, one CPU thread per process
+                device = str(worker_process_device(device, worker_number))
             _PREDICTORS[key] = Predictor.load(run_dir, device)
         return _PREDICTORS[key]
 

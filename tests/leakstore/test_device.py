@@ -59,3 +59,13 @@ def test_worker_plugins_pass_the_workers_number_on(monkeypatch):
     featurize_dask.LoadEncoder("s.zarr", "cuda", 16).setup(SimpleNamespace(name=3))
     score.LoadModel("run", "cuda").setup(SimpleNamespace(name="tcp://10.0.0.1:4000"))
     assert seen == [3, None]
+
+
+def test_a_cpu_worker_process_runs_one_torch_thread(monkeypatch):
+    """Featurizing and scoring workers share one rule: on the CPU, one thread per process."""
+    from leakstore.device import worker_process_device
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls = []
+    assert worker_process_device("cpu", 3) == torch.device("cpu") and calls == [1]
+    assert torch.get_num_threads() == before                                 # the test process is left as it was
