@@ -279,6 +279,7 @@ def train(
     scorer_rows: Annotated[str, typer.Option(metavar="all|clean|clean-fit", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well); or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included, so re-encoded images are not flagged for being re-encoded (README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
+    members: Annotated[int, typer.Option(min=1, help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many times the training and network time, better unknown-generator flags (README, Open set).")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(metavar="", help="Replace a model already in --out.")] = False,
@@ -293,7 +294,7 @@ def train(
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
                           drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows,
-                          false_unknown_rate=false_unknown_rate, seed=seed)
+                          false_unknown_rate=false_unknown_rate, seed=seed, members=members)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json)
@@ -301,9 +302,13 @@ def train(
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
     b = summary["best_val"]
-    typer.echo(f"trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
+    first = f"network 1 (seed {summary['members'][0]['seed']}): " if summary.get("members") else ""
+    typer.echo(f"{first}trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
                f"best epoch {summary['best_epoch']}: val loss {b.get('val_loss', float('nan')):.4f}, top-1 "
                f"{b.get('val_top1', float('nan')):.3f}, macro AUC {b.get('val_auc', float('nan')):.3f}")
+    for i, m in enumerate(summary.get("members", [])[1:], 2):
+        typer.echo(f"network {i} (seed {m['seed']}): {m['epochs_run']} epochs, best epoch {m['best_epoch']}: "
+                   f"macro AUC {m['best_val'].get('val_auc', float('nan')):.3f}")
     if summary["post_hoc_prototypes"]:
         typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
@@ -321,6 +326,7 @@ def openset_study(
     jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = 3,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
@@ -333,7 +339,7 @@ def openset_study(
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
-                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid)
+                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:

@@ -25,7 +25,7 @@ from leakstore.errors import LeakstoreError
 from leakstore.features import BY_NAME, features_for
 from model import scorers as S
 from model.config import ModelConfig
-from model.net import ProtoLeakNet
+from model.net import Ensemble, ProtoLeakNet
 
 FORMAT = "leakstore.model"
 VERSION = 1
@@ -128,10 +128,17 @@ def scorer_features(fcfg: FeaturizeConfig) -> tuple[str, ...]:
     return tuple(f.name for f in features_for(fcfg) if not f.model_input and f.name in BLOCKS)
 
 
-def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
-    """The network for features of `fcfg` (shapes from the feature table)."""
+def build_member(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
+    """One network for features of `fcfg` (shapes from the feature table)."""
     return ProtoLeakNet(cfg, {n: (BY_NAME[n].shape(fcfg), BY_NAME[n].per_timestep) for n in model_inputs(cfg, fcfg)},
                         n_classes)
+
+
+def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet | Ensemble:
+    """The model's network: one ProtoLeakNet, or an Ensemble of `cfg.members` of them."""
+    if cfg.members == 1:
+        return build_member(cfg, fcfg, n_classes)
+    return Ensemble([build_member(cfg, fcfg, n_classes) for _ in range(cfg.members)])
 
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:
@@ -203,25 +210,39 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
 
 
 # ---------------------------------------------------------------------------- resume state
-def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict) -> None:
+def train_state_name(member: int = 0) -> str:
+    """File stem of a member's training state: train_state (the first, or a single network),
+    train_state.member<k> for the others."""
+    return "train_state" if member == 0 else f"train_state.member{member}"
+
+
+def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict, best: dict | None = None,
+                     member: int = 0) -> None:
+    """The last epoch's weights and optimiser, and the best epoch's weights (`best`), so that a
+    resumed run selects among every epoch as an uninterrupted one does."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()})
     osd = opt.state_dict()
     for pid, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    t_save(tensors, str(run_dir / "train_state.safetensors"))
-    (run_dir / "train_state.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, default=float))
+    name = train_state_name(member)
+    t_save(tensors, str(run_dir / f"{name}.safetensors"))
+    (run_dir / f"{name}.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, default=float))
 
 
-def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer) -> dict:
-    tensors = t_load(str(run_dir / "train_state.safetensors"))
-    meta = json.loads((run_dir / "train_state.json").read_text())
+def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0) -> tuple[dict, dict | None]:
+    """(state, best weights or None for a state saved before they were kept)."""
+    name = train_state_name(member)
+    tensors = t_load(str(run_dir / f"{name}.safetensors"))
+    meta = json.loads((run_dir / f"{name}.json").read_text())
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta
+    return meta, best

@@ -18,7 +18,7 @@ OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "resi
 
 
 # settings added after models were saved without them, with the value that reads those models as they were
-LEGACY = {"drop_jpeg_grid": False}
+LEGACY = {"drop_jpeg_grid": False, "members": 1}
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class ModelConfig:
     open_scorer: str = "fused-period"  # open-set scorer (model/openset.py), chosen by the leave-one-out study
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     seed: int = 0
+    members: int = 3               # networks trained from seeds seed, seed+1, ...; their embeddings joined
+                                   # (chosen by the leave-one-out study: README, Open set)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,7 +74,7 @@ class ModelConfig:
             raise InputError("time_dropout must lie in [0, 1)")
         if not 0 <= self.view_prob <= 1:
             raise InputError(f"--view-prob {self.view_prob} must lie in [0, 1]")
-        for name in ("epochs", "batch_size", "protos_per_class", "patience", "width"):
+        for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
         if not 0 < self.false_unknown_rate < 1:

@@ -246,6 +246,65 @@ class ProtoLeakNet(nn.Module):
         return keep
 
 
+
+class Ensemble(nn.Module):
+    """M ProtoLeakNets trained apart (seeds seed, seed+1, ...) seen as one network: the embedding,
+    gates and prototypes are the members' side by side (a (M D)-d joint space), so a prototype's
+    squared distance is the sum of the members' gate-weighted distances to their own prototype in
+    that slot, attention is the members' mean and a class logit their mean logit. Every scorer
+    then reads one embedding, as for a single network. Prototype slots are switched on for every
+    member at once (`add_prototypes`), so the members share one mask.
+
+    Why: the members agree on what they were trained on and disagree elsewhere; on the
+    leave-one-generator-out study their joined embedding flags unseen generators more often at the
+    same false-alarm rate than any one of them (README, Open set)."""
+
+    def __init__(self, members: list[ProtoLeakNet]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.cfg, self.n_classes, self.t, self.inputs = first.cfg, first.n_classes, first.t, first.inputs
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        """(K, P, M D): each slot's prototypes of every member, side by side."""
+        return torch.cat([m.prototypes for m in self.members], -1)
+
+    @property
+    def proto_mask(self) -> torch.Tensor:
+        return self.members[0].proto_mask
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.split(self.cfg.embed_dim, dim=-1)
+
+    def set_normalisation(self, batch: dict[str, torch.Tensor]) -> None:
+        for m in self.members:
+            m.set_normalisation(batch)
+
+    def embed(self, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        outs = [m.embed(batch, keep) for m in self.members]
+        return {"z": torch.cat([o["z"] for o in outs], -1), "g": torch.cat([o["g"] for o in outs], -1),
+                "a": torch.stack([o["a"] for o in outs]).mean(0)}
+
+    def distances(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """(B, K, P): squared distances in the joint space, the sum of the members' own."""
+        return sum(m.distances(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g)))
+
+    def logits(self, z, g) -> torch.Tensor:
+        return torch.stack([m.logits(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g))]).mean(0)
+
+    def forward(self, batch: dict[str, torch.Tensor], keep=None) -> dict[str, torch.Tensor]:
+        out = self.embed(batch, keep)
+        out["logits"] = self.logits(out["z"], out["g"])
+        return out
+
+    @torch.no_grad()
+    def add_prototypes(self, k: int, centres: torch.Tensor) -> None:
+        """Centres (E', M D) in the joint space: each member takes its own slice."""
+        for m, c in zip(self.members, self._split(centres)):
+            m.add_prototypes(k, c)
+
+
 def attention_entropy_penalty(a: torch.Tensor) -> torch.Tensor:
     """(log T - H(a)) / log T, averaged: 0 for uniform attention, 1 when it collapses onto one step."""
     t = a.shape[1]

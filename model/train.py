@@ -24,10 +24,10 @@ from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
 from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
-from model.checkpoint import (Bundle, build_net, load_train_state, model_inputs, save_bundle, save_train_state,
-                              scorer_features)
+from model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, save_bundle, save_train_state,
+                              scorer_features, train_state_name)
 from model.config import ModelConfig
-from model.net import attention_entropy_penalty
+from model.net import Ensemble, attention_entropy_penalty
 from model.openset import OpenSetScorer, select_rows
 from model.predict import batch_dict, embed_all, open_blocks
 from model.scorers import CLOSED_SCORERS
@@ -215,15 +215,14 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
         n = min(cfg.extra_protos, len(zk))
         if n < 1:
             continue
-        saved = (net.prototypes.data.clone(), net.proto_mask.clone())
+        saved = {n: v.clone() for n, v in net.state_dict().items() if n.rsplit(".", 1)[-1] in ("prototypes", "proto_mask")}
         centres = KMeans(n_clusters=n, n_init=4, random_state=cfg.seed).fit(zk).cluster_centers_
         net.add_prototypes(k, torch.as_tensor(centres, dtype=torch.float32))
         acc = val_acc()
         if acc >= base:
             base, added = acc, added + [int(k)]
         else:
-            net.prototypes.data.copy_(saved[0])
-            net.proto_mask.copy_(saved[1])
+            net.load_state_dict(saved, strict=False)
     return added
 
 
@@ -241,8 +240,6 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     if (out_dir / "model.json").exists() and not (resume or overwrite):
         raise InputError(f"{out_dir} already holds a model: pass --resume to continue it or --overwrite to replace it")
     dev = resolve_device(device)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
     # and the features only they read (the pixel spectrum)
@@ -254,29 +251,62 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))
     va = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 1)))
     clean, views = _view_table(store, feats, tr.numpy())
-    net = build_net(cfg, fcfg, len(known))
-    net.set_normalisation(batch_dict(feats, tr, inputs, "cpu"))
-    net.to(dev)
-    dfeats = _to_device(feats, dev)
-    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed) if dev.type == "cuda" else None
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # what a resume must match: the features, the list of images and the classes the run started on
     origin = {"featurize_hash": fcfg.hash, "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
               "classes": known, "model_config": _resumable(cfg.to_dict())}
-    state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
-             "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin}
-    if resume and (out_dir / "train_state.json").exists():
+    if resume and (out_dir / f"{train_state_name(0)}.json").exists():
         _check_resume(out_dir, origin, store)
-        state = load_train_state(out_dir, net, opt)
-        gen.manual_seed(cfg.seed + 1000 * state["epoch"])
-        if noise_gen is not None:
-            noise_gen.manual_seed(cfg.seed + 1000 * state["epoch"])
-    best = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    if resume and (out_dir / "model.safetensors").exists():
-        from safetensors.torch import load_file
-        best = load_file(str(out_dir / "model.safetensors"))
+    norm = batch_dict(feats, tr, inputs, "cpu")
+    dfeats = _to_device(feats, dev)
     t0 = time.perf_counter()
-    bar = tqdm(total=(cfg.epochs - state["epoch"]) * len(clean), unit="sample", disable=not progress, desc="train")
+    bar = tqdm(total=cfg.members * cfg.epochs * len(clean), unit="sample", disable=not progress, desc="train")
+    members, states = [], []
+    for k in range(cfg.members):
+        if cfg.members > 1:
+            bar.set_description(f"train {k + 1}/{cfg.members}")
+        net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, va, dev, out_dir,
+                                   origin, resume, bar)
+        members.append(net)
+        states.append(state)
+    bar.close()
+    del dfeats
+    train_seconds = time.perf_counter() - t0
+    net = members[0] if cfg.members == 1 else Ensemble(members)
+    use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
+    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
+           "calibration": cal & (feats.splits == 1)}
+    return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
+                   list(unknown_labels), len(clean))
+
+
+def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, norm: dict, dfeats, y,
+                  clean, views, va, dev, out_dir: Path, origin: dict, resume: bool, bar):
+    """Train member k of the model (seed cfg.seed + k; the only member of a single network) and
+    return it at its best epoch, with its training state. Each epoch's state is saved under its
+    own name, so an interrupted ensemble resumes at the member and epoch it reached."""
+    seed = cfg.seed + k
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = build_member(cfg, fcfg, n_classes)
+    net.set_normalisation(norm)
+    net.to(dev)
+    noise_gen = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
+             "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin, "seed": seed}
+    best = None
+    if resume and (out_dir / f"{train_state_name(k)}.json").exists():
+        state, best = load_train_state(out_dir, net, opt, k)
+        gen.manual_seed(seed + 1000 * state["epoch"])
+        if noise_gen is not None:
+            noise_gen.manual_seed(seed + 1000 * state["epoch"])
+        if best is None and k == 0 and cfg.members == 1 and (out_dir / "model.safetensors").exists():
+            from safetensors.torch import load_file
+            best = load_file(str(out_dir / "model.safetensors"))  # a state saved before it kept the best weights
+        state.setdefault("seed", seed)
+        bar.update(state["epoch"] * len(clean))
+    if best is None:
+        best = {n: v.detach().clone() for n, v in net.state_dict().items()}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
         tl = _epoch(net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen)
@@ -290,19 +320,13 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
         prev = state["best_loss"] if isinstance(state["best_loss"], list) else [math.inf, math.inf]
         if crit[0] < prev[0] - 1e-9 or (crit[0] <= prev[0] + 1e-9 and crit[1] < prev[1] - 1e-4):
             state.update(best_loss=crit, best_epoch=state["epoch"], bad_epochs=0)
-            best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best = {n: v.detach().clone() for n, v in net.state_dict().items()}
         else:
             state["bad_epochs"] += 1
-        save_train_state(out_dir, net, opt, state)
-    bar.close()
-    del dfeats
-    train_seconds = time.perf_counter() - t0
+        save_train_state(out_dir, net, opt, state, best, k)
+    bar.update(max(0, (cfg.epochs - state["epoch"]) * len(clean)))          # stopped early: the bar ends full
     net.load_state_dict(best)
-    use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
-    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
-           "calibration": cal & (feats.splits == 1)}
-    return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, state, train_seconds,
-                   list(unknown_labels), len(clean))
+    return net, state
 
 
 def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
@@ -324,8 +348,12 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
                                   "run's; resume with the same store and options, or train into a new --out")
 
 
-def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, state, train_seconds,
-            unknown, epoch_rows: int) -> dict:
+def _best_val(state: dict) -> dict:
+    return dict(state["history"][state["best_epoch"] - 1]) if state["best_epoch"] > 0 else {}
+
+
+def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, states: list[dict],
+            train_seconds, unknown, epoch_rows: int) -> dict:
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
     (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
@@ -343,20 +371,24 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
+    state = states[0]
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
-               "best_val": {k: v for k, v in state["history"][state["best_epoch"] - 1].items()} if state["best_epoch"] > 0 else {},
-               "history": state["history"], "train_rows": int(tr.sum()), "val_rows": int(va.sum()),
+               "best_val": _best_val(state), "history": state["history"],
+               "train_rows": int(tr.sum()), "val_rows": int(va.sum()),
                "calibration_rows": int(cal.sum()),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "scorer_rows": cfg.scorer_rows if store.has_views else None,
                "train_seconds": round(train_seconds, 2),
-               "samples_per_s": round(epoch_rows * len(state["history"])
-                                      / max(sum(h["seconds"] for h in state["history"]), 1e-9), 1),
+               "samples_per_s": round(epoch_rows * sum(len(st["history"]) for st in states)
+                                      / max(sum(h["seconds"] for st in states for h in st["history"]), 1e-9), 1),
                "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
                                "threshold": opn.threshold_, "false_unknown_rate": cfg.false_unknown_rate,
                                "val_flagged": opn.val_flagged_}}
+    if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
+        summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
+                               "best_val": _best_val(st)} for st in states]
     save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn))
     return summary

@@ -148,7 +148,7 @@ def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
     unseen = _planted(tmp_path / "unseen", 30, 1)                           # independent images to measure on
     featurize(unseen, tmp_path / "jpeg.zarr", view="jpeg:10",
               opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8), **OPTS)
-    cfg = ModelConfig(width=8, embed_dim=16, epochs=12, batch_size=16, renoise=False, view_prob=0.5)
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=12, batch_size=16, renoise=False, view_prob=0.5, members=1)
     acc = {}
     for views in (0, 2):
         store = tmp_path / f"s{views}.zarr"

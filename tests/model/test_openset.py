@@ -13,7 +13,7 @@ from model.predict import predict
 from model.train import train
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
-FAST = ModelConfig(width=8, embed_dim=16, epochs=6, batch_size=32, renoise=False)
+FAST = ModelConfig(width=8, embed_dim=16, epochs=6, batch_size=32, renoise=False, members=1)
 
 
 @parametrize_with_checks([ClassGaussian(), KNNDistance(), MaxColumn(), MaxColumn(negate=True)])

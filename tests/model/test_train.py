@@ -16,7 +16,7 @@ from model.predict import predict
 from model.train import train
 from tests.synthetic import CFG, planted_store
 
-FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3)
+FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3, members=1)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from tests.synthetic import CFG_RESIDUAL, planted_store
 def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b", "gen-c"), per_class=40, cfg=CFG_RESIDUAL,
                   residual_strength=0.5)
-    args = ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"), "--epochs", "2"]
+    args = ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"), "--epochs", "2", "--members", "2"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "logo" / "study.json").read_text())

@@ -88,7 +88,7 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     paths = [str(p) for p in store.read("path")]
     want = np.stack([periodicity_of_image(decode_image(open(p, "rb").read(), p), 8) for p in paths[:3]])
     np.testing.assert_allclose(feats["periodicity"][:3].numpy(), want, rtol=1e-6)
-    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-input")
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-input", members=1)
     train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
     a = Attributor.load(tmp_path / "run")
     assert a.bundle.net.inputs == ("latents", "spectra", "periodicity")
