@@ -22,6 +22,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-score"))
     ap.add_argument("--workers", default="")
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)")
     args = ap.parse_args(argv)
     from distributed import Client
 
@@ -39,7 +40,7 @@ def main(argv=None):
         print(f"store of {args.rows} rows in {time.perf_counter() - t:.0f} s", flush=True)
     run = args.out / "model"
     if not (run / "model.json").exists():
-        train(store, run, ModelConfig(epochs=1, width=32, embed_dim=64), progress=False, overwrite=True)
+        train(store, run, ModelConfig(epochs=1, width=32, embed_dim=64, members=args.members), progress=False, overwrite=True)
     cpus = os.cpu_count() or 2
     sizes = [int(x) for x in args.workers.split(",")] if args.workers else \
         [n for n in (1, 2, 4, 8, 16, 32) if n <= cpus]
@@ -56,7 +57,7 @@ def main(argv=None):
         rows[n] = args.rows / dt
         eff = rows[n] / (n * rows[sizes[0]] / sizes[0])
         print(f"{n:>3} workers: {rows[n]:9.0f} rows/s  efficiency {eff:.2f}", flush=True)
-    (args.out / "bench_score.json").write_text(json.dumps({"rows": args.rows, "cpus": cpus, "rows_per_s": rows}, indent=2))
+    (args.out / "bench_score.json").write_text(json.dumps({"rows": args.rows, "cpus": cpus, "members": args.members, "rows_per_s": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-score-images"))
     args = ap.parse_args(argv)
@@ -50,10 +51,10 @@ def main(argv=None):
         fcfg = build_config(enc, resolution=args.resolution, device=args.device)
         featurize_store(cat, args.out / "store.zarr", fcfg, enc,
                         RunOptions(device=args.device, workers=2, progress=False, overwrite=True, compile=False))
-        train(args.out / "store.zarr", run, ModelConfig(epochs=2), device=args.device, progress=False, overwrite=True)
+        train(args.out / "store.zarr", run, ModelConfig(epochs=2, members=args.members), device=args.device, progress=False, overwrite=True)
     paths = [cat.paths[i % len(cat)] for i in range(args.images)]
     res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "cpus": os.cpu_count(),
-           "images": len(paths), "vae": args.vae, "resolution": args.resolution, "ms_per_image": {}}
+           "images": len(paths), "members": args.members, "vae": args.vae, "resolution": args.resolution, "ms_per_image": {}}
 
     a = Attributor.load(run, device=args.device)
     a.score_many(paths[:64])  # warm: kernels, first decodes

@@ -59,7 +59,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
         out / "train" / "bench_train.json")
     yield ("score_store", lambda: bench_score.main(
         ["--rows", str(s["score_rows"]), "--workers", s["score_workers"], "--out", str(out / "score-store")]
-        + (["--chunk", "256"] if smoke else [])), out / "score-store" / "bench_score.json")
+        + (["--chunk", "256", "--members", "1"] if smoke else [])), out / "score-store" / "bench_score.json")
     yield "featurize", lambda: bench_featurize.main(feat), out / "featurize" / f"bench{s['res']}.json"
     data = _labelled(out / "featurize", s["images"], s["res"])
     yield ("featurize_cluster", lambda: bench_featurize_cluster.main(
@@ -69,7 +69,8 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
         out / "featurize-cluster" / "results.json")
     yield ("score_images", lambda: bench_score_images.main(
         [str(data), "--vae", vae, "--images", str(s["score_images"]), "--workers", "1" if smoke else "1,4",
-         "--out", str(out / "score-images")] + common), out / "score-images" / "bench_score_images.json")
+         "--out", str(out / "score-images")] + common + (["--members", "1"] if smoke else [])),
+        out / "score-images" / "bench_score_images.json")
     yield ("featurize_residual", lambda: bench_featurize.main(
         ["--out", str(out / "featurize-residual"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
         + common + (["--batch", "16"] if smoke else [])), out / "featurize-residual" / f"bench{s['res']}.json")
