@@ -61,4 +61,7 @@ def test_featurize_residual_and_train_without_it(class_folders, tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["model_config"]["use_residual"] is False and meta["featurize_config"]["residual_bins"] == 4
-    assert not any(k.startswith("res.") for k in load_file(str(tmp_path / "run" / "model.safetensors")))
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert meta["model_config"]["members"] == 3 and len(json.loads(r.output)["members"]) == 3   # the default
+    assert any(k.startswith("members.2.") for k in weights)
+    assert not any(p == "res" or p.startswith("res_") for k in weights for p in k.split("."))  # no residual branch in any member
