@@ -293,10 +293,7 @@ class Ensemble(nn.Module):
     def logits(self, z, g) -> torch.Tensor:
         return torch.stack([m.logits(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g))]).mean(0)
 
-    def forward(self, batch: dict[str, torch.Tensor], keep=None) -> dict[str, torch.Tensor]:
-        out = self.embed(batch, keep)
-        out["logits"] = self.logits(out["z"], out["g"])
-        return out
+    forward = ProtoLeakNet.forward      # embed, then the logits: the same two steps as one network's
 
     @torch.no_grad()
     def add_prototypes(self, k: int, centres: torch.Tensor) -> None:
