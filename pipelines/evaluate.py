@@ -119,6 +119,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                                                        if bundle.featurize.vae.builtin else ""),
                "inputs": [f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n
                           for n in predictor.inputs],
+               "networks": bundle.cfg.members,
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
                "open_scorer": bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde (saved before open_scorer)",
                "open_components": list(getattr(bundle.open, "components_", ("kde",))),

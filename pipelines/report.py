@@ -154,6 +154,10 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
+def _networks(n: int) -> str:
+    return f"{n} networks joined (train --members); " if n > 1 else "one network; "
+
+
 def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     names = bundle.class_names
     first = summary["views"][0]
@@ -195,7 +199,7 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:.5em 0}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}</style>
 </head><body><h1>leakstore evaluation</h1>{warn}
 <p>Model <code>{html.escape(summary['model'])}</code>; encoder {html.escape(summary['encoder'])};
-inputs: {html.escape(', '.join(summary.get('inputs', [])))};
+{_networks(summary.get('networks', 1))}inputs: {html.escape(', '.join(summary.get('inputs', [])))};
 known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th></tr>{rob}</table>
 {_img(out / 'robustness.png')}

@@ -83,6 +83,7 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
     assert s["inputs"] == ["latents", "spectra"] and "inputs: latents, spectra;" in html
+    assert s["networks"] == 3 and "3 networks joined (train --members)" in html       # the default model
 
 
 def test_scoring_is_lazy(model):
