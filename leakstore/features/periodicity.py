@@ -48,6 +48,15 @@ def periodicity_features(x: torch.Tensor, period: int) -> torch.Tensor:
     return torch.cat([phase_profile(dx, period), phase_profile(dy, period)], 1)
 
 
+def central_crop(arr: np.ndarray, align: int = 1) -> np.ndarray:
+    """The central MAX_SIDE x MAX_SIDE part of an (H, W, ...) image (all of a smaller side), its
+    corner on a multiple of `align` (a period's phases stay where they were)."""
+    h, w = arr.shape[:2]
+    top = (max(0, h - MAX_SIDE) // 2) // align * align
+    left = (max(0, w - MAX_SIDE) // 2) // align * align
+    return arr[top:top + MAX_SIDE, left:left + MAX_SIDE]
+
+
 def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> (2 period,) float32. Images over MAX_SIDE a side are
     measured on a central MAX_SIDE crop whose corner is a multiple of the period (same phases)."""
@@ -55,9 +64,7 @@ def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
     if min(h, w) < 2 * period:
         raise ValueError(f"periodicity needs images of at least {2 * period} pixels a side, got {h}x{w}: "
                          f"featurize with a smaller --period or --period 0")
-    top = (max(0, h - MAX_SIDE) // 2) // period * period
-    left = (max(0, w - MAX_SIDE) // 2) // period * period
-    crop = np.array(arr[top:top + MAX_SIDE, left:left + MAX_SIDE], dtype=np.uint8)   # a writable copy
+    crop = np.array(central_crop(arr, period), dtype=np.uint8)   # a writable copy
     return periodicity_features(torch.from_numpy(crop).permute(2, 0, 1)[None], period)[0].numpy()
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leakstore.features.periodicity import MAX_SIDE   # the same cap for both pixel features measured in the loader
+from leakstore.features.periodicity import central_crop   # the same cap for both pixel features measured in the loader
 
 EPS = 1e-10
 
@@ -48,7 +48,5 @@ def pixel_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
 
 def pixel_spectrum_of_image(arr: np.ndarray, bins: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> (2 bins,) float32; a central MAX_SIDE crop of larger images."""
-    h, w = arr.shape[:2]
-    top, left = max(0, h - MAX_SIDE) // 2, max(0, w - MAX_SIDE) // 2
-    crop = np.asarray(arr[top:top + MAX_SIDE, left:left + MAX_SIDE], dtype=np.float64)
+    crop = np.asarray(central_crop(arr), dtype=np.float64)
     return pixel_spectrum(crop.mean(2) / 255.0, bins)

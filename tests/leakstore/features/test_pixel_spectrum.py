@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from leakstore.features.pixel_spectrum import MAX_SIDE, pixel_spectrum, pixel_spectrum_of_image
+from leakstore.features.periodicity import MAX_SIDE
+from leakstore.features.pixel_spectrum import pixel_spectrum, pixel_spectrum_of_image
 
 
 def _photo_like(size=128, seed=0):
