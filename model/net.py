@@ -246,7 +246,6 @@ class ProtoLeakNet(nn.Module):
         return keep
 
 
-
 class Ensemble(nn.Module):
     """M ProtoLeakNets trained apart (seeds seed, seed+1, ...) seen as one network: the embedding,
     gates and prototypes are the members' side by side (a (M D)-d joint space), so a prototype's
@@ -276,10 +275,6 @@ class Ensemble(nn.Module):
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return x.split(self.cfg.embed_dim, dim=-1)
-
-    def set_normalisation(self, batch: dict[str, torch.Tensor]) -> None:
-        for m in self.members:
-            m.set_normalisation(batch)
 
     def embed(self, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         outs = [m.embed(batch, keep) for m in self.members]

@@ -29,6 +29,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leakstore.errors import InputError
+from leakstore.features import BY_NAME
 from model.config import OPEN_SCORERS as MODEL_OPEN_SCORERS
 from model.scorers import OpenSetKDE
 
@@ -161,6 +162,7 @@ FALLBACK = {"fused-period": "fused", "fused-pixel": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
 assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
 BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum")
+STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
 
 
 def components(method: str, available_blocks) -> tuple[str, ...]:

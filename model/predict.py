@@ -53,13 +53,13 @@ def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
 def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch,
                 dist: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
-    from model.openset import channel_stats
+    from model.openset import STORED_BLOCKS, channel_stats
     d = prototype_distances(net, emb) if dist is None else dist
     mask = net.proto_mask.bool()
     return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
             "stats": channel_stats(feats["latents"]),
             **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
-               for k in ("residual", "periodicity", "pixel_spectrum")}}
+               for k in STORED_BLOCKS}}
 
 
 @torch.inference_mode()
