@@ -51,6 +51,27 @@ def worker_device(device: str, index: int | None = None):
     return dev
 
 
+def featurize_workers(n: int, device: str) -> tuple[int, str | None]:
+    """(workers, notice): the size of a local featurize cluster (`featurize --cluster N`).
+
+    On CUDA at most one worker per visible GPU: measured on one H200 (2026-11-26, SD-VAE at 256²,
+    residual on), one worker featurized 1,024 images at 15 images/s, while two workers sharing the
+    card had not finished 256 images after 190 s, both at 100 % GPU (why is not established:
+    torch's per-process memory caps and cuDNN's benchmark workspaces are suspects). On one GPU the
+    single-process `featurize --device cuda --workers W` (W loader threads) is the fast path. The
+    notice says what was changed; None when nothing was."""
+    import torch
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return n, None
+    gpus = 1 if dev.index is not None else max(1, torch.cuda.device_count())
+    if n <= gpus:
+        return n, None
+    return gpus, (f"--cluster {n}: {gpus} GPU{'s' if gpus > 1 else ''} visible for --device {device}; starting {gpus} "
+                  f"worker{'s' if gpus > 1 else ''}, one per GPU (workers sharing a GPU were far slower than one alone; on one GPU, "
+                  "featurize without --cluster and with --workers for loader threads is the fast path)")
+
+
 def worker_process_device(device: str, index: int | None = None):
     """The device a dask worker process (featurizing or scoring) runs on: `worker_device`, and on
     the CPU one torch thread per process (worker processes scale; threads inside them fight)."""

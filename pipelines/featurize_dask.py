@@ -14,6 +14,7 @@ with CUDA_VISIBLE_DEVICES set per worker, or dask-cuda's `dask cuda worker` wher
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    from leakstore.device import resolve_device
+    from leakstore.device import featurize_workers, resolve_device
     from pipelines.score import connect
     store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
                                 overwrite=opts.overwrite)
@@ -103,6 +104,10 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     failures: list[dict] = []
     if todo:
         if own:
+            if cluster and not scheduler:
+                cluster, notice = featurize_workers(cluster, dev)
+                if notice:
+                    print(f"featurize: {notice}", file=sys.stderr)
             client, local = connect(scheduler, cluster)
         try:
             client.register_plugin(LoadEncoder(str(Path(store_path).resolve()), dev, batch), name="leakstore-encoder")

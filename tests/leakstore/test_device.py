@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from leakstore.device import worker_device
+from leakstore.device import featurize_workers, worker_device
 
 
 @pytest.fixture
@@ -69,3 +69,14 @@ def test_a_cpu_worker_process_runs_one_torch_thread(monkeypatch):
     calls = []
     assert worker_process_device("cpu", 3) == torch.device("cpu") and calls == [1]
     assert torch.get_num_threads() == before                                 # the test process is left as it was
+
+
+def test_a_local_featurize_cluster_gets_one_worker_per_gpu_and_says_so(gpus):
+    gpus(1)
+    n, notice = featurize_workers(2, "cuda")
+    assert n == 1 and "--cluster 2" in notice and "1 GPU visible" in notice
+    assert featurize_workers(3, "cuda:0")[0] == 1                  # one named GPU is one GPU, whatever is visible
+    gpus(4)
+    assert featurize_workers(6, "cuda")[0] == 4
+    assert featurize_workers(4, "cuda") == (4, None)
+    assert featurize_workers(8, "cpu") == (8, None)                # CPU workers scale with processes

@@ -73,3 +73,22 @@ def test_a_worker_killed_mid_run_changes_nothing(data, plain, tmp_path):
         t.join()
     assert rep.failed_in_store == 2
     same_store(plain, tmp_path / "k.zarr")
+
+
+def test_featurize_starts_the_local_cluster_that_featurize_workers_allows(data, tmp_path, monkeypatch, capsys):
+    """The cap on GPU workers reaches the cluster that is started (no GPU here: the cap is mocked)."""
+    import pipelines.featurize_dask as fd
+    import pipelines.score as score
+    started = []
+    monkeypatch.setattr("leakstore.device.featurize_workers", lambda n, dev: (1, f"--cluster {n}: starting 1 worker"))
+
+    def connect(scheduler, workers):
+        started.append(workers)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(score, "connect", connect)
+    catalog, encoder, cfg = prepare(data, **KW)
+    with pytest.raises(RuntimeError, match="stop here"):
+        fd.featurize_on_dask(catalog, tmp_path / "s.zarr", cfg, encoder,
+                             RunOptions(device="cpu", chunk_size=8, progress=False), cluster=3)
+    assert started == [1]
+    assert "featurize: --cluster 3: starting 1 worker" in capsys.readouterr().err
