@@ -278,6 +278,7 @@ def train(
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
     scorer_rows: Annotated[str, typer.Option(metavar="all|clean|clean-fit", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well); or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included, so re-encoded images are not flagged for being re-encoded (README, Robustness).")] = "all",
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
+    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum (README, Open set).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
     members: Annotated[int, typer.Option(min=1, help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many times the training and network time, better unknown-generator flags (README, Open set).")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
@@ -294,7 +295,8 @@ def train(
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
                           drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows,
-                          false_unknown_rate=false_unknown_rate, seed=seed, members=members)
+                          false_unknown_rate=false_unknown_rate, open_temperature=open_temperature, seed=seed,
+                          members=members)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json)
@@ -325,6 +327,7 @@ def openset_study(
     periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
     jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
+    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum (README, Open set).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = 3,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
@@ -339,7 +342,8 @@ def openset_study(
         from pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
-                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members)
+                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members,
+                          open_temperature=open_temperature)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
     if as_json:

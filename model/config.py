@@ -18,7 +18,7 @@ OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "resi
 
 
 # settings added after models were saved without them, with the value that reads those models as they were
-LEGACY = {"drop_jpeg_grid": False, "members": 1}
+LEGACY = {"drop_jpeg_grid": False, "members": 1, "open_temperature": 0.0}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ModelConfig:
     scorer: str = "mahalanobis"    # closed-set scorer on embeddings
     open_scorer: str = "fused-period"  # open-set scorer (model/openset.py), chosen by the leave-one-out study
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
+    open_temperature: float = 1.0  # fused scorers' soft minimum (0: the plain minimum), chosen by the study
     seed: int = 0
     members: int = 3               # networks trained from seeds seed, seed+1, ...; their embeddings joined
                                    # (chosen by the leave-one-out study: README, Open set)
@@ -77,6 +78,8 @@ class ModelConfig:
         for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if not self.open_temperature >= 0:
+            raise InputError(f"--open-temperature {self.open_temperature} must be 0 (the plain minimum) or more")
         if not 0 < self.false_unknown_rate < 1:
             raise InputError(f"--false-unknown-rate {self.false_unknown_rate} must lie in (0, 1), e.g. 0.05")
 

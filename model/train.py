@@ -369,7 +369,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
-    opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed).fit(
+    opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
+                        temperature=cfg.open_temperature).fit(
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
     state = states[0]
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
@@ -385,7 +386,7 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
-                               "threshold": opn.threshold_, "false_unknown_rate": cfg.false_unknown_rate,
+                               "temperature": cfg.open_temperature, "threshold": opn.threshold_, "false_unknown_rate": cfg.false_unknown_rate,
                                "val_flagged": opn.val_flagged_}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],

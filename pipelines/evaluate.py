@@ -123,6 +123,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = 
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
                "open_scorer": bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde (saved before open_scorer)",
                "open_components": list(getattr(bundle.open, "components_", ("kde",))),
+               "open_temperature": float(getattr(bundle.open, "temperature", 0.0) or 0.0),
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
                                "open_auroc": r["open"].get("auroc")} for r in results]}

@@ -37,13 +37,23 @@ from model.predict import predict
 from model.train import rows_in_use, train
 
 
+# settings that change only the open-set scorer, which the study refits on every fold itself
+SCORER_ONLY = ("open_scorer", "open_temperature", "false_unknown_rate")
+
+
+def _network_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in SCORER_ONLY}
+
+
 def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool) -> Path:
-    """Train the fold's model unless a finished one with the same settings is there."""
+    """Train the fold's model unless a finished one with the same network settings is there (the
+    open-set scorers are refitted from the fold's model by study_fold with the study's settings)."""
     meta = run / "model.json"
     if meta.exists():
         m = json.loads(meta.read_text())
         if (m.get("training", {}).get("unknown_labels") == held
-                and ModelConfig.with_defaults(m.get("model_config", {})) == cfg.to_dict()
+                and _network_settings(ModelConfig.with_defaults(m.get("model_config", {})))
+                == _network_settings(cfg.to_dict())
                 and m.get("featurize_hash") == store.config.hash):
             return run
     train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
@@ -65,9 +75,12 @@ def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     return np.array([str(x) or f"row:{r}" for x, r in zip(g, rows)], dtype=object)
 
 
-def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu") -> list[dict]:
-    """Every open-set scorer on one fold: AUROC etc. on validation and test rows."""
+def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu",
+               cfg: ModelConfig | None = None) -> list[dict]:
+    """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
+    scorer settings of `cfg` (default: the fold model's own)."""
     b = load_bundle(run, device)
+    cfg = cfg or b.cfg
     # every scorer is compared, so every block the store can give them
     feats = store.load(tuple(dict.fromkeys(b.feature_names + scorer_features(store.config))))
     groups = _groups(store, feats.rows)
@@ -85,7 +98,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     rows, blocks = [], p["blocks"]
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
-        sc = OpenSetScorer(method=name, false_unknown_rate=b.cfg.false_unknown_rate).fit(
+        sc = OpenSetScorer(method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature).fit(
             select_rows(blocks, tr), y[tr], select_rows(blocks, va))
         s = sc.score_samples(blocks)
         row = {"generator": g, "scorer": name, "components": "+".join(sc.components_)}
@@ -184,7 +197,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
         run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)
-        rows += study_fold(store, run, g, extra, device)
+        rows += study_fold(store, run, g, extra, device, cfg)
     sup = {}
     if ceiling:
         if progress:

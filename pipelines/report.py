@@ -154,6 +154,14 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
+def _fusion(summary: dict) -> str:
+    """How the components are combined, for a scorer of several."""
+    if len(summary.get("open_components", ())) < 2:
+        return ""
+    t = summary.get("open_temperature") or 0.0
+    return f"; soft minimum, temperature {t:g}" if t > 0 else "; minimum"
+
+
 def _networks(n: int) -> str:
     return f"{n} networks joined (train --members); " if n > 1 else "one network; "
 
@@ -207,7 +215,7 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 <p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
 <table><tr><th>class</th><th>AUC</th></tr>{per}</table>{_img(out / 'confusion.png')}{_img(out / 'roc.png')}
 <h2>Open set: unseen generators</h2>
-<p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}).
+<p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}{_fusion(summary)}).
 {_rate_line(o.get('false_unknown_rate'))}</p>
 <p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
 {unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}

@@ -39,6 +39,16 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
     r = CliRunner().invoke(app, args + ["--json"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "logo" / "folds" / "gen-a" / "model.safetensors").stat().st_mtime_ns == stamp   # reused
+    # scorer-only settings refit the scorers on the same fold models: nothing is retrained
+    fused = {r["scorer"]: r["mean_val_auroc"] for r in s["scorers"]}
+    r = CliRunner().invoke(app, args + ["--json", "--open-temperature", "0"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "logo" / "folds" / "gen-a" / "model.safetensors").stat().st_mtime_ns == stamp
+    s0 = json.loads((tmp_path / "logo" / "study.json").read_text())
+    assert s0["model_config"]["open_temperature"] == 0 and s["model_config"]["open_temperature"] == 1
+    plain = {r["scorer"]: r["mean_val_auroc"] for r in s0["scorers"]}
+    assert plain["kde"] == fused["kde"] and plain["residual"] == fused["residual"]   # one component: unchanged
+    assert plain["fused"] != fused["fused"]                                         # the fusion rule: changed
 
 
 def test_the_weighted_auroc_matches_scikit_learn_with_sample_weights():
