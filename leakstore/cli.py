@@ -332,6 +332,7 @@ def openset_study(
     members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = 3,
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
+    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its labels' test rows; reported, never chosen on; repeatable.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
@@ -345,7 +346,8 @@ def openset_study(
                           seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members,
                           open_temperature=open_temperature)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
-                unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling)
+                unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling,
+                unseen=unseen or ())
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -362,6 +364,11 @@ def openset_study(
         per = ", ".join(f"{g} {v['test_auroc']:.3f}" for g, v in sup["per_generator"].items())
         typer.echo(f"supervised ceiling (trained with each generator): mean test {sup['mean_test_auroc']:.3f} "
                    f"(95 % CI {lo:.3f}-{hi:.3f}); {per}")
+    if s.get("unseen"):
+        per = s["unseen"]["per_scorer"]
+        typer.echo(f"outside generators (--unseen, not chosen on), {s['chosen']}, mean AUROC over folds: "
+                   + ", ".join(f"{lab} {v:.3f}" for lab, v in per[s["chosen"]].items())
+                   + " (every scorer: study.json, report.html)")
     typer.echo(f"{len(s['generators'])} folds in {s['seconds']} s; report: {s['report']}")
 
 

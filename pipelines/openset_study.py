@@ -9,6 +9,11 @@ test AUROC (test rows, never used for a choice) is what it is worth. Writes stud
 study.parquet (one row per generator and scorer), histograms and report.html in --out.
 Folds are kept in --out/folds/<g>: a rerun reuses every finished fold.
 
+`--unseen STORE` (repeatable): stores of generators outside the study's store (featurized with
+the same settings), each label's test rows (every row when the store has no splits) scored by
+every scorer of every fold against that fold's known test rows; reported as the mean AUROC over
+folds beside the table, never used for the choice.
+
 Two yardsticks come with the numbers:
 - a supervised ceiling: one more model, trained WITH every generator (--out/supervised), and the
   one-vs-rest AUROC of its probability for g on the same rows. It says how separable g is from
@@ -75,14 +80,34 @@ def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     return np.array([str(x) or f"row:{r}" for x, r in zip(g, rows)], dtype=object)
 
 
+def _unseen_rows(store: FeatureStore, study_store: FeatureStore) -> tuple[FeatureStore, np.ndarray]:
+    """(store, rows) of an --unseen store: its test rows, every row when it has no splits."""
+    if store.config.hash != study_store.config.hash:
+        raise InputError(f"--unseen {store.path} was featurized with other settings than {study_store.path} "
+                         f"(config {store.config.hash} vs {study_store.config.hash}): featurize it with the same "
+                         "options (leakstore inspect shows them)")
+    splits = store.read("split")
+    rows = np.flatnonzero((splits == 2) if (splits >= 0).any() else np.ones(len(splits), bool))
+    if not len(rows):
+        raise InputError(f"--unseen {store.path} has no test rows")
+    return store, rows
+
+
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu",
-               cfg: ModelConfig | None = None) -> list[dict]:
+               cfg: ModelConfig | None = None, unseen=()) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
-    scorer settings of `cfg` (default: the fold model's own)."""
+    scorer settings of `cfg` (default: the fold model's own); `unseen`: `_unseen_rows` of outside
+    stores, whose labels get a column `unseen:<label>` each (AUROC against the known test rows)."""
     b = load_bundle(run, device)
     cfg = cfg or b.cfg
     # every scorer is compared, so every block the store can give them
-    feats = store.load(tuple(dict.fromkeys(b.feature_names + scorer_features(store.config))))
+    names_in = tuple(dict.fromkeys(b.feature_names + scorer_features(store.config)))
+    feats = store.load(names_in)
+    outside = []
+    for st, rows in unseen:
+        f = st.load(names_in, rows=rows)
+        outside.append((predict(b, f, device)["blocks"],
+                        np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object)))
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)
     names = store.class_names
@@ -111,6 +136,10 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
                         f"n_{split}_unknown": int(u.sum())})
         u = held & (feats.splits == 2)
         row["_scores"] = (s[te], s[u], groups[te], groups[u])
+        for blocks_u, labels_u in outside:
+            su = sc.score_samples(blocks_u)
+            for lab in sorted(set(labels_u)):
+                row[f"unseen:{lab}"] = open_set(s[te], su[labels_u == lab]).get("auroc", np.nan)
         rows.append(row)
     return rows
 
@@ -176,7 +205,8 @@ def group_bootstrap(per_gen: dict, n: int = BOOTSTRAP, seed: int = 0) -> tuple[d
 
 
 def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
-                  unknown_labels=(), device: str = "cpu", progress: bool = True, ceiling: bool = True) -> dict:
+                  unknown_labels=(), device: str = "cpu", progress: bool = True, ceiling: bool = True,
+                  unseen=()) -> dict:
     import pandas as pd
 
     from leakstore.device import resolve_device
@@ -190,6 +220,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
     if bad or len(gens) < 1:
         raise InputError(f"--generators {bad or gens}: give non-real classes of {store.path} "
                          f"({', '.join(n for n in store.class_names if n != real)})")
+    outside = [_unseen_rows(FeatureStore.open(u), store) for u in unseen]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0, rows = time.perf_counter(), []
@@ -197,7 +228,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
         run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)
-        rows += study_fold(store, run, g, extra, device, cfg)
+        rows += study_fold(store, run, g, extra, device, cfg, outside)
     sup = {}
     if ceiling:
         if progress:
@@ -210,6 +241,15 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                     mean_test_auroc=("test_auroc", "mean"), min_test_auroc=("test_auroc", "min"),
                     mean_test_fpr95=("test_fpr95", "mean"), test_known_flagged=("test_known_flagged", "mean"))
                .reset_index())
+    unseen_cols = [c for c in df.columns if c.startswith("unseen:")]
+    unseen_out = None
+    if unseen_cols:     # reported beside the table, never part of the choice
+        means = df.groupby("scorer", sort=False)[unseen_cols].mean()
+        unseen_out = {"stores": [str(st.path) for st, _ in outside],
+                      "note": "mean over folds of each scorer's AUROC, each label's test rows against the fold's "
+                              "known test rows; not used for the choice",
+                      "per_scorer": {sc: {c.split(":", 1)[1]: float(v) for c, v in r.items()}
+                                     for sc, r in means.iterrows()}}
     # the choice: best mean validation AUROC, ties broken by the minimum; never the test split
     best = table.sort_values(["mean_val_auroc", "min_val_auroc"], ascending=False).iloc[0]["scorer"]
     ci, mean_ci = group_bootstrap({g: scores[(g, best)] for g in gens})
@@ -227,7 +267,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                "model_config": cfg.to_dict(), "chosen_on": "mean validation AUROC", "chosen": best,
                "scorers": table.to_dict(orient="records"), "chosen_test": chosen,
                "confidence_intervals": f"95 % group bootstrap over test source groups, {BOOTSTRAP} draws",
-               "supervised_ceiling": ceiling_out, "seconds": round(time.perf_counter() - t0, 1),
+               "supervised_ceiling": ceiling_out, "unseen": unseen_out, "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
     df.to_parquet(out / "study.parquet", index=False)
     (out / "study.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -285,6 +325,26 @@ Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test col
 <p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold (called unknown),
 calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).
 Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photograph move together).</p>
-{sup_text}
+{sup_text}{_unseen_table(summary, best)}
 {_img(out / 'histograms.png')}</body></html>"""
     (out / "report.html").write_text(page)
+
+
+def _unseen_table(summary: dict, best: str) -> str:
+    """The --unseen stores: each scorer's mean AUROC over folds per outside label (no choice made on it)."""
+    u = summary.get("unseen")
+    if not u:
+        return ""
+    labels = sorted({lab for v in u["per_scorer"].values() for lab in v})
+    f3 = lambda x: "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
+    bold = ' style="font-weight:bold"'
+    rows = "".join(
+        f"<tr{bold if sc == best else ''}><td>{html.escape(sc)}</td>"
+        + "".join(f"<td>{f3(v.get(lab))}</td>" for lab in labels) + "</tr>"
+        for sc, v in u["per_scorer"].items())
+    stores = ", ".join(f"<code>{html.escape(x)}</code>" for x in u["stores"])
+    return (f"<h2>Generators outside the study's store</h2><p>{stores}: each label's rows scored by every fold's "
+            "scorers against that fold's known test rows, AUROC averaged over folds. <b>Not used for the choice</b>: "
+            "a check on generators no decision was made on.</p>"
+            "<table><tr><th>scorer</th>" + "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
+            + f"</tr>{rows}</table>")

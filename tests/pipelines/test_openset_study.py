@@ -13,7 +13,18 @@ from tests.synthetic import CFG_RESIDUAL, planted_store
 def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b", "gen-c"), per_class=40, cfg=CFG_RESIDUAL,
                   residual_strength=0.5)
+    # an outside store: the known generators on new rows, and gen-d, which no fold ever saw
+    planted_store(tmp_path / "u.zarr", classes=("real", "gen-a", "gen-b", "gen-c", "gen-d"), per_class=20, seed=1,
+                  cfg=CFG_RESIDUAL, residual_strength=0.5)
     args = ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"), "--epochs", "2", "--members", "2"]
+    r = CliRunner().invoke(app, args + ["--unseen", str(tmp_path / "u.zarr")])
+    assert r.exit_code == 0, r.output
+    u = json.loads((tmp_path / "logo" / "study.json").read_text())["unseen"]
+    assert u["stores"] == [str(tmp_path / "u.zarr")] and "outside generators" in r.output
+    res = u["per_scorer"]["stats"]              # gen-d's latent bias is its own: the latent statistics see it
+    assert set(res) == {"real", "gen-a", "gen-b", "gen-c", "gen-d"}
+    assert res["gen-d"] > 0.9 > 0.7 > res["real"], res   # flagged; real, known in every fold, on new rows: not
+    assert "Generators outside the study" in (tmp_path / "logo" / "report.html").read_text()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "logo" / "study.json").read_text())
@@ -73,3 +84,13 @@ def test_the_bootstrap_resamples_source_groups_not_rows():
     ci, _ = group_bootstrap({"g": (known, unknown, groups, groups)}, n=500)
     rows_ci, _ = group_bootstrap({"g": (known, unknown, np.arange(40).astype(str), np.arange(40).astype(str))}, n=500)
     assert ci["g"][1] - ci["g"][0] > 1.3 * (rows_ci["g"][1] - rows_ci["g"][0])
+
+
+def test_an_unseen_store_featurized_otherwise_is_refused_before_any_training(tmp_path):
+    from tests.synthetic import CFG
+    planted_store(tmp_path / "s.zarr", per_class=20, cfg=CFG_RESIDUAL)
+    planted_store(tmp_path / "u.zarr", per_class=20, cfg=CFG)
+    r = CliRunner().invoke(app, ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"),
+                                 "--unseen", str(tmp_path / "u.zarr")])
+    assert r.exit_code != 0 and "featurized with other settings" in r.output
+    assert not (tmp_path / "logo" / "folds").exists()
