@@ -154,6 +154,21 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
 
 
+def _prototype_note(emb, y, protos, proto_class) -> str:
+    """What the map cannot show: how far the prototypes lie from their class's images, in the
+    full embedding, against how far the images lie from their own class centre."""
+    have = [c for c in np.unique(proto_class) if (y == c).any()]
+    if not have:
+        return ""
+    centre = {c: emb[y == c].mean(0) for c in have}
+    spread = np.mean([np.linalg.norm(emb[y == c] - centre[c], axis=1).mean() for c in have])
+    away = np.mean([np.linalg.norm(protos[proto_class == c] - centre[c], axis=1).mean() for c in have])
+    return (f"Prototypes (stars) lie {away:.1f} on average from the centre of their class's test images in the full "
+            f"embedding, where images lie {spread:.1f} from theirs: the head ranks classes by relative, gate-weighted "
+            "distances, so prototypes need not sit inside their clusters, and the map's two axes, fitted to the "
+            "images, draw them where they project, not where they are.")
+
+
 def _fusion(summary: dict) -> str:
     """How the components are combined, for a scorer of several."""
     if len(summary.get("open_components", ())) < 2:
@@ -178,6 +193,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     mask = bundle.net.proto_mask.reshape(-1).bool()
     proto_class = np.repeat(np.arange(len(names)), bundle.net.proto_mask.shape[1])[mask.numpy()]
     plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy(), proto_class)
+    emb_note = _prototype_note(ex["embedding"], y, protos[mask].numpy(), proto_class)
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
     plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))
@@ -218,7 +234,7 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 <p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}{_fusion(summary)}).
 {_rate_line(o.get('false_unknown_rate'))}</p>
 <p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
-{unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}{_img(out / 'attention.png')}
+{unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}<p>{html.escape(emb_note)}</p>{_img(out / 'attention.png')}
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"

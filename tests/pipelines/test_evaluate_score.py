@@ -84,6 +84,17 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
     assert s["inputs"] == ["latents", "spectra"] and "inputs: latents, spectra;" in html
     assert s["networks"] == 3 and "3 networks joined (train --members)" in html       # the default model
+    assert "Prototypes (stars) lie" in html and s["open_temperature"] == 1.0
+    assert ("soft minimum, temperature 1" in html) == (len(s["open_components"]) > 1)
+
+
+def test_the_prototype_note_measures_distances_in_the_full_embedding():
+    from pipelines.report import _prototype_note
+    emb = np.array([[0.0, 0], [2, 0], [10, 0], [10, 2]])     # class 0 around (1, 0), class 1 around (10, 1)
+    y = np.array([0, 0, 1, 1])
+    protos, cls = np.array([[1.0, 3], [10, -2]]), np.array([0, 1])
+    note = _prototype_note(emb, y, protos, cls)
+    assert "lie 3.0 on average" in note and "images lie 1.0 from theirs" in note
 
 
 def test_scoring_is_lazy(model):
