@@ -249,7 +249,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "estimators_")
         raw = self.component_scores(blocks)
         z = np.stack([(raw[c] - m) / s for c, m, s in zip(self.components_, self.centers_, self.scales_)])
-        t = float(getattr(self, "temperature", 0.0) or 0.0)
+        t = float(self.temperature or 0.0)
         return z.min(0) if t <= 0 or len(z) == 1 else -t * logsumexp(-z / t, axis=0)
 
     def set_threshold(self, val_blocks: dict, false_unknown_rate: float | None = None) -> "OpenSetScorer":
