@@ -93,6 +93,16 @@ def _unseen_rows(store: FeatureStore, study_store: FeatureStore) -> tuple[Featur
     return store, rows
 
 
+def _unseen_keys(labels_per_store: list, paths: list) -> list:
+    """Per --unseen store, label -> the name its column goes by: the label itself, or
+    '<store name>/<label>' for a label that more than one store holds (so none overwrites another)."""
+    seen: dict[str, int] = {}
+    for labels in labels_per_store:
+        for lab in set(labels):
+            seen[lab] = seen.get(lab, 0) + 1
+    return [lambda lab, stem=Path(path).stem: f"{stem}/{lab}" if seen[lab] > 1 else lab for path in paths]
+
+
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu",
                cfg: ModelConfig | None = None, unseen=()) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
@@ -108,6 +118,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
         f = st.load(names_in, rows=rows)
         outside.append((predict(b, f, device)["blocks"],
                         np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object)))
+    keys = _unseen_keys([lab for _, lab in outside], [st.path for st, _ in unseen])
     groups = _groups(store, feats.rows)
     p = predict(b, feats, device)
     names = store.class_names
@@ -136,10 +147,10 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
                         f"n_{split}_unknown": int(u.sum())})
         u = held & (feats.splits == 2)
         row["_scores"] = (s[te], s[u], groups[te], groups[u])
-        for blocks_u, labels_u in outside:
+        for (blocks_u, labels_u), key in zip(outside, keys):
             su = sc.score_samples(blocks_u)
             for lab in sorted(set(labels_u)):
-                row[f"unseen:{lab}"] = open_set(s[te], su[labels_u == lab]).get("auroc", np.nan)
+                row[f"unseen:{key(lab)}"] = open_set(s[te], su[labels_u == lab]).get("auroc", np.nan)
         rows.append(row)
     return rows
 

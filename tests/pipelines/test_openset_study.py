@@ -94,3 +94,9 @@ def test_an_unseen_store_featurized_otherwise_is_refused_before_any_training(tmp
                                  "--unseen", str(tmp_path / "u.zarr")])
     assert r.exit_code != 0 and "featurized with other settings" in r.output
     assert not (tmp_path / "logo" / "folds").exists()
+
+
+def test_a_label_held_by_two_unseen_stores_gets_one_column_per_store():
+    from pipelines.openset_study import _unseen_keys
+    a, b = _unseen_keys([np.array(["real", "gan"]), np.array(["real", "vae"])], ["/x/one.zarr", "/y/two.zarr"])
+    assert [a("real"), a("gan"), b("real"), b("vae")] == ["one/real", "gan", "two/real", "vae"]
