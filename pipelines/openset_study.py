@@ -287,6 +287,10 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
     return summary
 
 
+def _f3(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
     from pipelines.report import _img, plot_open_scores
     gens = summary["generators"]
@@ -295,25 +299,24 @@ def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
                        + (f" (supervised {sup['per_generator'][g]['test_auroc']:.3f})" if sup else ""))
     plot_open_scores(out / "histograms.png", {title(g): scores[(g, best)][:2] for g in gens},
                      best, known_label="known (test)")
-    f3 = lambda x: "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
-    ci = lambda c: f"{f3(c[0])}&ndash;{f3(c[1])}"  # noqa: E731
+    ci = lambda c: f"{_f3(c[0])}&ndash;{_f3(c[1])}"  # noqa: E731
     head = "".join(f"<th>{html.escape(g)}</th>" for g in gens)
     body = ""
     for r in summary["scorers"]:
-        per = "".join(f"<td>{f3(df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0])}</td>" for g in gens)
+        per = "".join(f"<td>{_f3(df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0])}</td>" for g in gens)
         mark = ' style="font-weight:bold"' if r["scorer"] == best else ""
-        body += (f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{f3(r['mean_val_auroc'])}</td><td>{f3(r['min_val_auroc'])}</td>"
-                 f"<td>{f3(r['mean_test_auroc'])}</td><td>{f3(r['min_test_auroc'])}</td><td>{f3(r['mean_test_fpr95'])}</td>"
-                 f"<td>{f3(r['test_known_flagged'])}</td>{per}</tr>")
+        body += (f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{_f3(r['mean_val_auroc'])}</td><td>{_f3(r['min_val_auroc'])}</td>"
+                 f"<td>{_f3(r['mean_test_auroc'])}</td><td>{_f3(r['min_test_auroc'])}</td><td>{_f3(r['mean_test_fpr95'])}</td>"
+                 f"<td>{_f3(r['test_known_flagged'])}</td>{per}</tr>")
     ct = summary["chosen_test"]
     body += (f'<tr class="ci"><td>{html.escape(best)}: 95 % CI</td><td></td><td></td><td>{ci(ct["mean_test_ci95"])}</td>'
              f'<td></td><td></td><td></td>' + "".join(f"<td>{ci(chosen[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
     if sup:
         sp = sup["per_generator"]
-        body += (f'<tr class="sup"><td>supervised ceiling (trained with g)</td><td>{f3(np.mean([sp[g]["val_auroc"] for g in gens]))}</td>'
-                 f'<td>{f3(min(sp[g]["val_auroc"] for g in gens))}</td><td>{f3(sup["mean_test_auroc"])}</td>'
-                 f'<td>{f3(min(sp[g]["test_auroc"] for g in gens))}</td><td></td><td></td>'
-                 + "".join(f"<td>{f3(sp[g]['test_auroc'])}</td>" for g in gens) + "</tr>")
+        body += (f'<tr class="sup"><td>supervised ceiling (trained with g)</td><td>{_f3(np.mean([sp[g]["val_auroc"] for g in gens]))}</td>'
+                 f'<td>{_f3(min(sp[g]["val_auroc"] for g in gens))}</td><td>{_f3(sup["mean_test_auroc"])}</td>'
+                 f'<td>{_f3(min(sp[g]["test_auroc"] for g in gens))}</td><td></td><td></td>'
+                 + "".join(f"<td>{_f3(sp[g]['test_auroc'])}</td>" for g in gens) + "</tr>")
         body += (f'<tr class="sup"><td>supervised: 95 % CI</td><td></td><td></td><td>{ci(sup["mean_test_ci95"])}</td><td></td><td></td><td></td>'
                  + "".join(f"<td>{ci(sp[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
     sup_text = ("" if not sup else
@@ -347,11 +350,10 @@ def _unseen_table(summary: dict, best: str) -> str:
     if not u:
         return ""
     labels = sorted({lab for v in u["per_scorer"].values() for lab in v})
-    f3 = lambda x: "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
     bold = ' style="font-weight:bold"'
     rows = "".join(
         f"<tr{bold if sc == best else ''}><td>{html.escape(sc)}</td>"
-        + "".join(f"<td>{f3(v.get(lab))}</td>" for lab in labels) + "</tr>"
+        + "".join(f"<td>{_f3(v.get(lab))}</td>" for lab in labels) + "</tr>"
         for sc, v in u["per_scorer"].items())
     stores = ", ".join(f"<code>{html.escape(x)}</code>" for x in u["stores"])
     return (f"<h2>Generators outside the study's store</h2><p>{stores}: each label's rows scored by every fold's "
