@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         (a.out / lab).mkdir(parents=True, exist_ok=True)
     rows, seen = [], set()
     for f, arr in scaled.items():
+        # KDE wallpaper packages name their files by resolution (NAME/contents/images/2560x1600.jpg)
         group = f.parent.parent.parent.name if "/wallpapers/" in str(f) else f.stem
         while group in seen:                       # two files of one name: keep them apart
             group += "_"
