@@ -25,7 +25,7 @@ from leakstore.errors import LeakstoreError
 from leakstore.features import BY_NAME, features_for
 from model import scorers as S
 from model.config import ModelConfig
-from model.net import Ensemble, ProtoLeakNet
+from model.net import Ensemble, ProtoLeakNet, joined
 
 FORMAT = "leakstore.model"
 VERSION = 1
@@ -136,9 +136,7 @@ def build_member(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> Pro
 
 def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet | Ensemble:
     """The model's network: one ProtoLeakNet, or an Ensemble of `cfg.members` of them."""
-    if cfg.members == 1:
-        return build_member(cfg, fcfg, n_classes)
-    return Ensemble([build_member(cfg, fcfg, n_classes) for _ in range(cfg.members)])
+    return joined([build_member(cfg, fcfg, n_classes) for _ in range(cfg.members)])
 
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:

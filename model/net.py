@@ -297,6 +297,11 @@ class Ensemble(nn.Module):
             m.add_prototypes(k, c)
 
 
+def joined(members: list[ProtoLeakNet]) -> ProtoLeakNet | Ensemble:
+    """The model's network from its trained members: the network itself when there is one."""
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
 def attention_entropy_penalty(a: torch.Tensor) -> torch.Tensor:
     """(log T - H(a)) / log T, averaged: 0 for uniform attention, 1 when it collapses onto one step."""
     t = a.shape[1]

@@ -27,7 +27,7 @@ from leakstore.store import FeatureStore
 from model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, save_bundle, save_train_state,
                               scorer_features, train_state_name)
 from model.config import ModelConfig
-from model.net import Ensemble, attention_entropy_penalty
+from model.net import attention_entropy_penalty, joined
 from model.openset import OpenSetScorer, select_rows
 from model.predict import batch_dict, embed_all, open_blocks
 from model.scorers import CLOSED_SCORERS
@@ -271,7 +271,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     bar.close()
     del dfeats
     train_seconds = time.perf_counter() - t0
-    net = members[0] if cfg.members == 1 else Ensemble(members)
+    net = joined(members)
     use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
     fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
            "calibration": cal & (feats.splits == 1)}
@@ -386,8 +386,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "store": str(store.path), "store_id": store.attrs.get("store_id"),
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
-                               "temperature": cfg.open_temperature, "threshold": opn.threshold_, "false_unknown_rate": cfg.false_unknown_rate,
-                               "val_flagged": opn.val_flagged_}}
+                               "temperature": cfg.open_temperature, "threshold": opn.threshold_,
+                               "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
                                "best_val": _best_val(st)} for st in states]
