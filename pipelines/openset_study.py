@@ -103,19 +103,34 @@ def _unseen_keys(labels_per_store: list, paths: list) -> list:
     return [lambda lab, stem=Path(path).stem: f"{stem}/{lab}" if seen[lab] > 1 else lab for path in paths]
 
 
+def _loader(cache: dict | None):
+    """store.load(names, rows=...) that remembers what it read in `cache` (None: no memory): every
+    fold of a study reads the same features of the same stores."""
+    def load(st: FeatureStore, names: tuple, rows=None):
+        if cache is None:
+            return st.load(names, rows=rows)
+        key = (str(st.path), names, None if rows is None else np.asarray(rows).tobytes())
+        if key not in cache:
+            cache[key] = st.load(names, rows=rows)
+        return cache[key]
+    return load
+
+
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu",
-               cfg: ModelConfig | None = None, unseen=()) -> list[dict]:
+               cfg: ModelConfig | None = None, unseen=(), cache: dict | None = None) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
     scorer settings of `cfg` (default: the fold model's own); `unseen`: `_unseen_rows` of outside
-    stores, whose labels get a column `unseen:<label>` each (AUROC against the known test rows)."""
+    stores, whose labels get a column `unseen:<label>` each (AUROC against the known test rows);
+    `cache`: a dict shared by the folds of one study, so that each store is read once."""
     b = load_bundle(run, device)
     cfg = cfg or b.cfg
+    load = _loader(cache)
     # every scorer is compared, so every block the store can give them
     names_in = tuple(dict.fromkeys(b.feature_names + scorer_features(store.config)))
-    feats = store.load(names_in)
+    feats = load(store, names_in)
     outside = []
     for st, rows in unseen:
-        f = st.load(names_in, rows=rows)
+        f = load(st, names_in, rows)
         outside.append((predict(b, f, device)["blocks"],
                         np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object)))
     keys = _unseen_keys([lab for _, lab in outside], [st.path for st, _ in unseen])
@@ -234,12 +249,12 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
     outside = [_unseen_rows(FeatureStore.open(u), store) for u in unseen]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0, rows = time.perf_counter(), []
+    t0, rows, cache = time.perf_counter(), [], {}
     for i, g in enumerate(gens):
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
         run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)
-        rows += study_fold(store, run, g, extra, device, cfg, outside)
+        rows += study_fold(store, run, g, extra, device, cfg, outside, cache)
     sup = {}
     if ceiling:
         if progress:

@@ -6,11 +6,12 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from leakstore.cli import app
-from pipelines.openset_study import _weighted_auroc, group_bootstrap
+from leakstore.store import FeatureStore
+from pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
 
-def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
+def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b", "gen-c"), per_class=40, cfg=CFG_RESIDUAL,
                   residual_strength=0.5)
     # an outside store: the known generators on new rows, and gen-d, which no fold ever saw
@@ -60,6 +61,20 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path):
     plain = {r["scorer"]: r["mean_val_auroc"] for r in s0["scorers"]}
     assert plain["kde"] == fused["kde"] and plain["residual"] == fused["residual"]   # one component: unchanged
     assert plain["fused"] != fused["fused"]                                         # the fusion rule: changed
+    # the folds share what they read: each store once, and the same numbers as reading it afresh
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    outside = [_unseen_rows(FeatureStore.open(tmp_path / "u.zarr"), store)]
+    reads, load = [], FeatureStore.load
+    monkeypatch.setattr(FeatureStore, "load", lambda self, *a, **k: reads.append(self.path) or load(self, *a, **k))
+    cache, shared, fresh = {}, [], []
+    for g in ("gen-a", "gen-b"):
+        shared += study_fold(store, tmp_path / "logo" / "folds" / g, g, [], unseen=outside, cache=cache)
+    assert len(reads) == 2 and len(cache) == 2
+    for g in ("gen-a", "gen-b"):
+        fresh += study_fold(store, tmp_path / "logo" / "folds" / g, g, [], unseen=outside)
+    assert len(reads) == 6
+    table = lambda rows: pd.DataFrame([{k: v for k, v in r.items() if k != "_scores"} for r in rows])  # noqa: E731
+    assert len(shared) > 0 and table(shared).equals(table(fresh))
 
 
 def test_the_weighted_auroc_matches_scikit_learn_with_sample_weights():
