@@ -62,6 +62,25 @@ def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
     plt.close(fig)
 
 
+REACH = 3.0   # a histogram shows at most this many known spreads below the known images' 1st percentile
+
+
+def score_range(known, unseen) -> tuple[float, float]:
+    """(lo, hi) of an open-score histogram: the bulk, not the tail. Below the 2nd percentile of all
+    scores, and below the known images' 1st percentile by more than REACH times their 1st-99th
+    percentile spread, scores pile into the first bin (the caller says how many): an unseen
+    generator a thousand times further out than the known images' spread would otherwise squeeze
+    them into one bar."""
+    known, both = np.asarray(known, float), np.r_[known, unseen].astype(float)
+    lo, hi = np.percentile(both, [2, 99.8])
+    if len(known):
+        k_lo, k_hi = np.percentile(known, [1, 99])
+        lo = max(lo, k_lo - REACH * max(k_hi - k_lo, 1e-12))
+    if not hi > lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
 def plot_open_scores(path, panels: dict, scorer: str, threshold=None, known_label: str = "known generators"):
     """One panel per unseen generator: panels {title: (known scores, its scores)}, higher = more like
     a known generator; with `threshold`, the line under which images are called unknown."""
@@ -70,9 +89,8 @@ def plot_open_scores(path, panels: dict, scorer: str, threshold=None, known_labe
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(max(6.5, 4.2 * cols), 3.4 * rows), squeeze=False)
     for ax, (title, (known, unseen)) in zip(axes.flat, panels.items()):
-        # the bulk, not the tail: scores below the 2nd percentile pile into the first bin (said on the axis)
         both = np.r_[known, unseen]
-        lo, hi = np.percentile(both, [2, 99.8])
+        lo, hi = score_range(known, unseen)
         bins = np.linspace(lo, hi, 35)
         ax.hist(np.clip(known, lo, hi), bins, alpha=.6, density=True, label=known_label)
         ax.hist(np.clip(unseen, lo, hi), bins, alpha=.6, density=True, label="unseen generator")
