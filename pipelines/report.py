@@ -195,6 +195,12 @@ def _fusion(summary: dict) -> str:
     return f"; soft minimum, temperature {t:g}" if t > 0 else "; minimum"
 
 
+def _sweep_hint(model: str) -> str:
+    return ("<p>One view evaluated. How the model holds up under JPEG, resizing and blur: "
+            f"<code>leakstore sweep {html.escape(model)}</code> featurizes the test split under each and "
+            "evaluates them together (README, Robustness to post-processing).</p>")
+
+
 def _networks(n: int) -> str:
     return f"{n} networks joined (train --members); " if n > 1 else "one network; "
 
@@ -213,7 +219,9 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     plot_embedding(out / "embedding.png", ex["embedding"], y, unk, names, protos[mask].numpy(), proto_class)
     emb_note = _prototype_note(ex["embedding"], y, protos[mask].numpy(), proto_class)
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
-    plot_robustness(out / "robustness.png", summary["robustness"])
+    several = len(summary["robustness"]) > 1
+    if several:                     # one view: the table says it all; a chart of one point says nothing more
+        plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))
     if unseen:
         known = ex["open_score"][y >= 0]
@@ -244,7 +252,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:.5em 
 {_networks(summary.get('networks', 1))}inputs: {html.escape(', '.join(summary.get('inputs', [])))};
 known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th></tr>{rob}</table>
-{_img(out / 'robustness.png')}
+{_img(out / 'robustness.png') if several else _sweep_hint(summary['model'])}
 <h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
 <p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
 <table><tr><th>class</th><th>AUC</th></tr>{per}</table>{_img(out / 'confusion.png')}{_img(out / 'roc.png')}
