@@ -482,7 +482,7 @@ def demo(
     typer.echo(f"  report: {r['report']}\n  predictions: {r['predictions']}")
     typer.echo(f"next: open the report in a browser; score images of your own with\n"
                f"  leakstore score {out / 'model'} FOLDER --out predictions.parquet\n"
-               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21 --residual; README).")
+               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21; the residual and pixel cues are on by default; README).")
 
 
 @app.command()
