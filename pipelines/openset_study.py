@@ -28,6 +28,7 @@ from __future__ import annotations
 import html
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,8 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
                         f"n_{split}_unknown": int(u.sum())})
         u = held & (feats.splits == 2)
         row["_scores"] = (s[te], s[u], groups[te], groups[u])
+        k, u = known & (feats.splits == 1), held & (feats.splits == 1)
+        row["_val_scores"] = (s[k], s[u], groups[k], groups[u])
         for (blocks_u, labels_u), key in zip(outside, keys):
             su = sc.score_samples(blocks_u)
             for lab in sorted(set(labels_u)):
@@ -209,25 +212,52 @@ def _weighted_auroc(known, unknown, wk, wu) -> float:
     return num / den if den > 0 else np.nan
 
 
+def _bootstrap_aurocs(per_key: dict, n: int, seed: int):
+    """per_key {key: (known scores, unknown scores, known groups, unknown groups)} -> (keys, (K, n)
+    AUROCs) under n draws of the source groups with replacement, one draw shared by every key; None
+    with fewer than two groups."""
+    all_groups = sorted({str(x) for v in per_key.values() for x in (*v[2], *v[3])})
+    if len(all_groups) < 2:
+        return None
+    index = {gr: i for i, gr in enumerate(all_groups)}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
+    at = {k: (np.array([index[str(x)] for x in gk], dtype=np.int64), np.array([index[str(x)] for x in gu], dtype=np.int64))
+          for k, (_, _, gk, gu) in per_key.items()}
+    keys = list(per_key)
+    a = np.array([[_weighted_auroc(per_key[k][0], per_key[k][1], c[at[k][0]], c[at[k][1]]) for c in counts] for k in keys])
+    return keys, a
+
+
 def group_bootstrap(per_gen: dict, n: int = BOOTSTRAP, seed: int = 0) -> tuple[dict, list]:
     """per_gen {g: (known scores, unknown scores, known groups, unknown groups)} on one split ->
     ({g: [lo, hi]}, [lo, hi] of the mean over g): 95 % percentile intervals of the AUROC when the
     split's source groups are drawn with replacement (one draw shared by every g)."""
-    all_groups = sorted({str(x) for v in per_gen.values() for x in (*v[2], *v[3])})
-    if len(all_groups) < 2:
+    drawn = _bootstrap_aurocs(per_gen, n, seed)
+    if drawn is None:
         return {g: [np.nan, np.nan] for g in per_gen}, [np.nan, np.nan]
-    index = {gr: i for i, gr in enumerate(all_groups)}
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
-    at = {g: (np.array([index[str(x)] for x in gk], dtype=np.int64), np.array([index[str(x)] for x in gu], dtype=np.int64))
-          for g, (_, _, gk, gu) in per_gen.items()}
-    draws = {g: [] for g in per_gen}
-    for c in counts:
-        for g, (sk, su, _, _) in per_gen.items():
-            draws[g].append(_weighted_auroc(sk, su, c[at[g][0]], c[at[g][1]]))
-    a = np.array([draws[g] for g in per_gen])           # (G, n)
+    _, a = drawn                                        # (G, n)
     ci = lambda v: [float(x) for x in np.nanpercentile(v, [2.5, 97.5])] if np.isfinite(v).any() else [np.nan, np.nan]  # noqa: E731
     return {g: ci(a[i]) for i, g in enumerate(per_gen)}, ci(np.nanmean(a, 0) if np.isfinite(a).any() else a[0])
+
+
+def choice_support(per_scorer: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """per_scorer {scorer: {g: (known, unknown, known groups, unknown groups)}} on the validation
+    split -> {scorer: share of draws in which it has the best mean AUROC over g}, the validation
+    groups (photographs) drawn with replacement, one draw shared by every scorer and fold: how
+    firmly the validation rows make the choice. {} with fewer than two groups."""
+    keys = {(sc, g): v for sc, per_gen in per_scorer.items() for g, v in per_gen.items()}
+    drawn = _bootstrap_aurocs(keys, n, seed)
+    if drawn is None:
+        return {}
+    order, a = drawn
+    scorers = list(per_scorer)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # a scorer without a finite AUROC in a draw
+        means = np.array([np.nanmean(a[[i for i, (sc, _) in enumerate(order) if sc == name]], 0) for name in scorers])
+    means = np.where(np.isfinite(means), means, -np.inf)
+    top = means >= means.max(0) - 1e-12                          # (S, n): the best in each draw; a tie shares it
+    return {name: float((top[i] / top.sum(0)).mean()) for i, name in enumerate(scorers)}
 
 
 def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
@@ -261,6 +291,9 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
             print("[supervised] every generator known: the ceiling", flush=True)
         sup = supervised_ceiling(store, _fold(store, out / "supervised", cfg, extra, device, progress), gens, extra, device)
     scores = {(r["generator"], r["scorer"]): r.pop("_scores") for r in rows}
+    val_scores: dict = {}
+    for r in rows:
+        val_scores.setdefault(r["scorer"], {})[r["generator"]] = r.pop("_val_scores")
     df = pd.DataFrame(rows)
     table = (df.groupby("scorer", sort=False)
                .agg(mean_val_auroc=("val_auroc", "mean"), min_val_auroc=("val_auroc", "min"),
@@ -293,6 +326,9 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                "model_config": cfg.to_dict(), "chosen_on": "mean validation AUROC", "chosen": best,
                "scorers": table.to_dict(orient="records"), "chosen_test": chosen,
                "confidence_intervals": f"95 % group bootstrap over test source groups, {BOOTSTRAP} draws",
+               "choice_support": {"note": f"share of {BOOTSTRAP} draws of the validation source groups in which each "
+                                          "scorer has the best mean validation AUROC",
+                                  "per_scorer": choice_support(val_scores)},
                "supervised_ceiling": ceiling_out, "unseen": unseen_out, "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
     df.to_parquet(out / "study.parquet", index=False)
@@ -348,7 +384,8 @@ tr.ci td,tr.sup td{{color:#555;font-size:92%}}tr.sup td{{background:#f4f7fb}}</s
 </head><body><h1>Leave-one-generator-out open-set study</h1>{warn}
 <p>Store <code>{html.escape(summary['store'])}</code>; each generator held out in turn, a model trained for
 {summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.
-Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.</p>
+Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.
+{html.escape(support_line(summary))}</p>
 <table><tr><th>scorer</th><th>mean val AUROC</th><th>min val</th><th>mean test AUROC</th><th>min test</th>
 <th>test FPR@95%TPR</th><th>known test flagged</th>{head}</tr>{body}</table>
 <p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold (called unknown),
@@ -357,6 +394,18 @@ Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photogra
 {sup_text}{_unseen_table(summary, best)}
 {_img(out / 'histograms.png')}</body></html>"""
     (out / "report.html").write_text(page)
+
+
+def support_line(summary: dict) -> str:
+    """How firmly validation made the choice, in words: the share of bootstrap draws of the
+    validation photographs in which the chosen scorer (and the runners-up) came out best."""
+    per = (summary.get("choice_support") or {}).get("per_scorer") or {}
+    if not per:
+        return ""
+    ranked = sorted(((v, k) for k, v in per.items() if v >= 0.005), reverse=True)   # what rounds to 1 % or more
+    others = ", ".join(f"{k} {v:.0%}" for v, k in ranked if k != summary["chosen"])
+    return (f"Drawing the validation photographs again ({BOOTSTRAP} bootstrap draws), {summary['chosen']} comes out best "
+            f"in {per.get(summary['chosen'], 0.0):.0%} of them" + (f"; {others}." if others else "."))
 
 
 def _unseen_table(summary: dict, best: str) -> str:

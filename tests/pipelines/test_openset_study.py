@@ -36,6 +36,9 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     assert len(df) == 3 * len(scorers) and df.test_auroc.between(0, 1).all()
     best = max(s["scorers"], key=lambda r: (r["mean_val_auroc"], r["min_val_auroc"]))
     assert best["scorer"] == s["chosen"]                         # chosen on validation, not on test
+    support = s["choice_support"]["per_scorer"]                  # how firmly: bootstrap over validation photographs
+    assert set(support) == scorers and abs(sum(support.values()) - 1) < 1e-9 and support[s["chosen"]] > 0
+    assert "bootstrap draws" in r.output and "bootstrap draws" in (tmp_path / "logo" / "report.html").read_text()
     sup = s["supervised_ceiling"]                                # a model trained with every generator
     assert sorted(sup["per_generator"]) == ["gen-a", "gen-b", "gen-c"]
     assert (tmp_path / "logo" / "supervised" / "model.json").exists()
@@ -73,7 +76,7 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     for g in ("gen-a", "gen-b"):
         fresh += study_fold(store, tmp_path / "logo" / "folds" / g, g, [], unseen=outside)
     assert len(reads) == 6
-    table = lambda rows: pd.DataFrame([{k: v for k, v in r.items() if k != "_scores"} for r in rows])  # noqa: E731
+    table = lambda rows: pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])  # noqa: E731
     assert len(shared) > 0 and table(shared).equals(table(fresh))
 
 
@@ -115,3 +118,20 @@ def test_a_label_held_by_two_unseen_stores_gets_one_column_per_store():
     from pipelines.openset_study import _unseen_keys
     a, b = _unseen_keys([np.array(["real", "gan"]), np.array(["real", "vae"])], ["/x/one.zarr", "/y/two.zarr"])
     assert [a("real"), a("gan"), b("real"), b("vae")] == ["one/real", "gan", "two/real", "vae"]
+
+
+def test_choice_support_says_how_often_validation_photographs_make_the_same_choice():
+    from pipelines.openset_study import choice_support
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(12)], 5)
+
+    def fold(shift):                     # known rows and unknown rows, `shift` apart, 60 rows each
+        return rng.normal(shift, 1, 60), rng.normal(0, 1, 60), groups, groups
+
+    firm = choice_support({"strong": {"a": fold(3.0), "b": fold(3.0)}, "weak": {"a": fold(0.2), "b": fold(0.2)}}, n=300)
+    assert firm["strong"] > 0.99 and abs(sum(firm.values()) - 1) < 1e-9
+    close = choice_support({"x": {"a": fold(1.0)}, "y": {"a": fold(1.05)}}, n=300)
+    assert 0.1 < close["x"] < 0.9 and abs(close["x"] + close["y"] - 1) < 1e-9   # a near tie: no firm choice
+    same = fold(1.0)
+    assert choice_support({"x": {"a": same}, "y": {"a": same}}, n=50) == {"x": 0.5, "y": 0.5}   # a tie is shared
+    assert choice_support({"x": {"a": (np.ones(3), np.zeros(3), ["p"] * 3, ["p"] * 3)}}) == {}   # one group: nothing to draw
