@@ -404,7 +404,7 @@ def support_line(summary: dict) -> str:
         return ""
     ranked = sorted(((v, k) for k, v in per.items() if v >= 0.005), reverse=True)   # what rounds to 1 % or more
     others = ", ".join(f"{k} {v:.0%}" for v, k in ranked if k != summary["chosen"])
-    return (f"Drawing the validation photographs again ({BOOTSTRAP} bootstrap draws), {summary['chosen']} comes out best "
+    return (f"Drawing the validation source groups (photographs, prompts) again ({BOOTSTRAP} bootstrap draws), {summary['chosen']} comes out best "
             f"in {per.get(summary['chosen'], 0.0):.0%} of them" + (f"; {others}." if others else "."))
 
 
