@@ -161,10 +161,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
                         f"{split}_known_flagged": float((s[k] < sc.threshold_).mean()) if k.any() else np.nan,
                         f"{split}_unknown_flagged": float((s[u] < sc.threshold_).mean()) if u.any() else np.nan,
                         f"n_{split}_unknown": int(u.sum())})
-        u = held & (feats.splits == 2)
-        row["_scores"] = (s[te], s[u], groups[te], groups[u])
-        k, u = known & (feats.splits == 1), held & (feats.splits == 1)
-        row["_val_scores"] = (s[k], s[u], groups[k], groups[u])
+            row[f"_{split}_scores"] = (s[k], s[u], groups[k], groups[u])   # for the bootstraps; popped by the study
         for (blocks_u, labels_u), key in zip(outside, keys):
             su = sc.score_samples(blocks_u)
             for lab in sorted(set(labels_u)):
@@ -290,7 +287,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
         if progress:
             print("[supervised] every generator known: the ceiling", flush=True)
         sup = supervised_ceiling(store, _fold(store, out / "supervised", cfg, extra, device, progress), gens, extra, device)
-    scores = {(r["generator"], r["scorer"]): r.pop("_scores") for r in rows}
+    scores = {(r["generator"], r["scorer"]): r.pop("_test_scores") for r in rows}
     val_scores: dict = {}
     for r in rows:
         val_scores.setdefault(r["scorer"], {})[r["generator"]] = r.pop("_val_scores")
