@@ -357,8 +357,8 @@ def openset_study(
         typer.echo(f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
                    f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}")
     from pipelines.openset_study import support_line
-    if support_line(s):
-        typer.echo(support_line(s))
+    if line := support_line(s):
+        typer.echo(line)
     ct, sup = s["chosen_test"], s["supervised_ceiling"]
     lo, hi = ct["mean_test_ci95"]
     typer.echo(f"{s['chosen']}: mean test AUROC {ct['mean_test_auroc']:.3f} (95 % CI {lo:.3f}-{hi:.3f}, bootstrap over test photos)")
