@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featurize.datasets import DEFAULT_FRACTIONS, build_catalog, with_train_views
-from featurize.runner import FeaturizeReport, RunOptions, featurize_store
-from featurize.vae import load_encoder
-from featurize.views import DEFAULT_POLICY, parse_view, view_name
+from leakstore.featurize.datasets import DEFAULT_FRACTIONS, build_catalog, with_train_views
+from leakstore.featurize.runner import FeaturizeReport, RunOptions, featurize_store
+from leakstore.featurize.vae import load_encoder
+from leakstore.featurize.views import DEFAULT_POLICY, parse_view, view_name
 from leakstore.config import FeaturizeConfig, ScheduleConfig
 from leakstore.device import resolve_device
 from leakstore.errors import InputError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurize.images import IMAGE_EXTENSIONS
+from leakstore.featurize.images import IMAGE_EXTENSIONS
 from leakstore.errors import InputError
 from leakstore.store import SPLIT_CODES, Catalog
 
@@ -199,7 +199,7 @@ def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
     the clean row, `view_index` 1..n. Test rows get none: robustness sweeps measure them."""
     import dataclasses
 
-    from featurize.views import parse_policy
+    from leakstore.featurize.views import parse_policy
     if n <= 0:
         return cat
     if n > 64:

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featurize.runner import DeviceFeaturizer, ImageRows, collate
-from featurize.vae import LatentEncoder
+from leakstore.featurize.runner import DeviceFeaturizer, ImageRows, collate
+from leakstore.featurize.vae import LatentEncoder
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.features import FeatureBatch

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
-from featurize.vae import LatentEncoder
-from featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
+from leakstore.featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
+from leakstore.featurize.vae import LatentEncoder
+from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype

@@ -39,7 +39,7 @@ class Attributor:
 
     def score_many(self, images, batch_size: int = 16) -> pd.DataFrame:
         """A folder, manifest, glob or list of paths -> one row per image, in input order."""
-        from featurize.datasets import list_inputs
+        from leakstore.featurize.datasets import list_inputs
         paths = list_inputs(images)
         frames = [self.predictor.score_paths(paths[s:s + 256], s, batch_size).drop(columns="row")
                   for s in range(0, len(paths), 256)]

@@ -136,8 +136,8 @@ def featurize(
 
     Rerun the same command to resume an interrupted run."""
     with _guard("finished chunks are in the store; rerun the same command to resume"):
-        from featurize.api import featurize as run, parse_timesteps, prepare
-        from featurize.runner import RunOptions
+        from leakstore.featurize.api import featurize as run, parse_timesteps, prepare
+        from leakstore.featurize.runner import RunOptions
         from leakstore.config import ScheduleConfig
         opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile, compile_mode=compile_mode,
                           chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
@@ -147,7 +147,7 @@ def featurize(
                              "--scheduler dask does that: drop --shard")
         go = run
         if cluster or scheduler:
-            from pipelines.featurize_dask import featurize_on_dask
+            from leakstore.pipelines.featurize_dask import featurize_on_dask
 
             def go(data, store, opts, **kw):
                 catalog, encoder, cfg = prepare(data, **kw)
@@ -289,8 +289,8 @@ def train(
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
     with _guard("the last finished epoch is saved; rerun the same command with --resume to continue"):
-        from model.config import ModelConfig
-        from model.train import train as run
+        from leakstore.model.config import ModelConfig
+        from leakstore.model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
@@ -339,8 +339,8 @@ def openset_study(
     """Leave-one-generator-out: train without each generator in turn and measure how well every
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
     with _guard("finished folds are kept in --out; rerun the same command to resume"):
-        from model.config import ModelConfig
-        from pipelines.openset_study import openset_study as run
+        from leakstore.model.config import ModelConfig
+        from leakstore.pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
                           seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members,
@@ -356,7 +356,7 @@ def openset_study(
         mark = "  <- chosen on validation" if r["scorer"] == s["chosen"] else ""
         typer.echo(f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
                    f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}")
-    from pipelines.openset_study import support_line
+    from leakstore.pipelines.openset_study import support_line
     if line := support_line(s):
         typer.echo(line)
     ct, sup = s["chosen_test"], s["supervised_ceiling"]
@@ -387,7 +387,7 @@ def evaluate(
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
     with _guard("rerun the command (the stores are unchanged)"):
-        from pipelines.evaluate import evaluate as run
+        from leakstore.pipelines.evaluate import evaluate as run
         s = run(run_dir, [str(x) for x in stores], out, device=device, split=split, unseen=[str(u) for u in unseen or ()])
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
@@ -426,7 +426,7 @@ def sweep(
     """Robustness in one command: featurize the test split under each view with the model's own
     featurize config, evaluate, and write the robustness table, curve and report."""
     with _guard("featurized views are kept in --out; rerun the same command to resume"):
-        from pipelines.sweep import sweep as run
+        from leakstore.pipelines.sweep import sweep as run
         s = run(run_dir, data, [v for v in views.split(",") if v.strip()], out, device=device, workers=workers,
                 progress=progress and not as_json)
     if as_json:
@@ -449,10 +449,10 @@ def score(
 ):
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
     with _guard("rerun the same command to finish"):
-        from pipelines.score import score as run, summarise
+        from leakstore.pipelines.score import score as run, summarise
         df = run(run_dir, inputs, out, workers=cluster or workers, scheduler=scheduler, device=device,
                  progress=progress and not as_json)
-    from model.checkpoint import load_bundle
+    from leakstore.model.checkpoint import load_bundle
     s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
@@ -476,7 +476,7 @@ def demo(
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
     with _guard("rerun leakstore demo"):
-        from pipelines.demo import run_demo
+        from leakstore.pipelines.demo import run_demo
         r = run_demo(out, n_photos=photos, epochs=epochs, workers=cluster)
     typer.echo(f"\ndemo done in {r['seconds']} s, encoder: {r['encoder']}")
     typer.echo(f"  closed-set macro AUC {r['closed_macro_auc']:.3f}, top-1 {r['closed_top1']:.3f}; "

@@ -29,7 +29,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu") -> "Predictor":
-        from model.checkpoint import load_bundle
+        from leakstore.model.checkpoint import load_bundle
         dev = str(resolve_device(device))
         return cls(load_bundle(run_dir, dev), dev)
 
@@ -50,20 +50,20 @@ class Predictor:
         """The VAE encoder (and decoder when a read feature needs it), loaded once, checked
         against the weights revision recorded in the model."""
         if self._encoder is None:
-            from featurize.vae import encoder_for_config
+            from leakstore.featurize.vae import encoder_for_config
             self._encoder = encoder_for_config(self.featurize_config)
         return self._encoder
 
     def _featurizer(self):
         if self._runner is None:
-            from featurize.runner import DeviceFeaturizer
+            from leakstore.featurize.runner import DeviceFeaturizer
             self._runner = DeviceFeaturizer(self.encoder, self.featurize_config, resolve_device(self.device), 16,
                                             use_compile=False)
         return self._runner
 
     # ------------------------------------------------------------------ predictions
     def predict(self, batch: FeatureBatch) -> dict:
-        from model.predict import predict
+        from leakstore.model.predict import predict
         return predict(self.bundle, batch, self.device)
 
     def meta(self, extra: dict | None = None) -> pd.DataFrame:
@@ -102,7 +102,7 @@ class Predictor:
 
     def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = 16) -> pd.DataFrame:
         """Featurize image files in memory with the model's featurize config, then predict."""
-        from featurize.inmemory import featurize_paths
+        from leakstore.featurize.inmemory import featurize_paths
         batch, sha, errors = featurize_paths(paths, self.featurize_config, self.encoder, device=self.device,
                                              batch_size=batch_size, runner=self._featurizer())
         return self.frame(paths, batch, batch.rows, errors,

@@ -23,9 +23,9 @@ from sklearn.neighbors import KernelDensity
 from leakstore.config import FeaturizeConfig
 from leakstore.errors import LeakstoreError
 from leakstore.features import BY_NAME, features_for
-from model import scorers as S
-from model.config import ModelConfig
-from model.net import Ensemble, ProtoLeakNet, joined
+from leakstore.model import scorers as S
+from leakstore.model.config import ModelConfig
+from leakstore.model.net import Ensemble, ProtoLeakNet, joined
 
 FORMAT = "leakstore.model"
 VERSION = 1
@@ -33,7 +33,7 @@ VERSION = 1
 
 # ---------------------------------------------------------------------------- scorers <-> arrays
 def _scorer_class(name: str):
-    from model import openset
+    from leakstore.model import openset
     for mod in (S, openset):
         if hasattr(mod, name):
             return getattr(mod, name)
@@ -124,7 +124,7 @@ def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:
 
 def scorer_features(fcfg: FeaturizeConfig) -> tuple[str, ...]:
     """Stored features only the open-set scorers read (not the network), that `fcfg` holds."""
-    from model.openset import BLOCKS
+    from leakstore.model.openset import BLOCKS
     return tuple(f.name for f in features_for(fcfg) if not f.model_input and f.name in BLOCKS)
 
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from leakstore.features.periodicity import without_grid
-from model.attention import SelfAttentionBlock
-from model.config import ModelConfig
+from leakstore.model.attention import SelfAttentionBlock
+from leakstore.model.config import ModelConfig
 
 
 def _gn(ch: int) -> nn.GroupNorm:

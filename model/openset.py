@@ -32,8 +32,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME
-from model.config import OPEN_SCORERS as MODEL_OPEN_SCORERS
-from model.scorers import OpenSetKDE
+from leakstore.model.config import OPEN_SCORERS as MODEL_OPEN_SCORERS
+from leakstore.model.scorers import OpenSetKDE
 
 
 class _Scorer(OutlierMixin, BaseEstimator):

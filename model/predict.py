@@ -7,8 +7,8 @@ import torch
 from scipy.special import softmax
 
 from leakstore.features import FeatureBatch
-from model.checkpoint import Bundle
-from model.net import ProtoLeakNet, read_input
+from leakstore.model.checkpoint import Bundle
+from leakstore.model.net import ProtoLeakNet, read_input
 
 
 def gated(out: dict[str, torch.Tensor]) -> np.ndarray:
@@ -53,7 +53,7 @@ def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
 def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch,
                 dist: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
-    from model.openset import STORED_BLOCKS, channel_stats
+    from leakstore.model.openset import STORED_BLOCKS, channel_stats
     d = prototype_distances(net, emb) if dist is None else dist
     mask = net.proto_mask.bool()
     return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
@@ -67,7 +67,7 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     """Per row: probabilities over the model's classes (closed-set scorer, calibrated), the
     predicted class, the open-set score (higher: more like a known generator) and unknown flag,
     the `top` nearest prototypes, attention over timesteps and the strongest gate dimensions."""
-    from model.openset import OpenSetScorer
+    from leakstore.model.openset import OpenSetScorer
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
     proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)

@@ -24,13 +24,13 @@ from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
 from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
-from model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, save_bundle, save_train_state,
+from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, save_bundle, save_train_state,
                               scorer_features, train_state_name)
-from model.config import ModelConfig
-from model.net import attention_entropy_penalty, joined
-from model.openset import OpenSetScorer, select_rows
-from model.predict import batch_dict, embed_all, open_blocks
-from model.scorers import CLOSED_SCORERS
+from leakstore.model.config import ModelConfig
+from leakstore.model.net import attention_entropy_penalty, joined
+from leakstore.model.openset import OpenSetScorer, select_rows
+from leakstore.model.predict import batch_dict, embed_all, open_blocks
+from leakstore.model.scorers import CLOSED_SCORERS
 
 MIN_TRAIN_PER_CLASS = 4
 
@@ -183,7 +183,7 @@ def _to_device(feats: FeatureBatch, device, fraction: float = 0.5) -> FeatureBat
 @torch.inference_mode()
 def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, float]:
     """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
-    from model.metrics import closed_set
+    from leakstore.model.metrics import closed_set
     net.eval()
     logits = torch.cat([net(batch_dict(feats, idx[s:s + batch], net.inputs, device))["logits"].float().cpu()
                         for s in range(0, len(idx), batch)])

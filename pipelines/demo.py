@@ -75,12 +75,12 @@ def make_demo_data(root: Path, n_photos: int = 60, size: int = 64, seed: int = 0
 
 
 def run_demo(out: Path, *, n_photos: int = 300, epochs: int = 40, workers: int = 2, progress: bool = True) -> dict:
-    from featurize.api import featurize
-    from featurize.runner import RunOptions
-    from model.config import ModelConfig
-    from model.train import train
-    from pipelines.evaluate import evaluate
-    from pipelines.score import score, summarise
+    from leakstore.featurize.api import featurize
+    from leakstore.featurize.runner import RunOptions
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.evaluate import evaluate
+    from leakstore.pipelines.score import score, summarise
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)

@@ -21,7 +21,7 @@ import numpy as np
 from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
-from model.metrics import closed_set, open_set
+from leakstore.model.metrics import closed_set, open_set
 
 
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, "object", dict]:
@@ -100,7 +100,7 @@ def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, s
 def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = "test", unseen=()) -> dict:
     import pandas as pd
 
-    from pipelines.report import write_report
+    from leakstore.pipelines.report import write_report
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from featurize.runner import FeaturizeReport, RunOptions
+from leakstore.featurize.runner import FeaturizeReport, RunOptions
 from leakstore.store import FAILED, FeatureStore
 
 _CACHE: dict[str, object] = {}
@@ -34,8 +34,8 @@ except ImportError:  # pragma: no cover - distributed is a dependency
 def _runner(store: FeatureStore, device: str, batch: int, worker_number: int | None = None):
     """The encoder and its DeviceFeaturizer for this store's config, built once per worker process
     (`worker_number`: the dask worker's number, which picks its GPU on a local cluster)."""
-    from featurize.runner import DeviceFeaturizer
-    from featurize.vae import encoder_for_config
+    from leakstore.featurize.runner import DeviceFeaturizer
+    from leakstore.featurize.vae import encoder_for_config
     from leakstore.device import resolve_device, worker_process_device
     key = f"{store.config.hash}|{store.config.decoder}|{device}|{batch}"
     with _LOCK:
@@ -73,7 +73,7 @@ def _catalog(store: FeatureStore):
 
 def featurize_chunk(store_path: str, k: int, device: str, batch: int, max_pixels: int) -> dict:
     """Featurize and write chunk k of the store (skipped when already done)."""
-    from featurize.runner import featurize_store
+    from leakstore.featurize.runner import featurize_store
     store = FeatureStore.open(store_path)
     enc, runner = _runner(store, device, batch)
     t = time.perf_counter()
@@ -91,7 +91,7 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     from tqdm.auto import tqdm
 
     from leakstore.device import featurize_workers, resolve_device
-    from pipelines.score import connect
+    from leakstore.pipelines.score import connect
     store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
                                 overwrite=opts.overwrite)
     todo = store.todo_chunks()

@@ -35,12 +35,12 @@ import numpy as np
 
 from leakstore.errors import InputError
 from leakstore.store import FeatureStore
-from model.checkpoint import load_bundle, scorer_features
-from model.config import ModelConfig
-from model.metrics import open_set
-from model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
-from model.predict import predict
-from model.train import rows_in_use, train
+from leakstore.model.checkpoint import load_bundle, scorer_features
+from leakstore.model.config import ModelConfig
+from leakstore.model.metrics import open_set
+from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
+from leakstore.model.predict import predict
+from leakstore.model.train import rows_in_use, train
 
 
 # settings that change only the open-set scorer, which the study refits on every fold itself
@@ -340,7 +340,7 @@ def _f3(x) -> str:
 
 
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
-    from pipelines.report import _img, plot_open_scores
+    from leakstore.pipelines.report import _img, plot_open_scores
     gens = summary["generators"]
     chosen, sup = summary["chosen_test"]["per_generator"], summary["supervised_ceiling"]
     title = lambda g: (f"without {g}: AUROC {chosen[g]['test_auroc']:.3f}"  # noqa: E731

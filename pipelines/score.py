@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from featurize.datasets import list_inputs
+from leakstore.featurize.datasets import list_inputs
 from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError, Interrupted
 

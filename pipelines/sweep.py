@@ -24,7 +24,7 @@ DEFAULT_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")
 def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
     """The labelled clean test rows of a store (and the store, to evaluate the clean view from),
     or of image data (its test split when it has one, else every labelled image)."""
-    from featurize.datasets import build_catalog
+    from leakstore.featurize.datasets import build_catalog
     if (Path(str(data)) / "zarr.json").is_file():
         s = FeatureStore.open(data)
         keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0))
@@ -49,11 +49,11 @@ def _slug(view: str) -> str:
 
 def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = "auto", workers: int = -1,
           progress: bool = True) -> dict:
-    from featurize.runner import RunOptions, featurize_store
-    from featurize.vae import encoder_for_config
-    from featurize.views import parse_view, view_name
-    from model.checkpoint import load_bundle
-    from pipelines.evaluate import evaluate
+    from leakstore.featurize.runner import RunOptions, featurize_store
+    from leakstore.featurize.vae import encoder_for_config
+    from leakstore.featurize.views import parse_view, view_name
+    from leakstore.model.checkpoint import load_bundle
+    from leakstore.pipelines.evaluate import evaluate
     run_dir = Path(run_dir)
     bundle = load_bundle(run_dir)
     data = data or bundle.meta.get("training", {}).get("store")

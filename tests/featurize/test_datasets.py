@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from featurize.datasets import assign_splits, build_catalog
+from leakstore.featurize.datasets import assign_splits, build_catalog
 from leakstore.errors import InputError
 from tests.conftest import write_class_images
 

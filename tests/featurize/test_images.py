@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurize.images import decode_image, prepare, read_bytes
+from leakstore.featurize.images import decode_image, prepare, read_bytes
 from leakstore.errors import ImageDecodeError
 
 

@@ -11,9 +11,9 @@ import torch
 import pytest
 import zarr
 
-from featurize.api import featurize
+from leakstore.featurize.api import featurize
 from leakstore.features.noising import noise_coefficients, seeded_noise
-from featurize.runner import RunOptions
+from leakstore.featurize.runner import RunOptions
 from leakstore.errors import ConfigMismatchError
 from leakstore.features import residual_dim
 from leakstore.store import DONE, FAILED, PENDING, SCHEMA_VERSION, FeatureStore
@@ -230,8 +230,8 @@ def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny
     assert run(class_folders, tmp_path / "cut.zarr", str(tiny_vae_dir), residual_bins=5).processed == 4
     np.testing.assert_array_equal(FeatureStore.open(tmp_path / "cut.zarr").read("residual"), res)
 
-    from featurize.inmemory import featurize_paths
-    from featurize.vae import encoder_for_config
+    from leakstore.featurize.inmemory import featurize_paths
+    from leakstore.featurize.vae import encoder_for_config
     ok = np.flatnonzero(st == DONE)[:6]
     paths = [str(p) for p in s.read("path", ok)]
     feats, _, errors = featurize_paths(paths, s.config, encoder_for_config(s.config), batch_size=3)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featurize.api import featurize
-from featurize.runner import RunOptions
-from featurize.views import DEFAULT_POLICY, draw_view, parse_policy, view_name
+from leakstore.featurize.api import featurize
+from leakstore.featurize.runner import RunOptions
+from leakstore.featurize.views import DEFAULT_POLICY, draw_view, parse_policy, view_name
 from leakstore.errors import InputError
 from leakstore.store import DONE, PENDING, FeatureStore
 from tests.conftest import write_class_images
@@ -58,8 +58,8 @@ def test_view_rows_keep_their_source_split_and_test_images_get_none(data, tmp_pa
 
 
 def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
-    from model.config import ModelConfig
-    from model.train import train
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
     _run(data, tmp_path / "s.zarr")
     s = FeatureStore.open(tmp_path / "s.zarr")
     vi, split = s.view_index(), s.read("split")
@@ -76,10 +76,10 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
     # --scorer-rows clean-fit: fitted as under clean, the open-set scales and threshold set on every validation row
     cf = train(tmp_path / "s.zarr", tmp_path / "cf", cfg.replace(view_prob=0.5, scorer_rows="clean-fit"), progress=False)
     assert (cf["train_rows"], cf["val_rows"], cf["calibration_rows"]) == (off["train_rows"], off["val_rows"], on["val_rows"])
-    from model.checkpoint import load_bundle
+    from leakstore.model.checkpoint import load_bundle
     b_sc, b_cf = load_bundle(tmp_path / "sc"), load_bundle(tmp_path / "cf")
     np.testing.assert_array_equal(b_cf.closed.means_, b_sc.closed.means_)   # same network, same clean rows
-    from model.predict import predict
+    from leakstore.model.predict import predict
     blocks = predict(b_sc, s.load(b_sc.feature_names))["blocks"]
     raw_sc, raw_cf = b_sc.open.component_scores(blocks), b_cf.open.component_scores(blocks)
     for c in raw_sc:                                                          # the same open-set components ...
@@ -141,9 +141,9 @@ def _planted(root: Path, n: int, seed: int) -> Path:
 
 @pytest.mark.slow
 def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
-    from model.config import ModelConfig
-    from model.train import train
-    from pipelines.evaluate import evaluate
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.evaluate import evaluate
     data = _planted(tmp_path / "data", 40, 0)
     unseen = _planted(tmp_path / "unseen", 30, 1)                           # independent images to measure on
     featurize(unseen, tmp_path / "jpeg.zarr", view="jpeg:10",

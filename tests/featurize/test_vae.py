@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from featurize.vae import PRESETS, _read_state, build_sequential_decoder, load_encoder
+from leakstore.featurize.vae import PRESETS, _read_state, build_sequential_decoder, load_encoder
 from leakstore.errors import WeightsNotFoundError
 
 
@@ -154,7 +154,7 @@ def test_diffusers_decoder_matches_vae_decode(tiny_vae_dir):
 
 
 def test_encoder_for_checks_the_decoder_revision(tiny_vae_dir):
-    from featurize.vae import encoder_for
+    from leakstore.featurize.vae import encoder_for
     enc = load_encoder("demo", decoder=True)
     assert encoder_for(enc.identity, enc.decoder.revision).decoder is not None
     assert encoder_for(enc.identity).decoder is None

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from featurize.views import apply_view, parse_view, view_name
+from leakstore.featurize.views import apply_view, parse_view, view_name
 from leakstore.errors import InputError
 
 IMG = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from leakstore import LeakstoreError
 from leakstore.cli import app
-from model.config import ModelConfig
-from model.train import train
+from leakstore.model.config import ModelConfig
+from leakstore.model.train import train
 from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=32)

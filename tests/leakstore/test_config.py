@@ -89,7 +89,7 @@ def test_the_residual_and_its_decoder_are_part_of_the_features():
 
 @pytest.mark.parametrize("where", ["top", "vae", "schedule", "model"])
 def test_every_config_loader_refuses_unknown_fields_alike(where):
-    from model.config import ModelConfig
+    from leakstore.model.config import ModelConfig
     d = FeaturizeConfig(vae=VAE).to_dict()
     if where == "model":
         load, d = ModelConfig.from_dict, {**ModelConfig().to_dict(), "future_knob": 1}

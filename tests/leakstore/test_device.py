@@ -50,7 +50,7 @@ def test_worker_plugins_pass_the_workers_number_on(monkeypatch):
     """Plugin setup runs outside any task, where dask cannot say which worker it is: the plugins pass it."""
     from types import SimpleNamespace
 
-    from pipelines import featurize_dask, score
+    from leakstore.pipelines import featurize_dask, score
     seen = []
     monkeypatch.setenv("LEAKSTORE_WORKER", "0")      # setup sets it: put back afterwards, not left to other tests
     monkeypatch.setattr(featurize_dask.FeatureStore, "open", staticmethod(lambda path: path))

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-import model.train as train_module
+import leakstore.model.train as train_module
 from leakstore.store import FeatureStore
-from model.checkpoint import build_member, load_bundle
-from model.config import ModelConfig
-from model.net import Ensemble
-from model.predict import predict
-from model.train import train
+from leakstore.model.checkpoint import build_member, load_bundle
+from leakstore.model.config import ModelConfig
+from leakstore.model.net import Ensemble
+from leakstore.model.predict import predict
+from leakstore.model.train import train
 from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=2, patience=20, batch_size=32, lr=1e-3, members=1)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.net import ProtoLeakNet, attention_entropy_penalty
+from leakstore.model.config import ModelConfig
+from leakstore.model.net import ProtoLeakNet, attention_entropy_penalty
 
 SHAPE, T, K = (4, 8, 8), 3, 4
 INPUTS = {"latents": ((T,) + SHAPE, True), "spectra": ((T, 4, 4, 4), True)}
@@ -96,7 +96,7 @@ def test_the_small_cnn_is_finite_on_latents_too_small_for_a_spread():
     """Side 4 -> 2 -> 1 after the two strides: one position, whose std was NaN and poisoned training."""
     import torch
 
-    from model.net import SmallCNN
+    from leakstore.model.net import SmallCNN
     net = SmallCNN(4, 8)
     for side in (1, 2, 4, 5):
         out = net(torch.randn(3, 4, side, side))

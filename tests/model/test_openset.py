@@ -5,12 +5,12 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from leakstore.store import FeatureStore
-from model.checkpoint import load_bundle
-from model.config import ModelConfig
-from model.metrics import open_set
-from model.openset import ClassGaussian, KNNDistance, MaxColumn, OpenSetScorer
-from model.predict import predict
-from model.train import train
+from leakstore.model.checkpoint import load_bundle
+from leakstore.model.config import ModelConfig
+from leakstore.model.metrics import open_set
+from leakstore.model.openset import ClassGaussian, KNNDistance, MaxColumn, OpenSetScorer
+from leakstore.model.predict import predict
+from leakstore.model.train import train
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
 FAST = ModelConfig(width=8, embed_dim=16, epochs=6, batch_size=32, renoise=False, members=1)
@@ -75,7 +75,7 @@ def test_a_heavy_tailed_component_does_not_hide_the_signal_of_another():
 
 
 def test_the_tail_scale_falls_back_on_a_flat_tail_and_on_constant_scores():
-    from model.openset import _tail_scale
+    from leakstore.model.openset import _tail_scale
     assert _tail_scale(np.r_[np.zeros(50), np.arange(1.0, 51.0)]) > 0       # flat lower tail: the IQR scale
     assert _tail_scale(np.ones(40)) == 1.0
     assert _tail_scale(np.arange(10.0)) == pytest.approx(4.5 - np.quantile(np.arange(10.0), 0.25))  # small: a quartile
@@ -130,8 +130,8 @@ def test_the_fused_scorer_survives_the_checkpoint_exactly(residual_only_unknown)
 
 
 def test_the_default_open_scorer_falls_back_to_the_residual_on_a_store_without_periodicity():
-    from model.config import ModelConfig
-    from model.openset import components
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.openset import components
     assert ModelConfig().open_scorer == "fused-period"
     assert components("fused-period", ["proba", "periodicity", "residual"]) == ("confidence", "periodicity")
     assert components("fused-period", ["proba", "residual"]) == ("confidence", "residual")
@@ -139,7 +139,7 @@ def test_the_default_open_scorer_falls_back_to_the_residual_on_a_store_without_p
 
 
 def test_fused_pixel_uses_the_pixel_cues_it_has_and_falls_back_without_them():
-    from model.openset import components
+    from leakstore.model.openset import components
     assert components("fused-pixel", ["proba", "periodicity", "pixel_spectrum"]) == ("confidence", "periodicity", "spectrum")
     assert components("fused-pixel", ["proba", "pixel_spectrum"]) == ("confidence", "spectrum")
     assert components("fused-pixel", ["proba", "residual"]) == ("confidence", "residual")
@@ -183,7 +183,7 @@ def test_the_soft_minimum_adds_up_weak_evidence_that_the_minimum_ignores():
 
 def test_a_saved_scorer_without_a_temperature_loads_as_the_plain_minimum():
     """Models saved before --open-temperature keep scoring as they did (their params lack it)."""
-    from model.checkpoint import pack_scorer, unpack_scorer
+    from leakstore.model.checkpoint import pack_scorer, unpack_scorer
     rng = np.random.default_rng(3)
     (tr, y), (va, _) = _heavy_and_light(400, rng), _heavy_and_light(200, rng)
     soft = OpenSetScorer(method="fused-period", temperature=1.0).fit(tr, y, va)
@@ -199,7 +199,7 @@ def test_the_open_temperature_setting_defaults_to_one_and_reads_old_models_as_ze
     import pytest
 
     from leakstore.errors import InputError
-    from model.config import ModelConfig
+    from leakstore.model.config import ModelConfig
     assert ModelConfig().open_temperature == 1.0
     assert ModelConfig.from_dict({}).open_temperature == 0.0          # a model.json written before the setting
     with pytest.raises(InputError, match="--open-temperature"):

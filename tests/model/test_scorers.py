@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from model.scorers import ClassGMM, ClassKDE, DiagonalMahalanobis, OpenSetKDE
+from leakstore.model.scorers import ClassGMM, ClassKDE, DiagonalMahalanobis, OpenSetKDE
 
 
 @parametrize_with_checks([DiagonalMahalanobis(), ClassGMM(n_components=1), ClassKDE(), OpenSetKDE(cv=2)])

@@ -9,11 +9,11 @@ from leakstore.config import FeaturizeConfig
 from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import residual_dim
 from leakstore.store import FeatureStore
-from model.checkpoint import load_bundle
-from model.config import ModelConfig
-from model.metrics import closed_set, open_set
-from model.predict import predict
-from model.train import train
+from leakstore.model.checkpoint import load_bundle
+from leakstore.model.config import ModelConfig
+from leakstore.model.metrics import closed_set, open_set
+from leakstore.model.predict import predict
+from leakstore.model.train import train
 from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3, members=1)
@@ -94,7 +94,7 @@ def test_other_backbones_train(tmp_path, backbone, temporal):
 
 
 def test_batch_roll_shifts_each_sample_circularly_like_torch_roll():
-    from model.train import _roll
+    from leakstore.model.train import _roll
     x = torch.randn(5, 3, 2, 6, 7)
     out = _roll(x, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)

@@ -8,16 +8,16 @@ from distributed import Client
 from PIL import Image
 from typer.testing import CliRunner
 
-from featurize.api import featurize
-from featurize.runner import RunOptions
+from leakstore.featurize.api import featurize
+from leakstore.featurize.runner import RunOptions
 from leakstore import Attributor
 from leakstore.cli import app
-from model.checkpoint import load_bundle
-from model.config import ModelConfig
-from model.predict import predict
-from model.train import train
-from pipelines.evaluate import evaluate
-from pipelines.score import local_cluster, score, scoring_frame
+from leakstore.model.checkpoint import load_bundle
+from leakstore.model.config import ModelConfig
+from leakstore.model.predict import predict
+from leakstore.model.train import train
+from leakstore.pipelines.evaluate import evaluate
+from leakstore.pipelines.score import local_cluster, score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
 from tests.synthetic import planted_store
@@ -92,7 +92,7 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
 
 
 def test_the_prototype_note_measures_distances_in_the_full_embedding():
-    from pipelines.report import _prototype_note
+    from leakstore.pipelines.report import _prototype_note
     emb = np.array([[0.0, 0], [2, 0], [10, 0], [10, 2]])     # class 0 around (1, 0), class 1 around (10, 1)
     y = np.array([0, 0, 1, 1])
     protos, cls = np.array([[1.0, 3], [10, -2]]), np.array([0, 1])
@@ -101,12 +101,12 @@ def test_the_prototype_note_measures_distances_in_the_full_embedding():
 
 
 def test_scoring_is_lazy(model):
-    import model.checkpoint as ck
+    import leakstore.model.checkpoint as ck
     ddf = scoring_frame(model / "run", model / "s.zarr")
     assert ddf.npartitions == 10 and list(ddf.columns[:3]) == ["path", "status", "error"]
     assert "p_gen-a" in ddf.columns
     # building the graph ran no task: the worker-side loader cache is still empty
-    from pipelines import score as sc
+    from leakstore.pipelines import score as sc
     assert not any(k.startswith(str((model / "run").resolve())) for k in sc._PREDICTORS)
 
 

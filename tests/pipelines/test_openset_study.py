@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from leakstore.cli import app
 from leakstore.store import FeatureStore
-from pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
+from leakstore.pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
 
@@ -115,13 +115,13 @@ def test_an_unseen_store_featurized_otherwise_is_refused_before_any_training(tmp
 
 
 def test_a_label_held_by_two_unseen_stores_gets_one_column_per_store():
-    from pipelines.openset_study import _unseen_keys
+    from leakstore.pipelines.openset_study import _unseen_keys
     a, b = _unseen_keys([np.array(["real", "gan"]), np.array(["real", "vae"])], ["/x/one.zarr", "/y/two.zarr"])
     assert [a("real"), a("gan"), b("real"), b("vae")] == ["one/real", "gan", "two/real", "vae"]
 
 
 def test_choice_support_says_how_often_validation_photographs_make_the_same_choice():
-    from pipelines.openset_study import choice_support
+    from leakstore.pipelines.openset_study import choice_support
     rng = np.random.default_rng(0)
     groups = np.repeat([f"p{i}" for i in range(12)], 5)
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipelines.report import REACH, plot_open_scores, score_range
+from leakstore.pipelines.report import REACH, plot_open_scores, score_range
 
 
 def test_a_far_unseen_generator_does_not_squeeze_the_known_images_into_one_bar(tmp_path):

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from model.config import ModelConfig
-from model.train import train
-from pipelines import score as sc
+from leakstore.model.config import ModelConfig
+from leakstore.model.train import train
+from leakstore.pipelines import score as sc
 from tests.synthetic import planted_store
 
 

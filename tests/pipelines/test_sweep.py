@@ -2,12 +2,12 @@ import json
 
 from typer.testing import CliRunner
 
-from featurize.api import featurize
-from featurize.runner import RunOptions
+from leakstore.featurize.api import featurize
+from leakstore.featurize.runner import RunOptions
 from leakstore.cli import app
 from leakstore.store import FeatureStore
-from model.config import ModelConfig
-from model.train import train
+from leakstore.model.config import ModelConfig
+from leakstore.model.train import train
 from tests.conftest import write_class_images
 
 

@@ -56,13 +56,13 @@ def test_small_and_large_images():
 
 
 def test_the_pixel_spectrum_is_stored_and_read_by_its_open_scorer_only(tmp_path):
-    from featurize.api import featurize
-    from featurize.images import decode_image
-    from featurize.runner import RunOptions
+    from leakstore.featurize.api import featurize
+    from leakstore.featurize.images import decode_image
+    from leakstore.featurize.runner import RunOptions
     from leakstore import Attributor
     from leakstore.store import FeatureStore
-    from model.config import ModelConfig
-    from model.train import train
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
     from tests.conftest import write_class_images
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
@@ -79,6 +79,6 @@ def test_the_pixel_spectrum_is_stored_and_read_by_its_open_scorer_only(tmp_path)
     assert a.bundle.open.components_ == ("confidence", "periodicity", "spectrum")
     assert "pixel_spectrum" in a.bundle.feature_names
     got = a.score_many(paths)
-    from model.predict import predict
+    from leakstore.model.predict import predict
     np.testing.assert_allclose(got["open_score"].to_numpy(float), predict(a.bundle, store.load(a.bundle.feature_names))["open_score"],
                                rtol=1e-4, atol=1e-5)

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 import leakstore.features as F
-from featurize.api import featurize
-from featurize.runner import RunOptions
+from leakstore.featurize.api import featurize
+from leakstore.featurize.runner import RunOptions
 from leakstore import Attributor
 from leakstore.features import FeatureBatch, features_for, minimal_config
 from leakstore.store import ROW_ARRAYS, FeatureStore, array_specs
-from model.config import ModelConfig
-from model.predict import predict
-from model.train import train
+from leakstore.model.config import ModelConfig
+from leakstore.model.predict import predict
+from leakstore.model.train import train
 from tests.conftest import write_class_images
 from tests.synthetic import CFG, CFG_RESIDUAL
 
@@ -78,7 +78,7 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     """--period: the store holds the profile of each image at its own size (not of the resized
     pixels the VAE sees), the network reads it, the periodicity open-set scorer fits on it, and
     in-memory scoring of the files gives the same."""
-    from featurize.images import decode_image
+    from leakstore.featurize.images import decode_image
     from leakstore.features.periodicity import periodicity_of_image
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,

@@ -1,6 +1,6 @@
 """Featurize throughput, measured side by side in one run (README, "Speed").
 
-    python -m pipelines.bench_featurize --resolution 256 --images 32768 --out /tmp/bench
+    python -m benchmarks.bench_featurize --resolution 256 --images 32768 --out /tmp/bench
 
 Builds an SD-VAE-architecture encoder with random weights (same cost as the real one) as a
 local diffusers folder, writes PNG files, then times:
@@ -87,10 +87,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from diffusers import AutoencoderKL
-    from featurize.api import build_config
-    from featurize.datasets import build_catalog
-    from featurize.runner import RunOptions, compile_encoder, featurize_store
-    from featurize.vae import load_encoder
+    from leakstore.featurize.api import build_config
+    from leakstore.featurize.datasets import build_catalog
+    from leakstore.featurize.runner import RunOptions, compile_encoder, featurize_store
+    from leakstore.featurize.vae import load_encoder
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # as the pipeline sets it: compare like with like

@@ -4,7 +4,7 @@ import csv
 import numpy as np
 from PIL import Image
 
-from pipelines.make_other_family import main
+from benchmarks.make_other_family import main
 
 
 def _images(d, sizes):

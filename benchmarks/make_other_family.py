@@ -2,7 +2,7 @@
 transposed-convolution upsampling (the decoder family of GANs and early VAEs), trained here on
 the images you give it, then run over crops of them.
 
-    python -m pipelines.make_other_family OUT --images DIR_OR_FILE [...] [--size 128 --per-image 4]
+    python -m benchmarks.make_other_family OUT --images DIR_OR_FILE [...] [--size 128 --per-image 4]
 
 The bench's generators are one pretrained latent autoencoder (TAEF2, with and without latent
 leaks) and interpolating resamplers; nothing in it upsamples with learned transposed

@@ -1,7 +1,7 @@
 """Training 10 epochs from the store versus re-encoding every image every epoch (the reference).
 
-    python -m pipelines.bench_train DATA --vae taef2 --resolution 128 --images 256 --out /tmp/bench-train
-    python -m pipelines.bench_train synthetic --vae sd-random --resolution 256 --images 2048   # GPU: SD-VAE architecture at 256 px
+    python -m benchmarks.bench_train DATA --vae taef2 --resolution 128 --images 256 --out /tmp/bench-train
+    python -m benchmarks.bench_train synthetic --vae sd-random --resolution 256 --images 2048   # GPU: SD-VAE architecture at 256 px
 
 Both arms train the same model on the same images with the same steps; the re-encoding arm
 decodes, encodes (VAE), noises and transforms every image again in every epoch before the
@@ -40,16 +40,16 @@ def main(argv=None):
     import dataclasses
     import torch.nn.functional as F
 
-    from featurize.api import build_config
-    from featurize.datasets import build_catalog
+    from leakstore.featurize.api import build_config
+    from leakstore.featurize.datasets import build_catalog
     from torch.utils.data import DataLoader
 
-    from featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store
+    from leakstore.featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store
     from leakstore.device import resolve_device
-    from featurize.vae import load_encoder
+    from leakstore.featurize.vae import load_encoder
     from leakstore.store import Catalog
-    from model.config import ModelConfig
-    from model.train import train
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
     dev = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     cat = build_catalog(_synthetic(args.out, args.images, args.resolution) if args.data == "synthetic" else args.data)
@@ -77,7 +77,7 @@ def main(argv=None):
     res["store_samples_per_s"] = s["samples_per_s"]
 
     # the reference's way: every epoch re-reads, re-encodes and re-noises every image
-    from model.checkpoint import build_net
+    from leakstore.model.checkpoint import build_net
     net = build_net(cfg, fcfg, len(cat.class_names)).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ref_cfg = fcfg if args.reference_precision == "same" else dataclasses.replace(fcfg, precision="fp32")
@@ -134,7 +134,7 @@ class _EpochShuffle(torch.utils.data.Sampler):
 
 def _synthetic(root: Path, n: int, res: int) -> Path:
     """n random PNGs (pipelines.bench_featurize's generator) in four labelled folders: timing only."""
-    from pipelines.bench_featurize import make_images
+    from benchmarks.bench_featurize import make_images
     folder = make_images(root, n, res) / "gen"
     files = sorted(folder.glob("*.png"))[:n]
     lines = ["path,label,split,group"] + [f"{f},class{i % 4},train,g{i}" for i, f in enumerate(files)]
@@ -145,7 +145,7 @@ def _synthetic(root: Path, n: int, res: int) -> Path:
 def _sd_random(root: Path) -> str:
     from diffusers import AutoencoderKL
 
-    from pipelines.bench_featurize import SD_VAE
+    from benchmarks.bench_featurize import SD_VAE
     vae_dir = root / "sd-vae-random"
     if not (vae_dir / "config.json").exists():
         torch.manual_seed(0)
@@ -157,7 +157,7 @@ def _warm_up(cfg, fcfg, n_classes, dev):
     """AdamW's first construction imports torch._dynamo (~2 s), and the first CUDA steps set up
     kernels: pay both before timing, so neither arm is charged for them."""
     from leakstore.features import features_for
-    from model.checkpoint import build_net
+    from leakstore.model.checkpoint import build_net
     net = build_net(cfg, fcfg, n_classes).to(dev)
     opt = torch.optim.AdamW(net.parameters())
     shapes = {f.name: f.shape(fcfg) for f in features_for(fcfg)}

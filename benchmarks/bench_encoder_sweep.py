@@ -1,7 +1,7 @@
 """Time the bare SD-VAE-architecture encoder under several compile settings (device-resident
 inputs, no files), to pick the featurize defaults. Prints a table; writes sweep.json to --out.
 
-    python -m pipelines.bench_encoder_sweep --resolution 256 --out /tmp/sweep
+    python -m benchmarks.bench_encoder_sweep --resolution 256 --out /tmp/sweep
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.bench_featurize import SD_VAE, rate
+from benchmarks.bench_featurize import SD_VAE, rate
 
 VARIANTS = [  # (name, compile mode, batch, dtype)
     ("default-b128-bf16", "default", 128, torch.bfloat16),
@@ -30,8 +30,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from diffusers import AutoencoderKL
 
-    from featurize.runner import compile_encoder
-    from featurize.vae import load_encoder
+    from leakstore.featurize.runner import compile_encoder
+    from leakstore.featurize.vae import load_encoder
     torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
     vae_dir = args.out / "sd-vae-random"

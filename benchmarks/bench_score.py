@@ -1,6 +1,6 @@
 """Scaling of dask scoring over a store: rows/s with 1, 2, 4, ... local worker processes.
 
-    python -m pipelines.bench_score --rows 100000 --out /tmp/bench-score
+    python -m benchmarks.bench_score --rows 100000 --out /tmp/bench-score
 
 Builds a synthetic store (planted leaks through the real store API: the test fixture
 tests/synthetic.py, so run it from the repository root) and a small trained model, then times
@@ -27,9 +27,9 @@ def main(argv=None):
     from distributed import Client
 
     from leakstore.config import FeaturizeConfig
-    from model.config import ModelConfig
-    from model.train import train
-    from pipelines.score import local_cluster, score, scoring_frame
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.score import local_cluster, score, scoring_frame
     from tests.synthetic import VAE, planted_store
     cfg = FeaturizeConfig(vae=VAE, resolution=128, timesteps=(0, 50, 100, 200, 400), fft_size=8)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def main(argv=None):
     rows = {}
     for n in sizes:
         with local_cluster(n) as c, Client(c) as cl:
-            from pipelines.score import LoadModel
+            from leakstore.pipelines.score import LoadModel
             cl.register_plugin(LoadModel(str(run.resolve())), name="leakstore-model")
             cl.compute(scoring_frame(run, store).partitions[:n]).result()  # warm: imports, model, first reads
             t = time.perf_counter()

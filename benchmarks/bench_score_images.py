@@ -1,7 +1,7 @@
 """Per-image cost of scoring raw images: in process (featurize + model, nothing else) versus
 dask workers that featurize and score their partitions.
 
-    python -m pipelines.bench_score_images DATA --vae taef2 --resolution 128 --images 4096 --workers 1,2,4,8
+    python -m benchmarks.bench_score_images DATA --vae taef2 --resolution 128 --images 4096 --workers 1,2,4,8
 
 DATA is a manifest or folder of images (LeakBench, say). A small model is featurized and
 trained on them first (or reused from --out); the scored list repeats DATA's files until it
@@ -34,14 +34,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from distributed import Client
 
-    from featurize.api import build_config
-    from featurize.datasets import build_catalog
-    from featurize.runner import RunOptions, featurize_store
-    from featurize.vae import load_encoder
+    from leakstore.featurize.api import build_config
+    from leakstore.featurize.datasets import build_catalog
+    from leakstore.featurize.runner import RunOptions, featurize_store
+    from leakstore.featurize.vae import load_encoder
     from leakstore.attributor import Attributor
-    from model.config import ModelConfig
-    from model.train import train
-    from pipelines.score import LoadModel, local_cluster, score, scoring_frame
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.score import LoadModel, local_cluster, score, scoring_frame
 
     args.out.mkdir(parents=True, exist_ok=True)
     cat = build_catalog(args.data)

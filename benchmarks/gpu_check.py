@@ -1,9 +1,9 @@
 """Every GPU measurement in one prepared command, so the figures never wait for a GPU again.
 
-    python -m pipelines.gpu_check --out gpu-check          # on a GPU machine: more than 10 min at full size
-    python -m pipelines.gpu_check --out gc --budget-s 220 --size train_images=1024 --size score_rows=20000
+    python -m benchmarks.gpu_check --out gpu-check          # on a GPU machine: more than 10 min at full size
+    python -m benchmarks.gpu_check --out gc --budget-s 220 --size train_images=1024 --size score_rows=20000
                                                            # what a 15-minute lease holds (README, Speed)
-    python -m pipelines.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
+    python -m benchmarks.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
 
 Parts, in this order (each a benchmark script of pipelines/, run in this process with the sizes
 below; random weights, no download; the SD-VAE architecture at 256 px). The order puts first what
@@ -39,7 +39,7 @@ SMOKE = {"res": 64, "images": 32, "train_images": 32, "score_rows": 2_000, "scor
 
 def _labelled(root: Path, n: int, res: int) -> Path:
     """A manifest over bench_featurize's random PNGs in four classes, splits drawn by leakstore."""
-    from pipelines.bench_featurize import make_images
+    from benchmarks.bench_featurize import make_images
     files = sorted((make_images(root, n, res) / "gen").glob("*.png"))[:n]
     lines = ["path,label"] + [f"{f},class{i % 4}" for i, f in enumerate(files)]
     (root / "labelled.csv").write_text("\n".join(lines) + "\n")
@@ -47,8 +47,8 @@ def _labelled(root: Path, n: int, res: int) -> Path:
 
 
 def _parts(out: Path, s: dict, device: str, smoke: bool):
-    from pipelines import bench_featurize, bench_featurize_cluster, bench_score, bench_score_images, bench_train
-    from pipelines.bench_train import _sd_random
+    from benchmarks import bench_featurize, bench_featurize_cluster, bench_score, bench_score_images, bench_train
+    from benchmarks.bench_train import _sd_random
     vae = _sd_random(out)
     common = ["--resolution", str(s["res"]), "--device", device]
     feat = ["--out", str(out / "featurize"), "--images", str(s["images"])] + common + (["--batch", "16", "--skip-anchors"]

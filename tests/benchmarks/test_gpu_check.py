@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipelines.gpu_check import main
+from benchmarks.gpu_check import main
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Scaling of featurizing on a local dask cluster: images/s with 1, 2, ... worker processes.
 
-    python -m pipelines.bench_featurize_cluster lb128/manifest.csv --images 192 --cluster 1,2
+    python -m benchmarks.bench_featurize_cluster lb128/manifest.csv --images 192 --cluster 1,2
 
 TAEF2 (set LEAKSTORE_WEIGHTS) at 128 px with the residual, as `leakstore featurize` defaults to.
 Each size gets a fresh LocalCluster (one thread per worker) whose workers first featurize a
@@ -34,10 +34,10 @@ def main(argv=None):
     import numpy as np
     from distributed import Client
 
-    from featurize.api import prepare
-    from featurize.runner import RunOptions
-    from pipelines.featurize_dask import featurize_on_dask
-    from pipelines.score import local_cluster
+    from leakstore.featurize.api import prepare
+    from leakstore.featurize.runner import RunOptions
+    from leakstore.pipelines.featurize_dask import featurize_on_dask
+    from leakstore.pipelines.score import local_cluster
     catalog, encoder, cfg = prepare(a.data, vae=a.vae, resolution=a.resolution, residual_bins=a.residual_bins,
                                     device=a.device)
     n_warm = min(16, a.images)
