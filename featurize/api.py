@@ -1,15 +1,25 @@
-"""One call from user options to a featurized store (what `leakstore featurize` runs)."""
+"""One call from user options to a featurized store (what `leakstore featurize` runs).
+
+Every default here is read from `leakstore.config` (FeaturizeConfig's fields, RunOptions and the
+DEFAULT_* constants), the same place the CLI reads them from: the Python API and the command line
+write the same store for the same inputs.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from leakstore.featurize.datasets import DEFAULT_FRACTIONS, build_catalog, with_train_views
-from leakstore.featurize.runner import FeaturizeReport, RunOptions, featurize_store
-from leakstore.featurize.vae import load_encoder
-from leakstore.featurize.views import DEFAULT_POLICY, parse_view, view_name
-from leakstore.config import FeaturizeConfig, ScheduleConfig
+from leakstore.config import (DEFAULT_REAL_LABEL, DEFAULT_SPLIT_FRACTIONS, DEFAULT_VAE, DEFAULT_VIEW_POLICY,
+                              FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.device import resolve_device
 from leakstore.errors import InputError
+from leakstore.featurize.datasets import build_catalog, with_train_views
+from leakstore.featurize.runner import FeaturizeReport, featurize_store
+from leakstore.featurize.vae import load_encoder
+from leakstore.featurize.views import parse_view, view_name
+
+# the FeaturizeConfig fields a caller may set (the rest are derived from the encoder and device)
+_DERIVED = ("vae", "decoder", "precision", "view", "schedule")
+CONFIG_FIELDS = tuple(k for k in defaults(FeaturizeConfig) if k not in _DERIVED)
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
@@ -22,38 +32,37 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     return ts
 
 
-def build_config(encoder, *, resolution: int = 256, timesteps=(0, 50, 100, 200, 400),
-                 resize_policy: str = "shorter-crop", resample: str = "bilinear",
-                 schedule: ScheduleConfig | None = None, sigma_normalize: bool = False, fft_size: int = 8,
-                 seed: int = 0, view=None, min_side: int = 32, precision: str | None = None,
-                 residual_bins: int = 0, period: int = 0, spectrum_bins: int = 0,
-                 device: str = "auto") -> FeaturizeConfig:
-    """A FeaturizeConfig for `encoder`; residual_bins > 0 needs the encoder's decoder attached;
-    period > 0 adds the pixel periodicity profile, spectrum_bins > 0 the pixel spectrum."""
+def build_config(encoder, *, schedule: ScheduleConfig | None = None, view=None, precision: str | None = None,
+                 device: str = RunOptions.device, **fields) -> FeaturizeConfig:
+    """A FeaturizeConfig for `encoder`. `fields` are FeaturizeConfig fields (resolution, timesteps,
+    resize_policy, fft_size, seed, residual_bins, period, spectrum_bins, ...); those not given take
+    FeaturizeConfig's defaults. residual_bins > 0 needs the encoder's decoder attached; precision
+    None: bf16 on CUDA, fp32 on the CPU."""
+    unknown = set(fields) - set(CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"build_config() got unknown featurize settings {sorted(unknown)}; known: {', '.join(CONFIG_FIELDS)}")
     dev = resolve_device(device)
     prec = precision or ("bf16" if dev.type == "cuda" else "fp32")
     decoder = ""
-    if residual_bins:
+    if fields.get("residual_bins", defaults(FeaturizeConfig)["residual_bins"]):
         if encoder.decoder is None:
-            raise InputError("the residual feature needs the VAE's decoder: load the encoder with decoder=True")
+            raise InputError(f"the residual feature needs the VAE's decoder, and {encoder.identity.name} was loaded "
+                             "without one: give a VAE with its decoder, or residual_bins=0 (--no-residual)")
         decoder = encoder.decoder.revision
-    return FeaturizeConfig(vae=encoder.identity, resolution=resolution, resize_policy=resize_policy,
-                           resample=resample, timesteps=tuple(timesteps), schedule=schedule or ScheduleConfig(),
-                           sigma_normalize=sigma_normalize, fft_size=fft_size, seed=seed,
-                           view=view_name(parse_view(view)), min_side=min_side, precision=prec,
-                           residual_bins=residual_bins, decoder=decoder, period=period,
-                           spectrum_bins=spectrum_bins)
+    return FeaturizeConfig(vae=encoder.identity, schedule=schedule or ScheduleConfig(), precision=prec,
+                           view=view_name(parse_view(view)), decoder=decoder, **fields)
 
 
-def prepare(data: str | Path, *, vae: str = "sd21", vae_subfolder: str = "", scaling_factor: float | None = None,
-            shift_factor: float | None = None, real_label: str = "real", split_seed: int = 0,
-            fractions=DEFAULT_FRACTIONS, train_views: int = 0, view_policy: str = DEFAULT_POLICY, device: str = "auto",
-            **config_kw):
+def prepare(data: str | Path, *, vae: str = DEFAULT_VAE, vae_subfolder: str = "", scaling_factor: float | None = None,
+            shift_factor: float | None = None, real_label: str = DEFAULT_REAL_LABEL, split_seed: int = 0,
+            fractions=DEFAULT_SPLIT_FRACTIONS, train_views: int = 0, view_policy: str = DEFAULT_VIEW_POLICY,
+            device: str = RunOptions.device, **config_kw):
     """(catalog, encoder, config) for featurizing DATA: what a single process or a dask cluster runs."""
     catalog = with_train_views(build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions),
                                train_views, view_policy)
+    residual = config_kw.get("residual_bins", defaults(FeaturizeConfig)["residual_bins"])
     encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor,
-                           decoder=config_kw.get("residual_bins", 0) > 0)
+                           decoder=residual > 0)
     return catalog, encoder, build_config(encoder, device=device, **config_kw)
 
 

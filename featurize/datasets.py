@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from leakstore.featurize.images import IMAGE_EXTENSIONS
+from leakstore.config import DEFAULT_SPLIT_FRACTIONS
 from leakstore.errors import InputError
 from leakstore.store import SPLIT_CODES, Catalog
 
-DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)  # the reference's train/val/test split
+DEFAULT_FRACTIONS = DEFAULT_SPLIT_FRACTIONS
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test", "": None, "none": None, "nan": None}
 

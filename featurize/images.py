@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from leakstore.config import DEFAULT_MAX_PIXELS
 from leakstore.errors import ImageDecodeError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: larger is treated as a decompression bomb
 # --max-pixels is the one limit: PIL's own (which raises above 2 x 89.5 Mpx, whatever --max-pixels says)
 # is switched off, and decode_image checks the header's size before any pixel is decoded.
 Image.MAX_IMAGE_PIXELS = None

@@ -23,32 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from leakstore.featurize.images import DEFAULT_MAX_PIXELS, decode_image, prepare, read_bytes
+from leakstore.featurize.images import decode_image, prepare, read_bytes
 from leakstore.featurize.vae import LatentEncoder
 from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
-from leakstore.config import FeaturizeConfig
+from leakstore.config import FeaturizeConfig, RunOptions  # noqa: F401 (RunOptions: re-exported)
 from leakstore.device import resolve_device
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
 from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.errors import ImageDecodeError, LeakstoreError
 from leakstore.store import DONE, FAILED, Catalog, FeatureStore
-
-
-@dataclass
-class RunOptions:
-    device: str = "auto"            # "auto", "cpu", "cuda", "cuda:1", ...
-    batch_size: int = 0             # 0: 128 on CUDA, 16 on CPU
-    workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU
-    compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
-    compile_mode: str = "default"   # torch.compile mode ("max-autotune-no-cudagraphs" is slower to build)
-    chunk_size: int = 256
-    codec: str = "zstd1"
-    shard: tuple[int, int] = (0, 1)
-    chunks: tuple[int, ...] | None = None   # only these chunks (a dask task's share); None: the whole shard
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    overwrite: bool = False
-    progress: bool = True
-    writer_threads: int = 2
 
 
 @dataclass

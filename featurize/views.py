@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from leakstore.config import DEFAULT_VIEW_POLICY
 from leakstore.errors import InputError
 
 _PARAM = {"jpeg": (int, 1, 100), "webp": (int, 1, 100), "resize": (float, 0.05, 4.0),
@@ -108,7 +109,7 @@ def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> n
 # colour, and last of all compress (a JPEG or WebP re-encode). Compression ops are alternatives.
 _CHAIN_ORDER = ("crop", "resize", "blur", "noise", "grayscale", "jpeg", "webp")
 _COMPRESSION = ("jpeg", "webp")
-DEFAULT_POLICY = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02"
+DEFAULT_POLICY = DEFAULT_VIEW_POLICY
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
     from leakstore import Attributor
     a = Attributor.load("runs/m1")
-    a.score("image.png")        # dict: generator, confidence, is_unknown, open_score, nearest prototypes, ...
+    a.score("image.png")        # dict: pred, confidence, is_unknown, open_score, nearest prototypes, ...
     a.score_many("folder/")     # pandas DataFrame, one row per image, failures included
 """
 from __future__ import annotations
+
+from leakstore.config import DEFAULT_DEVICE
 
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pandas as pd
 
 
 class Attributor:
-    def __init__(self, run_dir: str | Path, device: str = "cpu"):
+    def __init__(self, run_dir: str | Path, device: str = DEFAULT_DEVICE):
         from leakstore.predictor import Predictor
         self.run_dir = Path(run_dir)
         self.predictor = Predictor.load(run_dir, device)
@@ -21,7 +23,7 @@ class Attributor:
         self.bundle = self.predictor.bundle
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Attributor":
+    def load(cls, run_dir: str | Path, device: str = DEFAULT_DEVICE) -> "Attributor":
         return cls(run_dir, device)
 
     @property
@@ -46,9 +48,11 @@ class Attributor:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def score(self, image: str | Path) -> dict:
-        """One image -> {generator, confidence, is_unknown, open_score, probabilities, nearest_prototypes, error}."""
+        """One image -> {pred, confidence, is_unknown, open_score, probabilities, nearest_prototypes, status, error}:
+        the keys are the columns of `score_many` and of `leakstore score`'s Parquet file (pred: the predicted
+        class, a generator or the real class; is_unknown: the open-set score fell below the model's threshold)."""
         row = self.score_many([str(image)]).iloc[0]
-        return {"path": row.path, "generator": row.pred, "nearest_generator": row.nearest_generator,
+        return {"path": row.path, "pred": row.pred, "nearest_generator": row.nearest_generator,
                 "confidence": float(row.confidence), "is_unknown": None if pd.isna(row.is_unknown) else bool(row.is_unknown),
                 "open_score": float(row.open_score), "status": row.status, "error": row.error,
                 "probabilities": {c: float(row[f"p_{c}"]) for c in self.classes},

@@ -10,36 +10,39 @@ from typing import Annotated, Optional
 
 import typer
 
+from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_REAL_LABEL, DEFAULT_VAE, DEFAULT_VIEW_POLICY,
+                              PRECISIONS, RESIZE_POLICIES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.errors import InputError, Interrupted, LeakstoreError
+from leakstore.model.config import BACKBONES, OPEN_SCORERS, SCORER_ROWS, SCORERS, TEMPORAL, ModelConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attribute AI-generated images to their generator from diffusion signal leaks.")
 
 
-class ResizePolicy(str, Enum):
-    shorter_crop = "shorter-crop"
-    center_crop = "center-crop"
-    exact = "exact"
+def _choices(name: str, values, extra=()) -> type[Enum]:
+    """A typer choice enum built from a config tuple (one list of names, never a copy)."""
+    return Enum(name, {v.replace("-", "_"): v for v in (*extra, *values)}, type=str)
 
 
-class Schedule(str, Enum):
-    scaled_linear = "scaled_linear"
-    linear = "linear"
+ResizePolicy = _choices("ResizePolicy", RESIZE_POLICIES)
+Schedule = _choices("Schedule", BETA_SCHEDULES)
+Precision = _choices("Precision", PRECISIONS, extra=("auto",))
+Codec = _choices("Codec", CODECS)
+Backbone = _choices("Backbone", BACKBONES)
+Temporal = _choices("Temporal", TEMPORAL)
+OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
+Scorer = _choices("Scorer", SCORERS)
+ScorerRows = _choices("ScorerRows", SCORER_ROWS)
+Split = _choices("Split", ("test", "val", "train", "all"))
 
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    tf32 = "tf32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Codec(str, Enum):
-    zstd1 = "zstd1"
-    zstd5 = "zstd5"
-    lz4 = "lz4"
-    none = "none"
+FD = defaults(FeaturizeConfig)      # featurize defaults: FeaturizeConfig's fields
+RD = defaults(RunOptions)           # how a featurize run goes
+MD = defaults(ModelConfig)          # training defaults: ModelConfig's fields
+SD = defaults(ScheduleConfig)
+DEVICE_HELP = "auto (CUDA when visible, else the CPU), cpu, cuda, cuda:N."
+# help panels, so that --help reads in groups
+P_IN, P_FEAT, P_VIEW, P_RUN, P_OUT = "Inputs", "Features", "Post-processing views", "Execution", "Output"
+P_MODEL, P_TRAIN, P_OPEN = "Network", "Training", "Scorers and the unknown flag"
 
 
 def _fail(e: Exception, code: int = 2):
@@ -92,44 +95,44 @@ def _print_report(rep, as_json: bool) -> None:
 def featurize(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json.")],
     store: Annotated[Path, typer.Argument(metavar="STORE", help="Output Zarr store (a folder).")],
-    vae: Annotated[str, typer.Option(help="Preset (sd15, sd21, sdxl, sd3, flux1, flux2, taesd, taesdxl, taesd3, taef1, taef2), 'demo' (built-in random encoder), a hub id, a local diffusers folder or a weights file.")] = "sd21",
-    vae_subfolder: Annotated[str, typer.Option(help="Subfolder of a hub id or folder holding the VAE.")] = "",
-    scaling_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent scaling factor.")] = None,
-    shift_factor: Annotated[Optional[float], typer.Option(help="Override the VAE's latent shift factor.")] = None,
-    timesteps: Annotated[str, typer.Option(help="Forward-diffusion timesteps, comma-separated.")] = "0,50,100,200,400",
-    resolution: Annotated[int, typer.Option(min=16, help="Square input side in pixels.")] = 256,
-    resize_policy: Annotated[ResizePolicy, typer.Option(help="How images reach the resolution.")] = ResizePolicy.shorter_crop,
-    schedule: Annotated[Schedule, typer.Option(help="Beta schedule (SD: scaled_linear; the reference code: linear).")] = Schedule.scaled_linear,
-    beta_start: Annotated[float, typer.Option(min=0.0, max=1.0, help="First beta of the noise schedule.")] = 0.00085,
-    beta_end: Annotated[float, typer.Option(min=0.0, max=1.0, help="Last beta of the noise schedule.")] = 0.012,
-    sigma_normalize: Annotated[bool, typer.Option(metavar="", help="Divide z_t by sigma_t, as the reference's option.")] = False,
-    fft_size: Annotated[int, typer.Option(min=1, help="Keep the lowest k x k FFT frequencies.")] = 8,
-    residual: Annotated[bool, typer.Option(metavar="", help="Also store the reconstruction residual x - D(E(x)): needs the VAE's decoder and costs ~3x the featurize time, and adds ~6 points of closed-set AUC and ~8 of open-set AUROC (README). --no-residual: latents only.")] = True,
-    residual_bins: Annotated[int, typer.Option(min=1, max=64, help="Radial frequency bins of the residual's power spectrum.")] = 12,
-    period: Annotated[int, typer.Option(min=0, max=64, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces; survives JPEG; costs nothing next to the VAE). 0: off.")] = 8,
-    pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers; costs nothing next to the VAE). 0: off.")] = 16,
-    seed: Annotated[int, typer.Option(help="Noise seed (combined with each image's SHA-256) and split seed.")] = 0,
-    view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
-    train_views: Annotated[int, typer.Option(min=0, max=64, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
-    view_policy: Annotated[str, typer.Option(help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02",
-    real_label: Annotated[str, typer.Option(help="Name of the real class's folder or label.")] = "real",
-    min_side: Annotated[int, typer.Option(min=1, help="Images with a shorter side below this fail.")] = 32,
-    max_pixels: Annotated[int, typer.Option(min=1, help="Images with more pixels fail, before decoding (decompression-bomb guard; the only pixel limit: PIL's own is off). A 10,000 x 10,000 RGB image needs ~300 MB to decode.")] = 1 << 27,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    precision: Annotated[Precision, typer.Option(help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = Precision.auto,
-    batch_size: Annotated[int, typer.Option(min=0, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = 0,
-    workers: Annotated[int, typer.Option(min=-1, help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).")] = -1,
-    cluster: Annotated[Optional[int], typer.Option(min=1, help="Featurize on a local dask cluster of this many worker processes (one task per chunk).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Featurize on an existing dask cluster, e.g. tcp://host:8786 (workers: `dask worker`, one per GPU).")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", help="torch.compile the encoder (default: on CUDA).")] = None,
-    compile_mode: Annotated[str, typer.Option(help="torch.compile mode; max-autotune-no-cudagraphs is ~23% faster on an H100 but compiles for ~5 min (cached on disk afterwards).")] = "default",
-    chunk_size: Annotated[int, typer.Option(min=1, help="Images per Zarr chunk (the unit of writing and resuming).")] = 256,
-    codec: Annotated[Codec, typer.Option(help="Blosc codec for the float arrays.")] = Codec.zstd1,
-    shard: Annotated[str, typer.Option(help="i/n: this process fills chunks k with k % n == i.")] = "0/1",
-    overwrite: Annotated[bool, typer.Option(metavar="", help="Replace an existing store made with another config.")] = False,
-    strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any image failed.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the run report as JSON.")] = False,
-    progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
+    vae: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Preset (sd15, sd21, sdxl, sd3, flux1, flux2, taesd, taesdxl, taesd3, taef1, taef2), 'demo' (built-in random encoder), a hub id, a local diffusers folder or a weights file.")] = DEFAULT_VAE,
+    vae_subfolder: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Subfolder of a hub id or folder holding the VAE.")] = "",
+    scaling_factor: Annotated[Optional[float], typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent scaling factor.")] = None,
+    shift_factor: Annotated[Optional[float], typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent shift factor.")] = None,
+    real_label: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Name of the real class's folder or label.")] = DEFAULT_REAL_LABEL,
+    min_side: Annotated[int, typer.Option(min=1, rich_help_panel=P_IN, help="Images with a shorter side below this fail.")] = FD["min_side"],
+    max_pixels: Annotated[int, typer.Option(min=1, rich_help_panel=P_IN, help="Images with more pixels fail before decoding (the decompression-bomb guard; PIL's own limit is off).")] = RD["max_pixels"],
+    timesteps: Annotated[str, typer.Option(rich_help_panel=P_FEAT, help="Forward-diffusion timesteps, comma-separated.")] = ",".join(map(str, FD["timesteps"])),
+    resolution: Annotated[int, typer.Option(min=16, rich_help_panel=P_FEAT, help="Square input side in pixels.")] = FD["resolution"],
+    resize_policy: Annotated[ResizePolicy, typer.Option(rich_help_panel=P_FEAT, help="How images reach the resolution.")] = FD["resize_policy"],
+    schedule: Annotated[Schedule, typer.Option(rich_help_panel=P_FEAT, help="Beta schedule (SD: scaled_linear; the reference code: linear).")] = SD["beta_schedule"],
+    beta_start: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="First beta of the noise schedule.")] = SD["beta_start"],
+    beta_end: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="Last beta of the noise schedule.")] = SD["beta_end"],
+    sigma_normalize: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Divide z_t by sigma_t, as the reference's option.")] = FD["sigma_normalize"],
+    fft_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_FEAT, help="Keep the lowest k x k FFT frequencies.")] = FD["fft_size"],
+    residual: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; a decoder and a second encoder pass per image). --no-residual: latents only.")] = FD["residual_bins"] > 0,
+    residual_bins: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum.")] = FD["residual_bins"] or 12,
+    period: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces). 0: off.")] = FD["period"],
+    pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers). 0: off.")] = FD["spectrum_bins"],
+    seed: Annotated[int, typer.Option(rich_help_panel=P_FEAT, help="Noise seed (combined with each image's SHA-256) and split seed.")] = FD["seed"],
+    view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", rich_help_panel=P_VIEW, help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
+    train_views: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_VIEW, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
+    view_policy: Annotated[str, typer.Option(rich_help_panel=P_VIEW, help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = DEFAULT_VIEW_POLICY,
+    device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
+    precision: Annotated[Precision, typer.Option(rich_help_panel=P_RUN, help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=0, rich_help_panel=P_RUN, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = RD["batch_size"],
+    workers: Annotated[int, typer.Option(min=-1, rich_help_panel=P_RUN, help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).")] = RD["workers"],
+    cluster: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help="Featurize on a local dask cluster of this many worker processes (one task per chunk).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(rich_help_panel=P_RUN, help="Featurize on an existing dask cluster, e.g. tcp://host:8786 (workers: `dask worker`, one per GPU).")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", rich_help_panel=P_RUN, help="torch.compile the encoder (default: on CUDA).")] = RD["compile"],
+    compile_mode: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="torch.compile mode (max-autotune-no-cudagraphs compiles for minutes, cached on disk afterwards; see docs, Speed).")] = RD["compile_mode"],
+    shard: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="i/n: this process fills chunks k with k % n == i.")] = "0/1",
+    chunk_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_OUT, help="Images per Zarr chunk (the unit of writing and resuming).")] = RD["chunk_size"],
+    codec: Annotated[Codec, typer.Option(rich_help_panel=P_OUT, help="Blosc codec for the float arrays.")] = RD["codec"],
+    overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace an existing store made with another config (only a leakstore store is ever removed).")] = RD["overwrite"],
+    strict: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Exit with code 1 when any image failed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the run report as JSON.")] = False,
+    progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = RD["progress"],
 ):
     """Featurize images once: VAE latents, forward diffusion, FFT spectra (and with --residual the
     reconstruction residual) -> a chunked Zarr store.
@@ -158,7 +161,7 @@ def featurize(
                   resolution=resolution, timesteps=parse_timesteps(timesteps), resize_policy=resize_policy.value,
                   schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
-                  precision=None if precision == Precision.auto else precision.value,
+                  precision=None if precision.value == "auto" else precision.value,
                   residual_bins=residual_bins if residual else 0, period=period,
                   spectrum_bins=pixel_spectrum, device=device)
     _print_report(rep, as_json)
@@ -218,74 +221,37 @@ def inspect(
         typer.echo("  the store is incomplete: rerun the featurize command to finish it")
 
 
-class Backbone(str, Enum):
-    cnn = "cnn"
-    resnet = "resnet"
-    patch_transformer = "patch-transformer"
-
-
-class Temporal(str, Enum):
-    attention = "attention"
-    transformer = "transformer"
-
-
-class OpenScorer(str, Enum):
-    kde = "kde"
-    gauss = "gauss"
-    knn = "knn"
-    prototype = "prototype"
-    confidence = "confidence"
-    stats = "stats"
-    residual = "residual"
-    periodicity = "periodicity"
-    spectrum = "spectrum"
-    fused = "fused"
-    fused_period = "fused-period"
-    fused_stats = "fused-stats"
-    fused_all = "fused-all"
-    fused_input = "fused-input"
-    fused_pixel = "fused-pixel"
-
-
-class Scorer(str, Enum):
-    mahalanobis = "mahalanobis"
-    gmm = "gmm"
-    kde = "kde"
-    prototype = "prototype"
-
-
 @app.command()
 def train(
     store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory for the model.")],
-    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (training stops earlier after --patience epochs without validation gain).")] = 30,
-    patience: Annotated[int, typer.Option(min=1, help="Early stopping: stop after this many epochs without a better validation macro AUC.")] = 6,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 64,
-    lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate.")] = 3e-4,
-    backbone: Annotated[Backbone, typer.Option(help="Per-timestep backbone: small CNN, ResNet-18 layout, or latent-patch transformer.")] = Backbone.cnn,
-    temporal: Annotated[Temporal, typer.Option(help="Pooling over timesteps: attention pooling (the reference) or a transformer block first.")] = Temporal.attention,
-    embed_dim: Annotated[int, typer.Option(min=4, help="Embedding size (a multiple of 4).")] = 128,
-    width: Annotated[int, typer.Option(min=1, help="Backbone width.")] = 64,
-    protos_per_class: Annotated[int, typer.Option(min=1, help="Prototypes per class in the head.")] = 6,
-    scorer: Annotated[Scorer, typer.Option(help="Closed-set scorer on embeddings.")] = Scorer.mahalanobis,
-    open_scorer: Annotated[OpenScorer, typer.Option(help="Open-set scorer for 'unknown generator' (see README, Open set; "
-                                                         "compare them with leakstore openset-study).")] = OpenScorer.fused_period,
-    renoise: Annotated[bool, typer.Option(metavar="", help="Fresh noise from latent0 every batch (as the reference redraws it).")] = True,
-    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
-    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
-    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
-    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = 0.5,
-    scorer_rows: Annotated[str, typer.Option(metavar="all|clean|clean-fit", help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only (the network still learns from the views; photographs are called real more often, heavily processed images attributed less well); or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included, so re-encoded images are not flagged for being re-encoded (README, Robustness).")] = "all",
-    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images the unknown threshold may reject.")] = 0.05,
-    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum (README, Open set).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Training seed (weights, batches, noise).")] = 0,
-    members: Annotated[int, typer.Option(min=1, help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many times the training and network time, better unknown-generator flags (README, Open set).")] = 3,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    resume: Annotated[bool, typer.Option(metavar="", help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option(metavar="", help="Replace a model already in --out.")] = False,
-    progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the training summary as JSON.")] = False,
+    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", rich_help_panel=P_IN, help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
+    residual: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_IN, help="Use the store's reconstruction residual when it has one.")] = MD["use_residual"],
+    periodicity: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_IN, help="Use the store's pixel periodicity profile when it has one.")] = MD["use_periodicity"],
+    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", rich_help_panel=P_IN, help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.")] = MD["drop_jpeg_grid"],
+    backbone: Annotated[Backbone, typer.Option(rich_help_panel=P_MODEL, help="Per-timestep backbone: small CNN, ResNet-18 layout, or latent-patch transformer.")] = MD["backbone"],
+    temporal: Annotated[Temporal, typer.Option(rich_help_panel=P_MODEL, help="Pooling over timesteps: attention pooling (the reference) or a transformer block first.")] = MD["temporal"],
+    embed_dim: Annotated[int, typer.Option(min=4, rich_help_panel=P_MODEL, help="Embedding size (a multiple of 4).")] = MD["embed_dim"],
+    width: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Backbone width.")] = MD["width"],
+    protos_per_class: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Prototypes per class in the head.")] = MD["protos_per_class"],
+    members: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many times the training time, better unknown-generator flags (docs: Open set).")] = MD["members"],
+    epochs: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Most training epochs (training stops earlier after --patience epochs without validation gain).")] = MD["epochs"],
+    patience: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Early stopping: stop after this many epochs without a better validation macro AUC.")] = MD["patience"],
+    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Training batch size.")] = MD["batch_size"],
+    lr: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_TRAIN, help="AdamW learning rate.")] = MD["lr"],
+    renoise: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_TRAIN, help="Fresh noise from latent0 every batch (as the reference redraws it).")] = MD["renoise"],
+    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_TRAIN, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = MD["view_prob"],
+    seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD["seed"],
+    scorer: Annotated[Scorer, typer.Option(rich_help_panel=P_OPEN, help="Closed-set scorer on embeddings.")] = MD["scorer"],
+    open_scorer: Annotated[OpenScorer, typer.Option(rich_help_panel=P_OPEN, help="Open-set scorer for 'unknown generator' (docs: Open set; compare them with leakstore openset-study).")] = MD["open_scorer"],
+    scorer_rows: Annotated[ScorerRows, typer.Option(rich_help_panel=P_OPEN, help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only; or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included (docs: Robustness).")] = MD["scorer_rows"],
+    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, rich_help_panel=P_OPEN, help="Share of known validation images the unknown threshold may reject.")] = MD["false_unknown_rate"],
+    open_temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPEN, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
+    device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
+    resume: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")] = False,
+    progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the training summary as JSON.")] = False,
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
     with _guard("the last finished epoch is saved; rerun the same command with --resume to continue"):
@@ -294,7 +260,7 @@ def train(
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
-                          drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows,
+                          drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows.value,
                           false_unknown_rate=false_unknown_rate, open_temperature=open_temperature, seed=seed,
                           members=members)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
@@ -323,17 +289,17 @@ def openset_study(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")] = 10,
     generators: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
     unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
-    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = True,
-    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = True,
-    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on (README, Robustness).")] = True,
-    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = 0.05,
-    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum (README, Open set).")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = 3,
-    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = 0.5,
+    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = MD["use_residual"],
+    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = MD["use_periodicity"],
+    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.")] = MD["drop_jpeg_grid"],
+    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = MD["false_unknown_rate"],
+    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
+    seed: Annotated[int, typer.Option(help="Training seed.")] = MD["seed"],
+    members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = MD["members"],
+    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = MD["view_prob"],
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its labels' test rows; reported, never chosen on; repeatable.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Leave-one-generator-out: train without each generator in turn and measure how well every
@@ -380,15 +346,15 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
     stores: Annotated[list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
-    split: Annotated[str, typer.Option(help="Which split to evaluate: test, val, train or all.")] = "test",
+    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = "test",
     unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored against the known rows; repeatable.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda for the model.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
     with _guard("rerun the command (the stores are unchanged)"):
         from leakstore.pipelines.evaluate import evaluate as run
-        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split, unseen=[str(u) for u in unseen or ()])
+        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split.value, unseen=[str(u) for u in unseen or ()])
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -418,8 +384,8 @@ def sweep(
     data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
     views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = "jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2",
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N (for featurizing).")] = "auto",
-    workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto).")] = -1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " For featurizing and the model.")] = RD["device"],
+    workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto).")] = RD["workers"],
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress bars.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
@@ -441,37 +407,60 @@ def score(
     inputs: Annotated[str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")],
     out: Annotated[Path, typer.Option(help="Parquet file for the predictions.")] = Path("predictions.parquet"),
     cluster: Annotated[Optional[int], typer.Option(min=1, help="Local dask worker processes (default: one per core).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, hidden=True, help="Deprecated name of --cluster.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda on the workers.")] = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP + " On each dask worker.")] = RD["device"],
+    strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any input failed (an unreadable image, a failed store row).")] = False,
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
-    with _guard("rerun the same command to finish"):
+    with _guard("finished parts are kept; rerun the same command to finish"), _quiet_dask_on_interrupt():
         from leakstore.pipelines.score import score as run, summarise
-        df = run(run_dir, inputs, out, workers=cluster or workers, scheduler=scheduler, device=device,
+        df = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
                  progress=progress and not as_json)
     from leakstore.model.checkpoint import load_bundle
     s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
-        return
+    else:
+        _print_score_summary(s, out)
+    if s["rows"] and s["failed"] == s["rows"]:
+        typer.echo(f"error: every one of the {s['rows']} inputs failed (the 'error' column of {out} says why)", err=True)
+        raise typer.Exit(1)
+    if strict and s["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_score_summary(s: dict, out: Path) -> None:
     typer.echo(f"{s['rows']} rows -> {out}: {s['scored']} scored, {s['failed']} failed, {s['unknown']} unknown generator")
     r = s.get("false_unknown_rate")
     if r:
-        val = "" if r["validation"] is None else f"; {r['validation']:.1%} of known validation images were"
+        val = ("" if r["validation"] is None
+               else f" ({r['validation']:.1%} of the known validation images were flagged)")
         typer.echo(f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
                    f"{r['asked']:.1%} of known images{val}")
     for k, v in s["predicted"].items():
         typer.echo(f"  {k:<24}{v:>8}")
 
 
+@contextmanager
+def _quiet_dask_on_interrupt():
+    """Ctrl-C while dask runs: the workers' and the scheduler's shutdown tracebacks are noise next to
+    the one line that says what was kept, so their loggers go quiet once the interrupt arrives."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        import logging
+        for name in ("distributed", "tornado", "asyncio", "bokeh"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        raise
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder.")] = Path("leakstore-demo"),
     photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = 300,
-    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = MD["epochs"],
     cluster: Annotated[int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")] = 2,
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
@@ -485,7 +474,7 @@ def demo(
     typer.echo(f"  report: {r['report']}\n  predictions: {r['predictions']}")
     typer.echo(f"next: open the report in a browser; score images of your own with\n"
                f"  leakstore score {out / 'model'} FOLDER --out predictions.parquet\n"
-               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21; the residual and pixel cues are on by default; README).")
+               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21; the residual and pixel cues are on by default).")
 
 
 @app.command()
@@ -500,7 +489,8 @@ def env(as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machin
                f"{info['torch_threads']} torch threads")
     for k, v in info["packages"].items():
         typer.echo(f"  {k:<16}{v}")
-    typer.echo(f"CUDA: {'yes' if info['cuda_available'] else 'no'} (torch built for {info['torch_cuda']}); "
+    built = f"torch built for CUDA {info['torch_cuda']}" if info["torch_cuda"] else "a CPU-only torch build"
+    typer.echo(f"CUDA: {'yes' if info['cuda_available'] else 'no'} ({built}); "
                f"devices: {', '.join(info['devices']) or 'none'}")
     typer.echo(f"xformers: {'yes' if info['xformers']['usable'] else 'no'} - {info['xformers']['detail']}")
 

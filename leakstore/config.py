@@ -14,8 +14,18 @@ from typing import Any
 from leakstore.errors import ConfigMismatchError, InputError
 
 RESIZE_POLICIES = ("shorter-crop", "center-crop", "exact")
-BETA_SCHEDULES = ("linear", "scaled_linear")
+BETA_SCHEDULES = ("scaled_linear", "linear")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+CODECS = ("zstd1", "zstd5", "lz4", "none")
+
+# The one home of the user-facing defaults that are not fields of a config below; the CLI, the
+# Python API and the configs all read them from here (or from the dataclasses' own field defaults).
+DEFAULT_VAE = "sd21"                 # the reference's encoder (Stable Diffusion 2.1 base)
+DEFAULT_REAL_LABEL = "real"          # folder / label of the real class
+DEFAULT_MAX_PIXELS = 1 << 27         # 134 Mpx: larger images are treated as decompression bombs
+DEFAULT_VIEW_POLICY = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02"
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)   # train/val/test, as the reference
+DEFAULT_DEVICE = "auto"              # every command: CUDA when visible, else the CPU
 # Fields recorded in the store but not part of the feature identity: they change the
 # numbers only at rounding level (see README, "Precision").
 _UNHASHED = ("precision",)
@@ -59,6 +69,11 @@ class ScheduleConfig:
             raise InputError(f"betas must satisfy 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
 
+# fields added after stores were written without them, with the value that reads those stores as
+# they were made (the feature absent)
+FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0}
+
+
 @dataclass(frozen=True)
 class FeaturizeConfig:
     """Everything that defines the features of a store (the arrays themselves: leakstore/features)."""
@@ -75,10 +90,10 @@ class FeaturizeConfig:
     view: str = "none"
     min_side: int = 32
     precision: str = "fp32"
-    residual_bins: int = 0        # > 0: also store the reconstruction residual (leakstore/features/residual.py)
-    decoder: str = ""             # weights revision of the decoder the residual was made with
-    period: int = 0               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
-    spectrum_bins: int = 0        # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
+    residual_bins: int = 12       # > 0: also store the reconstruction residual (leakstore/features/residual.py)
+    decoder: str = ""             # weights revision of the decoder the residual was made with (needed when residual_bins > 0)
+    period: int = 8               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
+    spectrum_bins: int = 16       # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -124,7 +139,7 @@ class FeaturizeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeaturizeConfig":
-        d = dict(d)
+        d = {**FEATURIZE_LEGACY, **d}
         vae = from_fields(VAEIdentity, d.pop("vae"), "featurize config (vae)")
         schedule = from_fields(ScheduleConfig, d.pop("schedule"), "featurize config (schedule)")
         return from_fields(cls, d, "featurize config", vae=vae, schedule=schedule)
@@ -150,6 +165,36 @@ class FeaturizeConfig:
 
     def replace(self, **changes) -> "FeaturizeConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class RunOptions:
+    """How a featurize run goes (not what it computes: that is FeaturizeConfig)."""
+
+    device: str = DEFAULT_DEVICE    # "auto", "cpu", "cuda", "cuda:1", ...
+    batch_size: int = 0             # images per device batch; 0: 128 on CUDA, 16 on CPU
+    workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU; 0: in-process
+    compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
+    compile_mode: str = "default"   # torch.compile mode
+    chunk_size: int = 256           # images per Zarr chunk: the unit of writing and resuming
+    codec: str = "zstd1"            # Blosc codec of the float arrays (CODECS)
+    shard: tuple[int, int] = (0, 1)
+    chunks: tuple[int, ...] | None = None   # only these chunks (a dask task's share); None: the whole shard
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+    writer_threads: int = 2
+
+
+def defaults(cls) -> dict[str, Any]:
+    """{field: default} of a config dataclass: what the CLI shows and the Python API uses."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def from_fields(cls, d: dict[str, Any], what: str, **extra):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakstore.config import check_compatible
+from leakstore.config import DEFAULT_DEVICE, check_compatible
 from leakstore.device import resolve_device
 from leakstore.features import FeatureBatch, minimal_config
 from leakstore.store import DONE, STATUS_NAMES, FeatureStore
@@ -22,13 +22,13 @@ BASE_COLUMNS = {"path": object, "status": object, "error": object, "pred": objec
 
 
 class Predictor:
-    def __init__(self, bundle, device: str = "cpu"):
+    def __init__(self, bundle, device: str = DEFAULT_DEVICE):
         self.bundle = bundle
         self.device = str(resolve_device(device))
         self._encoder = self._runner = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "cpu") -> "Predictor":
+    def load(cls, run_dir: str | Path, device: str = DEFAULT_DEVICE) -> "Predictor":
         from leakstore.model.checkpoint import load_bundle
         dev = str(resolve_device(device))
         return cls(load_bundle(run_dir, dev), dev)

@@ -170,7 +170,7 @@ class FeatureStore:
                 store = cls.open(path, mode="r+")
                 store.check_matches(cfg, catalog)
                 return store
-            shutil.rmtree(path)
+            remove_store(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
@@ -379,3 +379,25 @@ class FeatureStore:
                               "chunks": list(self.group[name].chunks)} for name in array_specs(0, self.config)},
             "first_failures": [{"path": str(p), "error": str(errors[r])} for p, r in zip(paths, failed_rows)],
         }
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a feature store leakstore made (a Zarr group whose attributes name this format)."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and (meta.get("attributes") or {}).get("format") == FORMAT_NAME
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete the store at `path` for --overwrite; an empty folder goes too. Anything else is refused
+    and nothing is deleted: --overwrite must never take a folder of photographs with it."""
+    path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        return
+    if not is_store(path):
+        raise StoreError(f"{path} exists and is not a leakstore feature store, so --overwrite deleted nothing: "
+                         "give the store a path of its own (e.g. {}.zarr)".format(path.name))
+    shutil.rmtree(path)

@@ -21,6 +21,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
 from leakstore.config import FeaturizeConfig
+from leakstore.device import resolve_device
 from leakstore.errors import LeakstoreError
 from leakstore.features import BY_NAME, features_for
 from leakstore.model import scorers as S
@@ -193,7 +194,7 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
         net.load_state_dict(t_load(str(weights)))
     except Exception as e:  # missing, empty, truncated, corrupt or from another model: never a traceback
         raise _broken(weights, e) from None
-    net.to(device).eval()
+    net.to(resolve_device(str(device))).eval()
     scorers = run_dir / "scorers.safetensors"
     sm = meta.get("scorers", {})
     try:

@@ -32,7 +32,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME
-from leakstore.model.config import OPEN_SCORERS as MODEL_OPEN_SCORERS
 from leakstore.model.scorers import OpenSetKDE
 
 
@@ -162,7 +161,6 @@ FUSED = {
 # (fused-period on a store featurized with --period 0: confidence + residual)
 FALLBACK = {"fused-period": "fused", "fused-pixel": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
-assert OPEN_SCORERS == MODEL_OPEN_SCORERS, "model.config.OPEN_SCORERS must list model.openset's scorers"
 BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum")
 STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
 

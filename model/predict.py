@@ -7,6 +7,7 @@ import torch
 from scipy.special import softmax
 
 from leakstore.features import FeatureBatch
+from leakstore.device import resolve_device
 from leakstore.model.checkpoint import Bundle
 from leakstore.model.net import ProtoLeakNet, read_input
 
@@ -68,6 +69,7 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     predicted class, the open-set score (higher: more like a known generator) and unknown flag,
     the `top` nearest prototypes, attention over timesteps and the strongest gate dimensions."""
     from leakstore.model.openset import OpenSetScorer
+    device = resolve_device(str(device))
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
     proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import softmax
 
-from leakstore.config import FeaturizeConfig, check_compatible
+from leakstore.config import DEFAULT_DEVICE, FeaturizeConfig, check_compatible
 from leakstore.device import resolve_device
 from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
@@ -227,7 +227,7 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
 
 
 def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
-          unknown_labels=(), device: str = "auto", resume: bool = False, overwrite: bool = False,
+          unknown_labels=(), device: str = DEFAULT_DEVICE, resume: bool = False, overwrite: bool = False,
           progress: bool = True, expect: FeaturizeConfig | None = None) -> dict:
     """Train, fit scorers, save the bundle in out_dir. Returns the training summary."""
     from tqdm.auto import tqdm

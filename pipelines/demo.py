@@ -74,7 +74,7 @@ def make_demo_data(root: Path, n_photos: int = 60, size: int = 64, seed: int = 0
     return root / "manifest.csv"
 
 
-def run_demo(out: Path, *, n_photos: int = 300, epochs: int = 40, workers: int = 2, progress: bool = True) -> dict:
+def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs, workers: int = 2, progress: bool = True) -> dict:
     from leakstore.featurize.api import featurize
     from leakstore.featurize.runner import RunOptions
     from leakstore.model.config import ModelConfig

@@ -13,6 +13,8 @@ splits, all rows otherwise) against the first store's known rows. A label the mo
 """
 from __future__ import annotations
 
+from leakstore.config import DEFAULT_DEVICE
+
 import json
 from pathlib import Path
 
@@ -97,7 +99,7 @@ def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, s
     return per, scores
 
 
-def evaluate(run_dir, stores: list, out=None, device: str = "cpu", split: str = "test", unseen=()) -> dict:
+def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, split: str = "test", unseen=()) -> dict:
     import pandas as pd
 
     from leakstore.pipelines.report import write_report

@@ -25,6 +25,8 @@ Two yardsticks come with the numbers:
 """
 from __future__ import annotations
 
+from leakstore.config import DEFAULT_DEVICE
+
 import html
 import json
 import time
@@ -117,7 +119,7 @@ def _loader(cache: dict | None):
     return load
 
 
-def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = "cpu",
+def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = DEFAULT_DEVICE,
                cfg: ModelConfig | None = None, unseen=(), cache: dict | None = None) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
     scorer settings of `cfg` (default: the fold model's own); `unseen`: `_unseen_rows` of outside
@@ -171,7 +173,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
 
 
 def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str],
-                       device: str = "cpu") -> dict:
+                       device: str = DEFAULT_DEVICE) -> dict:
     """For each g, the model trained with g: AUROC of its probability of g, g's rows against the
     rows of every other known class (the same rows the open-set folds score), on val and test."""
     b = load_bundle(run, device)
@@ -258,7 +260,7 @@ def choice_support(per_scorer: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
 
 
 def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
-                  unknown_labels=(), device: str = "cpu", progress: bool = True, ceiling: bool = True,
+                  unknown_labels=(), device: str = DEFAULT_DEVICE, progress: bool = True, ceiling: bool = True,
                   unseen=()) -> dict:
     import pandas as pd
 

@@ -10,6 +10,8 @@ are recomputed elsewhere: no row is lost or written twice.
 """
 from __future__ import annotations
 
+from leakstore.config import DEFAULT_DEVICE
+
 import json
 import os
 import threading
@@ -28,7 +30,7 @@ PARTITION_IMAGES = 256
 
 
 # ---------------------------------------------------------------------------- model, once per process
-def get_predictor(run_dir: str, device: str = "cpu", worker_number: int | None = None):
+def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int | None = None):
     """The Predictor for run_dir, loaded once per process (keyed by path, device and file time);
     its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
     worker's number, which picks its GPU on a local cluster."""
@@ -53,7 +55,7 @@ except ImportError:  # pragma: no cover - distributed is a dependency
 class LoadModel(WorkerPlugin):
     """Loads the model into each worker process when the worker starts (or joins later)."""
 
-    def __init__(self, run_dir: str, device: str = "cpu"):
+    def __init__(self, run_dir: str, device: str = DEFAULT_DEVICE):
         self.run_dir, self.device = str(run_dir), device
 
     def setup(self, worker):
@@ -109,12 +111,12 @@ def _restore_environ(environ: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- one partition
-def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, device: str = "cpu") -> pd.DataFrame:
+def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, device: str = DEFAULT_DEVICE) -> pd.DataFrame:
     """Score rows [start, stop) of a store (one chunk)."""
     return get_predictor(run_dir, device).score_store(store_path, start, stop)
 
 
-def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = "cpu") -> pd.DataFrame:
+def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = DEFAULT_DEVICE) -> pd.DataFrame:
     """Featurize and score one partition of image files."""
     return get_predictor(run_dir, device).score_paths(paths, first_row)
 
@@ -124,7 +126,7 @@ def is_store(inp) -> bool:
 
 
 # ---------------------------------------------------------------------------- the lazy graph
-def scoring_frame(run_dir, inp, device: str = "cpu", partition: int = PARTITION_IMAGES, predictor=None):
+def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None):
     """A lazy dask DataFrame of predictions, one partition per store chunk (or per `partition`
     images). Nothing runs until it is computed."""
     import dask.dataframe as dd
@@ -164,6 +166,29 @@ def check_out(out: Path) -> None:
         raise InputError(f"--out {out}: cannot create {parent} ({e.strerror}); choose a writable place") from None
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out {out}: {parent} is not writable; choose a writable place")
+    if out.is_file() and not _is_parquet(out):
+        raise InputError(f"--out {out} exists and is not a Parquet file: scoring replaces only its own output, "
+                         "so nothing was written; choose another --out")
+    parts = out.with_name(out.name + ".parts")
+    if parts.exists() and not _is_parts_dir(parts):
+        raise InputError(f"{parts} exists and was not made by leakstore score: it keeps its partial results there, "
+                         "so nothing was written; move that folder or choose another --out")
+
+
+def _is_parquet(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def _is_parts_dir(path: Path) -> bool:
+    """A folder of finished partitions that scoring made: job.json and part files only (or empty)."""
+    if not path.is_dir():
+        return False
+    return all(p.name == "job.json" or (p.name.startswith("part-") and p.suffix in (".parquet", ".tmp"))
+               or p.name.startswith(".part-") for p in path.iterdir())
 
 
 def _job(run_dir: str, inp, part: int) -> dict:
@@ -186,7 +211,7 @@ class ScoringInterrupted(Interrupted):
 
 
 def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,
-          device: str = "cpu", progress: bool = True, client=None) -> pd.DataFrame:
+          device: str = DEFAULT_DEVICE, progress: bool = True, client=None) -> pd.DataFrame:
     """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`.
 
     With `out`, each partition is written to OUT.parts/ as it finishes, so an interrupted job rerun

@@ -10,6 +10,8 @@ and report.html in OUT. Featurizing resumes: a rerun computes only what is missi
 """
 from __future__ import annotations
 
+from leakstore.config import DEFAULT_DEVICE
+
 import re
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def _slug(view: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", view).strip("-") or "none"
 
 
-def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = "auto", workers: int = -1,
+def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = DEFAULT_DEVICE, workers: int = -1,
           progress: bool = True) -> dict:
     from leakstore.featurize.runner import RunOptions, featurize_store
     from leakstore.featurize.vae import encoder_for_config
@@ -80,4 +82,4 @@ def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = "a
         featurize_store(cat, path, fcfg.replace(view=v), encoder,
                         RunOptions(device=device, workers=workers, progress=progress))
         stores.append(str(path))
-    return evaluate(run_dir, stores, out, device="cpu", split="test")
+    return evaluate(run_dir, stores, out, device=device, split="test")

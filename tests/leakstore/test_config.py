@@ -5,22 +5,34 @@ from leakstore.features import residual_dim
 from leakstore.errors import ConfigMismatchError, InputError
 
 VAE = VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4, downsample=8)
+OFF = dict(residual_bins=0, period=0, spectrum_bins=0)   # latents and spectra only
+
+
+def plain(**kw) -> FeaturizeConfig:
+    return FeaturizeConfig(vae=VAE, **{**OFF, **kw})
+
+
+def test_the_default_config_holds_every_pixel_feature_and_needs_the_decoder():
+    with pytest.raises(InputError, match="decoder"):
+        FeaturizeConfig(vae=VAE)
+    d = FeaturizeConfig(vae=VAE, decoder="sha256:aa")
+    assert d.residual_bins > 0 and d.period > 0 and d.spectrum_bins > 0
 
 
 def test_roundtrip_and_hash_stable():
-    cfg = FeaturizeConfig(vae=VAE, timesteps=[0, 10], schedule=ScheduleConfig("linear"))
+    cfg = plain(timesteps=[0, 10], schedule=ScheduleConfig("linear"))
     again = FeaturizeConfig.from_dict(cfg.to_dict())
     assert again == cfg and again.hash == cfg.hash and len(cfg.hash) == 16
 
 
 def test_precision_is_recorded_but_not_hashed():
-    a = FeaturizeConfig(vae=VAE, precision="fp32")
+    a = plain(precision="fp32")
     assert a.hash == a.replace(precision="bf16").hash
     assert a.hash != a.replace(timesteps=(0, 1)).hash
 
 
 def test_mismatch_names_the_fields():
-    a = FeaturizeConfig(vae=VAE)
+    a = plain()
     b = a.replace(timesteps=(0, 100), fft_size=4)
     with pytest.raises(ConfigMismatchError, match="timesteps.*fft_size|fft_size.*timesteps"):
         check_compatible(a, b, "store s")
@@ -33,11 +45,11 @@ def test_mismatch_names_the_fields():
                                 dict(period=-1), dict(period=65)])
 def test_invalid_configs_are_refused(kw):
     with pytest.raises(InputError):
-        FeaturizeConfig(vae=VAE, **kw)
+        plain(**kw)
 
 
 def test_unknown_fields_from_a_newer_version_are_refused():
-    d = FeaturizeConfig(vae=VAE).to_dict()
+    d = plain().to_dict()
     d["new_thing"] = 1
     with pytest.raises(ConfigMismatchError, match="newer leakstore"):
         FeaturizeConfig.from_dict(d)
@@ -48,7 +60,7 @@ def test_stores_made_before_the_residual_keep_their_hash():
     existed reads back with the same hash."""
     import hashlib
     import json
-    cfg = FeaturizeConfig(vae=VAE)
+    cfg = plain()
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision", "period",
                                                                 "spectrum_bins")}
     want = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -59,7 +71,7 @@ def test_stores_made_before_the_residual_keep_their_hash():
 
 
 def test_the_period_is_part_of_the_features_only_when_on():
-    a = FeaturizeConfig(vae=VAE)
+    a = plain()
     p = a.replace(period=8)
     assert "period" not in a.identity() and p.identity()["period"] == 8
     assert len({a.hash, p.hash, p.replace(period=4).hash}) == 3
@@ -68,7 +80,7 @@ def test_the_period_is_part_of_the_features_only_when_on():
 
 
 def test_the_pixel_spectrum_is_part_of_the_features_only_when_on():
-    a = FeaturizeConfig(vae=VAE, period=8)
+    a = plain(period=8)
     s = a.replace(spectrum_bins=16)
     assert "spectrum_bins" not in a.identity() and s.identity()["spectrum_bins"] == 16
     assert len({a.hash, s.hash, s.replace(spectrum_bins=8).hash}) == 3
@@ -79,7 +91,7 @@ def test_the_pixel_spectrum_is_part_of_the_features_only_when_on():
 
 
 def test_the_residual_and_its_decoder_are_part_of_the_features():
-    a = FeaturizeConfig(vae=VAE)
+    a = plain()
     r = a.replace(residual_bins=12, decoder="sha256:aa")
     assert residual_dim(r) == 3 * 12 + 3 + 4 and residual_dim(a) == 0
     assert len({a.hash, r.hash, r.replace(decoder="sha256:bb").hash, r.replace(residual_bins=8).hash}) == 4
@@ -90,7 +102,7 @@ def test_the_residual_and_its_decoder_are_part_of_the_features():
 @pytest.mark.parametrize("where", ["top", "vae", "schedule", "model"])
 def test_every_config_loader_refuses_unknown_fields_alike(where):
     from leakstore.model.config import ModelConfig
-    d = FeaturizeConfig(vae=VAE).to_dict()
+    d = plain().to_dict()
     if where == "model":
         load, d = ModelConfig.from_dict, {**ModelConfig().to_dict(), "future_knob": 1}
     else:
@@ -101,7 +113,7 @@ def test_every_config_loader_refuses_unknown_fields_alike(where):
 
 
 def test_mismatch_message_labels_both_sides_shows_whole_values_and_fits_the_caller():
-    a = FeaturizeConfig(vae=VAE, timesteps=tuple(range(0, 900, 100)))
+    a = plain(timesteps=tuple(range(0, 900, 100)))
     b = a.replace(timesteps=(0, 100))
     with pytest.raises(ConfigMismatchError) as e:
         check_compatible(a, b, "store s")

@@ -204,3 +204,11 @@ def test_the_open_temperature_setting_defaults_to_one_and_reads_old_models_as_ze
     assert ModelConfig.from_dict({}).open_temperature == 0.0          # a model.json written before the setting
     with pytest.raises(InputError, match="--open-temperature"):
         ModelConfig(open_temperature=-1.0)
+
+
+def test_the_config_lists_exactly_the_scorers_openset_implements():
+    """model.config names the open-set scorers without importing torch (the CLI's choices come from
+    it); model.openset implements them: the two lists are one."""
+    from leakstore.model import openset
+    from leakstore.model.config import OPEN_SCORERS
+    assert openset.OPEN_SCORERS == OPEN_SCORERS

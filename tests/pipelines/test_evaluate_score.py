@@ -66,7 +66,7 @@ def image_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("img")
     data = write_class_images(d / "data", {"real": 12, "gen-a": 12, "gen-b": 12}, size=(64, 64))
     featurize(data, d / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4,
-              opts=RunOptions(device="cpu", workers=0, progress=False))
+              residual_bins=0, period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(d / "s.zarr", d / "run", FAST, progress=False)
     return d
 
@@ -115,8 +115,8 @@ def test_dask_scoring_equals_in_process(model, cluster):
     b = load_bundle(model / "run")
     p = predict(b, FeatureStore.open(model / "s.zarr").load())
     assert list(df.row) == list(range(160)) and (df.status == "ok").all()
-    np.testing.assert_allclose(df[[f"p_{c}" for c in b.class_names]].to_numpy(), p["proba"], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(df.open_score.to_numpy(), p["open_score"], rtol=1e-6)
+    np.testing.assert_allclose(df[[f"p_{c}" for c in b.class_names]].to_numpy(), p["proba"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(df.open_score.to_numpy(), p["open_score"], rtol=1e-4, atol=1e-5)
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(model, cluster):
@@ -159,7 +159,8 @@ def test_api_and_raw_image_scoring(image_model, cluster):
     dd = score(image_model / "run", image_model / "data", client=cluster, progress=False)
     assert list(dd.path) == list(df.path)
     ok = df.status == "ok"
-    np.testing.assert_allclose(dd.confidence[ok].to_numpy(), df.confidence[ok].to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(dd.confidence[ok].to_numpy(), df.confidence[ok].to_numpy(), rtol=1e-4, atol=1e-6)
+    # tolerances: the workers run one torch thread, this process two; reductions differ in the last bits
     (image_model / "data" / "gen-a" / "broken.png").unlink()
 
 
@@ -185,7 +186,7 @@ def test_a_residual_model_scores_raw_images_as_it_scores_its_store(tmp_path, clu
     dask give the probabilities that the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              opts=RunOptions(device="cpu", workers=0, progress=False))
+              period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", FAST, progress=False)
     b = load_bundle(tmp_path / "run")
     assert b.featurize.residual_bins == 6 and "residual" in b.net.inputs
@@ -205,7 +206,7 @@ def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_
     probabilities the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              opts=RunOptions(device="cpu", workers=0, progress=False))
+              period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(use_residual=False), progress=False)
     a = Attributor.load(tmp_path / "run")
     assert "residual" not in a.bundle.net.inputs

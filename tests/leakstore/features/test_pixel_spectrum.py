@@ -66,7 +66,7 @@ def test_the_pixel_spectrum_is_stored_and_read_by_its_open_scorer_only(tmp_path)
     from tests.conftest import write_class_images
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
-              spectrum_bins=8, opts=RunOptions(device="cpu", workers=0, progress=False))
+              spectrum_bins=8, residual_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     paths = [str(p) for p in store.read("path")]
