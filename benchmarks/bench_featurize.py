@@ -1,4 +1,4 @@
-"""Featurize throughput, measured side by side in one run (README, "Speed").
+"""Featurize throughput, measured side by side in one run (docs/speed.md).
 
     python -m benchmarks.bench_featurize --resolution 256 --images 32768 --out /tmp/bench
 

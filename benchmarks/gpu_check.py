@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_check --out gpu-check          # on a GPU machine: more than 10 min at full size
     python -m benchmarks.gpu_check --out gc --budget-s 220 --size train_images=1024 --size score_rows=20000
-                                                           # what a 15-minute lease holds (README, Speed)
+                                                           # what a 15-minute lease holds (docs/speed.md)
     python -m benchmarks.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
 
 Parts, in this order (each a benchmark script of pipelines/, run in this process with the sizes

@@ -379,7 +379,7 @@ def _sibling_decoder(path: Path) -> Path:
     found = path.with_name(head + "decoder" + tail)
     if not found.is_file():
         raise WeightsNotFoundError(f"the residual feature needs the decoder {found} beside {path.name}: put it "
-                                   "there, or pass --no-residual (latents only: weaker, see README)")
+                                   "there, or pass --no-residual (latents only: weaker, see docs/featurize.md)")
     return found
 
 

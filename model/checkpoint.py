@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.numpy import load_file as np_load, save_file as np_save
+from safetensors import safe_open
 from safetensors.torch import load_file as t_load, save_file as t_save
-from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.errors import LeakstoreError
+from leakstore.fsio import atomic_path, write_text
 from leakstore.features import BY_NAME, features_for
 from leakstore.model import scorers as S
 from leakstore.model.config import ModelConfig
@@ -59,11 +60,6 @@ def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]
                 a, m = pack_scorer(f"{prefix}.est{i}", sub)
                 arrays.update(a)
                 meta["estimators"].append(m)
-        elif k == "gmms_":
-            meta["n_gmms"] = len(v)
-            for i, g in enumerate(v):
-                for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-                    arrays[f"{prefix}.gmms_.{i}.{a}"] = np.ascontiguousarray(getattr(g, a))
         elif k == "kdes_":
             meta["kde_bandwidths"] = [float(x.bandwidth_) for x in v]
             for i, kd in enumerate(v):
@@ -84,13 +80,13 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
         est.components_ = tuple(meta["components"])
     if "estimators" in meta:
         est.estimators_ = [unpack_scorer(f"{prefix}.est{i}", m, arrays) for i, m in enumerate(meta["estimators"])]
-    if "n_gmms" in meta:
-        est.gmms_ = []
-        for i in range(meta["n_gmms"]):
-            g = GaussianMixture(n_components=len(arrays[f"{prefix}.gmms_.{i}.weights_"]), covariance_type="diag")
-            for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
-                setattr(g, a, arrays[f"{prefix}.gmms_.{i}.{a}"])
-            est.gmms_.append(g)
+    if "n_gmms" in meta:       # saved before ClassGMM kept plain arrays: one sklearn mixture's arrays per class
+        k, m = meta["n_gmms"], max(1, est.n_components)
+        d = arrays[f"{prefix}.gmms_.0.means_"].shape[1]
+        est.mix_log_weights_ = np.full((k, m), -np.inf)
+        est.mix_means_, est.mix_vars_ = np.zeros((k, m, d)), np.ones((k, m, d))
+        for i in range(k):
+            S.put_mixture(est, i, *(arrays[f"{prefix}.gmms_.{i}.{a}"] for a in ("weights_", "means_", "covariances_")))
     if "kde_bandwidths" in meta:
         est.kdes_ = [KernelDensity(bandwidth=bw).fit(arrays[f"{prefix}.kdes_.{i}"])
                      for i, bw in enumerate(meta["kde_bandwidths"])]
@@ -142,21 +138,21 @@ def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoL
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    t_save({k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, str(run_dir / "model.safetensors"))
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        t_save({k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, str(tmp))
     arrays, scorer_meta = {}, {}
     for name, est in (("closed", b.closed), ("open", b.open)):
         if est is not None:
             a, m = pack_scorer(name, est)
             arrays.update(a)
             scorer_meta[name] = m
-    np_save(arrays, str(run_dir / "scorers.safetensors"))
+    with atomic_path(run_dir / "scorers.safetensors") as tmp:
+        np_save(arrays, str(tmp))
     meta = {**b.meta, "format": FORMAT, "version": VERSION, "model_config": b.cfg.to_dict(),
             "featurize_config": b.featurize.to_dict(), "featurize_hash": b.featurize.hash,
             "inputs": list(b.net.inputs),
             "class_names": b.class_names, "scorers": scorer_meta}
-    tmp = run_dir / "model.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=float))
-    tmp.replace(run_dir / "model.json")
+    write_text(run_dir / "model.json", json.dumps(meta, indent=2, default=float))   # last: the run is complete
 
 
 def _broken(path: Path, e: Exception) -> LeakstoreError:
@@ -216,32 +212,50 @@ def train_state_name(member: int = 0) -> str:
 
 
 def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict, best: dict | None = None,
-                     member: int = 0) -> None:
-    """The last epoch's weights and optimiser, and the best epoch's weights (`best`), so that a
-    resumed run selects among every epoch as an uninterrupted one does."""
+                     member: int = 0, rng: dict[str, torch.Tensor] | None = None) -> None:
+    """The last epoch's weights and optimiser, the best epoch's weights (`best`), so that a resumed
+    run selects among every epoch as an uninterrupted one does, and the random generators' states
+    (`rng`, uint8 tensors), so that it draws the same batches, noise and dropout."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in (best or {}).items()})
+    tensors.update({f"rng.{k}": v.detach().cpu().contiguous() for k, v in (rng or {}).items()})
     osd = opt.state_dict()
     for pid, st in osd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
     name = train_state_name(member)
-    t_save(tensors, str(run_dir / f"{name}.safetensors"))
-    (run_dir / f"{name}.json").write_text(json.dumps({**state, "param_groups": osd["param_groups"]}, default=float))
+    meta = json.dumps({**state, "param_groups": osd["param_groups"]}, default=float)
+    # one file holds weights and state (the state as its metadata), replaced whole: a disk that fills
+    # up mid-save leaves the previous epoch's state as it was; the .json beside it is for readers
+    with atomic_path(run_dir / f"{name}.safetensors") as tmp:
+        t_save(tensors, str(tmp), metadata={"state": meta})
+    write_text(run_dir / f"{name}.json", meta)
 
 
-def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0) -> tuple[dict, dict | None]:
-    """(state, best weights or None for a state saved before they were kept)."""
+def read_train_state_meta(run_dir: Path, member: int = 0) -> dict:
+    """The training state saved with member `member`'s weights (states saved before it was kept in
+    the weights file: the .json beside it)."""
+    name = train_state_name(member)
+    with safe_open(str(run_dir / f"{name}.safetensors"), "pt") as f:
+        saved = (f.metadata() or {}).get("state")
+    return json.loads(saved if saved is not None else (run_dir / f"{name}.json").read_text())
+
+
+def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0
+                     ) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
+    """(state, best weights or None for a state saved before they were kept, the generators' states:
+    empty for a state saved before they were kept)."""
     name = train_state_name(member)
     tensors = t_load(str(run_dir / f"{name}.safetensors"))
-    meta = json.loads((run_dir / f"{name}.json").read_text())
+    meta = read_train_state_meta(run_dir, member)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta, best
+    return meta, best, rng

@@ -12,7 +12,7 @@ BACKBONES = ("cnn", "resnet", "patch-transformer")
 TEMPORAL = ("attention", "transformer")
 SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean", "clean-fit")
-# open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (README)
+# open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (docs/open-set.md)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "spectrum",
                 "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel")
 
@@ -62,7 +62,7 @@ class ModelConfig:
     open_temperature: float = 1.0  # fused scorers' soft minimum (0: the plain minimum), chosen by the study
     seed: int = 0
     members: int = 3               # networks trained from seeds seed, seed+1, ...; their embeddings joined
-                                   # (chosen by the leave-one-out study: README, Open set)
+                                   # (chosen by the leave-one-out study: docs/open-set.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -256,7 +256,7 @@ class Ensemble(nn.Module):
 
     Why: the members agree on what they were trained on and disagree elsewhere; on the
     leave-one-generator-out study their joined embedding flags unseen generators more often at the
-    same false-alarm rate than any one of them (README, Open set)."""
+    same false-alarm rate than any one of them (docs/open-set.md)."""
 
     def __init__(self, members: list[ProtoLeakNet]):
         super().__init__()

@@ -208,13 +208,13 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
     Gaussian on a 16-value profile is heavy-tailed; a calibrated probability is bounded): scaled by
     their spread instead (median and interquartile range, the first version), the heaviest-tailed
     component drove the minimum on known images and its false alarms hid the other components'
-    signal. Chosen on validation rows of the leave-one-generator-out study (README).
+    signal. Chosen on validation rows of the leave-one-generator-out study (docs/open-set.md).
 
     `temperature` T: the components are fused by -T log sum exp(-z / T), a minimum that also
     counts the evidence of the other components (an image far out on two components scores
     lower than one far out on one); T = 0 is the plain minimum, what models saved before
     `--open-temperature` use. T is in units of the tail scale (1: the 1 % tail's depth). On the
-    study's validation rows T = 0 / 0.5 / 1 / 2 gave 0.858 / 0.864 / 0.870 / 0.872 (README); the
+    study's validation rows T = 0 / 0.5 / 1 / 2 gave 0.858 / 0.864 / 0.870 / 0.872 (docs/results); the
     tool's default is 1 (model.config)."""
 
     def __init__(self, *, method: str = "fused", false_unknown_rate: float = 0.05, random_state: int = 0,

@@ -91,22 +91,45 @@ class DiagonalMahalanobis(_ClassDensity):
 
 
 class ClassGMM(_ClassDensity):
-    """A diagonal Gaussian mixture per class (at most `n_components`, fewer for small classes)."""
+    """A diagonal Gaussian mixture per class (at most `n_components`, fewer for small classes).
+
+    scikit-learn's GaussianMixture fits each class; its weights, means and variances are then kept
+    as plain arrays, padded to `n_components` (a padded component has weight 0), and the log
+    density is computed here: a saved model holds no scikit-learn object state, so a later
+    scikit-learn reads it the same."""
 
     def __init__(self, *, n_components: int = 3, reg_covar: float = 1e-3, random_state: int = 0):
         self.n_components, self.reg_covar, self.random_state = n_components, reg_covar, random_state
 
     def fit(self, X, y):
         X, y = self._fit_targets(X, y)
-        self.gmms_ = [GaussianMixture(n_components=max(1, min(self.n_components, int((y == c).sum()) // 2)),
-                                      covariance_type="diag", reg_covar=self.reg_covar,
-                                      random_state=self.random_state).fit(X[y == c]) for c in range(len(self.classes_))]
+        k, d, m = len(self.classes_), X.shape[1], max(1, self.n_components)
+        self.mix_log_weights_ = np.full((k, m), -np.inf)
+        self.mix_means_, self.mix_vars_ = np.zeros((k, m, d)), np.ones((k, m, d))
+        for c in range(k):
+            g = GaussianMixture(n_components=max(1, min(m, int((y == c).sum()) // 2)), covariance_type="diag",
+                                reg_covar=self.reg_covar, random_state=self.random_state).fit(X[y == c])
+            put_mixture(self, c, g.weights_, g.means_, g.covariances_)
         return self
 
     def class_log_density(self, X):
-        check_is_fitted(self, "gmms_")
+        """(N, K) log density of each row under each class's mixture."""
+        check_is_fitted(self, "mix_means_")
         X = validate_data(self, X, reset=False)
-        return np.stack([g.score_samples(X) for g in self.gmms_], 1)
+        out = np.empty((len(X), len(self.mix_means_)))
+        for c, (lw, mu, var) in enumerate(zip(self.mix_log_weights_, self.mix_means_, self.mix_vars_)):
+            log_n = -0.5 * ((((X[:, None, :] - mu[None]) ** 2) / var[None]).sum(-1)
+                            + np.log(2 * np.pi * var).sum(-1)[None])                 # (N, M)
+            out[:, c] = logsumexp(log_n + lw[None], axis=1)
+        return out
+
+
+def put_mixture(est: ClassGMM, c: int, weights, means, variances) -> None:
+    """Write class c's mixture into a ClassGMM's arrays (in fit, and when loading a model saved with
+    scikit-learn's mixture arrays): weights (n,), means (n, D), diagonal variances (n, D), n <= M."""
+    n = len(weights)
+    est.mix_log_weights_[c, :n] = np.log(weights)
+    est.mix_means_[c, :n], est.mix_vars_[c, :n] = means, variances
 
 
 class ClassKDE(_ClassDensity):

@@ -8,7 +8,6 @@ epoch is checkpointed every epoch, so an interrupted run continues with `resume=
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,11 +19,11 @@ from scipy.special import softmax
 
 from leakstore.config import DEFAULT_DEVICE, FeaturizeConfig, check_compatible
 from leakstore.device import resolve_device
-from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.errors import ConfigMismatchError, InputError, LeakstoreError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
 from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
-from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, save_bundle, save_train_state,
+from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, read_train_state_meta, save_bundle, save_train_state,
                               scorer_features, train_state_name)
 from leakstore.model.config import ModelConfig
 from leakstore.model.net import attention_entropy_penalty, joined
@@ -254,7 +253,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     # what a resume must match: the features, the list of images and the classes the run started on
     origin = {"featurize_hash": fcfg.hash, "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
               "classes": known, "model_config": _resumable(cfg.to_dict())}
-    if resume and (out_dir / f"{train_state_name(0)}.json").exists():
+    if resume and (out_dir / f"{train_state_name(0)}.safetensors").exists():
         _check_resume(out_dir, origin, store)
     norm = batch_dict(feats, tr, inputs, "cpu")
     dfeats = _to_device(feats, dev)
@@ -295,11 +294,14 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
     state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
              "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin, "seed": seed}
     best = None
-    if resume and (out_dir / f"{train_state_name(k)}.json").exists():
-        state, best = load_train_state(out_dir, net, opt, k)
-        gen.manual_seed(seed + 1000 * state["epoch"])
-        if noise_gen is not None:
-            noise_gen.manual_seed(seed + 1000 * state["epoch"])
+    if resume and (out_dir / f"{train_state_name(k)}.safetensors").exists():
+        state, best, rng = load_train_state(out_dir, net, opt, k)
+        if rng:                 # the generators as they were: the run goes on as if never stopped
+            _set_rng(rng, gen, noise_gen, dev)
+        else:                   # a state saved before they were kept
+            gen.manual_seed(seed + 1000 * state["epoch"])
+            if noise_gen is not None:
+                noise_gen.manual_seed(seed + 1000 * state["epoch"])
         if best is None and k == 0 and cfg.members == 1 and (out_dir / "model.safetensors").exists():
             from safetensors.torch import load_file
             best = load_file(str(out_dir / "model.safetensors"))  # a state saved before it kept the best weights
@@ -323,17 +325,37 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
             best = {n: v.detach().clone() for n, v in net.state_dict().items()}
         else:
             state["bad_epochs"] += 1
-        save_train_state(out_dir, net, opt, state, best, k)
+        save_train_state(out_dir, net, opt, state, best, k, rng=_rng_states(gen, noise_gen, dev))
     bar.update(max(0, (cfg.epochs - state["epoch"]) * len(clean)))          # stopped early: the bar ends full
     net.load_state_dict(best)
     return net, state
 
 
+def _rng_states(gen: torch.Generator, noise_gen: torch.Generator | None, dev: torch.device) -> dict:
+    """Every random stream training draws from: batches, views, shifts and time-dropout (`gen`), the
+    noise on a GPU (`noise_gen`), and torch's global generators (dropout layers)."""
+    out = {"gen": gen.get_state(), "torch": torch.get_rng_state()}
+    if noise_gen is not None:
+        out["noise"] = noise_gen.get_state()
+    if dev.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(dev)
+    return out
+
+
+def _set_rng(rng: dict, gen: torch.Generator, noise_gen: torch.Generator | None, dev: torch.device) -> None:
+    gen.set_state(rng["gen"])
+    torch.set_rng_state(rng["torch"])
+    if noise_gen is not None and "noise" in rng:
+        noise_gen.set_state(rng["noise"])
+    if dev.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], dev)
+
+
 def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
     """Refuse, in one line, to continue a run on other features, images, classes or settings."""
     try:
-        prev = json.loads((out_dir / "train_state.json").read_text()).get("origin")
-    except (OSError, ValueError):
+        prev = read_train_state_meta(out_dir).get("origin")
+    except (OSError, ValueError, LeakstoreError):
         prev = None
     if prev is None:
         raise ConfigMismatchError(f"{out_dir}: its training state does not record which store it was trained on "

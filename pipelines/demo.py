@@ -9,12 +9,14 @@ output says so: the numbers show that the pipeline works, not how well real gene
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from leakstore.fsio import write_json
+from leakstore.model.config import ModelConfig
 
 GENERATORS = ("real", "gen-leak", "gen-upsample", "gen-sharpen", "gen-unseen")
 UNSEEN = "gen-unseen"
@@ -77,7 +79,6 @@ def make_demo_data(root: Path, n_photos: int = 60, size: int = 64, seed: int = 0
 def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs, workers: int = 2, progress: bool = True) -> dict:
     from leakstore.featurize.api import featurize
     from leakstore.featurize.runner import RunOptions
-    from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
     from leakstore.pipelines.evaluate import evaluate
     from leakstore.pipelines.score import score, summarise
@@ -109,5 +110,5 @@ def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs
               "open_auroc": v["open"].get("auroc"), "scored": summarise(df),
               "report": str(out / "model" / "eval" / "report.html"),
               "predictions": str(out / "predictions.parquet"), "seconds": round(time.perf_counter() - t0, 1)}
-    (out / "demo.json").write_text(json.dumps(result, indent=2, default=float))
+    write_json(out / "demo.json", result, indent=2, default=float)
     return result

@@ -4,7 +4,7 @@ An image a latent-diffusion model decoded is (up to uint8 rounding) a fixed poin
 decoder, so x - D(E(x)) is small and white for it and larger and structured for a photograph
 or another generator's image; the latent round trip E(D(E(x))) - E(x) says the same in the
 latent space. Signal-leak statistics of E(x) alone cannot tell a real photograph from its
-VAE round trip well (README, "Results measured so far"); these features can.
+VAE round trip well (docs/results); these features can.
 
 One vector per image, F = 3 * bins + 3 + C values (`leakstore.features.residual_dim`), in this order:
     [0, 3 bins)             log mean |FFT(x - x_hat)|^2 / (H W) over `bins` rings from DC to
