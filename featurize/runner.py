@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,7 @@ from leakstore.device import resolve_device
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
 from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.errors import ImageDecodeError, LeakstoreError
+from leakstore.fsio import free_space_note
 from leakstore.store import DONE, FAILED, Catalog, FeatureStore
 
 
@@ -167,7 +169,7 @@ class DeviceFeaturizer:
             raise LeakstoreError("the config asks for a decoder feature (the residual) but the encoder came without "
                                  "its decoder: load it with load_encoder(..., decoder=True)")
         # The residual is a difference near 1/255: bf16 rounding is 7-26 % of the real vs TAEF2
-        # round-trip gap (README). Decoder features run their encode-decode-encode on a float32 copy.
+        # round-trip gap (docs/featurize.md). Decoder features run their encode-decode-encode on a float32 copy.
         res32 = (copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
                  if decoding and dtype != torch.float32 else None)
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
@@ -275,6 +277,12 @@ class ChunkAssembler:
 
 
 # ---------------------------------------------------------------------------- the run
+def row_bytes(cfg: FeaturizeConfig) -> int:
+    """Bytes one row takes on disk at most: every stored feature uncompressed (noisy latents barely
+    compress) plus a little for its path, hash and status."""
+    return sum(int(np.prod(f.shape(cfg))) * np.dtype(f.dtype).itemsize for f in features_for(cfg)) + 512
+
+
 def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConfig, encoder: LatentEncoder,
                     opts: RunOptions | None = None, runner: DeviceFeaturizer | None = None) -> FeaturizeReport:
     """Featurize `catalog` into the store at `store_path` (created, or resumed when it matches).
@@ -297,6 +305,8 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
         chunks = [k for k in chunks if k in mine]
     rows = [r for ck in chunks for r in store.chunk_rows(ck)]
     mine = sum(len(store.chunk_rows(k)) for k in range(store.n_chunks) if k % n == i)
+    if rows and (note := free_space_note(store_path, len(rows) * row_bytes(cfg), f"featurizing {len(rows):,} images")):
+        print(note, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     batch = opts.batch_size or (128 if device.type == "cuda" else 16)
     workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)

@@ -45,14 +45,16 @@ P_IN, P_FEAT, P_VIEW, P_RUN, P_OUT = "Inputs", "Features", "Post-processing view
 P_MODEL, P_TRAIN, P_OPEN = "Network", "Training", "Scorers and the unknown flag"
 
 
-def _fail(e: Exception, code: int = 2):
+def _fail(e: Exception | str, code: int = 2):
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(code)
 
 
 @contextmanager
-def _guard(on_interrupt: str):
-    """One line, no traceback: a LeakstoreError exits 2; Ctrl-C exits 130 saying what was kept."""
+def _guard(on_interrupt: str, kept=None):
+    """One line, no traceback: a LeakstoreError exits 2; an OS error (a full disk, a read-only folder,
+    a vanished mount) exits 1 saying what could not be written and what is kept (`kept()`, a
+    sentence); Ctrl-C exits 130 saying what was kept."""
     try:
         yield
     except Interrupted as e:
@@ -63,6 +65,24 @@ def _guard(on_interrupt: str):
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {on_interrupt}", err=True)
         raise typer.Exit(130)
+    except OSError as e:
+        from leakstore.fsio import is_write_error, write_error
+        if not is_write_error(e):
+            _fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", 1)
+        try:
+            note = kept() if kept else ""
+        except Exception:       # the store or folder itself may be what failed
+            note = ""
+        _fail(write_error(e, note), 1)
+
+
+def _store_kept(store: Path):
+    """What a featurize run left in STORE, as a sentence (for the one-line error)."""
+    def kept() -> str:
+        from leakstore.store import DONE, FAILED, FeatureStore
+        st = FeatureStore.open(store).status()
+        return f"{int(((st == DONE) | (st == FAILED)).sum()):,} of {len(st):,} images are in the store {store}."
+    return kept
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -138,7 +158,7 @@ def featurize(
     reconstruction residual) -> a chunked Zarr store.
 
     Rerun the same command to resume an interrupted run."""
-    with _guard("finished chunks are in the store; rerun the same command to resume"):
+    with _guard("finished chunks are in the store; rerun the same command to resume", _store_kept(store)):
         from leakstore.featurize.api import featurize as run, parse_timesteps, prepare
         from leakstore.featurize.runner import RunOptions
         from leakstore.config import ScheduleConfig
@@ -254,7 +274,8 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the training summary as JSON.")] = False,
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
-    with _guard("the last finished epoch is saved; rerun the same command with --resume to continue"):
+    with _guard("the last finished epoch is saved; rerun the same command with --resume to continue",
+                lambda: f"The last finished epoch is saved in {out} (rerun with --resume to continue it)."):
         from leakstore.model.config import ModelConfig
         from leakstore.model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
@@ -304,7 +325,8 @@ def openset_study(
 ):
     """Leave-one-generator-out: train without each generator in turn and measure how well every
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
-    with _guard("finished folds are kept in --out; rerun the same command to resume"):
+    with _guard("finished folds are kept in --out; rerun the same command to resume",
+                lambda: f"Finished folds are kept in {out}."):
         from leakstore.model.config import ModelConfig
         from leakstore.pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
@@ -391,7 +413,8 @@ def sweep(
 ):
     """Robustness in one command: featurize the test split under each view with the model's own
     featurize config, evaluate, and write the robustness table, curve and report."""
-    with _guard("featurized views are kept in --out; rerun the same command to resume"):
+    with _guard("featurized views are kept in --out; rerun the same command to resume",
+                lambda: "Finished view stores are kept."):
         from leakstore.pipelines.sweep import sweep as run
         s = run(run_dir, data, [v for v in views.split(",") if v.strip()], out, device=device, workers=workers,
                 progress=progress and not as_json)
@@ -414,7 +437,8 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
-    with _guard("finished parts are kept; rerun the same command to finish"), _quiet_dask_on_interrupt():
+    with _guard("finished parts are kept; rerun the same command to finish", _parts_kept(out)), \
+            _quiet_dask_on_interrupt():
         from leakstore.pipelines.score import score as run, summarise
         df = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
                  progress=progress and not as_json)
@@ -429,6 +453,14 @@ def score(
         raise typer.Exit(1)
     if strict and s["failed"]:
         raise typer.Exit(1)
+
+
+def _parts_kept(out: Path):
+    def kept() -> str:
+        parts = out.with_name(out.name + ".parts")
+        n = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
+        return f"{n} finished partitions are kept in {parts}." if n else ""
+    return kept
 
 
 def _print_score_summary(s: dict, out: Path) -> None:

@@ -43,6 +43,7 @@ from leakstore.model.metrics import open_set
 from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
+from leakstore.fsio import atomic_path, write_json, write_text
 
 
 # settings that change only the open-set scorer, which the study refits on every fold itself
@@ -330,8 +331,9 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                                   "per_scorer": choice_support(val_scores)},
                "supervised_ceiling": ceiling_out, "unseen": unseen_out, "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
-    df.to_parquet(out / "study.parquet", index=False)
-    (out / "study.json").write_text(json.dumps(summary, indent=2, default=float))
+    with atomic_path(out / "study.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    write_json(out / "study.json", summary, indent=2, default=float)
     _report(out, summary, df, scores, best)
     summary["report"] = str(out / "report.html")
     return summary
@@ -392,7 +394,7 @@ calibrated on validation data (asked: {summary['model_config']['false_unknown_ra
 Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photograph move together).</p>
 {sup_text}{_unseen_table(summary, best)}
 {_img(out / 'histograms.png')}</body></html>"""
-    (out / "report.html").write_text(page)
+    write_text(out / "report.html", page)
 
 
 def support_line(summary: dict) -> str:

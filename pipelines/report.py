@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from leakstore.fsio import atomic_path, write_text
+
 
 def _plt():
     import matplotlib
@@ -31,7 +33,7 @@ def plot_confusion(path, cm, names, title):
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
 
 
@@ -58,7 +60,7 @@ def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
         ax.set(xlabel="open-set score (higher: more like a known generator)", ylabel="density", title="open set: known vs unseen")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
 
 
@@ -104,7 +106,7 @@ def plot_open_scores(path, panels: dict, scorer: str, threshold=None, known_labe
         ax.axis("off")
     fig.suptitle(f"open-set score '{scorer}' per unseen generator\n(higher: more like a known generator)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100)
     plt.close(fig)
 
 
@@ -129,7 +131,7 @@ def plot_embedding(path, emb, y, unknown, names, protos=None, proto_class=None):
     ax.set(title="embedding map (PCA of gated embeddings)", xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
 
 
@@ -143,7 +145,7 @@ def plot_attention(path, att, y, names, timesteps):
     ax.set(xlabel="timestep", ylabel="mean attention", title="temporal attention per class")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
 
 
@@ -164,7 +166,7 @@ def plot_robustness(path, rows):
     ax.grid(alpha=.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
     plt.close(fig)
 
 
@@ -198,7 +200,7 @@ def _fusion(summary: dict) -> str:
 def _sweep_hint(model: str) -> str:
     return ("<p>One view evaluated. How the model holds up under JPEG, resizing and blur: "
             f"<code>leakstore sweep {html.escape(model)}</code> featurizes the test split under each and "
-            "evaluates them together (README, Robustness to post-processing).</p>")
+            "evaluates them together (leakstore docs: Robustness to post-processing).</p>")
 
 
 def _networks(n: int) -> str:
@@ -262,7 +264,7 @@ known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escap
 <p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
 {unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}<p>{html.escape(emb_note)}</p>{_img(out / 'attention.png')}
 </body></html>"""
-    (out / "report.html").write_text(page)
+    write_text(out / "report.html", page)
     return out / "report.html"
 
 
@@ -301,3 +303,9 @@ def _rate_line(r) -> str:
 
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.4f}"
+
+
+def _save(fig, path, dpi: int) -> None:
+    """A figure as a PNG, whole or absent (written under a temporary name, then renamed)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")

@@ -11,6 +11,7 @@ are recomputed elsewhere: no row is lost or written twice.
 from __future__ import annotations
 
 from leakstore.config import DEFAULT_DEVICE
+from leakstore.fsio import write_json
 
 import json
 import os
@@ -292,7 +293,7 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
     if saved != job:                                  # another model, input or partitioning: start afresh
         shutil.rmtree(parts_dir, ignore_errors=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    (parts_dir / "job.json").write_text(json.dumps(job))
+    write_json(parts_dir / "job.json", job)
     delayed = ddf.to_delayed()
     path = lambda i: parts_dir / f"part-{i:06d}.parquet"  # noqa: E731
     todo = [i for i in range(len(delayed)) if not path(i).is_file()]
