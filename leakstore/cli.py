@@ -51,7 +51,7 @@ def _fail(e: Exception | str, code: int = 2):
 
 
 @contextmanager
-def _guard(on_interrupt: str, kept=None):
+def _guard(on_interrupt: str, kept=None, rerun: str = "rerun the same command"):
     """One line, no traceback: a LeakstoreError exits 2; an OS error (a full disk, a read-only folder,
     a vanished mount) exits 1 saying what could not be written and what is kept (`kept()`, a
     sentence); Ctrl-C exits 130 saying what was kept."""
@@ -73,7 +73,7 @@ def _guard(on_interrupt: str, kept=None):
             note = kept() if kept else ""
         except Exception:       # the store or folder itself may be what failed
             note = ""
-        _fail(write_error(e, note), 1)
+        _fail(write_error(e, note, rerun), 1)
 
 
 def _store_kept(store: Path):
@@ -275,7 +275,7 @@ def train(
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
     with _guard("the last finished epoch is saved; rerun the same command with --resume to continue",
-                lambda: f"The last finished epoch is saved in {out} (rerun with --resume to continue it)."):
+                _train_kept(out), "rerun the same command with --resume"):
         from leakstore.model.config import ModelConfig
         from leakstore.model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
@@ -455,11 +455,21 @@ def score(
         raise typer.Exit(1)
 
 
+def _train_kept(out: Path):
+    def kept() -> str:
+        if not (out / "train_state.safetensors").is_file():
+            return "No epoch had finished."
+        from leakstore.model.checkpoint import read_train_state_meta
+        epoch = read_train_state_meta(out).get("epoch")
+        return f"Epoch {epoch} is saved in {out}."
+    return kept
+
+
 def _parts_kept(out: Path):
     def kept() -> str:
         parts = out.with_name(out.name + ".parts")
         n = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
-        return f"{n} finished partitions are kept in {parts}." if n else ""
+        return (f"{n} finished partition{'s are' if n != 1 else ' is'} kept in {parts}." if n else "")
     return kept
 
 

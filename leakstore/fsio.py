@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -42,6 +43,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """An OSError raised inside without a file name (a full disk seen by file.write, pyarrow's writer)
+    is raised again naming `path`, with a plain reason."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename:
+            raise
+        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        raise OSError(e.errno, why, str(path)) from e
+
+
+def save_safetensors(save, tensors: dict, path: str | Path, **kw) -> None:
+    """`save(tensors, filename, **kw)` (safetensors' numpy or torch save_file) into `path`, whole or
+    absent. safetensors reports a failed write as its own error with "(os error N)" in the text: it
+    is raised as the OSError it was, naming the file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            save(tensors, str(tmp), **kw)
+        except OSError:
+            raise
+        except Exception as e:
+            m = re.search(r"os error (\d+)", str(e))
+            if not m:
+                raise
+            code = int(m.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from e
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -55,13 +87,13 @@ def is_write_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
 
 
-def write_error(e: OSError, kept: str = "") -> str:
+def write_error(e: OSError, kept: str = "", rerun: str = "rerun the same command") -> str:
     """One line: what could not be written, why, what is kept, and what to do."""
     where = e.filename or "a file"
     why = e.strerror or str(e)
     fix = _FIX.get(e.errno, "fix that")
     kept = f" {kept}" if kept else ""
-    return f"could not write {where}: {why}.{kept} {fix[0].upper() + fix[1:]} and rerun the same command."
+    return f"could not write {where}: {why}.{kept} {fix[0].upper() + fix[1:]} and {rerun}."
 
 
 def free_space_note(folder: str | Path, need_bytes: int, what: str) -> str | None:
@@ -75,8 +107,8 @@ def free_space_note(folder: str | Path, need_bytes: int, what: str) -> str | Non
         return None
     if free >= need_bytes:
         return None
-    return (f"note: {what} needs about {_size(need_bytes)} and {folder} has {_size(free)} free: the run will stop "
-            "when the disk is full (nothing is lost; free space and rerun the same command to finish)")
+    return (f"note: {what} needs up to {_size(need_bytes)} and the disk holding {folder} has {_size(free)} free: the "
+            "run will stop when it is full (nothing is lost; free space and rerun the same command to finish)")
 
 
 def _size(n: float) -> str:

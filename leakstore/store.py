@@ -36,6 +36,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 import leakstore
 from leakstore.config import STORE_ADVICE, FeaturizeConfig, check_compatible
 from leakstore.errors import ConfigMismatchError, InputError, StoreError
+from leakstore.fsio import naming
 from leakstore.features import FeatureBatch, features_for
 
 SCHEMA_VERSION = 1
@@ -317,8 +318,10 @@ class FeatureStore:
             arr = data[name]
             if len(arr) != len(rows):
                 raise StoreError(f"chunk {k}: {name} has {len(arr)} rows, expected {len(rows)}")
-            self.group[name][sl] = arr
-        self.group["status"][sl] = status.astype("uint8")
+            with naming(f"{self.path / name} (chunk {k})"):
+                self.group[name][sl] = arr
+        with naming(f"{self.path / 'status'} (chunk {k})"):
+            self.group["status"][sl] = status.astype("uint8")
 
     def read(self, name: str, rows: slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         arr = self.group[name]

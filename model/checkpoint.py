@@ -23,7 +23,7 @@ from sklearn.neighbors import KernelDensity
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.errors import LeakstoreError
-from leakstore.fsio import atomic_path, write_text
+from leakstore.fsio import save_safetensors, write_text
 from leakstore.features import BY_NAME, features_for
 from leakstore.model import scorers as S
 from leakstore.model.config import ModelConfig
@@ -138,16 +138,15 @@ def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoL
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        t_save({k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, str(tmp))
+    save_safetensors(t_save, {k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()},
+                     run_dir / "model.safetensors")
     arrays, scorer_meta = {}, {}
     for name, est in (("closed", b.closed), ("open", b.open)):
         if est is not None:
             a, m = pack_scorer(name, est)
             arrays.update(a)
             scorer_meta[name] = m
-    with atomic_path(run_dir / "scorers.safetensors") as tmp:
-        np_save(arrays, str(tmp))
+    save_safetensors(np_save, arrays, run_dir / "scorers.safetensors")
     meta = {**b.meta, "format": FORMAT, "version": VERSION, "model_config": b.cfg.to_dict(),
             "featurize_config": b.featurize.to_dict(), "featurize_hash": b.featurize.hash,
             "inputs": list(b.net.inputs),
@@ -228,8 +227,7 @@ def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict
     meta = json.dumps({**state, "param_groups": osd["param_groups"]}, default=float)
     # one file holds weights and state (the state as its metadata), replaced whole: a disk that fills
     # up mid-save leaves the previous epoch's state as it was; the .json beside it is for readers
-    with atomic_path(run_dir / f"{name}.safetensors") as tmp:
-        t_save(tensors, str(tmp), metadata={"state": meta})
+    save_safetensors(t_save, tensors, run_dir / f"{name}.safetensors", metadata={"state": meta})
     write_text(run_dir / f"{name}.json", meta)
 
 

@@ -11,7 +11,7 @@ are recomputed elsewhere: no row is lost or written twice.
 from __future__ import annotations
 
 from leakstore.config import DEFAULT_DEVICE
-from leakstore.fsio import write_json
+from leakstore.fsio import atomic_path, naming, write_json
 
 import json
 import os
@@ -254,9 +254,8 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
             client.close()
             if cluster is not None:
                 cluster.close()
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(out)
+    with naming(out), atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
     import shutil
     shutil.rmtree(parts_dir, ignore_errors=True)
     return df
@@ -303,9 +302,8 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
     try:
         for fut in as_completed(futures):
             i = futures[fut]
-            tmp = parts_dir / f".part-{i:06d}.tmp"
-            fut.result().to_parquet(tmp, index=False)
-            tmp.replace(path(i))                      # a part file is there whole, or not at all
+            with naming(path(i)), atomic_path(path(i)) as tmp:   # a part file is there whole, or not at all
+                fut.result().to_parquet(tmp, index=False)
             bar.update(1)
     except KeyboardInterrupt:
         done = sum(path(i).is_file() for i in range(len(delayed)))

@@ -140,4 +140,16 @@ def test_score_on_a_full_disk_keeps_its_parts_and_the_rerun_equals_an_undisturbe
 def test_featurize_says_when_the_disk_looks_too_small(tmp_path):
     assert free_space_note(tmp_path, 10, "featurizing 1 image") is None
     note = free_space_note(tmp_path / "new" / "s.zarr", 1 << 62, "featurizing 9 images")
-    assert note.startswith("note: featurizing 9 images needs about") and "free space and rerun" in note
+    assert note.startswith("note: featurizing 9 images needs up to") and "free space and rerun" in note
+
+
+def test_a_safetensors_write_error_becomes_the_os_error_it_was(tmp_path):
+    from leakstore.fsio import save_safetensors
+
+    def full(tensors, filename, **kw):      # what safetensors raises on a full disk
+        open(filename, "wb").write(b"\x00" * 10)
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(OSError) as e:
+        save_safetensors(full, {}, tmp_path / "model.safetensors")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []
