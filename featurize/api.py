@@ -12,7 +12,7 @@ from leakstore.config import (DEFAULT_REAL_LABEL, DEFAULT_SPLIT_FRACTIONS, DEFAU
                               FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.device import resolve_device
 from leakstore.errors import InputError
-from leakstore.featurize.datasets import build_catalog, with_train_views
+from leakstore.featurize.datasets import build_catalog, with_crops, with_train_views
 from leakstore.featurize.runner import FeaturizeReport, featurize_store
 from leakstore.featurize.vae import load_encoder
 from leakstore.featurize.views import parse_view, view_name
@@ -60,6 +60,7 @@ def prepare(data: str | Path, *, vae: str = DEFAULT_VAE, vae_subfolder: str = ""
     """(catalog, encoder, config) for featurizing DATA: what a single process or a dask cluster runs."""
     catalog = with_train_views(build_catalog(data, real_label=real_label, seed=split_seed, fractions=fractions),
                                train_views, view_policy)
+    catalog = with_crops(catalog, config_kw.get("crops", defaults(FeaturizeConfig)["crops"]))
     residual = config_kw.get("residual_bins", defaults(FeaturizeConfig)["residual_bins"])
     encoder = load_encoder(vae, subfolder=vae_subfolder, scaling_factor=scaling_factor, shift_factor=shift_factor,
                            decoder=residual > 0)

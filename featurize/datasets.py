@@ -216,6 +216,22 @@ def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
         source_rows=np.r_[np.arange(len(cat)), rows].astype(np.int64), view_policy=pol)
 
 
+def with_crops(cat: Catalog, crops: int) -> Catalog:
+    """Every row of `cat` as `crops` consecutive rows, one per crop (crop_index 0..crops-1), with the
+    image's path, label, split and group: crops of one image never straddle splits, and
+    `image_rows` (the row of its crop 0) groups them for per-image figures."""
+    import dataclasses
+    if crops <= 1:
+        return cat
+    if cat.view_index is not None:
+        raise InputError("--crops with --train-views is not supported yet: featurize crops or training views")
+    src = np.repeat(np.arange(len(cat)), crops)
+    return dataclasses.replace(
+        cat, paths=tuple(cat.paths[i] for i in src), labels=cat.labels[src], splits=cat.splits[src],
+        groups=tuple(cat.groups[i] for i in src), crop_index=np.tile(np.arange(crops), len(cat)).astype(np.int16),
+        image_rows=(src * crops).astype(np.int64))
+
+
 def build_catalog(data: str | Path, *, real_label: str = "real", seed: int = 0,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Catalog:
     """Dispatch on the input form (see module docstring)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from leakstore.config import DEFAULT_MAX_PIXELS
+from leakstore.config import CROP_GRIDS, DEFAULT_MAX_PIXELS
 from leakstore.errors import ImageDecodeError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
@@ -110,6 +110,27 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
         raise ImageDecodeError(path, f"too small: {arr.shape[1]}x{arr.shape[0]} px, the shorter side must be at "
                                      f"least {min_side} px (set by --min-side)")
     return arr
+
+
+CROP_ALIGN = 8   # crop origins on the 8-pixel grid: JPEG blocks, VAE cells and the periodicity's phases stay put
+
+
+def crop_window(arr: np.ndarray, resolution: int, k: int, crops: int) -> np.ndarray:
+    """Crop k of `crops` (= g * g, row-major on a g x g grid) at native pixels: a window of side
+    `resolution`, the windows evenly spaced from one edge of the image to the other (overlapping
+    on an image smaller than g * resolution, apart on a larger one), their origins on the 8-pixel
+    grid. An image whose shorter side is below `resolution` is returned whole, for the resize
+    policy to bring to size (its crops are then one and the same)."""
+    if crops == 1:
+        return arr
+    h, w = arr.shape[:2]
+    if min(h, w) < resolution:
+        return arr
+    g = CROP_GRIDS[crops]
+    i, j = divmod(k, g)
+    y = int(i * (h - resolution) / (g - 1)) // CROP_ALIGN * CROP_ALIGN
+    x = int(j * (w - resolution) / (g - 1)) // CROP_ALIGN * CROP_ALIGN
+    return arr[y:y + resolution, x:x + resolution]
 
 
 def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bilinear",

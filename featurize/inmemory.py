@@ -17,16 +17,20 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
                     batch_size: int = 16, workers: int = 0, max_pixels: int = 1 << 27,
                     runner: DeviceFeaturizer | None = None) -> tuple[FeatureBatch, list[str], dict[int, str]]:
     """-> (features of the images that decoded, in input order, `rows` = their input indices;
-    sha256 per input; {input index: error})."""
+    sha256 per input; {input index: error}). With cfg.crops = K > 1 every image is K rows, one per
+    crop, and `rows` are input index * K + crop."""
     runner = runner or DeviceFeaturizer(encoder, cfg, resolve_device(device), batch_size, use_compile=False)
-    ds = ImageRows(tuple(paths), list(range(len(paths))), cfg, max_pixels)
+    k = cfg.crops
+    crop_index = np.tile(np.arange(k), len(paths)).astype(np.int16) if k > 1 else None
+    ds = ImageRows(tuple(p for p in paths for _ in range(k)), list(range(len(paths) * k)), cfg, max_pixels,
+                   crop_index=crop_index)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     parts: dict[str, list[torch.Tensor]] = {}
     ok, sha, errors = [], [""] * len(paths), {}
     for b in loader:
         for r, h in b["sha"].items():
-            sha[r] = h
-        errors.update(b["error"])
+            sha[r // k] = h
+        errors.update({r // k: e for r, e in b["error"].items()})
         if b["images"] is None:
             continue
         out = runner(b["images"], b["noise"], b["native"])
@@ -38,5 +42,5 @@ def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncod
     batch = FeatureBatch.empty(cfg)
     if ok:
         batch = FeatureBatch(np.asarray(ok, dtype=np.int64), {k: torch.cat(v) for k, v in parts.items()},
-                             np.full(len(ok), -1), np.full(len(ok), -1), np.array([paths[i] for i in ok], dtype=object))
+                             np.full(len(ok), -1), np.full(len(ok), -1), np.array([paths[i // k] for i in ok], dtype=object))
     return batch, sha, errors

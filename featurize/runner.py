@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from leakstore.featurize.images import decode_image, prepare, read_bytes
+from leakstore.featurize.images import crop_window, decode_image, prepare, read_bytes
 from leakstore.featurize.vae import LatentEncoder
 from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
 from leakstore.config import FeaturizeConfig, RunOptions  # noqa: F401 (RunOptions: re-exported)
@@ -66,8 +66,9 @@ class ImageRows(Dataset):
     the store-wide `cfg.view`, when there is one); `view` names what was applied."""
 
     def __init__(self, paths: tuple[str, ...], rows: list[int], cfg: FeaturizeConfig, max_pixels: int,
-                 view_index: np.ndarray | None = None, policy: str = ""):
+                 view_index: np.ndarray | None = None, policy: str = "", crop_index: np.ndarray | None = None):
         self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
+        self.crop_index = crop_index      # (N,) crop of each row (featurize --crops), None: the image whole
         self.steps = parse_view(cfg.view)
         self.view_index = view_index
         self.policy = parse_policy(policy) if view_index is not None else None
@@ -88,6 +89,8 @@ class ImageRows(Dataset):
             if steps:
                 view = view_name(steps)
                 arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
+            if self.crop_index is not None:
+                arr = crop_window(arr, self.cfg.resolution, int(self.crop_index[row]), self.cfg.crops)
             try:
                 native = {f.name: torch.from_numpy(np.asarray(f.native(arr, self.cfg), dtype=np.float32))
                           for f in self.native}
@@ -315,7 +318,8 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
         runner = runner or DeviceFeaturizer(encoder, cfg, device, batch,
                                             device.type == "cuda" if opts.compile is None else opts.compile,
                                             opts.compile_mode, pad=True)
-        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy),
+        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy,
+                                      catalog.crop_index),
                             batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if workers else None, persistent_workers=False)

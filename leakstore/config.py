@@ -71,7 +71,8 @@ class ScheduleConfig:
 
 # fields added after stores were written without them, with the value that reads those stores as
 # they were made (the feature absent)
-FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0}
+FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0, "crops": 1}
+CROP_GRIDS = {g * g: g for g in range(1, 9)}   # --crops K: K = g * g windows on a g x g grid
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class FeaturizeConfig:
     decoder: str = ""             # weights revision of the decoder the residual was made with (needed when residual_bins > 0)
     period: int = 8               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
     spectrum_bins: int = 16       # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
+    crops: int = 1                # > 1: this many native-pixel crops per image (a g x g grid), one row each
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -105,6 +107,9 @@ class FeaturizeConfig:
             raise InputError(f"--period {self.period} must lie in [0, 64] (0: no periodicity feature)")
         if not 0 <= self.spectrum_bins <= 64:
             raise InputError(f"--pixel-spectrum {self.spectrum_bins} must lie in [0, 64] (0: no pixel-spectrum feature)")
+        if self.crops not in CROP_GRIDS:
+            raise InputError(f"--crops {self.crops}: give a square number of crops per image ({', '.join(map(str, CROP_GRIDS))}), "
+                             "laid out on a grid over the image")
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
             raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
@@ -156,6 +161,8 @@ class FeaturizeConfig:
             d.pop("period")
         if not self.spectrum_bins:
             d.pop("spectrum_bins")
+        if self.crops == 1:
+            d.pop("crops")
         return d
 
     @property

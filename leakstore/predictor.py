@@ -68,24 +68,35 @@ class Predictor:
 
     def meta(self, extra: dict | None = None) -> pd.DataFrame:
         """The empty output frame: column names and dtypes (dask's `meta`)."""
+        crops = {"crops": np.int64, "open_spread": float} if self.bundle.featurize.crops > 1 else {}
         cols = {**BASE_COLUMNS, **{f"p_{c}": float for c in self.bundle.class_names}, "nearest_generator": object,
-                **(extra or {})}
+                **crops, **(extra or {})}
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
 
     def frame(self, paths, batch: FeatureBatch, ok_index: np.ndarray, errors: dict[int, str],
               extra: dict | None = None) -> pd.DataFrame:
         """One row per input path: predictions where `batch` has features (at positions ok_index),
-        the error otherwise."""
+        the error otherwise. With crops (the model's featurize config), several batch rows share one
+        position of ok_index: they are one image's crops, judged together (model.predict.aggregate_images)."""
         names = self.bundle.class_names
         df = pd.DataFrame({"path": [str(p) for p in paths], "status": "failed", "error": "", "pred": None,
                            "confidence": np.nan, "is_unknown": None, "open_score": np.nan, "nearest_prototypes": ""})
         for c in names:
             df[f"p_{c}"] = np.nan
         df["nearest_generator"] = None
+        if self.bundle.featurize.crops > 1:      # how many crops an image was judged on, and how they disagreed
+            df["crops"], df["open_spread"] = 0, np.nan
         for i, e in errors.items():
             df.loc[i, "error"] = e
         if len(batch):
             p = self.predict(batch)
+            if self.bundle.featurize.crops > 1:
+                from leakstore.model.predict import aggregate_images, image_threshold
+                ok_index, p = aggregate_images(p, np.asarray(ok_index), names, image_threshold(self.bundle))
+                keep = np.array([i not in errors for i in ok_index], dtype=bool)   # a failed crop fails its image
+                ok_index, p = ok_index[keep], {k: _take(v, keep) for k, v in p.items()}
+                df.loc[ok_index, "crops"] = p["crops"]
+                df.loc[ok_index, "open_spread"] = p["open_spread"]
             df.loc[ok_index, "status"] = "ok"
             df.loc[ok_index, "pred"] = np.where(p["is_unknown"], "unknown", p["pred_name"])
             df.loc[ok_index, "nearest_generator"] = p["pred_name"]
@@ -105,7 +116,7 @@ class Predictor:
         from leakstore.featurize.inmemory import featurize_paths
         batch, sha, errors = featurize_paths(paths, self.featurize_config, self.encoder, device=self.device,
                                              batch_size=batch_size, runner=self._featurizer())
-        return self.frame(paths, batch, batch.rows, errors,
+        return self.frame(paths, batch, batch.rows // self.featurize_config.crops, errors,
                           {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha})
 
     def check_store(self, store: FeatureStore) -> None:
@@ -123,4 +134,17 @@ class Predictor:
         errors = {int(i): (str(err[i]) or f"not featurized ({STATUS_NAMES[int(st[i])]})") for i in np.flatnonzero(st != DONE)}
         batch = (store.load(self.inputs, rows=np.arange(start, stop)) if len(ok)
                  else FeatureBatch.empty(self.bundle.featurize, self.inputs))
-        return self.frame(paths, batch, ok, errors, {"row": np.arange(start, stop)})
+        if not store.has_crops:
+            return self.frame(paths, batch, ok, errors, {"row": np.arange(start, stop)})
+        # one output row per image: its crops are whole in this chunk (chunks hold whole images)
+        image = store.read("image", slice(start, stop)) - start           # its crop 0, as a chunk position
+        heads = np.flatnonzero(image == np.arange(len(image)))
+        out = np.searchsorted(heads, image)                               # chunk row -> output row
+        img_errors = {}
+        for i, e in errors.items():
+            img_errors.setdefault(int(out[i]), e)
+        return self.frame(paths[heads], batch, out[ok], img_errors, {"row": start + heads})
+
+
+def _take(v, keep: np.ndarray):
+    return [x for x, k in zip(v, keep) if k] if isinstance(v, list) else v[keep]

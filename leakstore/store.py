@@ -107,6 +107,9 @@ class Catalog:
     view_index: np.ndarray | None = None     # (N,) int16: 0 for a clean row, 1..n for view rows
     source_rows: np.ndarray | None = None    # (N,) int64: the clean row each row comes from (itself when clean)
     view_policy: str = ""
+    # crops (featurize --crops K): every image is K consecutive rows, one per native-pixel crop
+    crop_index: np.ndarray | None = None     # (N,) int16: 0..K-1; None for a catalog without crops
+    image_rows: np.ndarray | None = None     # (N,) int64: the image's first row (crop 0), its aggregation key
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,6 +127,8 @@ class Catalog:
         if self.view_index is not None:   # catalogs without views keep the fingerprint they always had
             h.update(self.view_index.astype("<i2").tobytes() + self.source_rows.astype("<i8").tobytes())
             h.update(self.view_policy.encode())
+        if self.crop_index is not None:   # nor do catalogs without crops
+            h.update(b"crops" + self.crop_index.astype("<i2").tobytes() + self.image_rows.astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
 
@@ -198,6 +203,9 @@ class FeatureStore:
         if n == 0:
             raise StoreError("nothing to featurize: the input holds no images")
         chunk = max(1, min(int(chunk_size), n))
+        if catalog.crop_index is not None:        # an image's crops never straddle a chunk
+            k = cfg.crops
+            chunk = min(n, -(-chunk // k) * k)
         root = zarr.open_group(str(tmp), mode="w")
         for name, (spec, shape) in array_specs(n, cfg).items():
             root.create_array(
@@ -210,6 +218,12 @@ class FeatureStore:
                                   dimension_names=("image",), compressors=_compressors(codec, dtype))
             root["source"][:] = catalog.source_rows.astype("int64")
             root["view_index"][:] = catalog.view_index.astype("int16")
+        if catalog.crop_index is not None:
+            for name, dtype, fill in (("crop", "int16", 0), ("image", "int64", -1)):
+                root.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=fill,
+                                  dimension_names=("image",), compressors=_compressors(codec, dtype))
+            root["crop"][:] = catalog.crop_index.astype("int16")
+            root["image"][:] = catalog.image_rows.astype("int64")
         root["path"][:] = np.asarray(catalog.paths, dtype=str)
         root["group"][:] = np.asarray(catalog.groups, dtype=str)
         root["label"][:] = catalog.labels.astype("int16")
@@ -246,7 +260,9 @@ class FeatureStore:
                       tuple(a["class_names"]), a.get("real_class"), a.get("split_source", "none"), a.get("source", ""),
                       self.view_index().astype(np.int16) if views else None,
                       self.source_rows().astype(np.int64) if views else None,
-                      a["train_views"]["policy"] if views else "")
+                      a["train_views"]["policy"] if views else "",
+                      self.read("crop").astype(np.int16) if self.has_crops else None,
+                      self.read("image").astype(np.int64) if self.has_crops else None)
         if cat.fingerprint != a.get("catalog_fingerprint"):
             raise StoreError(f"{self.path}: its arrays do not match its catalog fingerprint (the store is damaged): "
                              "featurize into a new store")
@@ -300,6 +316,14 @@ class FeatureStore:
     def chunk_arrays(self) -> tuple[str, ...]:
         """The arrays a featurize run writes per chunk (the rest are written at creation)."""
         return data_arrays(self.config) + (("view",) if self.has_views else ())
+
+    @property
+    def has_crops(self) -> bool:
+        return "crop" in self.group
+
+    def image_rows(self) -> np.ndarray:
+        """(N,) the image each row belongs to (the row of its crop 0): itself without crops."""
+        return self.read("image") if self.has_crops else np.arange(self.n)
 
     def source_rows(self) -> np.ndarray:
         """(N,) the clean row each row comes from: itself, except for training-view rows."""

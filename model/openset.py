@@ -257,6 +257,19 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         self.val_flagged_ = float((s < self.offset_).mean())
         return self
 
+    def set_image_threshold(self, val_blocks: dict, image: np.ndarray,
+                            false_unknown_rate: float | None = None) -> "OpenSetScorer":
+        """For models trained on crops: the threshold on an image's mean crop score, at the
+        false-unknown rate over validation *images* (`image` (N,): the image of each row). A mean
+        over crops spreads less than one crop's score, so the row threshold would flag too few."""
+        rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
+        s = self.score_samples(val_blocks)
+        _, inv = np.unique(image, return_inverse=True)
+        per_image = np.bincount(inv, weights=s) / np.bincount(inv)
+        self.image_threshold_ = float(np.quantile(per_image, rate))
+        self.val_images_flagged_ = float((per_image < self.image_threshold_).mean())
+        return self
+
     @property
     def threshold_(self) -> float:
         return self.offset_

@@ -94,3 +94,45 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
             "confidence": proba.max(1), "open_score": score, "is_unknown": score < thr,
             "nearest_prototypes": nearest, "attention": emb["a"], "top_gates": gates, "embedding": emb["e"],
             "z": emb["z"], "g": emb["g"], "logits": emb["logits"], "blocks": blocks}
+
+
+def image_threshold(bundle: Bundle) -> float:
+    """The open-score threshold for a whole image: set on validation images' mean crop scores when the
+    model was trained on crops (`image_threshold_`), else the row threshold."""
+    o = bundle.open
+    if o is None:
+        return -np.inf
+    return float(getattr(o, "image_threshold_", o.threshold_))
+
+
+def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tuple[np.ndarray, dict]:
+    """Per-row predictions of crop rows -> one prediction per image.
+
+    `image` (N,) says which image each row is a crop of. An image's probabilities are the softmax of
+    its crops' mean log-probability, its open score the crops' mean (their standard deviation is
+    `open_spread`), flagged unknown below `threshold`; attention, embedding and gates are crop means,
+    the nearest prototypes its first crop's; `first_row` is the position of its first crop.
+    -> (the image ids in first-seen order, the dict)."""
+    ids, first, inv = np.unique(image, return_index=True, return_inverse=True)
+    order = np.argsort(first)                       # images in the order their first crop came
+    ids, first = ids[order], first[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    inv = rank[inv]
+    n = len(ids)
+    count = np.bincount(inv, minlength=n).astype(float)
+
+    def mean(x):
+        x = np.asarray(x, dtype=float)
+        out = np.zeros((n,) + x.shape[1:])
+        np.add.at(out, inv, x)
+        return out / count.reshape((-1,) + (1,) * (x.ndim - 1))
+    logp = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
+    proba = softmax(logp, axis=1)
+    score = mean(p["open_score"])
+    spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score ** 2, 0.0))
+    pred = proba.argmax(1)
+    return ids, {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
+                 "confidence": proba.max(1), "open_score": score, "open_spread": spread, "is_unknown": score < threshold,
+                 "crops": count.astype(int), "first_row": first, "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
+                 "attention": mean(p["attention"]), "embedding": mean(p["embedding"]), "g": mean(p["g"])}

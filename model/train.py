@@ -394,6 +394,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
                         temperature=cfg.open_temperature).fit(
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
+    if store.has_crops:              # images are judged on their crops' mean score: a threshold of their own
+        opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub.rows[cal]])
     state = states[0]
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": _best_val(state), "history": state["history"],
@@ -409,7 +411,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
                                "temperature": cfg.open_temperature, "threshold": opn.threshold_,
-                               "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_}}
+                               "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_,
+                               "image_threshold": getattr(opn, "image_threshold_", None)}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
                                "best_val": _best_val(st)} for st in states]

@@ -43,14 +43,22 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
     y, unknown = y[keep], unknown[keep]
     p = predictor.predict(sub)
+    per_crop = None
+    if store.has_crops:          # judge images, not crops: every figure below is per image
+        per_crop = closed_set(y[y >= 0], p["proba"][y >= 0], bundle.class_names)
+        sub, p, (y, unknown) = per_image(predictor, store, sub, p, y, unknown)
     known = y >= 0
     metrics = {"view": store.config.view, "store": str(store_path), "split": split,
+               "unit": "image" if per_crop is not None else "row", "crops": store.config.crops,
                "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
                "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known])}
     true = np.array([names[l] for l in sub.labels], dtype=object)
     o = metrics["open"]
     o["per_generator_auroc"] = {str(g): open_set(p["open_score"][known], p["open_score"][true == g]).get("auroc")
                                 for g in sorted(set(true[unknown]))}
+    if per_crop is not None:
+        metrics["closed_per_crop"] = {k: per_crop[k] for k in ("macro_auc", "top1", "balanced_accuracy") if k in per_crop}
+        metrics["open_spread"] = float(np.mean(p["open_spread"]))
     o["unknown_flagged"] = float(p["is_unknown"][unknown].mean()) if unknown.any() else None
     o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
     # the threshold was set on validation data: the asked false-unknown rate, what validation gave, what this split gives
@@ -62,9 +70,21 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
                        "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]]})
     for i, c in enumerate(bundle.class_names):
         df[f"p_{c}"] = p["proba"][:, i]
-    extras = {"y": y, "unknown": unknown, "true": true, "threshold": getattr(bundle.open, "threshold_", None),
+    from leakstore.model.predict import image_threshold
+    thr = image_threshold(bundle) if per_crop is not None else getattr(bundle.open, "threshold_", None)
+    extras = {"y": y, "unknown": unknown, "true": true, "threshold": thr,
               **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")}}
     return metrics, df, extras
+
+
+def per_image(predictor: Predictor, store: FeatureStore, sub, p: dict, *row_arrays):
+    """Crop rows -> images: (the batch's rows of each image's first crop, the per-image predictions,
+    `row_arrays` taken at those rows)."""
+    from leakstore.model.predict import aggregate_images, image_threshold
+    image = store.image_rows()[sub.rows]
+    _, pi = aggregate_images(p, image, predictor.bundle.class_names, image_threshold(predictor.bundle))
+    first = pi.pop("first_row")
+    return sub.subset(first), pi, tuple(a[first] for a in row_arrays)
 
 
 def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test") -> tuple[dict, dict]:
@@ -80,6 +100,8 @@ def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, s
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)
     p = predictor.predict(sub)
+    if store.has_crops:
+        sub, p, _ = per_image(predictor, store, sub, p)
     names = np.array([store.class_names[l] if l >= 0 else "(unlabelled)" for l in sub.labels], dtype=object)
     per, scores = {}, {}
     for g in sorted(set(names)):

@@ -136,9 +136,11 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     for st, rows in unseen:
         f = load(st, names_in, rows)
         outside.append((predict(b, f, device)["blocks"],
-                        np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object)))
-    keys = _unseen_keys([lab for _, lab in outside], [st.path for st, _ in unseen])
+                        np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object),
+                        st.image_rows()[f.rows]))
+    keys = _unseen_keys([lab for _, lab, _ in outside], [st.path for st, _ in unseen])
     groups = _groups(store, feats.rows)
+    image = store.image_rows()[feats.rows]      # with crops, every figure is per image: its crops' mean score
     p = predict(b, feats, device)
     names = store.class_names
     to_model = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in names])
@@ -155,22 +157,37 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     for name in _scorers_for(blocks):
         sc = OpenSetScorer(method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature).fit(
             select_rows(blocks, tr), y[tr], select_rows(blocks, va))
+        thr = sc.threshold_
+        if store.has_crops:
+            thr = sc.set_image_threshold(select_rows(blocks, va), image[va]).image_threshold_
         s = sc.score_samples(blocks)
         row = {"generator": g, "scorer": name, "components": "+".join(sc.components_)}
         for split, code in (("val", 1), ("test", 2)):
-            k, u = known & (feats.splits == code), held & (feats.splits == code)
-            o = open_set(s[k], s[u])
+            (sk, gk), (su, gu) = (_image_means(s, image, m, groups) for m in (known & (feats.splits == code),
+                                                                               held & (feats.splits == code)))
+            o = open_set(sk, su)
             row.update({f"{split}_auroc": o.get("auroc", np.nan), f"{split}_fpr95": o.get("fpr_at_95tpr", np.nan),
-                        f"{split}_known_flagged": float((s[k] < sc.threshold_).mean()) if k.any() else np.nan,
-                        f"{split}_unknown_flagged": float((s[u] < sc.threshold_).mean()) if u.any() else np.nan,
-                        f"n_{split}_unknown": int(u.sum())})
-            row[f"_{split}_scores"] = (s[k], s[u], groups[k], groups[u])   # for the bootstraps; popped by the study
-        for (blocks_u, labels_u), key in zip(outside, keys):
+                        f"{split}_known_flagged": float((sk < thr).mean()) if len(sk) else np.nan,
+                        f"{split}_unknown_flagged": float((su < thr).mean()) if len(su) else np.nan,
+                        f"n_{split}_unknown": int(len(su))})
+            row[f"_{split}_scores"] = (sk, su, gk, gu)   # for the bootstraps; popped by the study
+        s_te = _image_means(s, image, te, groups)[0]
+        for (blocks_u, labels_u, image_u), key in zip(outside, keys):
             su = sc.score_samples(blocks_u)
             for lab in sorted(set(labels_u)):
-                row[f"unseen:{key(lab)}"] = open_set(s[te], su[labels_u == lab]).get("auroc", np.nan)
+                sl = _image_means(su, image_u, labels_u == lab, labels_u)[0]
+                row[f"unseen:{key(lab)}"] = open_set(s_te, sl).get("auroc", np.nan)
         rows.append(row)
     return rows
+
+
+def _image_means(s: np.ndarray, image: np.ndarray, mask: np.ndarray, groups: np.ndarray):
+    """(scores, groups) of the rows in `mask`, one per image (its crops' mean score): the rows
+    themselves in a store without crops, where every row is its own image."""
+    ids, first, inv = np.unique(image[mask], return_index=True, return_inverse=True)
+    if len(ids) == int(mask.sum()):
+        return s[mask], groups[mask]
+    return np.bincount(inv, weights=s[mask]) / np.bincount(inv), groups[mask][first]
 
 
 def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str],
@@ -180,6 +197,7 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
     b = load_bundle(run, device)
     feats = store.load(b.feature_names)
     groups = _groups(store, feats.rows)
+    image = store.image_rows()[feats.rows]
     p = predict(b, feats, device)["proba"]
     names = store.class_names
     use = rows_in_use(store, feats.rows, b.cfg, "fit")
@@ -191,9 +209,11 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
         for split, code in (("val", 1), ("test", 2)):
             k, u = known & ~mine & (feats.splits == code), mine & (feats.splits == code)
             # known-ness = -p(g), so that the same open_set() (and bootstrap) read it like an open-set score
-            row[f"{split}_auroc"] = open_set(-p[k, col], -p[u, col]).get("auroc", np.nan)
+            row[f"{split}_auroc"] = open_set(_image_means(-p[:, col], image, k, groups)[0],
+                                             _image_means(-p[:, col], image, u, groups)[0]).get("auroc", np.nan)
         k, u = known & ~mine & (feats.splits == 2), mine & (feats.splits == 2)
-        row["_scores"] = (-p[k, col], -p[u, col], groups[k], groups[u])
+        (sk, gk), (su, gu) = (_image_means(-p[:, col], image, m, groups) for m in (k, u))
+        row["_scores"] = (sk, su, gk, gu)
         out[g] = row
     return out
 

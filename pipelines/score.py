@@ -324,6 +324,6 @@ def summarise(df: pd.DataFrame, bundle=None) -> dict:
            "predicted": {str(k): int(v) for k, v in ok.pred.value_counts().items()}}
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
-        out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
-                                     "validation": getattr(bundle.open, "val_flagged_", None)}
+        val = getattr(bundle.open, "val_images_flagged_", getattr(bundle.open, "val_flagged_", None))
+        out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate, "validation": val}
     return out

@@ -56,17 +56,17 @@ def test_unknown_fields_from_a_newer_version_are_refused():
 
 
 def test_stores_made_before_the_residual_keep_their_hash():
-    """A config dict written before the residual fields (and the periodicity and pixel spectrum)
-    existed reads back with the same hash."""
+    """A config dict written before the residual fields (and the periodicity, pixel spectrum and
+    crops) existed reads back with the same hash."""
     import hashlib
     import json
     cfg = plain()
     old = {k: v for k, v in cfg.to_dict().items() if k not in ("residual_bins", "decoder", "precision", "period",
-                                                                "spectrum_bins")}
+                                                                "spectrum_bins", "crops")}
     want = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert cfg.hash == want
     d = cfg.to_dict()
-    del d["residual_bins"], d["decoder"], d["period"], d["spectrum_bins"]
+    del d["residual_bins"], d["decoder"], d["period"], d["spectrum_bins"], d["crops"]
     assert FeaturizeConfig.from_dict(d).hash == want
 
 
