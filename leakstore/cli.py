@@ -134,6 +134,7 @@ def featurize(
     residual_bins: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum.")] = FD["residual_bins"] or 12,
     period: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces). 0: off.")] = FD["period"],
     pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers). 0: off.")] = FD["spectrum_bins"],
+    noise_spectrum: Annotated[int, typer.Option(min=0, max=32, rich_help_panel=P_FEAT, help="Also store the noise residual's 2-D power spectrum (image minus its 3x3 median) in this many bands a side, 4, 8, 16 or 32 (upsampling and decoder fingerprints; read by the network and the 'noise' open-set scorer). 0: off.")] = FD["noise_bins"],
     crops: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Crops per image (1, 4, 9, 16, ...: a g x g grid of native-pixel windows of --resolution), one row each; evaluation and scoring judge each image on all of its crops.")] = FD["crops"],
     seed: Annotated[int, typer.Option(rich_help_panel=P_FEAT, help="Noise seed (combined with each image's SHA-256) and split seed.")] = FD["seed"],
     view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", rich_help_panel=P_VIEW, help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
@@ -184,7 +185,7 @@ def featurize(
                   fft_size=fft_size, seed=seed, view=view, min_side=min_side,
                   precision=None if precision.value == "auto" else precision.value,
                   residual_bins=residual_bins if residual else 0, period=period,
-                  spectrum_bins=pixel_spectrum, crops=crops, device=device)
+                  spectrum_bins=pixel_spectrum, noise_bins=noise_spectrum, crops=crops, device=device)
     _print_report(rep, as_json)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
@@ -227,6 +228,8 @@ def inspect(
         typer.echo(f"  pixel periodicity: gradient phase profile modulo {cfg['period']}")
     if cfg.get("spectrum_bins"):
         typer.echo(f"  pixel spectrum: {cfg['spectrum_bins']} bands per axis")
+    if cfg.get("noise_bins"):
+        typer.echo(f"  noise spectrum: {cfg['noise_bins']} x {cfg['noise_bins']} bands")
     if cfg.get("crops", 1) > 1:
         typer.echo(f"  {cfg['crops']} native-pixel crops per image, one row each (counts below are rows)")
     st = d["status"]

@@ -71,7 +71,7 @@ class ScheduleConfig:
 
 # fields added after stores were written without them, with the value that reads those stores as
 # they were made (the feature absent)
-FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0, "crops": 1}
+FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0, "crops": 1, "noise_bins": 0}
 CROP_GRIDS = {g * g: g for g in range(1, 9)}   # --crops K: K = g * g windows on a g x g grid
 
 
@@ -96,6 +96,7 @@ class FeaturizeConfig:
     period: int = 8               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
     spectrum_bins: int = 16       # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
     crops: int = 1                # > 1: this many native-pixel crops per image (a g x g grid), one row each
+    noise_bins: int = 0           # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -107,6 +108,9 @@ class FeaturizeConfig:
             raise InputError(f"--period {self.period} must lie in [0, 64] (0: no periodicity feature)")
         if not 0 <= self.spectrum_bins <= 64:
             raise InputError(f"--pixel-spectrum {self.spectrum_bins} must lie in [0, 64] (0: no pixel-spectrum feature)")
+        if self.noise_bins not in (0, 1, 2, 4, 8, 16, 32):
+            raise InputError(f"--noise-spectrum {self.noise_bins}: give 0 (off) or a number of bands dividing 64 "
+                             "(4, 8, 16, 32)")
         if self.crops not in CROP_GRIDS:
             raise InputError(f"--crops {self.crops}: give a square number of crops per image ({', '.join(map(str, CROP_GRIDS))}), "
                              "laid out on a grid over the image")
@@ -163,6 +167,8 @@ class FeaturizeConfig:
             d.pop("spectrum_bins")
         if self.crops == 1:
             d.pop("crops")
+        if not self.noise_bins:
+            d.pop("noise_bins")
         return d
 
     @property

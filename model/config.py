@@ -14,7 +14,7 @@ SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean", "clean-fit")
 # open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (docs/open-set.md)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "spectrum",
-                "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel")
+                "noise", "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel", "fused-noise")
 
 
 # settings added after models were saved without them, with the value that reads those models as they were

@@ -147,6 +147,8 @@ BASE_SCORERS = {
                     "nearest known class, Gaussian on the pixel periodicity profile"),
     "spectrum": ("pixel_spectrum", lambda seed: ClassGaussian(),
                  "nearest known class, Gaussian on the pixel spectrum's band powers"),
+    "noise": ("noise_spectrum", lambda seed: ClassGaussian(),
+              "nearest known class, Gaussian on the noise residual's 2-D spectrum"),
 }
 # fused scorers: the soft minimum of tail-matched components (those whose block the model has)
 FUSED = {
@@ -156,12 +158,13 @@ FUSED = {
     "fused-all": ("confidence", "residual", "stats", "gauss"),
     "fused-input": ("confidence", "residual", "periodicity"),
     "fused-pixel": ("confidence", "periodicity", "spectrum"),
+    "fused-noise": ("confidence", "noise"),
 }
 # a fused scorer left with one component on a model without its input block falls back to another
 # (fused-period on a store featurized with --period 0: confidence + residual)
-FALLBACK = {"fused-period": "fused", "fused-pixel": "fused"}
+FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-noise": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
-BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum")
+BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum", "noise_spectrum")
 STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
 
 

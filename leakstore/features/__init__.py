@@ -89,6 +89,16 @@ def _pixel_spectrum_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
     return pixel_spectrum_of_image(arr, cfg.spectrum_bins)
 
 
+def _noise_spectrum_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
+    from leakstore.features.noise_spectrum import noise_spectrum_of_image
+    return noise_spectrum_of_image(arr, cfg.noise_bins)
+
+
+def noise_spectrum_dim(cfg: FeaturizeConfig) -> int:
+    """Length of one image's noise-spectrum vector: bins * bins (0 without the feature)."""
+    return cfg.noise_bins ** 2
+
+
 def pixel_spectrum_dim(cfg: FeaturizeConfig) -> int:
     """Length of one image's pixel-spectrum vector: 2 * bins (0 without the feature)."""
     return 2 * cfg.spectrum_bins
@@ -152,6 +162,9 @@ FEATURES: tuple[Feature, ...] = (
             None, model_input=False, native=_pixel_spectrum_native, enabled=lambda c: c.spectrum_bins > 0,
             off=(("spectrum_bins", 0),),
             doc="band powers of the pixel spectrum along each axis (leakstore/features/pixel_spectrum.py)"),
+    Feature("noise_spectrum", ("noise_spectrum_feature",), "float32", lambda c: (noise_spectrum_dim(c),),
+            None, native=_noise_spectrum_native, enabled=lambda c: c.noise_bins > 0, off=(("noise_bins", 0),),
+            doc="2-D power spectrum of the noise residual in B x B bands (leakstore/features/noise_spectrum.py)"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 
