@@ -49,7 +49,7 @@ def main(argv=None):
     if not (run / "model.json").exists():
         enc = load_encoder(args.vae)
         fcfg = build_config(enc, resolution=args.resolution, device=args.device,
-                            residual_bins=0, period=0, spectrum_bins=0)   # latents and spectra, as first measured
+                            residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)   # latents and spectra, as first measured
         featurize_store(cat, args.out / "store.zarr", fcfg, enc,
                         RunOptions(device=args.device, workers=2, progress=False, overwrite=True, compile=False))
         train(args.out / "store.zarr", run, ModelConfig(epochs=2, members=args.members), device=args.device, progress=False, overwrite=True)

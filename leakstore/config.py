@@ -96,7 +96,7 @@ class FeaturizeConfig:
     period: int = 8               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
     spectrum_bins: int = 16       # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
     crops: int = 1                # > 1: this many native-pixel crops per image (a g x g grid), one row each
-    noise_bins: int = 0           # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
+    noise_bins: int = 16          # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))

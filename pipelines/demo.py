@@ -91,7 +91,8 @@ def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs
     rep = featurize(manifest, out / "features.zarr", vae="demo", resolution=64, timesteps=(0, 100, 300), fft_size=4,
                     residual_bins=12,  # the featurize defaults: the reconstruction residual, from the demo decoder,
                     period=8,          # the pixel periodicity
-                    spectrum_bins=16,  # and the pixel spectrum
+                    spectrum_bins=16,  # the pixel spectrum
+                    noise_bins=16,     # and the noise spectrum
                     opts=RunOptions(device="cpu", workers=0, progress=progress, overwrite=True, chunk_size=64))
     say(f"[3/5] training (unseen generator held out: {UNSEEN})")
     cfg = ModelConfig(width=32, embed_dim=64, epochs=epochs, patience=4, batch_size=32, lr=1e-3)  # stops once learned

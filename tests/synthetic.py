@@ -14,7 +14,7 @@ from leakstore.store import DONE, Catalog, FeatureStore
 VAE = VAEIdentity(name="synthetic", source="builtin", kind="builtin-demo", latent_channels=4, downsample=8,
                   builtin=True, note="synthetic test store")
 CFG = FeaturizeConfig(vae=VAE, resolution=64, timesteps=(0, 100, 300), fft_size=4, residual_bins=0, period=0,
-                      spectrum_bins=0)   # latents and spectra only
+                      spectrum_bins=0, noise_bins=0)   # latents and spectra only
 
 
 CFG_RESIDUAL = CFG.replace(residual_bins=4, decoder="sha256:synthetic")

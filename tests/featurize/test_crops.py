@@ -17,7 +17,7 @@ from leakstore.model.train import train
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
 
-KW = dict(vae="demo", resolution=32, timesteps=(0, 100), fft_size=2, residual_bins=0, period=8, spectrum_bins=0,
+KW = dict(vae="demo", resolution=32, timesteps=(0, 100), fft_size=2, residual_bins=0, period=8, spectrum_bins=0, noise_bins=0,
           device="cpu")
 FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=16, members=1)
 

@@ -253,7 +253,7 @@ def test_on_cuda_in_bf16_the_residual_is_still_float32(class_folders, tiny_vae_d
     run(class_folders, tmp_path / "c.zarr", str(tiny_vae_dir), residual_bins=5)
     opts = RunOptions(device="cuda", batch_size=3, workers=0, chunk_size=4, progress=False, compile=False)
     featurize(class_folders, tmp_path / "g.zarr", vae=str(tiny_vae_dir), opts=opts, resolution=32, timesteps=TS,
-              residual_bins=5, period=0, spectrum_bins=0, precision="bf16", device="cuda")
+              residual_bins=5, period=0, spectrum_bins=0, noise_bins=0, precision="bf16", device="cuda")
     a, b = FeatureStore.open(tmp_path / "c.zarr"), FeatureStore.open(tmp_path / "g.zarr")
     assert b.config.precision == "bf16" and a.config.hash == b.config.hash
     np.testing.assert_allclose(b.read("residual"), a.read("residual"), atol=2e-3, rtol=1e-3)

@@ -14,7 +14,7 @@ from leakstore.errors import InputError
 from leakstore.store import DONE, PENDING, FeatureStore
 from tests.conftest import write_class_images
 
-OPTS = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0)
+OPTS = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)
 
 
 def _run(data, store, views=2, **kw):

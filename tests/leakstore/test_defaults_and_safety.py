@@ -39,7 +39,7 @@ def test_cli_and_python_featurize_build_the_same_config(class_folders, tmp_path,
     # the defaults are the dataclass's: the residual, the periodicity and the pixel spectrum are on
     d = defaults(FeaturizeConfig)
     assert (py_cfg.residual_bins, py_cfg.period, py_cfg.spectrum_bins) == (d["residual_bins"], d["period"], d["spectrum_bins"])
-    assert py_cfg.residual_bins > 0 and py_cfg.period > 0 and py_cfg.spectrum_bins > 0
+    assert py_cfg.residual_bins > 0 and py_cfg.period > 0 and py_cfg.spectrum_bins > 0 and py_cfg.noise_bins > 0
     assert py_cfg.timesteps == d["timesteps"] and py_cfg.resolution == d["resolution"]
     keep = lambda o: {k: v for k, v in vars(o).items() if k not in ("device", "progress")}  # noqa: E731
     assert keep(cli_opts) == keep(py_opts) == keep(RunOptions())
@@ -71,7 +71,7 @@ def test_featurize_overwrite_never_deletes_a_folder_that_is_not_a_store(class_fo
 
 def test_overwrite_replaces_a_store_and_an_empty_folder(class_folders, tmp_path):
     args = [str(class_folders), "--vae", "demo", "--resolution", "32", "--timesteps", "0,100", "--fft-size", "2",
-            "--no-residual", "--period", "0", "--pixel-spectrum", "0", "--device", "cpu", "--no-progress",
+            "--no-residual", "--period", "0", "--pixel-spectrum", "0", "--noise-spectrum", "0", "--device", "cpu", "--no-progress",
             "--workers", "0", "--overwrite"]
     (tmp_path / "empty").mkdir()
     for target in ("empty", "empty"):       # an empty folder, then the store made there

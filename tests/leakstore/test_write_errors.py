@@ -16,7 +16,7 @@ from leakstore.store import FeatureStore
 
 runner = CliRunner()
 FEATURIZE = ["--vae", "demo", "--resolution", "32", "--timesteps", "0,100", "--fft-size", "2", "--no-residual",
-             "--period", "0", "--pixel-spectrum", "0", "--device", "cpu", "--workers", "0", "--chunk-size", "4",
+             "--period", "0", "--pixel-spectrum", "0", "--noise-spectrum", "0", "--device", "cpu", "--workers", "0", "--chunk-size", "4",
              "--no-progress"]
 TRAIN = ["--width", "8", "--embed-dim", "16", "--epochs", "3", "--patience", "3", "--batch-size", "8",
          "--members", "1", "--device", "cpu", "--no-progress"]

@@ -66,7 +66,7 @@ def image_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("img")
     data = write_class_images(d / "data", {"real": 12, "gen-a": 12, "gen-b": 12}, size=(64, 64))
     featurize(data, d / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4,
-              residual_bins=0, period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(d / "s.zarr", d / "run", FAST, progress=False)
     return d
 
@@ -186,7 +186,7 @@ def test_a_residual_model_scores_raw_images_as_it_scores_its_store(tmp_path, clu
     dask give the probabilities that the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", FAST, progress=False)
     b = load_bundle(tmp_path / "run")
     assert b.featurize.residual_bins == 6 and "residual" in b.net.inputs
@@ -206,7 +206,7 @@ def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_
     probabilities the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(use_residual=False), progress=False)
     a = Attributor.load(tmp_path / "run")
     assert "residual" not in a.bundle.net.inputs

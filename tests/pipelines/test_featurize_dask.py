@@ -17,7 +17,7 @@ from leakstore.pipelines.score import local_cluster
 from tests.conftest import write_class_images
 
 KW = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=4, period=8, spectrum_bins=16,
-          device="cpu")   # the CLI's default periodicity and pixel spectrum
+          device="cpu")   # the CLI's default periodicity, pixel and noise spectra
 
 
 def same_store(a, b):

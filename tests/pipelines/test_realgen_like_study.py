@@ -16,7 +16,7 @@ from leakstore.cli import app
 runner = CliRunner()
 GENS = {"gen-a": 0, "gen-b": 1, "gen-c": 2, "gen-d": 3}
 FEAT = ["--vae", "demo", "--resolution", "32", "--timesteps", "0,100", "--fft-size", "2", "--no-residual",
-        "--pixel-spectrum", "0", "--crops", "4", "--device", "cpu", "--workers", "0", "--no-progress"]
+        "--pixel-spectrum", "0", "--noise-spectrum", "0", "--crops", "4", "--device", "cpu", "--workers", "0", "--no-progress"]
 
 
 def prompt_set(root, gens: dict, prompts: int = 8, per: int = 2, seed: int = 0):

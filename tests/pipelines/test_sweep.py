@@ -14,7 +14,7 @@ from tests.conftest import write_class_images
 def test_sweep_featurizes_the_test_split_under_each_view_and_reports_them(tmp_path):
     data = write_class_images(tmp_path / "data", {"real": 14, "gen-a": 14, "gen-b": 14}, size=(64, 64))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4,
-              residual_bins=0, period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     train(tmp_path / "s.zarr", tmp_path / "run", ModelConfig(width=8, embed_dim=16, epochs=2), progress=False)
     args = ["sweep", str(tmp_path / "run"), "--views", "jpeg:75,resize:0.5+jpeg:90", "--out", str(tmp_path / "sw"),
             "--device", "cpu", "--workers", "0", "--no-progress"]

@@ -60,7 +60,7 @@ def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, m
     monkeypatch.setitem(F.BY_NAME, "chanmean", new)
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4,
-              residual_bins=0, period=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     assert feats["chanmean"].shape == (30, 2, 8)                                    # stored with its shape
@@ -82,7 +82,7 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     from leakstore.features.periodicity import periodicity_of_image
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
     featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
-              residual_bins=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+              residual_bins=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     paths = [str(p) for p in store.read("path")]
@@ -117,7 +117,7 @@ def test_an_image_too_small_for_the_period_fails_alone_with_its_reason(tmp_path)
     data = write_class_images(tmp_path / "data", {"real": 6, "gen-a": 6}, size=(48, 48))
     Image.new("RGB", (12, 12), (10, 200, 30)).save(data / "gen-a" / "tiny.png")
     rep = featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0,), fft_size=4, period=8,
-                    min_side=8, residual_bins=0, spectrum_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+                    min_side=8, residual_bins=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
     store = FeatureStore.open(tmp_path / "s.zarr")
     err = {str(p): str(e) for p, e in zip(store.read("path"), store.read("error")) if e}
     assert list(err) == [str(data / "gen-a" / "tiny.png")] and "--period" in err[str(data / "gen-a" / "tiny.png")]
