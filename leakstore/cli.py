@@ -392,6 +392,9 @@ def evaluate(
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
+    crops = {v.get("crops", 1) for v in s.get("views", [])}
+    if max(crops, default=1) > 1:
+        typer.echo(f"figures per image, each judged on its {max(crops)} crops")
     typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"

@@ -63,7 +63,8 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
     # the threshold was set on validation data: the asked false-unknown rate, what validation gave, what this split gives
     o["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
-                               "validation": getattr(bundle.open, "val_flagged_", None), split: o["known_flagged"]}
+                               "validation": getattr(bundle.open, "val_images_flagged_" if per_crop is not None
+                                                     else "val_flagged_", None), split: o["known_flagged"]}
     df = pd.DataFrame({"path": sub.paths, "view": store.config.view, "true": true,
                        "true_is_unknown": unknown, "pred": p["pred_name"], "confidence": p["confidence"],
                        "open_score": p["open_score"], "is_unknown": p["is_unknown"],
