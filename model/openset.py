@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME
+from leakstore.model.images import ImageGroups
 from leakstore.model.scorers import OpenSetKDE
 
 
@@ -266,9 +267,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         false-unknown rate over validation *images* (`image` (N,): the image of each row). A mean
         over crops spreads less than one crop's score, so the row threshold would flag too few."""
         rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
-        s = self.score_samples(val_blocks)
-        _, inv = np.unique(image, return_inverse=True)
-        per_image = np.bincount(inv, weights=s) / np.bincount(inv)
+        per_image = ImageGroups(image).mean(self.score_samples(val_blocks))
         self.image_threshold_ = float(np.quantile(per_image, rate))
         self.val_images_flagged_ = float((per_image < self.image_threshold_).mean())
         return self

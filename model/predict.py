@@ -113,26 +113,15 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
     `open_spread`), flagged unknown below `threshold`; attention, embedding and gates are crop means,
     the nearest prototypes its first crop's; `first_row` is the position of its first crop.
     -> (the image ids in first-seen order, the dict)."""
-    ids, first, inv = np.unique(image, return_index=True, return_inverse=True)
-    order = np.argsort(first)                       # images in the order their first crop came
-    ids, first = ids[order], first[order]
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    inv = rank[inv]
-    n = len(ids)
-    count = np.bincount(inv, minlength=n).astype(float)
-
-    def mean(x):
-        x = np.asarray(x, dtype=float)
-        out = np.zeros((n,) + x.shape[1:])
-        np.add.at(out, inv, x)
-        return out / count.reshape((-1,) + (1,) * (x.ndim - 1))
+    from leakstore.model.images import ImageGroups
+    groups = ImageGroups(image)
+    mean, first = groups.mean, groups.first
     logp = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
     proba = softmax(logp, axis=1)
     score = mean(p["open_score"])
     spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score ** 2, 0.0))
     pred = proba.argmax(1)
-    return ids, {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
+    return groups.ids, {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
                  "confidence": proba.max(1), "open_score": score, "open_spread": spread, "is_unknown": score < threshold,
-                 "crops": count.astype(int), "first_row": first, "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
+                 "crops": groups.count.astype(int), "first_row": first, "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
                  "attention": mean(p["attention"]), "embedding": mean(p["embedding"]), "g": mean(p["g"])}

@@ -44,6 +44,7 @@ from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, 
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
 from leakstore.fsio import atomic_path, naming, write_json, write_text
+from leakstore.model.images import ImageGroups
 
 
 # settings that change only the open-set scorer, which the study refits on every fold itself
@@ -184,10 +185,10 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
 def _image_means(s: np.ndarray, image: np.ndarray, mask: np.ndarray, groups: np.ndarray):
     """(scores, groups) of the rows in `mask`, one per image (its crops' mean score): the rows
     themselves in a store without crops, where every row is its own image."""
-    ids, first, inv = np.unique(image[mask], return_index=True, return_inverse=True)
-    if len(ids) == int(mask.sum()):
+    g = ImageGroups(image[mask])
+    if len(g) == int(mask.sum()):
         return s[mask], groups[mask]
-    return np.bincount(inv, weights=s[mask]) / np.bincount(inv), groups[mask][first]
+    return g.mean(s[mask]), groups[mask][g.first]
 
 
 def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str],
