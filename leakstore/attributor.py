@@ -7,11 +7,11 @@
 """
 from __future__ import annotations
 
-from leakstore.config import DEFAULT_DEVICE
-
 from pathlib import Path
 
 import pandas as pd
+
+from leakstore.config import DEFAULT_DEVICE
 
 
 class Attributor:

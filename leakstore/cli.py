@@ -162,8 +162,6 @@ def featurize(
     Rerun the same command to resume an interrupted run."""
     with _guard("finished chunks are in the store; rerun the same command to resume", _store_kept(store)):
         from leakstore.featurize.api import featurize as run, parse_timesteps, prepare
-        from leakstore.featurize.runner import RunOptions
-        from leakstore.config import ScheduleConfig
         opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile, compile_mode=compile_mode,
                           chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
                           max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
@@ -282,7 +280,6 @@ def train(
     """Train the attention encoder, prototypes and density scorers from a store alone."""
     with _guard("the last finished epoch is saved; rerun the same command with --resume to continue",
                 _train_kept(out), "rerun the same command with --resume"):
-        from leakstore.model.config import ModelConfig
         from leakstore.model.train import train as run
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
@@ -333,7 +330,6 @@ def openset_study(
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
     with _guard("finished folds are kept in --out; rerun the same command to resume",
                 lambda: f"Finished folds are kept in {out}."):
-        from leakstore.model.config import ModelConfig
         from leakstore.pipelines.openset_study import openset_study as run
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
@@ -392,9 +388,9 @@ def evaluate(
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
-    crops = {v.get("crops", 1) for v in s.get("views", [])}
-    if max(crops, default=1) > 1:
-        typer.echo(f"figures per image, each judged on its {max(crops)} crops")
+    crops = max((v.get("crops", 1) for v in s.get("views", [])), default=1)
+    if crops > 1:
+        typer.echo(f"figures per image, each judged on its {crops} crops")
     typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"

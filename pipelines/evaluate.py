@@ -13,12 +13,11 @@ splits, all rows otherwise) against the first store's known rows. A label the mo
 """
 from __future__ import annotations
 
-from leakstore.config import DEFAULT_DEVICE
-
 from pathlib import Path
 
 import numpy as np
 
+from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore

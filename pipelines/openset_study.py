@@ -25,8 +25,6 @@ Two yardsticks come with the numbers:
 """
 from __future__ import annotations
 
-from leakstore.config import DEFAULT_DEVICE
-
 import html
 import json
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import load_bundle, scorer_features

@@ -10,9 +10,6 @@ are recomputed elsewhere: no row is lost or written twice.
 """
 from __future__ import annotations
 
-from leakstore.config import DEFAULT_DEVICE
-from leakstore.fsio import atomic_path, naming, write_json
-
 import json
 import os
 import threading
@@ -21,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leakstore.config import DEFAULT_DEVICE
 from leakstore.featurize.datasets import list_inputs
+from leakstore.fsio import atomic_path, naming, write_json
 from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError, Interrupted
 

@@ -10,13 +10,12 @@ and report.html in OUT. Featurizing resumes: a rerun computes only what is missi
 """
 from __future__ import annotations
 
-from leakstore.config import DEFAULT_DEVICE
-
 import re
 from pathlib import Path
 
 import numpy as np
 
+from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.store import Catalog, FeatureStore
 
