@@ -29,12 +29,14 @@ _FIX = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (the quota is full
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends without an error it replaces `path`,
-    otherwise it is removed and `path` is left as it was."""
+    otherwise it is removed and `path` is left as it was. An OSError of the write names `path` (not
+    the temporary name, and not nothing, as file.write and pyarrow leave it)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with naming(path, instead_of=str(tmp)):
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
         try:
             tmp.unlink(missing_ok=True)
@@ -44,13 +46,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def naming(path: str | Path) -> Iterator[None]:
-    """An OSError raised inside without a file name (a full disk seen by file.write, pyarrow's writer)
-    is raised again naming `path`, with a plain reason."""
+def naming(path: str | Path, instead_of: str = "") -> Iterator[None]:
+    """An OSError raised inside without a file name (a full disk seen by file.write, pyarrow's writer),
+    or naming `instead_of`, is raised again naming `path`, with a plain reason."""
     try:
         yield
     except OSError as e:
-        if e.filename:
+        if e.filename and str(e.filename) != instead_of:
             raise
         why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
         raise OSError(e.errno, why, str(path)) from e

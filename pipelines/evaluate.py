@@ -22,7 +22,7 @@ from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 from leakstore.model.metrics import closed_set, open_set
-from leakstore.fsio import atomic_path, naming, write_json
+from leakstore.fsio import atomic_path, write_json
 
 
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, "object", dict]:
@@ -165,7 +165,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
                              "per_generator": per, "mean_auroc": float(np.mean(aucs)) if aucs else None,
                              "min_auroc": float(np.min(aucs)) if aucs else None}
         extras[0]["unseen_scores"] = scores
-    with naming(out / "predictions.parquet"), atomic_path(out / "predictions.parquet") as tmp:
+    with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
     write_json(out / "metrics.json", summary, indent=2, default=float)
     write_report(out, summary, bundle, extras[0])

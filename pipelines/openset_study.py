@@ -42,7 +42,7 @@ from leakstore.model.metrics import open_set
 from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
-from leakstore.fsio import atomic_path, naming, write_json, write_text
+from leakstore.fsio import atomic_path, write_json, write_text
 from leakstore.model.images import ImageGroups
 
 
@@ -351,7 +351,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                                   "per_scorer": choice_support(val_scores)},
                "supervised_ceiling": ceiling_out, "unseen": unseen_out, "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
-    with naming(out / "study.parquet"), atomic_path(out / "study.parquet") as tmp:
+    with atomic_path(out / "study.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     write_json(out / "study.json", summary, indent=2, default=float)
     _report(out, summary, df, scores, best)

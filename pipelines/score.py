@@ -20,7 +20,7 @@ import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.featurize.datasets import list_inputs
-from leakstore.fsio import atomic_path, naming, write_json
+from leakstore.fsio import atomic_path, write_json
 from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError, Interrupted
 
@@ -253,7 +253,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
             client.close()
             if cluster is not None:
                 cluster.close()
-    with naming(out), atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     import shutil
     shutil.rmtree(parts_dir, ignore_errors=True)
@@ -301,7 +301,7 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
     try:
         for fut in as_completed(futures):
             i = futures[fut]
-            with naming(path(i)), atomic_path(path(i)) as tmp:   # a part file is there whole, or not at all
+            with atomic_path(path(i)) as tmp:   # a part file is there whole, or not at all
                 fut.result().to_parquet(tmp, index=False)
             bar.update(1)
     except KeyboardInterrupt:

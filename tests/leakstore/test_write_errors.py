@@ -76,11 +76,16 @@ def test_every_write_error_names_the_path_and_the_fix(code, fix):
 def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
     target = tmp_path / "model.json"
     target.write_text("old")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as e:
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.json"]
+    assert e.value.filename == str(target)                 # the file meant, not its temporary name
+    with pytest.raises(OSError) as e:
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")     # file.write names no file
+    assert e.value.filename == str(target)
 
 
 def test_train_on_a_full_disk_keeps_the_last_epoch_and_resumes_to_the_same_model(tmp_path, monkeypatch):
