@@ -105,6 +105,13 @@ def image_threshold(bundle: Bundle) -> float:
     return float(getattr(o, "image_threshold_", o.threshold_))
 
 
+def validation_flagged(bundle: Bundle) -> float | None:
+    """The share of known validation images the threshold flagged: of whole images for a model trained
+    on crops (`val_images_flagged_`), of rows otherwise; None for a model without one."""
+    o = bundle.open
+    return getattr(o, "val_images_flagged_", getattr(o, "val_flagged_", None))
+
+
 def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tuple[np.ndarray, dict]:
     """Per-row predictions of crop rows -> one prediction per image.
 

@@ -22,6 +22,7 @@ from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 from leakstore.model.metrics import closed_set, open_set
+from leakstore.model.predict import image_threshold, validation_flagged
 from leakstore.fsio import atomic_path, write_json
 
 
@@ -62,15 +63,13 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
     # the threshold was set on validation data: the asked false-unknown rate, what validation gave, what this split gives
     o["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
-                               "validation": getattr(bundle.open, "val_images_flagged_" if per_crop is not None
-                                                     else "val_flagged_", None), split: o["known_flagged"]}
+                               "validation": validation_flagged(bundle), split: o["known_flagged"]}
     df = pd.DataFrame({"path": sub.paths, "view": store.config.view, "true": true,
                        "true_is_unknown": unknown, "pred": p["pred_name"], "confidence": p["confidence"],
                        "open_score": p["open_score"], "is_unknown": p["is_unknown"],
                        "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]]})
     for i, c in enumerate(bundle.class_names):
         df[f"p_{c}"] = p["proba"][:, i]
-    from leakstore.model.predict import image_threshold
     thr = image_threshold(bundle) if per_crop is not None else getattr(bundle.open, "threshold_", None)
     extras = {"y": y, "unknown": unknown, "true": true, "threshold": thr,
               **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")}}
@@ -80,7 +79,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
 def per_image(predictor: Predictor, store: FeatureStore, sub, p: dict, *row_arrays):
     """Crop rows -> images: (the batch's rows of each image's first crop, the per-image predictions,
     `row_arrays` taken at those rows)."""
-    from leakstore.model.predict import aggregate_images, image_threshold
+    from leakstore.model.predict import aggregate_images
     image = store.image_rows()[sub.rows]
     _, pi = aggregate_images(p, image, predictor.bundle.class_names, image_threshold(predictor.bundle))
     first = pi.pop("first_row")

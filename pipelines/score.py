@@ -323,6 +323,6 @@ def summarise(df: pd.DataFrame, bundle=None) -> dict:
            "predicted": {str(k): int(v) for k, v in ok.pred.value_counts().items()}}
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
-        val = getattr(bundle.open, "val_images_flagged_", getattr(bundle.open, "val_flagged_", None))
-        out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate, "validation": val}
+        from leakstore.model.predict import validation_flagged
+        out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate, "validation": validation_flagged(bundle)}
     return out
