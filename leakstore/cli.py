@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_REAL_LABEL, DEFAULT_VAE, DEFAULT_VIEW_POLICY,
-                              PRECISIONS, RESIZE_POLICIES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
+from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
+                              DEFAULT_VIEW_POLICY, PRECISIONS, RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.errors import InputError, Interrupted, LeakstoreError
 from leakstore.model.config import BACKBONES, OPEN_SCORERS, SCORER_ROWS, SCORERS, TEMPORAL, ModelConfig
 
@@ -34,12 +34,15 @@ OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
 Split = _choices("Split", ("test", "val", "train", "all"))
+Stream = _choices("Stream", STREAM_MODES)
 
 FD = defaults(FeaturizeConfig)      # featurize defaults: FeaturizeConfig's fields
 RD = defaults(RunOptions)           # how a featurize run goes
 MD = defaults(ModelConfig)          # training defaults: ModelConfig's fields
 SD = defaults(ScheduleConfig)
 DEVICE_HELP = "auto (CUDA when visible, else the CPU), cpu, cuda, cuda:N."
+THREADS_HELP = ("CPU threads for torch in this process (env LEAKSTORE_THREADS; default: one per core, idle threads "
+                "sleeping, so a busy machine slows them without stalling them; docs: Speed).")
 # help panels, so that --help reads in groups
 P_IN, P_FEAT, P_VIEW, P_RUN, P_OUT = "Inputs", "Features", "Post-processing views", "Execution", "Output"
 P_MODEL, P_TRAIN, P_OPEN = "Network", "Training", "Scorers and the unknown flag"
@@ -141,6 +144,7 @@ def featurize(
     train_views: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_VIEW, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
     view_policy: Annotated[str, typer.Option(rich_help_panel=P_VIEW, help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = DEFAULT_VIEW_POLICY,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
+    threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
     precision: Annotated[Precision, typer.Option(rich_help_panel=P_RUN, help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=0, rich_help_panel=P_RUN, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = RD["batch_size"],
     workers: Annotated[int, typer.Option(min=-1, rich_help_panel=P_RUN, help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).")] = RD["workers"],
@@ -161,7 +165,9 @@ def featurize(
 
     Rerun the same command to resume an interrupted run."""
     with _guard("finished chunks are in the store; rerun the same command to resume", _store_kept(store)):
+        from leakstore.device import set_threads
         from leakstore.featurize.api import featurize as run, parse_timesteps, prepare
+        set_threads(threads)
         opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile, compile_mode=compile_mode,
                           chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
                           max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
@@ -262,6 +268,7 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Most training epochs (training stops earlier after --patience epochs without validation gain).")] = MD["epochs"],
     patience: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Early stopping: stop after this many epochs without a better validation macro AUC.")] = MD["patience"],
     batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Training batch size.")] = MD["batch_size"],
+    epoch_samples: Annotated[int, typer.Option(min=0, rich_help_panel=P_TRAIN, help="Samples per epoch (validation, early stopping and the saved state come once per epoch): 0 for every training row; for stores of millions of rows, e.g. 200000.")] = MD["epoch_samples"],
     lr: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_TRAIN, help="AdamW learning rate.")] = MD["lr"],
     renoise: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_TRAIN, help="Fresh noise from latent0 every batch (as the reference redraws it).")] = MD["renoise"],
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_TRAIN, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = MD["view_prob"],
@@ -272,6 +279,9 @@ def train(
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, rich_help_panel=P_OPEN, help="Share of known validation images the unknown threshold may reject.")] = MD["false_unknown_rate"],
     open_temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPEN, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
+    threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
+    stream: Annotated[Stream, typer.Option(rich_help_panel=P_RUN, help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream when its features would take more than a quarter of the RAM (auto).")] = "auto",
+    stream_buffer: Annotated[int, typer.Option(min=1, rich_help_panel=P_RUN, help="Rows of whole chunks shuffled together when streaming: memory against shuffling.")] = DEFAULT_STREAM_BUFFER,
     resume: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")] = False,
     progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = True,
@@ -280,16 +290,19 @@ def train(
     """Train the attention encoder, prototypes and density scorers from a store alone."""
     with _guard("the last finished epoch is saved; rerun the same command with --resume to continue",
                 _train_kept(out), "rerun the same command with --resume"):
+        from leakstore.device import set_threads
         from leakstore.model.train import train as run
+        set_threads(threads)
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
+                          epoch_samples=epoch_samples,
                           renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
                           drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows.value,
                           false_unknown_rate=false_unknown_rate, open_temperature=open_temperature, seed=seed,
                           members=members)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
-                      progress=progress and not as_json)
+                      progress=progress and not as_json, stream=Stream(stream).value, buffer=stream_buffer)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
@@ -324,13 +337,16 @@ def openset_study(
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its labels' test rows; reported, never chosen on; repeatable.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
+    threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Leave-one-generator-out: train without each generator in turn and measure how well every
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
     with _guard("finished folds are kept in --out; rerun the same command to resume",
                 lambda: f"Finished folds are kept in {out}."):
+        from leakstore.device import set_threads
         from leakstore.pipelines.openset_study import openset_study as run
+        set_threads(threads)
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
         cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
                           seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members,
@@ -373,11 +389,14 @@ def evaluate(
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = "test",
     unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored against the known rows; repeatable.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
+    threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
     with _guard("rerun the command (the stores are unchanged)"):
+        from leakstore.device import set_threads
         from leakstore.pipelines.evaluate import evaluate as run
+        set_threads(threads)
         s = run(run_dir, [str(x) for x in stores], out, device=device, split=split.value, unseen=[str(u) for u in unseen or ()])
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
@@ -437,6 +456,7 @@ def score(
     cluster: Annotated[Optional[int], typer.Option(min=1, help="Local dask worker processes (default: one per core).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " On each dask worker.")] = RD["device"],
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch in each dask worker (env LEAKSTORE_THREADS; default 1: the workers share the cores).")] = None,
     strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any input failed (an unreadable image, a failed store row).")] = False,
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
@@ -445,10 +465,10 @@ def score(
     with _guard("finished parts are kept; rerun the same command to finish", _parts_kept(out)), \
             _quiet_dask_on_interrupt():
         from leakstore.pipelines.score import score as run, summarise
-        df = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
-                 progress=progress and not as_json)
+        counts = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
+                     progress=progress and not as_json, threads=threads)
     from leakstore.model.checkpoint import load_bundle
-    s = summarise(df, load_bundle(run_dir)) | {"out": str(out)}
+    s = summarise(counts, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
     else:

@@ -94,3 +94,25 @@ def _worker_number() -> int:
     except (ImportError, ValueError):   # not inside a task (a worker plugin passes its number instead)
         return 0
     return number_of(worker) or 0
+
+
+THREADS_ENV = "LEAKSTORE_THREADS"
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's CPU threads for this process and return the number: `n`, else $LEAKSTORE_THREADS,
+    else torch's own choice (one per core). Call before the first tensor op; 0 or less means torch's
+    choice as well."""
+    import os
+
+    import torch
+    if n is None:
+        env = os.environ.get(THREADS_ENV, "").strip()
+        try:
+            n = int(env) if env else 0
+        except ValueError:
+            from leakstore.errors import InputError
+            raise InputError(f"${THREADS_ENV}={env!r} is not a number of threads; set it to e.g. 1, or unset it") from None
+    if n and n > 0:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()

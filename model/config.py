@@ -45,6 +45,8 @@ class ModelConfig:
     grad_clip: float = 5.0
     epochs: int = 30
     batch_size: int = 64
+    epoch_samples: int = 0         # > 0: an epoch is this many training samples (a seeded random share of the
+                                   # rows; for stores too big to validate only once a pass); 0: every row
     patience: int = 6
     renoise: bool = True           # fresh noise from latent0 every batch, as the reference redraws it
     view_prob: float = 0.5         # per image and epoch: train on one of its post-processed views (featurize --train-views)
@@ -78,6 +80,8 @@ class ModelConfig:
         for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)} must be at least 1")
+        if self.epoch_samples < 0:
+            raise InputError(f"--epoch-samples {self.epoch_samples} must be 0 (every row) or more")
         if not self.open_temperature >= 0:
             raise InputError(f"--open-temperature {self.open_temperature} must be 0 (the plain minimum) or more")
         if not 0 < self.false_unknown_rate < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,6 +103,50 @@ class PatchTransformer(nn.Module):
 _ATTR = {"spectra": "spec", "residual": "res"}
 
 
+class NormStats:
+    """The input statistics `set_normalisation` sets, summed batch by batch (in float64), so that a
+    store streamed from disk normalises as one held in memory: latents per (timestep, channel), every
+    other input per element; standard deviations with Bessel's correction, as torch's std."""
+
+    def __init__(self, net: "ProtoLeakNet"):
+        self.net = net
+        self.sums: dict[str, list] = {}
+
+    def _add(self, key: str, x: torch.Tensor, dims: tuple[int, ...]) -> None:
+        x = x.double()
+        n = x.numel() // max(1, int(np.prod([x.shape[d] for d in range(x.dim()) if d not in dims])))
+        s = self.sums.setdefault(key, [0.0, 0.0, 0])
+        s[0] = s[0] + x.sum(dims).cpu()
+        s[1] = s[1] + (x * x).sum(dims).cpu()
+        s[2] += n
+
+    @torch.no_grad()
+    def update(self, batch: dict[str, torch.Tensor]) -> None:
+        self._add("latents", self.net._need(batch, "latents"), (0, 3, 4))
+        for name, _ in self.net.vector_inputs:
+            self._add(name, read_input(self.net.cfg, name, self.net._need(batch, name).float()), (0,))
+
+    def _moments(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if key not in self.sums:
+            raise ValueError("no training rows to normalise the inputs with")
+        s1, s2, n = self.sums[key]
+        mean = s1 / n
+        var = ((s2 - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+        return mean.float(), var.sqrt().float().clamp_min(1e-4)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        net = self.net
+        mean, std = self._moments("latents")
+        net.lat_mean.copy_(mean[..., None, None])
+        net.lat_std.copy_(std[..., None, None])
+        for name, _ in net.vector_inputs:
+            a = _ATTR.get(name, f"in_{name}")
+            mean, std = self._moments(name)
+            getattr(net, f"{a}_mean").copy_(mean)
+            getattr(net, f"{a}_std").copy_(std)
+
+
 def read_input(cfg: ModelConfig, name: str, value):
     """A stored feature as the model reads it: the periodicity profile without the phases JPEG's
     block grid prints on (cfg.drop_jpeg_grid); every other feature as stored. Shared by the
@@ -164,13 +209,9 @@ class ProtoLeakNet(nn.Module):
     @torch.no_grad()
     def set_normalisation(self, batch: dict[str, torch.Tensor]) -> None:
         """Statistics from training rows: latents per (timestep, channel); every other input per element."""
-        lat = self._need(batch, "latents").float()
-        self.lat_mean.copy_(lat.mean((0, 3, 4))[..., None, None])
-        self.lat_std.copy_(lat.std((0, 3, 4))[..., None, None].clamp_min(1e-4))
-        for name, _ in self.vector_inputs:
-            a, v = _ATTR.get(name, f"in_{name}"), read_input(self.cfg, name, self._need(batch, name).float())
-            getattr(self, f"{a}_mean").copy_(v.mean(0))
-            getattr(self, f"{a}_std").copy_(v.std(0).clamp_min(1e-4))
+        stats = NormStats(self)
+        stats.update(batch)
+        stats.apply()
 
     @staticmethod
     def _need(batch, name):

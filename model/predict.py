@@ -44,6 +44,41 @@ def embed_all(net: ProtoLeakNet, feats: FeatureBatch, device, batch: int = 256) 
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in outs.items()}
 
 
+@torch.inference_mode()
+def embed_rows(net: ProtoLeakNet, source, idx: np.ndarray, device, batch: int = 256) -> tuple[dict, dict]:
+    """`embed_all` for positions `idx` of a row source (model/rows.py: in memory or streamed from the
+    store), with each row's feature-derived open-set blocks (`feature_blocks`): (embeddings, blocks),
+    in the order of `idx`. Only these per-row summaries are kept, never the features."""
+    net.eval()
+    outs: dict[str, list] = {"e": [], "z": [], "g": [], "a": [], "logits": []}
+    blocks: list[dict] = []
+    seen = []
+    for pos, feats, local in source.batches(torch.as_tensor(np.asarray(idx, dtype=np.int64)), batch):
+        o = net(batch_dict(feats, local, net.inputs, device))
+        outs["e"].append(gated(o))
+        for k in ("z", "g", "a", "logits"):
+            outs[k].append(o[k].float().cpu().numpy())
+        blocks.append(feature_blocks(net, feats.subset(local.cpu().numpy()).to("cpu")))
+        seen.append(pos.numpy())
+    if not seen:
+        return {k: np.zeros((0,)) for k in outs}, {}
+    # rows as they came (a streamed store gives them chunk by chunk) -> the order of idx
+    rank = np.argsort(np.argsort(np.asarray(idx), kind="stable"), kind="stable")
+    perm = np.argsort(np.concatenate(seen), kind="stable")[rank]
+    emb = {k: np.concatenate(v)[perm] for k, v in outs.items()}
+    fb = {k: (None if blocks[0][k] is None else np.concatenate([b[k] for b in blocks])[perm]) for k in blocks[0]}
+    return emb, fb
+
+
+def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarray | None]:
+    """The open-set blocks read from the features themselves (channel statistics of the least noised
+    latent, and the stored features the scorers read), for every row of `feats` (on the CPU)."""
+    from leakstore.model.openset import STORED_BLOCKS, channel_stats
+    return {"stats": channel_stats(feats["latents"]),
+            **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
+               for k in STORED_BLOCKS}}
+
+
 def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
     """(N, K, M) gate-weighted squared distances to every prototype, on the net's device."""
     dev = net.prototypes.device
@@ -51,16 +86,14 @@ def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
         return net.distances(torch.as_tensor(emb["z"], device=dev), torch.as_tensor(emb["g"], device=dev))
 
 
-def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch,
-                dist: torch.Tensor | None = None) -> dict[str, np.ndarray]:
-    """The inputs of the open-set scorers (model/openset.py), for every row of `feats`."""
-    from leakstore.model.openset import STORED_BLOCKS, channel_stats
+def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch | None = None,
+                dist: torch.Tensor | None = None, fblocks: dict | None = None) -> dict[str, np.ndarray]:
+    """The inputs of the open-set scorers (model/openset.py), for every row of `feats` (or of the
+    precomputed `fblocks`, from `embed_rows`)."""
     d = prototype_distances(net, emb) if dist is None else dist
     mask = net.proto_mask.bool()
     return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
-            "stats": channel_stats(feats["latents"]),
-            **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
-               for k in STORED_BLOCKS}}
+            **(fblocks if fblocks is not None else feature_blocks(net, feats))}
 
 
 @torch.inference_mode()

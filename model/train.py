@@ -28,10 +28,33 @@ from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, 
 from leakstore.model.config import ModelConfig
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows
-from leakstore.model.predict import batch_dict, embed_all, open_blocks
+from leakstore.model.predict import batch_dict, embed_rows, open_blocks
+from leakstore.model.rows import DEFAULT_BUFFER, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
 
 MIN_TRAIN_PER_CLASS = 4
+NORM_ROWS = 20_000     # the input statistics come from at most this many training rows (a seeded sample)
+FIT_ROWS = 50_000      # the scorers are fitted on at most this many training rows, and calibrated on at most
+                       # this many validation rows: a seeded sample of whole images above it (kNN and KDE keep
+                       # every row they are fitted on)
+
+
+def _capped(fit: dict[str, np.ndarray], image: np.ndarray, seed: int, limit: int = FIT_ROWS) -> dict[str, np.ndarray]:
+    """`fit`'s masks with the training part, and the validation and calibration parts together, cut to
+    at most `limit` rows each: the rows of a seeded random sample of images (an image's crops stay together)."""
+    rng = np.random.default_rng(seed)
+    out = dict(fit)
+    for parts in (("train",), ("val", "calibration")):
+        union = np.logical_or.reduce([fit[p] for p in parts])
+        if union.sum() <= limit:
+            continue
+        ids, counts = np.unique(image[union], return_counts=True)
+        perm = rng.permutation(len(ids))
+        keep = ids[perm[:int(np.searchsorted(np.cumsum(counts[perm]), limit, side="right"))]]
+        chosen = np.isin(image, keep)
+        for p in parts:
+            out[p] = fit[p] & chosen
+    return out
 
 
 def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -143,19 +166,18 @@ def _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen=None) -> dict[str,
     return out
 
 
-def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None) -> float:
-    """One pass over idx_all. Features may live on the device already (see `_to_device`);
-    the loss is summed on the device, so a step never waits for the GPU."""
+def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None) -> float:
+    """One pass over idx_all, in the order `source` gives (model/rows.py). Features may live on the
+    device already (`MemoryRows.to_device`); the loss is summed on the device, so a step never waits
+    for the GPU."""
     net.train()
-    perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
     y_dev = torch.as_tensor(y, device=device)
     total, n = torch.zeros((), device=device), 0
-    for s in range(0, len(perm), cfg.batch_size):
-        idx = perm[s:s + cfg.batch_size]
+    for pos, feats, idx in source.batches(idx_all, cfg.batch_size, gen, cfg.epoch_samples):
         batch = _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen)
         keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
         out = net(batch, keep)
-        target = y_dev[idx.to(device)]
+        target = y_dev[pos.to(device)]
         loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -168,25 +190,17 @@ def _epoch(net, opt, feats, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_
     return float(total) / max(n, 1)
 
 
-def _to_device(feats: FeatureBatch, device, fraction: float = 0.5) -> FeatureBatch:
-    """The training tensors on the GPU once, when they take at most `fraction` of its free
-    memory (then no batch is copied from the host again); unchanged on CPU or when too big."""
-    dev = torch.device(device)
-    if dev.type != "cuda":
-        return feats
-    need = sum(t.numel() * t.element_size() for t in feats.arrays.values())
-    free, _ = torch.cuda.mem_get_info(dev)
-    return feats if need > fraction * free else feats.to(dev)
-
-
 @torch.inference_mode()
-def _validate(net, feats, y, idx, device, batch=256) -> tuple[float, float, float]:
+def _validate(net, source, y, idx, device, batch=256) -> tuple[float, float, float]:
     """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
     from leakstore.model.metrics import closed_set
     net.eval()
-    logits = torch.cat([net(batch_dict(feats, idx[s:s + batch], net.inputs, device))["logits"].float().cpu()
-                        for s in range(0, len(idx), batch)])
-    t = torch.as_tensor(y[idx.numpy()])
+    logits, seen = [], []
+    for pos, feats, local in source.batches(idx, batch):
+        logits.append(net(batch_dict(feats, local, net.inputs, device))["logits"].float().cpu())
+        seen.append(pos)
+    logits = torch.cat(logits)
+    t = torch.as_tensor(y[torch.cat(seen).numpy()])
     loss = float(F.cross_entropy(logits, t))
     m = closed_set(t.numpy(), torch.softmax(logits, 1).numpy(), [str(i) for i in range(logits.shape[1])])
     return loss, m["top1"], m["macro_auc"]
@@ -227,8 +241,13 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
 
 def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
           unknown_labels=(), device: str = DEFAULT_DEVICE, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, expect: FeaturizeConfig | None = None) -> dict:
-    """Train, fit scorers, save the bundle in out_dir. Returns the training summary."""
+          progress: bool = True, expect: FeaturizeConfig | None = None, stream: str = "auto",
+          buffer: int = DEFAULT_BUFFER) -> dict:
+    """Train, fit scorers, save the bundle in out_dir. Returns the training summary.
+
+    `stream`: "on" reads the store chunk by chunk through a shuffle buffer of `buffer` rows (memory
+    bounded by the buffer, not the store), "off" loads the features into memory, "auto" streams
+    when they would take more than a quarter of the RAM (model/rows.py)."""
     from tqdm.auto import tqdm
     cfg = cfg or ModelConfig()
     out_dir = Path(out_dir)
@@ -242,8 +261,8 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
     # and the features only they read (the pixel spectrum)
-    feats = store.load(inputs + (("latent0",) if cfg.renoise else ())
-                       + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg))
+    feats = open_rows(store, inputs + (("latent0",) if cfg.renoise else ())
+                      + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg), stream, buffer)
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
     rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)                     # views included unless --view-prob 0
@@ -255,16 +274,17 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
               "classes": known, "model_config": _resumable(cfg.to_dict())}
     if resume and (out_dir / f"{train_state_name(0)}.safetensors").exists():
         _check_resume(out_dir, origin, store)
-    norm = batch_dict(feats, tr, inputs, "cpu")
-    dfeats = _to_device(feats, dev)
+    norm = _normalisation(cfg, fcfg, len(known), feats, tr.numpy())
+    dfeats = feats.to_device(dev)
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.members * cfg.epochs * len(clean), unit="sample", disable=not progress, desc="train")
+    epoch_rows = min(len(clean), cfg.epoch_samples) if cfg.epoch_samples > 0 else len(clean)
+    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress, desc="train")
     members, states = [], []
     for k in range(cfg.members):
         if cfg.members > 1:
             bar.set_description(f"train {k + 1}/{cfg.members}")
         net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, va, dev, out_dir,
-                                   origin, resume, bar)
+                                   origin, resume, bar, epoch_rows)
         members.append(net)
         states.append(state)
     bar.close()
@@ -274,12 +294,29 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
     fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
            "calibration": cal & (feats.splits == 1)}
-    return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
-                   list(unknown_labels), len(clean))
+    try:
+        return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
+                       list(unknown_labels), epoch_rows)
+    finally:
+        feats.close()
+
+
+def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, source, tr: np.ndarray) -> dict:
+    """The network's input statistics (its *_mean / *_std buffers) from the training rows: all of
+    them, or a seeded sample of NORM_ROWS above that, read in one pass (streamed or not)."""
+    from leakstore.model.net import NormStats
+    if len(tr) > NORM_ROWS:
+        tr = np.sort(np.random.default_rng(cfg.seed).choice(tr, NORM_ROWS, replace=False))
+    net = build_member(cfg, fcfg, n_classes)
+    stats = NormStats(net)
+    for _, feats, local in source.batches(torch.from_numpy(tr), 1024):
+        stats.update(batch_dict(feats, local, net.inputs, "cpu"))
+    stats.apply()
+    return {k: v for k, v in net.state_dict().items() if k.endswith(("_mean", "_std"))}
 
 
 def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, norm: dict, dfeats, y,
-                  clean, views, va, dev, out_dir: Path, origin: dict, resume: bool, bar):
+                  clean, views, va, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int):
     """Train member k of the model (seed cfg.seed + k; the only member of a single network) and
     return it at its best epoch, with its training state. Each epoch's state is saved under its
     own name, so an interrupted ensemble resumes at the member and epoch it reached."""
@@ -287,7 +324,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = build_member(cfg, fcfg, n_classes)
-    net.set_normalisation(norm)
+    net.load_state_dict(norm, strict=False)
     net.to(dev)
     noise_gen = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -306,7 +343,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
             from safetensors.torch import load_file
             best = load_file(str(out_dir / "model.safetensors"))  # a state saved before it kept the best weights
         state.setdefault("seed", seed)
-        bar.update(state["epoch"] * len(clean))
+        bar.update(state["epoch"] * epoch_rows)
     if best is None:
         best = {n: v.detach().clone() for n, v in net.state_dict().items()}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
@@ -326,7 +363,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
         else:
             state["bad_epochs"] += 1
         save_train_state(out_dir, net, opt, state, best, k, rng=_rng_states(gen, noise_gen, dev))
-    bar.update(max(0, (cfg.epochs - state["epoch"]) * len(clean)))          # stopped early: the bar ends full
+    bar.update(max(0, (cfg.epochs - state["epoch"]) * epoch_rows))          # stopped early: the bar ends full
     net.load_state_dict(best)
     return net, state
 
@@ -379,9 +416,10 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
     (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
+    fit = _capped(fit, store.image_rows()[feats.rows], cfg.seed)
     order = np.flatnonzero(fit["train"] | fit["val"] | fit["calibration"])   # in store order
-    sub = feats.subset(order)
-    emb = embed_all(net, sub, dev)
+    emb, fblocks = embed_rows(net, feats, order, dev)
+    sub_rows = feats.rows[order]
     tr, va, cal = (fit[k][order] for k in ("train", "val", "calibration"))
     e_tr = {k: v[tr] for k, v in emb.items()}
     e_va = {k: v[va] for k, v in emb.items()}
@@ -390,12 +428,13 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
-    blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), sub)
+    blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1),
+                         fblocks=fblocks)
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
                         temperature=cfg.open_temperature).fit(
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
     if store.has_crops:              # images are judged on their crops' mean score: a threshold of their own
-        opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub.rows[cal]])
+        opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub_rows[cal]])
     state = states[0]
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": _best_val(state), "history": state["history"],
@@ -403,7 +442,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "calibration_rows": int(cal.sum()),
                "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
                "scorer_rows": cfg.scorer_rows if store.has_views else None,
-               "train_seconds": round(train_seconds, 2),
+               "train_seconds": round(train_seconds, 2), "streamed": bool(feats.streaming),
+               "fit_rows": {k: int(v.sum()) for k, v in fit.items()},
                "samples_per_s": round(epoch_rows * sum(len(st["history"]) for st in states)
                                       / max(sum(h["seconds"] for st in states for h in st["history"]), 1e-9), 1),
                "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,

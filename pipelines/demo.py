@@ -103,12 +103,12 @@ def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs
     say(f"[5/5] scoring the test images of every generator with dask ({workers} local workers)")
     test = [str(out / "data" / r["path"]) for r in csv.DictReader(open(manifest))
             if int(r["group"][5:]) % 5 == 0]
-    df = score(out / "model", test, out / "predictions.parquet", workers=workers, progress=progress)
+    counts = score(out / "model", test, out / "predictions.parquet", workers=workers, progress=progress)
     v = ev["views"][0]
     result = {"encoder": "BUILT-IN DEMO ENCODER (random weights, not a real VAE)",
               "images": rep.n_images, "featurize_failed": rep.failed, "epochs": tr["epochs_run"],
               "closed_macro_auc": v["closed"]["macro_auc"], "closed_top1": v["closed"]["top1"],
-              "open_auroc": v["open"].get("auroc"), "scored": summarise(df),
+              "open_auroc": v["open"].get("auroc"), "scored": summarise(counts),
               "report": str(out / "model" / "eval" / "report.html"),
               "predictions": str(out / "predictions.parquet"), "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / "demo.json", result, indent=2, default=float)

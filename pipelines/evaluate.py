@@ -22,6 +22,7 @@ from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 from leakstore.model.metrics import closed_set, open_set
+from leakstore.model.rows import index
 from leakstore.model.predict import image_threshold, validation_flagged
 from leakstore.fsio import atomic_path, write_json
 
@@ -31,16 +32,16 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
-    feats = store.load(predictor.inputs)
+    feats = index(store)                     # labels and splits only: the features of the rows judged are read below
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
     unknown = np.array([n not in bundle.class_names for n in names] + [False])[feats.labels] & (feats.labels >= 0)
     sel = (feats.splits == SPLIT_NAMES.index(split)) if split != "all" else np.ones(len(feats), bool)
     keep = sel & ((y >= 0) | unknown)
-    sub = feats.subset(keep)
-    if len(sub) == 0:
+    if not keep.any():
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
+    sub = store.load(predictor.inputs, rows=feats.rows[keep])
     y, unknown = y[keep], unknown[keep]
     p = predictor.predict(sub)
     per_crop = None

@@ -30,10 +30,12 @@ PARTITION_IMAGES = 256
 
 
 # ---------------------------------------------------------------------------- model, once per process
-def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int | None = None):
+def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int | None = None,
+                  threads: int | None = None):
     """The Predictor for run_dir, loaded once per process (keyed by path, device and file time);
     its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
-    worker's number, which picks its GPU on a local cluster."""
+    worker's number, which picks its GPU on a local cluster; `threads`: torch's CPU threads in a worker
+    (default $LEAKSTORE_THREADS, else one)."""
     from leakstore.predictor import Predictor
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
@@ -42,6 +44,8 @@ def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int
                 from leakstore.device import worker_process_device
                 # local GPU workers spread over the GPUs, one CPU thread per process
                 device = str(worker_process_device(device, worker_number))
+                from leakstore.device import set_threads
+                set_threads(threads)
             _PREDICTORS[key] = Predictor.load(run_dir, device)
         return _PREDICTORS[key]
 
@@ -55,13 +59,13 @@ except ImportError:  # pragma: no cover - distributed is a dependency
 class LoadModel(WorkerPlugin):
     """Loads the model into each worker process when the worker starts (or joins later)."""
 
-    def __init__(self, run_dir: str, device: str = DEFAULT_DEVICE):
-        self.run_dir, self.device = str(run_dir), device
+    def __init__(self, run_dir: str, device: str = DEFAULT_DEVICE, threads: int | None = None):
+        self.run_dir, self.device, self.threads = str(run_dir), device, threads
 
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
         from leakstore.device import number_of
-        get_predictor(self.run_dir, self.device, number_of(worker))
+        get_predictor(self.run_dir, self.device, number_of(worker), getattr(self, "threads", None))
 
 
 def local_cluster(n_workers: int):
@@ -211,11 +215,15 @@ class ScoringInterrupted(Interrupted):
 
 
 def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,
-          device: str = DEFAULT_DEVICE, progress: bool = True, client=None) -> pd.DataFrame:
+          device: str = DEFAULT_DEVICE, progress: bool = True, client=None, threads: int | None = None
+          ) -> pd.DataFrame | dict:
     """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`.
 
-    With `out`, each partition is written to OUT.parts/ as it finishes, so an interrupted job rerun
-    with the same model and input computes only what is missing; the parts become one file at the end."""
+    Without `out`, returns the predictions as one DataFrame (gathered in this process). With `out`, the
+    workers write each partition to OUT.parts/ as it finishes (nothing but counts comes back to this
+    process), so an interrupted job rerun with the same model and input computes only what is missing;
+    the parts are then streamed into one Parquet file, one part in memory at a time. Returns the counts
+    (`summarise`'s fields); read the predictions with pandas.read_parquet(out)."""
     from leakstore.predictor import Predictor
     out = Path(out) if out is not None else None
     if out is not None:
@@ -237,7 +245,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
         if saved and not is_store(inp):
             part = saved.get("partition", part)
         ddf = scoring_frame(run_dir, inp, device, partition=part, predictor=pred)
-        client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device), name="leakstore-model")
+        client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device, threads), name="leakstore-model")
         if progress:
             print(f"dask dashboard: {client.dashboard_link}", flush=True)
         if out is None:
@@ -247,17 +255,16 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
                 dask_progress(fut)
                 print(flush=True)
             return fut.result().sort_values("row", kind="stable").reset_index(drop=True)
-        df = _compute_parts(client, ddf, parts_dir, _job(run_dir, inp, part), saved, progress)
+        _compute_parts(client, ddf, parts_dir, _job(run_dir, inp, part), saved, progress)
     finally:
         if own:
             client.close()
             if cluster is not None:
                 cluster.close()
-    with atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False)
+    counts = assemble(parts_dir, ddf.npartitions, out)
     import shutil
     shutil.rmtree(parts_dir, ignore_errors=True)
-    return df
+    return counts
 
 
 def connect(scheduler, workers):
@@ -283,26 +290,36 @@ def _saved_job(parts_dir: Path | None) -> dict | None:
         return None
 
 
-def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, progress: bool) -> pd.DataFrame:
-    """Compute the partitions not yet in parts_dir, writing each as it finishes; then all of them, in order."""
+def part_path(parts_dir: Path, i: int) -> Path:
+    return Path(parts_dir) / f"part-{i:06d}.parquet"
+
+
+def write_part(df: pd.DataFrame, path: str) -> int:
+    """On the worker: one partition's predictions, in row order, written whole or not at all. -> its rows."""
+    with atomic_path(Path(path)) as tmp:
+        df.sort_values("row", kind="stable").to_parquet(tmp, index=False)
+    return len(df)
+
+
+def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, progress: bool) -> None:
+    """Compute the partitions not yet in parts_dir; each worker writes its own as it finishes."""
     import shutil
 
+    import dask
     from distributed import as_completed
     if saved != job:                                  # another model, input or partitioning: start afresh
         shutil.rmtree(parts_dir, ignore_errors=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     write_json(parts_dir / "job.json", job)
     delayed = ddf.to_delayed()
-    path = lambda i: parts_dir / f"part-{i:06d}.parquet"  # noqa: E731
+    path = lambda i: part_path(parts_dir, i)  # noqa: E731
     todo = [i for i in range(len(delayed)) if not path(i).is_file()]
-    futures = {client.compute(delayed[i]): i for i in todo}
+    futures = {client.compute(dask.delayed(write_part)(delayed[i], str(path(i)))): i for i in todo}
     from tqdm.auto import tqdm
     bar = tqdm(total=len(delayed), initial=len(delayed) - len(todo), unit="part", desc="score", disable=not progress)
     try:
         for fut in as_completed(futures):
-            i = futures[fut]
-            with atomic_path(path(i)) as tmp:   # a part file is there whole, or not at all
-                fut.result().to_parquet(tmp, index=False)
+            fut.result()                        # a worker's error is raised here; its part file is not there
             bar.update(1)
     except KeyboardInterrupt:
         done = sum(path(i).is_file() for i in range(len(delayed)))
@@ -311,16 +328,47 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
     finally:
         bar.close()
         client.cancel(list(futures))      # release every task, erred ones too, so a rerun recomputes them
-    df = pd.concat([pd.read_parquet(path(i)) for i in range(len(delayed))], ignore_index=True)
-    return df.sort_values("row", kind="stable").reset_index(drop=True)
 
 
-def summarise(df: pd.DataFrame, bundle=None) -> dict:
-    """Counts; with the model, how its unknown threshold was set (asked rate, rate on validation)."""
+def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
+    """The parts, in order, streamed into one Parquet file at `out` (atomically): one part in memory at
+    a time, each a row group, under one schema (a column all null in one part takes the others' type).
+    Partitions hold consecutive rows, so the file is in input order. -> the counts of `summarise`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    paths = [part_path(parts_dir, i) for i in range(n_parts)]
+    schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+    counts = _counts(None)
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for p in paths:
+                table = pq.read_table(p)
+                table = table.select(schema.names).cast(schema) if table.schema != schema else table
+                writer.write_table(table)
+                _counts(table.select(["status", "is_unknown", "pred"]).to_pandas(), counts)
+    return counts
+
+
+def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
+    """Rows, scored, failed, unknown and predicted classes of `df`, added to `into` (new when None)."""
+    c = into if into is not None else {"rows": 0, "scored": 0, "failed": 0, "unknown": 0, "predicted": {}}
+    if df is None:
+        return c
     ok = df[df.status == "ok"]
-    out = {"rows": int(len(df)), "scored": int(len(ok)), "failed": int((df.status != "ok").sum()),
-           "unknown": int(ok.is_unknown.sum()) if len(ok) else 0,
-           "predicted": {str(k): int(v) for k, v in ok.pred.value_counts().items()}}
+    c["rows"] += int(len(df))
+    c["scored"] += int(len(ok))
+    c["failed"] += int((df.status != "ok").sum())
+    c["unknown"] += int(ok.is_unknown.astype(bool).sum()) if len(ok) else 0
+    for k, v in ok.pred.value_counts().items():
+        c["predicted"][str(k)] = c["predicted"].get(str(k), 0) + int(v)
+    return c
+
+
+def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
+    """Counts (of a DataFrame of predictions, or the counts `score` returned); with the model, how its
+    unknown threshold was set (asked rate, rate on validation)."""
+    out = _counts(df) if isinstance(df, pd.DataFrame) else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted")}
+    out["predicted"] = dict(sorted(out["predicted"].items(), key=lambda kv: -kv[1]))
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
         from leakstore.model.predict import validation_flagged

@@ -1,4 +1,6 @@
 """Which GPU a local dask worker takes, and its share of that GPU's memory (torch.cuda mocked)."""
+import os
+
 import pytest
 import torch
 
@@ -55,10 +57,11 @@ def test_worker_plugins_pass_the_workers_number_on(monkeypatch):
     monkeypatch.setenv("LEAKSTORE_WORKER", "0")      # setup sets it: put back afterwards, not left to other tests
     monkeypatch.setattr(featurize_dask.FeatureStore, "open", staticmethod(lambda path: path))
     monkeypatch.setattr(featurize_dask, "_runner", lambda store, device, batch, number: seen.append(number))
-    monkeypatch.setattr(score, "get_predictor", lambda run_dir, device, number: seen.append(number))
+    monkeypatch.setattr(score, "get_predictor", lambda run_dir, device, number, threads: seen.append((number, threads)))
     featurize_dask.LoadEncoder("s.zarr", "cuda", 16).setup(SimpleNamespace(name=3))
     score.LoadModel("run", "cuda").setup(SimpleNamespace(name="tcp://10.0.0.1:4000"))
-    assert seen == [3, None]
+    score.LoadModel("run", "cpu", 2).setup(SimpleNamespace(name=1))
+    assert seen == [3, (None, None), (1, 2)]
 
 
 def test_a_cpu_worker_process_runs_one_torch_thread(monkeypatch):
@@ -80,3 +83,29 @@ def test_a_local_featurize_cluster_gets_one_worker_per_gpu_and_says_so(gpus):
     assert featurize_workers(6, "cuda")[0] == 4
     assert featurize_workers(4, "cuda") == (4, None)
     assert featurize_workers(8, "cpu") == (8, None)                # CPU workers scale with processes
+
+
+def test_threads_come_from_the_option_then_the_environment(monkeypatch):
+    from leakstore.device import THREADS_ENV, set_threads
+    from leakstore.errors import InputError
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    monkeypatch.setenv(THREADS_ENV, "3")
+    set_threads(1)
+    set_threads()
+    monkeypatch.delenv(THREADS_ENV)
+    set_threads()                          # neither: torch's own choice, nothing set
+    assert calls == [1, 3]
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(InputError, match=THREADS_ENV):
+        set_threads()
+
+
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise():
+    import subprocess
+    import sys
+    code = "import os, leakstore; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"

@@ -129,15 +129,19 @@ def test_score_on_a_full_disk_keeps_its_parts_and_the_rerun_equals_an_undisturbe
     planted_store(tmp_path / "s.zarr", per_class=24, chunk=16)
     train(tmp_path / "s.zarr", tmp_path / "run", ModelConfig(width=8, embed_dim=16, epochs=2, members=1),
           device="cpu", progress=False)
-    args = ["score", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--cluster", "1", "--no-progress"]
-    assert runner.invoke(app, [*args, "--out", str(tmp_path / "ok.parquet")]).exit_code == 0
-    real = pd.DataFrame.to_parquet
-    with monkeypatch.context() as m:
-        m.setattr(pd.DataFrame, "to_parquet", full_disk(after=2)(real))
-        out = one_line(runner.invoke(app, [*args, "--out", str(tmp_path / "p.parquet")]))
-    assert "No space left on device" in out and "2 finished partitions are kept" in out
-    assert not (tmp_path / "p.parquet").exists()
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "p.parquet")])
+    from distributed import LocalCluster
+    # workers write the parts: in-process workers, so that the full disk below is theirs too
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        args = ["score", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--scheduler", cluster.scheduler_address,
+                "--no-progress"]
+        assert runner.invoke(app, [*args, "--out", str(tmp_path / "ok.parquet")]).exit_code == 0
+        real = pd.DataFrame.to_parquet
+        with monkeypatch.context() as m:
+            m.setattr(pd.DataFrame, "to_parquet", full_disk(after=2)(real))
+            out = one_line(runner.invoke(app, [*args, "--out", str(tmp_path / "p.parquet")]))
+        assert "No space left on device" in out and "2 finished partitions are kept" in out
+        assert not (tmp_path / "p.parquet").exists()
+        r = runner.invoke(app, [*args, "--out", str(tmp_path / "p.parquet")])
     assert r.exit_code == 0, r.output
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ok.parquet"), pd.read_parquet(tmp_path / "p.parquet"))
 

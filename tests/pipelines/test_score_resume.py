@@ -29,8 +29,27 @@ def test_an_interrupted_score_resumes_and_writes_every_row_once(tmp_path, monkey
         assert 0 < len(kept) < 10 and not out.exists()
         done_before = {int(n[5:11]) * 16 for n in kept}
         fail["at"], calls[:] = -1, []
-        df = sc.score(tmp_path / "run", tmp_path / "s.zarr", out, client=client, progress=False)
+        counts = sc.score(tmp_path / "run", tmp_path / "s.zarr", out, client=client, progress=False)
     assert sorted(calls) == sorted(set(range(0, 160, 16)) - done_before)    # only the unfinished partitions
+    assert counts["rows"] == counts["scored"] == 160 and counts["failed"] == 0
+    assert sum(counts["predicted"].values()) == 160
+    df = pd.read_parquet(out)
     assert list(df.row) == list(range(160)) and (df.status == "ok").all()
-    assert pd.read_parquet(out).row.tolist() == list(range(160))
+    assert counts["unknown"] == int(df.is_unknown.sum())
+    import pyarrow.parquet as pq
+    assert pq.ParquetFile(out).num_row_groups == 10                        # streamed in, one part at a time
     assert not (tmp_path / "p.parquet.parts").exists()
+
+
+def test_parts_with_a_column_all_null_in_one_are_assembled_under_one_schema(tmp_path):
+    parts = tmp_path / "p.parts"
+    parts.mkdir()
+    a = pd.DataFrame({"row": [0, 1], "status": ["ok", "ok"], "is_unknown": [False, True], "pred": ["x", "y"],
+                      "error": [None, None]})
+    b = pd.DataFrame({"row": [2], "status": ["failed"], "is_unknown": [None], "pred": [None], "error": ["broken"]})
+    sc.write_part(a, str(sc.part_path(parts, 0)))
+    sc.write_part(b, str(sc.part_path(parts, 1)))
+    counts = sc.assemble(parts, 2, tmp_path / "p.parquet")
+    got = pd.read_parquet(tmp_path / "p.parquet")
+    assert got.row.tolist() == [0, 1, 2] and got.error.isna().tolist() == [True, True, False] and got.error[2] == "broken"
+    assert counts == {"rows": 3, "scored": 2, "failed": 1, "unknown": 1, "predicted": {"x": 1, "y": 1}}
