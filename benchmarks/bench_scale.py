@@ -14,7 +14,11 @@ process of its own so that its peak resident memory is its own:
   client process, scheduler included; the workers are processes of their own), `score_rows_per_s`.
 
 Both training arms run one epoch of `--epoch-samples` samples (the same for every size, so samples/s
-compare) with the default network, one member. OUT holds one list per field, one entry per size.
+compare), one member, the network `--width 16 --embed-dim 32` by default: at the default width (64) the
+2-core CPU spends its time in convolutions (about 70 samples/s training, 180 rows/s scoring per process
+at these shapes) and 200,000 rows would not score within the bench's 25 minutes; a small network also
+leaves the store's reading a larger share of each step, the harder case for streaming. OUT holds one list
+per field, one entry per size.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ def config():
     from leakstore.config import FeaturizeConfig, VAEIdentity
     from leakstore.featurize.vae import PRESETS
     p = PRESETS["sd21"]
-    vae = VAEIdentity(name="sd21", source=p.repo, kind=p.kind, latent_channels=p.latent_channels,
+    vae = VAEIdentity(name="sd21", source=p.hub_id, subfolder=p.subfolder, kind=p.kind, latent_channels=p.latent_channels,
                       scaling_factor=p.scaling_factor, revision="synthetic")
     return FeaturizeConfig(vae=vae, resolution=256, decoder="synthetic")
 
@@ -49,7 +53,8 @@ def write_store(path: Path, n: int, chunk: int = 256, seed: int = 0):
         if st.n == n and (st.status() == DONE).all():
             return st
     labels = (np.arange(n) % len(CLASSES)).astype(np.int16)
-    splits = np.where(np.arange(n) % 10 < 8, 0, np.where(np.arange(n) % 10 == 8, 1, 2)).astype(np.int8)
+    j = (np.arange(n) // len(CLASSES)) % 10
+    splits = np.where(j < 8, 0, np.where(j == 8, 1, 2)).astype(np.int8)
     cat = Catalog(tuple(f"/synthetic/{CLASSES[l]}/{i}.png" for i, l in enumerate(labels)), labels, splits,
                   ("",) * n, CLASSES, "real", "synthetic")
     st = FeatureStore.create(path, cfg, cat, chunk_size=chunk, overwrite=True)
@@ -68,7 +73,7 @@ def write_store(path: Path, n: int, chunk: int = 256, seed: int = 0):
             x = rng.standard_normal((m,) + shape[1:], dtype=np.float32)
             if name in ("latent0", "latents"):       # a per-class channel offset: something to learn
                 off = bias[labels[r.start:r.stop]]
-                x += off.reshape((m,) + (1,) * (x.ndim - 3) + (off.shape[1], 1, 1))
+                x += off.reshape((m,) + (1,) * (x.ndim - 4) + (off.shape[1], 1, 1))
             data[name] = x.astype(spec.dtype)
         st.write_chunk(k, data, np.full(m, DONE, dtype=np.uint8))
     return st
@@ -79,10 +84,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def child_train(store: str, out: str, stream: str, epoch_samples: int) -> dict:
+def child_train(store: str, out: str, stream: str, epoch_samples: int, width: int, embed_dim: int) -> dict:
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
-    cfg = ModelConfig(members=1, epochs=1, patience=1, epoch_samples=epoch_samples)
+    cfg = ModelConfig(members=1, epochs=1, patience=1, epoch_samples=epoch_samples, width=width, embed_dim=embed_dim)
     t0 = time.perf_counter()
     s = train(store, out, cfg, overwrite=True, progress=False, stream=stream, device="cpu")
     return {"samples_per_s": s["samples_per_s"], "seconds": round(time.perf_counter() - t0, 1),
@@ -116,6 +121,8 @@ def main(argv=None):
     ap.add_argument("--dir", type=Path, default=Path("/tmp/bench-scale"), help="stores and runs (kept, reused)")
     ap.add_argument("--epoch-samples", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 2))
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--embed-dim", type=int, default=32)
     args = ap.parse_args(argv)
     from leakstore.envinfo import collect
     from leakstore.model.rows import physical_memory, row_bytes
@@ -123,7 +130,8 @@ def main(argv=None):
     sizes = [int(x) for x in args.rows.split(",")]
     res = {"rows": sizes, "train_peak_rss_mb": [], "train_samples_per_s": [], "in_memory_samples_per_s": [],
            "in_memory_peak_rss_mb": [], "score_client_peak_rss_mb": [], "score_rows_per_s": [],
-           "store_gb": [], "write_seconds": [], "epoch_samples": args.epoch_samples, "environment": collect()}
+           "store_gb": [], "write_seconds": [], "epoch_samples": args.epoch_samples,
+           "network": {"width": args.width, "embed_dim": args.embed_dim}, "environment": collect()}
     for n in sizes:
         path = args.dir / f"store-{n}.zarr"
         t0 = time.perf_counter()
@@ -133,12 +141,14 @@ def main(argv=None):
                  if a in st.group]
         res["store_gb"].append(round(n * row_bytes(st, names) / 1e9, 2))
         print(f"{n} rows: store {res['store_gb'][-1]} GB in memory, written in {res['write_seconds'][-1]} s", flush=True)
-        s = _run_child("child_train", str(path), str(args.dir / f"run-{n}-stream"), "on", args.epoch_samples)
+        s = _run_child("child_train", str(path), str(args.dir / f"run-{n}-stream"), "on", args.epoch_samples, args.width,
+                       args.embed_dim)
         res["train_peak_rss_mb"].append(s["peak_rss_mb"])
         res["train_samples_per_s"].append(s["samples_per_s"])
         print(f"  streamed training: {s}", flush=True)
         if n * row_bytes(st, names) < 0.5 * physical_memory():
-            m = _run_child("child_train", str(path), str(args.dir / f"run-{n}-memory"), "off", args.epoch_samples)
+            m = _run_child("child_train", str(path), str(args.dir / f"run-{n}-memory"), "off", args.epoch_samples,
+                           args.width, args.embed_dim)
             print(f"  in-memory training: {m}", flush=True)
         else:
             m = {"samples_per_s": None, "peak_rss_mb": None}

@@ -27,7 +27,7 @@ DEFAULT_VIEW_POLICY = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02"
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)   # train/val/test, as the reference
 DEFAULT_DEVICE = "auto"              # every command: CUDA when visible, else the CPU
 STREAM_MODES = ("auto", "on", "off")  # train: stream the store from disk, load it, or stream when it is too big
-DEFAULT_STREAM_BUFFER = 8192         # rows of whole chunks shuffled together when training streams the store
+DEFAULT_STREAM_BUFFER = 4096         # rows of whole chunks shuffled together when training streams the store
 # Fields recorded in the store but not part of the feature identity: they change the
 # numbers only at rounding level (docs/speed.md: bf16 against fp32).
 _UNHASHED = ("precision",)

@@ -115,7 +115,7 @@ class StreamRows:
 
     streaming = True
 
-    def __init__(self, store: FeatureStore, names, idx: FeatureBatch, buffer: int = DEFAULT_BUFFER, prefetch: int = 2):
+    def __init__(self, store: FeatureStore, names, idx: FeatureBatch, buffer: int = DEFAULT_BUFFER, prefetch: int = 1):
         self.store, self.names = store, list(names)
         self.rows, self.labels, self.splits, self.paths = idx.rows, idx.labels, idx.splits, idx.paths
         self.chunk_of = self.rows // store.chunk_size
@@ -145,17 +145,16 @@ class StreamRows:
                                                                dtype=torch_dtype(BY_NAME[n].dtype)) for n in self.names},
                                 self.labels[:0], self.splits[:0], self.paths[:0])
         chunks = self.chunk_of[pos]
-        parts, order = {n: [] for n in self.names}, []
+        arrays = {n: np.empty((len(pos),) + tuple(self.store.group[n].shape[1:]), dtype=self.store.group[n].dtype)
+                  for n in self.names}
         for k in np.unique(chunks):
-            mine = pos[chunks == k]
+            where = np.flatnonzero(chunks == k)          # the rows of chunk k, where they go in the answer
             rows = self.store.chunk_rows(int(k))
-            local = self.rows[mine] - rows.start
-            for n in self.names:
-                parts[n].append(self.store.read(n, slice(rows.start, rows.stop))[local])
-            order.append(np.flatnonzero(chunks == k))
-        back = np.argsort(np.concatenate(order), kind="stable")      # chunk order -> the order asked for
-        arrays = {n: torch.from_numpy(np.ascontiguousarray(np.concatenate(v)[back])) for n, v in parts.items()}
-        return FeatureBatch(self.rows[pos], arrays, self.labels[pos], self.splits[pos], self.paths[pos])
+            local = self.rows[pos[where]] - rows.start
+            for n in self.names:                         # one decompressed chunk at a time, one copy of its rows
+                arrays[n][where] = self.store.read(n, slice(rows.start, rows.stop))[local]
+        return FeatureBatch(self.rows[pos], {n: torch.from_numpy(a) for n, a in arrays.items()},
+                            self.labels[pos], self.splits[pos], self.paths[pos])
 
     def _windows(self, idx: np.ndarray, gen: torch.Generator | None) -> list[np.ndarray]:
         """The epoch's positions in windows of whole chunks: chunks in a shuffled order (in order of first
@@ -190,7 +189,7 @@ class StreamRows:
                 total += len(cut[-1])
             windows = cut
         futures = [self._pool.submit(self.fetch, w) for w in windows[:self.prefetch]]
-        carry: FeatureBatch | None = None
+        carry: FeatureBatch | None = None          # the rows a window left over, fewer than a batch
         carry_pos = np.zeros(0, np.int64)
         try:
             for i, w in enumerate(windows):
@@ -198,13 +197,24 @@ class StreamRows:
                 futures[i] = None
                 if i + self.prefetch < len(windows):
                     futures.append(self._pool.submit(self.fetch, windows[i + self.prefetch]))
-                if carry is not None and len(carry):
-                    feats, w = _cat(carry, feats), np.concatenate([carry_pos, w])
-                n_full = len(w) if i == len(windows) - 1 else len(w) - len(w) % batch_size
-                for s in range(0, n_full, batch_size):
-                    local = torch.arange(s, min(s + batch_size, n_full))
+                start = 0
+                if carry is not None:              # one batch of the rows left over and this window's first rows
+                    start = min(batch_size - len(carry), len(w))
+                    head = _cat(carry, feats.subset(np.arange(start)))
+                    pos = np.concatenate([carry_pos, w[:start]])
+                    carry = None
+                    if len(pos) == batch_size or i == len(windows) - 1:
+                        yield torch.from_numpy(pos), head, torch.arange(len(pos))
+                    else:                          # a window smaller than what the batch lacks
+                        carry, carry_pos = head, pos
+                        continue
+                last = i == len(windows) - 1
+                end = len(w) if last else start + (len(w) - start) // batch_size * batch_size
+                for s in range(start, end, batch_size):
+                    local = torch.arange(s, min(s + batch_size, end))
                     yield torch.from_numpy(w[s:s + len(local)]), feats, local
-                carry, carry_pos = (feats.subset(np.arange(n_full, len(w))), w[n_full:]) if n_full < len(w) else (None, w[:0])
+                if end < len(w):
+                    carry, carry_pos = feats.subset(np.arange(end, len(w))), w[end:]
         finally:
             for f in futures:
                 if f is not None:

@@ -29,29 +29,36 @@ from leakstore.model.config import ModelConfig
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
-from leakstore.model.rows import DEFAULT_BUFFER, open_rows
+from leakstore.model.rows import DEFAULT_BUFFER, MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
 
 MIN_TRAIN_PER_CLASS = 4
-NORM_ROWS = 20_000     # the input statistics come from at most this many training rows (a seeded sample)
-FIT_ROWS = 50_000      # the scorers are fitted on at most this many training rows, and calibrated on at most
-                       # this many validation rows: a seeded sample of whole images above it (kNN and KDE keep
-                       # every row they are fitted on)
+# Above these sizes a run reads a seeded sample of whole store chunks instead of every row (a chunk is
+# read whole anyway, and an image's crops share one), so that a store of millions of rows costs no more:
+NORM_ROWS = 20_000     # training rows the input statistics come from
+VAL_ROWS = 10_000      # validation rows of the per-epoch validation (early stopping); kept in memory
+FIT_ROWS = 50_000      # training rows the scorers are fitted on (kNN and KDE keep every one), and validation
+                       # rows they are calibrated on
 
 
-def _capped(fit: dict[str, np.ndarray], image: np.ndarray, seed: int, limit: int = FIT_ROWS) -> dict[str, np.ndarray]:
+def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -> np.ndarray:
+    """`mask` (bool over rows) cut to at most `limit` rows: those of a seeded random sample of whole groups
+    (store chunks, or images); unchanged when it holds no more than `limit`."""
+    if mask.sum() <= limit:
+        return mask
+    ids, counts = np.unique(group[mask], return_counts=True)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    keep = ids[perm[:max(1, int(np.searchsorted(np.cumsum(counts[perm]), limit, side="right")))]]
+    return mask & np.isin(group, keep)
+
+
+def _capped(fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS) -> dict[str, np.ndarray]:
     """`fit`'s masks with the training part, and the validation and calibration parts together, cut to
-    at most `limit` rows each: the rows of a seeded random sample of images (an image's crops stay together)."""
-    rng = np.random.default_rng(seed)
+    at most `limit` rows each by `_sample_groups`."""
     out = dict(fit)
     for parts in (("train",), ("val", "calibration")):
         union = np.logical_or.reduce([fit[p] for p in parts])
-        if union.sum() <= limit:
-            continue
-        ids, counts = np.unique(image[union], return_counts=True)
-        perm = rng.permutation(len(ids))
-        keep = ids[perm[:int(np.searchsorted(np.cumsum(counts[perm]), limit, side="right"))]]
-        chosen = np.isin(image, keep)
+        chosen = _sample_groups(union, group, seed, limit)
         for p in parts:
             out[p] = fit[p] & chosen
     return out
@@ -274,8 +281,10 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
               "classes": known, "model_config": _resumable(cfg.to_dict())}
     if resume and (out_dir / f"{train_state_name(0)}.safetensors").exists():
         _check_resume(out_dir, origin, store)
-    norm = _normalisation(cfg, fcfg, len(known), feats, tr.numpy())
+    chunk_of = feats.rows // store.chunk_size
+    norm = _normalisation(cfg, fcfg, len(known), feats, tr.numpy(), chunk_of)
     dfeats = feats.to_device(dev)
+    val = _validation_rows(feats, dfeats, y, va.numpy(), chunk_of, cfg.seed)
     t0 = time.perf_counter()
     epoch_rows = min(len(clean), cfg.epoch_samples) if cfg.epoch_samples > 0 else len(clean)
     bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress, desc="train")
@@ -283,7 +292,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     for k in range(cfg.members):
         if cfg.members > 1:
             bar.set_description(f"train {k + 1}/{cfg.members}")
-        net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, va, dev, out_dir,
+        net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, val, dev, out_dir,
                                    origin, resume, bar, epoch_rows)
         members.append(net)
         states.append(state)
@@ -301,12 +310,25 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
         feats.close()
 
 
-def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, source, tr: np.ndarray) -> dict:
+def _validation_rows(feats, dfeats, y: np.ndarray, va: np.ndarray, chunk_of: np.ndarray, seed: int):
+    """(source, labels, positions) of the per-epoch validation: every validation row, or those of a seeded
+    sample of whole chunks above VAL_ROWS; read once into memory when the store is streamed."""
+    mask = np.zeros(len(chunk_of), bool)
+    mask[va] = True
+    va = np.flatnonzero(_sample_groups(mask, chunk_of, seed + 1, VAL_ROWS))
+    if not feats.streaming:
+        return dfeats, y, torch.from_numpy(va)
+    return MemoryRows(feats.fetch(va)), y[va], torch.arange(len(va))
+
+
+def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, source, tr: np.ndarray,
+                   chunk_of: np.ndarray) -> dict:
     """The network's input statistics (its *_mean / *_std buffers) from the training rows: all of
-    them, or a seeded sample of NORM_ROWS above that, read in one pass (streamed or not)."""
+    them, or those of a seeded sample of whole chunks above NORM_ROWS, read in one pass (streamed or not)."""
     from leakstore.model.net import NormStats
-    if len(tr) > NORM_ROWS:
-        tr = np.sort(np.random.default_rng(cfg.seed).choice(tr, NORM_ROWS, replace=False))
+    mask = np.zeros(len(chunk_of), bool)
+    mask[tr] = True
+    tr = np.flatnonzero(_sample_groups(mask, chunk_of, cfg.seed, NORM_ROWS))
     net = build_member(cfg, fcfg, n_classes)
     stats = NormStats(net)
     for _, feats, local in source.batches(torch.from_numpy(tr), 1024):
@@ -316,7 +338,7 @@ def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, sour
 
 
 def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, norm: dict, dfeats, y,
-                  clean, views, va, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int):
+                  clean, views, val, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int):
     """Train member k of the model (seed cfg.seed + k; the only member of a single network) and
     return it at its best epoch, with its training state. Each epoch's state is saved under its
     own name, so an interrupted ensemble resumes at the member and epoch it reached."""
@@ -349,7 +371,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
         tl = _epoch(net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen)
-        vl, vacc, vauc = _validate(net, dfeats, y, va, dev)
+        vl, vacc, vauc = _validate(net, *val, dev)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
                                  "val_auc": vauc, "seconds": time.perf_counter() - te})
@@ -416,7 +438,7 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
     (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
-    fit = _capped(fit, store.image_rows()[feats.rows], cfg.seed)
+    fit = _capped(fit, feats.rows // store.chunk_size, cfg.seed)
     order = np.flatnonzero(fit["train"] | fit["val"] | fit["calibration"])   # in store order
     emb, fblocks = embed_rows(net, feats, order, dev)
     sub_rows = feats.rows[order]

@@ -11,7 +11,7 @@ from leakstore.model.metrics import closed_set
 from leakstore.model.net import NormStats
 from leakstore.model.predict import batch_dict, embed_all, embed_rows, predict
 from leakstore.model.rows import MemoryRows, StreamRows, index, open_rows, should_stream
-from leakstore.model.train import _capped, train
+from leakstore.model.train import _capped, _sample_groups, train
 from leakstore.store import FeatureStore
 from tests.synthetic import CFG, planted_store
 
@@ -138,3 +138,29 @@ def test_auto_streams_only_what_does_not_fit(store, monkeypatch):
     assert isinstance(open_rows(store, NAMES, stream="off"), MemoryRows)
     with pytest.raises(InputError, match="--stream"):
         should_stream(store, NAMES, 160, "sometimes")
+
+
+@pytest.mark.parametrize("batch", [1, 7, 40, 500])
+def test_batches_span_windows_of_any_size(store, batch):
+    s = _stream(store, buffer=16)                                    # windows of one chunk: 8 of the rows asked
+    idx = torch.arange(0, len(s), 2)
+    full = store.load(["latents"])["latents"]
+    got, lens = [], []
+    for pos, feats, local in s.batches(idx, batch, torch.Generator().manual_seed(1)):
+        np.testing.assert_array_equal(feats["latents"][local].numpy(), full[pos].numpy())
+        got.append(pos.numpy())
+        lens.append(len(pos))
+    assert sorted(np.concatenate(got).tolist()) == idx.tolist()
+    assert all(n == batch for n in lens[:-1]) and 0 < lens[-1] <= batch
+    limited = sum(len(p) for p, _, _ in s.batches(idx, batch, torch.Generator().manual_seed(1), limit=30))
+    assert limited == 30
+    s.close()
+
+
+def test_samples_of_whole_chunks_stay_under_the_limit_and_keep_all_below_it():
+    group = np.arange(1000) // 100                                   # ten chunks of 100 rows
+    mask = np.arange(1000) % 2 == 0                                  # 50 rows in each
+    out = _sample_groups(mask, group, seed=3, limit=220)
+    assert out.sum() == 200 and not (out & ~mask).any()
+    assert len(np.unique(group[out])) == 4 and all((out & (group == g)).sum() == 50 for g in np.unique(group[out]))
+    assert _sample_groups(mask, group, seed=3, limit=500) is mask
