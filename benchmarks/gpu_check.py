@@ -9,12 +9,14 @@ Parts, in this order (each a benchmark script of pipelines/, run in this process
 below; random weights, no download; the SD-VAE architecture at 256 px). The order puts first what
 has no GPU figure yet, so a run cut short by --budget-s keeps the most needed ones:
 
+    featurize_default    the default featurize config (residual, periodicity, pixel and noise spectra) at 256 px:
+                         images/s, and the ratio to its own compiled compute (bf16 encoder + the residual's
+                         float32 encoder, decoder and encoder) (bench_featurize --residual-bins 12)
     train                training 10 epochs from the store vs re-encoding every epoch in fp32 (bench_train)
     score_store          dask store scoring with 1, 2, 4, 8, 16 workers (bench_score)
-    featurize            files -> store vs the compiled encoder alone (bench_featurize), default compile mode
+    featurize            files -> store without the residual vs the compiled encoder alone (bench_featurize)
     featurize_cluster    featurize on a local dask cluster of 1 and 2 workers (bench_featurize_cluster)
     score_images         raw-image scoring, in process and with dask, on the device (bench_score_images)
-    featurize_residual   the same as featurize with the reconstruction residual (decoder pass and second encode)
 
 Writes gpu_check.json (every part's results, seconds, and status: a failing part is recorded
 and the others still run) and gpu_check.md (one table), and prints the table. Exit code 1 when a
@@ -53,6 +55,9 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
     common = ["--resolution", str(s["res"]), "--device", device]
     feat = ["--out", str(out / "featurize"), "--images", str(s["images"])] + common + (["--batch", "16", "--skip-anchors"]
                                                                                       if smoke else [])
+    yield ("featurize_default", lambda: bench_featurize.main(
+        ["--out", str(out / "featurize-default"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
+        + common + (["--batch", "16"] if smoke else [])), out / "featurize-default" / f"bench{s['res']}.json")
     yield ("train", lambda: bench_train.main(
         ["synthetic", "--vae", "sd-random", "--images", str(s["train_images"]), "--reference-precision", "fp32",
          "--out", str(out / "train")] + common + (["--epochs", "1", "--loader-workers", "0"] if smoke else [])),
@@ -71,15 +76,12 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
         [str(data), "--vae", vae, "--images", str(s["score_images"]), "--workers", "1" if smoke else "1,4",
          "--out", str(out / "score-images")] + common + (["--members", "1"] if smoke else [])),
         out / "score-images" / "bench_score_images.json")
-    yield ("featurize_residual", lambda: bench_featurize.main(
-        ["--out", str(out / "featurize-residual"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
-        + common + (["--batch", "16"] if smoke else [])), out / "featurize-residual" / f"bench{s['res']}.json")
 
 
 def _table(results: dict) -> str:
     rows = ["| part | status | seconds | figures |", "|---|---|---|---|"]
     pick = {"featurize": ("compiled_encoder", "pipeline", "pipeline_over_compiled"),
-            "featurize_residual": ("compiled_encoder", "pipeline", "pipeline_over_compiled"),
+            "featurize_default": ("compiled_compute", "pipeline", "pipeline_over_compiled"),
             "train": ("train_from_store_s", "train_reencoding_s", "speedup_training", "speedup_end_to_end"),
             "score_store": ("rows_per_s",), "score_images": ("ms_per_image",), "featurize_cluster": ("rates",)}
     for name, r in results["parts"].items():

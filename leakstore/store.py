@@ -360,7 +360,9 @@ class FeatureStore:
         """Done rows (all, or those among `rows`) in store order, with the named features (default:
         every feature the store holds). Failed and pending rows are never read."""
         import torch
-        done = np.flatnonzero(self.status() == DONE)
+        # the per-row arrays are read over the rows' span only: a chunk's rows of a big store cost one chunk
+        span = slice(0, self.n) if rows is None or len(rows) == 0 else slice(int(np.min(rows)), int(np.max(rows)) + 1)
+        done = span.start + np.flatnonzero(self.read("status", span) == DONE)
         if rows is not None:
             done = np.intersect1d(done, rows)
         if len(done) == 0:
@@ -369,9 +371,10 @@ class FeatureStore:
         sel = slice(int(done[0]), int(done[-1]) + 1) if contiguous else done
         names = [f.name for f in features_for(self.config) if names is None or f.name in names]
         arrays = {n: torch.from_numpy(np.ascontiguousarray(self.read(n, sel))) for n in names}
-        return FeatureBatch(done, arrays, self.read("label")[done].astype(np.int64),
-                            self.read("split")[done].astype(np.int64),
-                            np.array([str(p) for p in self.read("path")[done]], dtype=object))
+        local = done - span.start
+        return FeatureBatch(done, arrays, self.read("label", span)[local].astype(np.int64),
+                            self.read("split", span)[local].astype(np.int64),
+                            np.array([str(p) for p in self.read("path", span)[local]], dtype=object))
 
     def summary(self) -> dict[str, Any]:
         """A machine-readable description (what `leakstore inspect --json` prints)."""

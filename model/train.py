@@ -36,9 +36,9 @@ MIN_TRAIN_PER_CLASS = 4
 # Above these sizes a run reads a seeded sample of whole store chunks instead of every row (a chunk is
 # read whole anyway, and an image's crops share one), so that a store of millions of rows costs no more:
 NORM_ROWS = 20_000     # training rows the input statistics come from
-VAL_ROWS = 10_000      # validation rows of the per-epoch validation (early stopping); kept in memory
-FIT_ROWS = 50_000      # training rows the scorers are fitted on (kNN and KDE keep every one), and validation
-                       # rows they are calibrated on
+VAL_ROWS = 4_096       # validation rows of the per-epoch validation (early stopping), kept in memory
+FIT_ROWS = 20_000      # training rows the scorers are fitted on (kNN and KDE keep every one)
+CAL_ROWS = 10_000      # validation rows they are calibrated on (the unknown threshold among them)
 
 
 def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -> np.ndarray:
@@ -52,11 +52,12 @@ def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -
     return mask & np.isin(group, keep)
 
 
-def _capped(fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS) -> dict[str, np.ndarray]:
-    """`fit`'s masks with the training part, and the validation and calibration parts together, cut to
-    at most `limit` rows each by `_sample_groups`."""
+def _capped(fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS,
+            cal_limit: int = CAL_ROWS) -> dict[str, np.ndarray]:
+    """`fit`'s masks with the training part cut to at most `limit` rows, and the validation and
+    calibration parts together to at most `cal_limit`, by `_sample_groups`."""
     out = dict(fit)
-    for parts in (("train",), ("val", "calibration")):
+    for parts, limit in ((("train",), limit), (("val", "calibration"), cal_limit)):
         union = np.logical_or.reduce([fit[p] for p in parts])
         chosen = _sample_groups(union, group, seed, limit)
         for p in parts:
@@ -331,7 +332,7 @@ def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, sour
     tr = np.flatnonzero(_sample_groups(mask, chunk_of, cfg.seed, NORM_ROWS))
     net = build_member(cfg, fcfg, n_classes)
     stats = NormStats(net)
-    for _, feats, local in source.batches(torch.from_numpy(tr), 1024):
+    for _, feats, local in source.batches(torch.from_numpy(tr), 256):
         stats.update(batch_dict(feats, local, net.inputs, "cpu"))
     stats.apply()
     return {k: v for k, v in net.state_dict().items() if k.endswith(("_mean", "_std"))}
