@@ -46,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--store", type=Path, default=None, help="a store (default: the demo's, made under --dir if missing)")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/bench-contention"))
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy processes beside training")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
