@@ -193,8 +193,8 @@ def _compute_rate(vae_dir: Path, compiled, xc: torch.Tensor, device, mode: str, 
         z = enc(xc).float()
         enc(dec(z).float() * 255.0)
     with torch.inference_mode():
-        step()                                            # compiles
-        return rate(step, batch, 10 if cuda else 1, device)
+        step()                                            # compiles (on CUDA)
+        return rate(step, batch, 10 if cuda else 1, device, warmup=2 if cuda else 0)
 
 
 if __name__ == "__main__":
