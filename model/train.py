@@ -52,6 +52,13 @@ def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -
     return mask & np.isin(group, keep)
 
 
+def _sample_positions(pos: np.ndarray, group: np.ndarray, seed: int, limit: int) -> np.ndarray:
+    """`_sample_groups` for an index array of positions (sorted in the answer)."""
+    mask = np.zeros(len(group), bool)
+    mask[pos] = True
+    return np.flatnonzero(_sample_groups(mask, group, seed, limit))
+
+
 def _capped(fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS,
             cal_limit: int = CAL_ROWS) -> dict[str, np.ndarray]:
     """`fit`'s masks with the training part cut to at most `limit` rows, and the validation and
@@ -256,7 +263,6 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     `stream`: "on" reads the store chunk by chunk through a shuffle buffer of `buffer` rows (memory
     bounded by the buffer, not the store), "off" loads the features into memory, "auto" streams
     when they would take more than a quarter of the RAM (model/rows.py)."""
-    from tqdm.auto import tqdm
     cfg = cfg or ModelConfig()
     out_dir = Path(out_dir)
     store = FeatureStore.open(store_path)
@@ -271,6 +277,16 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     # and the features only they read (the pixel spectrum)
     feats = open_rows(store, inputs + (("latent0",) if cfg.renoise else ())
                       + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg), stream, buffer)
+    try:
+        return _train(store, fcfg, feats, cfg, inputs, out_dir, unknown_labels, dev, resume, progress)
+    finally:
+        feats.close()         # the streamed store's reader thread
+
+
+def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, inputs, out_dir: Path, unknown_labels,
+           dev, resume: bool, progress: bool) -> dict:
+    """train() once its rows are open: the networks, then the scorers (_finish)."""
+    from tqdm.auto import tqdm
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
     rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)                     # views included unless --view-prob 0
@@ -304,19 +320,14 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
     fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
            "calibration": cal & (feats.splits == 1)}
-    try:
-        return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
-                       list(unknown_labels), epoch_rows)
-    finally:
-        feats.close()
+    return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
+                   list(unknown_labels), epoch_rows)
 
 
 def _validation_rows(feats, dfeats, y: np.ndarray, va: np.ndarray, chunk_of: np.ndarray, seed: int):
     """(source, labels, positions) of the per-epoch validation: every validation row, or those of a seeded
     sample of whole chunks above VAL_ROWS; read once into memory when the store is streamed."""
-    mask = np.zeros(len(chunk_of), bool)
-    mask[va] = True
-    va = np.flatnonzero(_sample_groups(mask, chunk_of, seed + 1, VAL_ROWS))
+    va = _sample_positions(va, chunk_of, seed + 1, VAL_ROWS)
     if not feats.streaming:
         return dfeats, y, torch.from_numpy(va)
     return MemoryRows(feats.fetch(va)), y[va], torch.arange(len(va))
@@ -327,9 +338,7 @@ def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, sour
     """The network's input statistics (its *_mean / *_std buffers) from the training rows: all of
     them, or those of a seeded sample of whole chunks above NORM_ROWS, read in one pass (streamed or not)."""
     from leakstore.model.net import NormStats
-    mask = np.zeros(len(chunk_of), bool)
-    mask[tr] = True
-    tr = np.flatnonzero(_sample_groups(mask, chunk_of, cfg.seed, NORM_ROWS))
+    tr = _sample_positions(tr, chunk_of, cfg.seed, NORM_ROWS)
     net = build_member(cfg, fcfg, n_classes)
     stats = NormStats(net)
     for _, feats, local in source.batches(torch.from_numpy(tr), 256):
