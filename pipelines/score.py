@@ -41,10 +41,9 @@ def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int
     with _LOCK:
         if key not in _PREDICTORS:
             if os.environ.get("LEAKSTORE_WORKER"):
-                from leakstore.device import worker_process_device
-                # local GPU workers spread over the GPUs, one CPU thread per process
+                from leakstore.device import set_threads, worker_process_device
+                # local GPU workers spread over the GPUs, one CPU thread per process unless told otherwise
                 device = str(worker_process_device(device, worker_number))
-                from leakstore.device import set_threads
                 set_threads(threads)
             _PREDICTORS[key] = Predictor.load(run_dir, device)
         return _PREDICTORS[key]
