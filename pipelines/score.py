@@ -224,7 +224,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     the parts are then streamed into one Parquet file, one part in memory at a time. Returns the counts
     (`summarise`'s fields); read the predictions with pandas.read_parquet(out)."""
     from leakstore.predictor import Predictor
-    out = Path(out) if out is not None else None
+    out = Path(out).absolute() if out is not None else None      # the workers write its parts: one path for all
     if out is not None:
         check_out(out)
     pred = Predictor.load(run_dir)                   # a broken or missing model fails here, before any cluster
