@@ -42,15 +42,6 @@ def row_bytes(store: FeatureStore, names) -> int:
                for n in names if n in store.group)
 
 
-def index(store: FeatureStore) -> FeatureBatch:
-    """The store's done rows without features: rows, labels, splits, paths."""
-    done = np.flatnonzero(store.status() == DONE)
-    if len(done) == 0:
-        raise InputError(f"store {store.path} has no featurized rows: run or finish `leakstore featurize` first")
-    return FeatureBatch(done, {}, store.read("label")[done].astype(np.int64), store.read("split")[done].astype(np.int64),
-                        np.array([str(p) for p in store.read("path")[done]], dtype=object))
-
-
 def should_stream(store: FeatureStore, names, n_rows: int, stream: str = "auto") -> bool:
     if stream not in STREAM_MODES:
         raise InputError(f"--stream {stream!r}: choose one of {', '.join(STREAM_MODES)}")
@@ -64,9 +55,8 @@ def open_rows(store: FeatureStore, names, stream: str = "auto", buffer: int = DE
     """The rows of `store` with the named features: streamed when `stream` is "on", or "auto" and
     they would take more than a quarter of the RAM; in memory otherwise."""
     names = [n for n in names if n in store.group]
-    idx = index(store)
-    if should_stream(store, names, len(idx), stream):
-        return StreamRows(store, names, idx, buffer)
+    if should_stream(store, names, int((store.status() == DONE).sum()), stream):
+        return StreamRows(store, names, store.load(()), buffer)      # the done rows' bookkeeping, no features
     return MemoryRows(store.load(names))
 
 
@@ -102,9 +92,6 @@ class MemoryRows:
         for s in range(0, len(order), batch_size):
             b = order[s:s + batch_size]
             yield b, self.feats, b
-
-    def fetch(self, idx) -> FeatureBatch:
-        return self.feats.subset(np.asarray(idx))
 
     def close(self) -> None:
         pass

@@ -22,7 +22,6 @@ from leakstore.errors import InputError
 from leakstore.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 from leakstore.model.metrics import closed_set, open_set
-from leakstore.model.rows import index
 from leakstore.model.predict import image_threshold, validation_flagged
 from leakstore.fsio import atomic_path, write_json
 
@@ -32,7 +31,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
-    feats = index(store)                     # labels and splits only: the features of the rows judged are read below
+    feats = store.load(())                   # labels and splits only: the features of the rows judged are read below
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]

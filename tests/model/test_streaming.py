@@ -10,7 +10,7 @@ from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import closed_set
 from leakstore.model.net import NormStats
 from leakstore.model.predict import batch_dict, embed_all, embed_rows, predict
-from leakstore.model.rows import MemoryRows, StreamRows, index, open_rows, should_stream
+from leakstore.model.rows import MemoryRows, StreamRows, open_rows, should_stream
 from leakstore.model.train import _capped, _sample_groups, train
 from leakstore.store import FeatureStore
 from tests.synthetic import CFG, planted_store
@@ -26,7 +26,7 @@ def store(tmp_path_factory):
 
 
 def _stream(store, buffer=32):
-    return StreamRows(store, NAMES, index(store), buffer=buffer)
+    return StreamRows(store, NAMES, store.load(()), buffer=buffer)
 
 
 def test_an_epoch_reads_every_row_once_in_full_batches_from_bounded_windows(store):
