@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,7 +113,7 @@ class NormStats:
 
     def _add(self, key: str, x: torch.Tensor, dims: tuple[int, ...]) -> None:
         x = x.double()
-        n = x.numel() // max(1, int(np.prod([x.shape[d] for d in range(x.dim()) if d not in dims])))
+        n = math.prod(x.shape[d] for d in dims)           # values summed per statistic
         s = self.sums.setdefault(key, [0.0, 0.0, 0])
         s[0] = s[0] + x.sum(dims).cpu()
         s[1] = s[1] + (x * x).sum(dims).cpu()
