@@ -6,9 +6,9 @@ __version__ = "0.1.0"
 import os as _os
 
 # OpenMP threads that wait for work sleep instead of spinning. Spinning threads fight any other busy
-# process for the cores: measured on a 2-core machine with two busy processes beside it, the demo's
-# network trained at 43 samples/s with spinning threads and 780 with sleeping ones (1,374 and 1,139
-# idle); a larger network lost nothing idle (266 -> 282). OpenMP reads this when torch loads, so it
+# process for the cores: on a 2-core machine with two busy processes beside it, the demo's network
+# trained at 30 samples/s with spinning threads and 660 with sleeping ones (1,414 and 1,296 idle;
+# python -m benchmarks.bench_contention, docs/speed.md). OpenMP reads this when torch loads, so it
 # takes effect when leakstore is imported first (the command line always is); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
