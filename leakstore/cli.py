@@ -31,6 +31,8 @@ Codec = _choices("Codec", CODECS)
 Backbone = _choices("Backbone", BACKBONES)
 Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
+OUTLIERS_HELP = ("A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
+                 "options): an 'other' class for the lda open-set scorers (docs: Open set).")
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
 Split = _choices("Split", ("test", "val", "train", "all"))
@@ -278,6 +280,7 @@ def train(
     scorer_rows: Annotated[ScorerRows, typer.Option(rich_help_panel=P_OPEN, help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only; or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included (docs: Robustness).")] = MD["scorer_rows"],
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, rich_help_panel=P_OPEN, help="Share of known validation images the unknown threshold may reject.")] = MD["false_unknown_rate"],
     open_temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPEN, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
+    outliers: Annotated[Optional[Path], typer.Option(metavar="STORE", rich_help_panel=P_OPEN, help=OUTLIERS_HELP)] = None,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
     stream: Annotated[Stream, typer.Option(rich_help_panel=P_RUN, help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream when its features would take more than a quarter of the RAM (auto).")] = "auto",
@@ -302,7 +305,8 @@ def train(
                           members=members)
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
-                      progress=progress and not as_json, stream=Stream(stream).value, buffer=stream_buffer)
+                      progress=progress and not as_json, stream=Stream(stream).value, buffer=stream_buffer,
+                      outliers=outliers)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
@@ -317,6 +321,34 @@ def train(
     if summary["post_hoc_prototypes"]:
         typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
+
+
+@app.command("make-outliers")
+def make_outliers(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="The training images: a folder per class or a manifest, as given to featurize.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the outlier images and their manifest.csv.")],
+    photos: Annotated[Optional[list[Path]], typer.Option(metavar="DIR", help="Camera photographs (a folder or a file; repeatable): native-pixel crops of them join as label 'photo'.")] = None,
+    vae: Annotated[Optional[str], typer.Option(metavar="VAE", help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's decoder traces. Without it, JPEG copies only.")] = None,
+    per_photo: Annotated[int, typer.Option(min=1, help="Crops per photograph.")] = 6,
+    size: Annotated[int, typer.Option(min=16, help="Side of a photograph crop, in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the choices (with each file's SHA-256).")] = 0,
+    progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
+):
+    """Write images that no known generator made (JPEG or autoencoder copies of the training images,
+    crops of photographs) for train --outliers: the unknown flag learns what 'none of these' looks like."""
+    with _guard("finished images are kept in OUT; rerun the same command to go on", lambda: f"Finished images are kept in {out}."):
+        from leakstore.featurize.outliers import make_outliers as run
+        s = run(data, out, photos=photos or (), vae=vae, per_photo=per_photo, size=size, seed=seed,
+                progress=progress and not as_json)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
+               + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
+                  f"{s['first_failures'][0][1]}" if s["failed"] else ""))
+    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
+               "then leakstore train STORE --outliers OUTLIERS.zarr")
 
 
 @app.command("openset-study")
@@ -336,6 +368,7 @@ def openset_study(
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = MD["view_prob"],
     ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
     unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its labels' test rows; reported, never chosen on; repeatable.")] = None,
+    outliers: Annotated[Optional[Path], typer.Option(metavar="STORE", help=OUTLIERS_HELP + " Each fold leaves out the rows made from its held-out generator.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
@@ -353,7 +386,7 @@ def openset_study(
                           open_temperature=open_temperature)
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling,
-                unseen=unseen or ())
+                unseen=unseen or (), outliers=outliers)
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return

@@ -109,7 +109,8 @@ class Bundle:
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
-        extra = tuple(b for b in getattr(self.open, "blocks_", ()) if b in BY_NAME and b not in self.net.inputs)
+        from leakstore.model.openset import stored_blocks
+        extra = tuple(b for b in stored_blocks(getattr(self.open, "blocks_", ())) if b not in self.net.inputs)
         return tuple(self.net.inputs) + extra
 
 

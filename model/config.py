@@ -14,7 +14,8 @@ SCORERS = ("mahalanobis", "gmm", "kde", "prototype")
 SCORER_ROWS = ("all", "clean", "clean-fit")
 # open-set scorers (model/openset.py); "fused-period" won the leave-one-generator-out study (docs/open-set.md)
 OPEN_SCORERS = ("kde", "gauss", "knn", "prototype", "confidence", "stats", "residual", "periodicity", "spectrum",
-                "noise", "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel", "fused-noise")
+                "noise", "lda", "fused", "fused-period", "fused-stats", "fused-all", "fused-input", "fused-pixel", "fused-noise",
+                "fused-lda")
 
 
 # settings added after models were saved without them, with the value that reads those models as they were

@@ -14,12 +14,21 @@ discard (input statistics, the reconstruction residual):
     residual     reconstruction-residual vector (N, F)             the store (--residual)
     periodicity  pixel-gradient phase profile (N, 2P)              the store (--period)
     pixel_spectrum  band powers of the pixel spectrum (N, 2B)      the store (--pixel-spectrum)
+    noise_spectrum  the noise residual's 2-D spectrum (N, B*B)     the store (--noise-spectrum)
+    features     every one of the five above that the model has,   stats and the store
+                 side by side (N, sum)
 
 Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
 known generator). `OpenSetScorer` scales each component by its own lower tail on known validation
 rows and fuses them by a soft minimum (an image is about as unknown as its most alarmed component,
 more so when several are alarmed; `temperature` 0: the plain minimum); its threshold
 is the `false_unknown_rate` quantile of known validation images.
+
+Outlier exposure (`train --outliers STORE`, made by `leakstore make-outliers`): images that are no
+known generator's (photographs, known images through JPEG or another autoencoder) join the `lda`
+scorer as one more class, OUTLIER, so that "none of these" competes with the known classes
+instead of every image being pushed into its nearest one.
+
 """
 from __future__ import annotations
 
@@ -61,6 +70,11 @@ class ClassGaussian(_Scorer):
         self.false_unknown_rate = false_unknown_rate
 
     def fit(self, X, y=None):
+        X, _ = self._fit_gaussians(X, y)
+        return self._set_offset(X)
+
+    def _fit_gaussians(self, X, y):
+        """Class means and the shared shrunk precision on standardised X -> (X, class index per row)."""
         if y is None:
             X = validate_data(self, X)
             y = np.zeros(len(X), dtype=int)
@@ -72,7 +86,7 @@ class ClassGaussian(_Scorer):
         Z = (X - self.mean_) / self.scale_
         self.means_ = np.stack([Z[yi == k].mean(0) for k in range(len(self.classes_))])
         self.precision_ = LedoitWolf().fit(Z - self.means_[yi]).precision_
-        return self._set_offset(X)
+        return X, yi
 
     def class_distances(self, X) -> np.ndarray:
         """(N, K) squared Mahalanobis distances to each class mean."""
@@ -83,6 +97,34 @@ class ClassGaussian(_Scorer):
 
     def score_samples(self, X) -> np.ndarray:
         return -0.5 * self.class_distances(X).min(1)
+
+
+OUTLIER = -1   # the label of outlier-exposure rows in y (known classes are 0..K-1)
+
+
+class ClassPosterior(ClassGaussian):
+    """The largest known-class log posterior of a linear discriminant: class Gaussians with one shared
+    (Ledoit-Wolf shrunk) covariance on standardised features, priors from the class counts.
+
+    Rows labelled OUTLIER form one more class; an image then scores low when "none of the known
+    classes" explains it better than any known one does, not only when it is far from all of them.
+    Without outliers it is the discriminant's confidence: low between classes, where a generator
+    that none of them made tends to land. Chosen on RealGen-dev's leave-one-generator-out
+    validation rows (docs/results)."""
+
+    def fit(self, X, y=None):
+        X, yi = self._fit_gaussians(X, y)
+        counts = np.bincount(yi, minlength=len(self.classes_)).astype(float)
+        self.log_prior_ = np.log(counts / counts.sum())
+        self.known_ = (self.classes_ != OUTLIER).astype(np.int8)
+        if not self.known_.any():
+            raise InputError("the lda open-set scorer got outlier rows only: it needs rows of known classes")
+        return self._set_offset(X[self.known_[yi].astype(bool)])
+
+    def score_samples(self, X) -> np.ndarray:
+        logit = -0.5 * self.class_distances(X) + self.log_prior_
+        post = logit - logsumexp(logit, axis=1, keepdims=True)
+        return post[:, self.known_.astype(bool)].max(1)
 
 
 class KNNDistance(_Scorer):
@@ -150,6 +192,9 @@ BASE_SCORERS = {
                  "nearest known class, Gaussian on the pixel spectrum's band powers"),
     "noise": ("noise_spectrum", lambda seed: ClassGaussian(),
               "nearest known class, Gaussian on the noise residual's 2-D spectrum"),
+    "lda": ("features", lambda seed: ClassPosterior(),
+            "largest known-class posterior of a linear discriminant on the latent and pixel statistics "
+            "side by side (with --outliers: an 'other' class competes)"),
 }
 # fused scorers: the soft minimum of tail-matched components (those whose block the model has)
 FUSED = {
@@ -160,13 +205,22 @@ FUSED = {
     "fused-input": ("confidence", "residual", "periodicity"),
     "fused-pixel": ("confidence", "periodicity", "spectrum"),
     "fused-noise": ("confidence", "noise"),
+    "fused-lda": ("confidence", "lda"),
 }
 # a fused scorer left with one component on a model without its input block falls back to another
 # (fused-period on a store featurized with --period 0: confidence + residual)
-FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-noise": "fused"}
+FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-noise": "fused", "fused-lda": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
-BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum", "noise_spectrum")
+BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum", "noise_spectrum",
+          "features")
 STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
+FEATURE_PARTS = ("stats",) + STORED_BLOCKS                 # what the `features` block puts side by side
+
+
+def stored_blocks(blocks) -> tuple[str, ...]:
+    """The stored features that open-set blocks read (`features` reads every stored one)."""
+    out = [p for b in blocks for p in (FEATURE_PARTS if b == "features" else (b,))]
+    return tuple(b for b in dict.fromkeys(out) if b in BY_NAME)
 
 
 def components(method: str, available_blocks) -> tuple[str, ...]:
@@ -226,12 +280,21 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
         self.temperature = temperature
 
-    def fit(self, blocks: dict, y, val_blocks: dict | None = None):
+    def fit(self, blocks: dict, y, val_blocks: dict | None = None, outliers: dict | None = None):
         """Fit every component on training rows; scale them and set the threshold on validation
-        rows (`val_blocks`; the training rows when none are given)."""
+        rows (`val_blocks`; the training rows when none are given). `outliers`: blocks of
+        outlier-exposure rows, one more class for the components that take one (`lda`)."""
         self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
-        self.estimators_ = [BASE_SCORERS[c][1](self.random_state).fit(blocks[BASE_SCORERS[c][0]], y)
-                            for c in self.components_]
+        self.estimators_, self.n_outliers_ = [], 0
+        for c in self.components_:
+            blk, make, _ = BASE_SCORERS[c]
+            est, X, yc = make(self.random_state), blocks[blk], np.asarray(y)
+            if isinstance(est, ClassPosterior) and outliers is not None and outliers.get(blk) is not None \
+                    and len(outliers[blk]):
+                X = np.concatenate([X, outliers[blk]])
+                yc = np.concatenate([yc, np.full(len(outliers[blk]), OUTLIER, dtype=yc.dtype)])
+                self.n_outliers_ = len(outliers[blk])
+            self.estimators_.append(est.fit(X, yc))
         raw = self.component_scores(val_blocks if val_blocks is not None else blocks)
         self.centers_ = np.array([np.median(raw[c]) for c in self.components_])
         self.scales_ = np.array([_tail_scale(raw[c]) for c in self.components_])

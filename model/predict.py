@@ -73,10 +73,13 @@ def embed_rows(net: ProtoLeakNet, source, idx: np.ndarray, device, batch: int = 
 def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarray | None]:
     """The open-set blocks read from the features themselves (channel statistics of the least noised
     latent, and the stored features the scorers read), for every row of `feats` (on the CPU)."""
-    from leakstore.model.openset import STORED_BLOCKS, channel_stats
-    return {"stats": channel_stats(feats["latents"]),
-            **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
-               for k in STORED_BLOCKS}}
+    from leakstore.model.openset import FEATURE_PARTS, STORED_BLOCKS, channel_stats
+    out = {"stats": channel_stats(feats["latents"]),
+           **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
+              for k in STORED_BLOCKS}}
+    parts = [out[k].reshape(len(out[k]), -1) for k in FEATURE_PARTS if out.get(k) is not None]
+    out["features"] = np.concatenate(parts, axis=1)
+    return out
 
 
 def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:

@@ -28,6 +28,7 @@ from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, 
 from leakstore.model.config import ModelConfig
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows
+from leakstore.model.outliers import outlier_blocks, outlier_rows
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import DEFAULT_BUFFER, MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
@@ -257,8 +258,11 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
 def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
           unknown_labels=(), device: str = DEFAULT_DEVICE, resume: bool = False, overwrite: bool = False,
           progress: bool = True, expect: FeaturizeConfig | None = None, stream: str = "auto",
-          buffer: int = DEFAULT_BUFFER) -> dict:
+          buffer: int = DEFAULT_BUFFER, outliers: str | Path | None = None) -> dict:
     """Train, fit scorers, save the bundle in out_dir. Returns the training summary.
+
+    `outliers`: a store of images no known generator made (model/outliers.py), featurized like
+    this one; its rows join the open-set scorers that take an "other" class.
 
     `stream`: "on" reads the store chunk by chunk through a shuffle buffer of `buffer` rows (memory
     bounded by the buffer, not the store), "off" loads the features into memory, "auto" streams
@@ -272,19 +276,21 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     if (out_dir / "model.json").exists() and not (resume or overwrite):
         raise InputError(f"{out_dir} already holds a model: pass --resume to continue it or --overwrite to replace it")
     dev = resolve_device(device)
+    # checked before the networks train: a store that cannot serve fails in a second, not after the run
+    outliers = outlier_rows(outliers, store, unknown_labels) if outliers is not None else None
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
     # and the features only they read (the pixel spectrum)
     feats = open_rows(store, inputs + (("latent0",) if cfg.renoise else ())
                       + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg), stream, buffer)
     try:
-        return _train(store, fcfg, feats, cfg, inputs, out_dir, unknown_labels, dev, resume, progress)
+        return _train(store, fcfg, feats, cfg, inputs, out_dir, unknown_labels, dev, resume, progress, outliers)
     finally:
         feats.close()         # the streamed store's reader thread
 
 
 def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, inputs, out_dir: Path, unknown_labels,
-           dev, resume: bool, progress: bool) -> dict:
+           dev, resume: bool, progress: bool, outliers=None) -> dict:
     """train() once its rows are open: the networks, then the scorers (_finish)."""
     from tqdm.auto import tqdm
     known, y = _split_known(store, feats, list(unknown_labels))
@@ -321,7 +327,7 @@ def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, 
     fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
            "calibration": cal & (feats.splits == 1)}
     return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
-                   list(unknown_labels), epoch_rows)
+                   list(unknown_labels), epoch_rows, outliers)
 
 
 def _validation_rows(feats, dfeats, y: np.ndarray, va: np.ndarray, chunk_of: np.ndarray, seed: int):
@@ -444,7 +450,7 @@ def _best_val(state: dict) -> dict:
 
 
 def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, states: list[dict],
-            train_seconds, unknown, epoch_rows: int) -> dict:
+            train_seconds, unknown, epoch_rows: int, outliers=None) -> dict:
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
     (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
@@ -462,9 +468,10 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1),
                          fblocks=fblocks)
+    oblocks = outlier_blocks(net, *outliers) if outliers is not None else None
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
                         temperature=cfg.open_temperature).fit(
-        select_rows(blocks, tr), y_tr, select_rows(blocks, cal))
+        select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
     if store.has_crops:              # images are judged on their crops' mean score: a threshold of their own
         opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub_rows[cal]])
     state = states[0]
@@ -484,7 +491,9 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
                                "temperature": cfg.open_temperature, "threshold": opn.threshold_,
                                "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_,
-                               "image_threshold": getattr(opn, "image_threshold_", None)}}
+                               "image_threshold": getattr(opn, "image_threshold_", None)},
+               "outliers": None if outliers is None else {"store": str(outliers[0].path), "rows": len(outliers[1]),
+                                                          "used": int(opn.n_outliers_)}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
                                "best_val": _best_val(st)} for st in states]

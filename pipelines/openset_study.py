@@ -40,6 +40,7 @@ from leakstore.model.checkpoint import load_bundle, scorer_features
 from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import open_set
 from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
+from leakstore.model.outliers import outlier_blocks, outlier_rows
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
 from leakstore.fsio import atomic_path, write_json, write_text
@@ -54,7 +55,8 @@ def _network_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in SCORER_ONLY}
 
 
-def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool) -> Path:
+def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool,
+          outliers=None) -> Path:
     """Train the fold's model unless a finished one with the same network settings is there (the
     open-set scorers are refitted from the fold's model by study_fold with the study's settings)."""
     meta = run / "model.json"
@@ -65,7 +67,7 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
                 == _network_settings(cfg.to_dict())
                 and m.get("featurize_hash") == store.config.hash):
             return run
-    train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
+    train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress, outliers=outliers)
     return run
 
 
@@ -121,12 +123,14 @@ def _loader(cache: dict | None):
 
 
 def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = DEFAULT_DEVICE,
-               cfg: ModelConfig | None = None, unseen=(), cache: dict | None = None) -> list[dict]:
+               cfg: ModelConfig | None = None, unseen=(), cache: dict | None = None, outliers=None) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
     scorer settings of `cfg` (default: the fold model's own); `unseen`: `_unseen_rows` of outside
     stores, whose labels get a column `unseen:<label>` each (AUROC against the known test rows);
-    `cache`: a dict shared by the folds of one study, so that each store is read once."""
+    `cache`: a dict shared by the folds of one study, so that each store is read once; `outliers`:
+    an outlier store (model/outliers.py), its rows not made from the held-out generators."""
     b = load_bundle(run, device)
+    oblocks = outlier_blocks(b.net, *outlier_rows(outliers, store, [g] + list(extra_unknown))) if outliers else None
     cfg = cfg or b.cfg
     load = _loader(cache)
     # every scorer is compared, so every block the store can give them
@@ -156,7 +160,7 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
         sc = OpenSetScorer(method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature).fit(
-            select_rows(blocks, tr), y[tr], select_rows(blocks, va))
+            select_rows(blocks, tr), y[tr], select_rows(blocks, va), outliers=oblocks)
         thr = sc.threshold_
         if store.has_crops:
             thr = sc.set_image_threshold(select_rows(blocks, va), image[va]).image_threshold_
@@ -282,7 +286,7 @@ def choice_support(per_scorer: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
 
 def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
                   unknown_labels=(), device: str = DEFAULT_DEVICE, progress: bool = True, ceiling: bool = True,
-                  unseen=()) -> dict:
+                  unseen=(), outliers=None) -> dict:
     import pandas as pd
 
     from leakstore.device import resolve_device
@@ -297,14 +301,16 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
         raise InputError(f"--generators {bad or gens}: give non-real classes of {store.path} "
                          f"({', '.join(n for n in store.class_names if n != real)})")
     outside = [_unseen_rows(FeatureStore.open(u), store) for u in unseen]
+    if outliers is not None:
+        outlier_rows(outliers, store)            # a store that cannot serve fails now, not after the first fold
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0, rows, cache = time.perf_counter(), [], {}
     for i, g in enumerate(gens):
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
-        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)
-        rows += study_fold(store, run, g, extra, device, cfg, outside, cache)
+        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress, outliers)
+        rows += study_fold(store, run, g, extra, device, cfg, outside, cache, outliers)
     sup = {}
     if ceiling:
         if progress:
@@ -349,7 +355,8 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
                "choice_support": {"note": f"share of {BOOTSTRAP} draws of the validation source groups in which each "
                                           "scorer has the best mean validation AUROC",
                                   "per_scorer": choice_support(val_scores)},
-               "supervised_ceiling": ceiling_out, "unseen": unseen_out, "seconds": round(time.perf_counter() - t0, 1),
+               "supervised_ceiling": ceiling_out, "unseen": unseen_out,
+               "outliers": None if outliers is None else str(outliers), "seconds": round(time.perf_counter() - t0, 1),
                "builtin_encoder": bool(store.config.vae.builtin)}
     with atomic_path(out / "study.parquet") as tmp:
         df.to_parquet(tmp, index=False)

@@ -1,0 +1,58 @@
+"""Outlier exposure for the unknown flag: rows of images that no known generator made.
+
+`leakstore make-outliers` writes such images (photographs; known images through JPEG or through
+another autoencoder) with a manifest whose label is where each came from (the source image's
+generator, or `photo`) and whose group is the source's group; `leakstore featurize` turns that
+into an outlier store with the training store's settings, and `train --outliers STORE` gives its
+rows to the open-set scorers that take an "other" class (`lda`).
+
+Which rows may fit: never one made from an image of the training store's validation or test
+groups (a known validation image's JPEG copy would teach the scorer about the rows that judge
+it), and never one made from a generator held out as unknown (in a leave-one-generator-out
+fold, that generator's JPEG copies would be its fingerprint in the "other" class).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from leakstore.errors import InputError
+from leakstore.store import DONE, FeatureStore
+
+
+MAX_ROWS = 20000    # a seeded sample above this many (the scorers' fit rows are capped alike: model/train.py)
+
+
+def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 0) -> tuple[FeatureStore, np.ndarray]:
+    """(outlier store, the rows of it that may fit a scorer of a model trained on `store` without the
+    generators in `exclude`; a seeded sample of MAX_ROWS of them when there are more)."""
+    ost = FeatureStore.open(path)
+    if ost.config.hash != store.config.hash:
+        raise InputError(f"--outliers {ost.path} was featurized with other settings than {store.path} (config "
+                         f"{ost.config.hash} vs {store.config.hash}): featurize its manifest with the same options "
+                         "(leakstore inspect shows them)")
+    # a copy's group is its source's group, or sha:<the source file's SHA-256> for a source without one
+    judged = np.isin(store.read("split"), (1, 2))
+    held_groups = ({str(g) for g in store.read("group")[judged] if str(g)}
+                   | {f"sha:{h}" for h in store.read("sha256")[judged] if str(h)})
+    names = ost.class_names
+    labels = ost.read("label")
+    label_names = np.array([names[v] if v >= 0 else "" for v in labels], dtype=object)
+    ok = ((ost.read("status") == DONE) & ~np.isin(label_names, list(exclude))
+          & ~np.isin(np.array([str(g) for g in ost.read("group")], dtype=object), list(held_groups)))
+    rows = np.flatnonzero(ok)
+    if not len(rows):
+        raise InputError(f"--outliers {ost.path} has no row that may fit this model (every row failed, or was made "
+                         f"from a validation or test image of {store.path} or from a held-out generator)")
+    if len(rows) > MAX_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_ROWS, replace=False))
+    return ost, rows
+
+
+def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray) -> dict:
+    """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them."""
+    from leakstore.model.checkpoint import scorer_features
+    from leakstore.model.predict import feature_blocks
+    feats = ost.load(("latents",) + tuple(net.inputs) + scorer_features(ost.config), rows=rows)
+    return feature_blocks(net, feats)

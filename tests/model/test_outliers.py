@@ -1,0 +1,152 @@
+"""Outlier exposure: the lda scorer's 'other' class, which outlier rows may fit, and a model
+trained with --outliers end to end (make-outliers -> featurize -> train -> evaluate)."""
+import json
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from typer.testing import CliRunner
+
+from leakstore.cli import app
+from leakstore.errors import InputError
+from leakstore.model.checkpoint import pack_scorer, unpack_scorer
+from leakstore.model.metrics import open_set
+from leakstore.model.openset import OUTLIER, ClassPosterior, OpenSetScorer
+from leakstore.model.outliers import outlier_rows
+from leakstore.store import DONE, Catalog, FeatureStore
+from tests.synthetic import CFG, planted_store
+
+runner = CliRunner()
+
+
+def blobs(seed, n=80, centres=(-3, 3), d=4):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(c, 1, (n, d)) for c in centres]), np.repeat(np.arange(len(centres)), n)
+
+
+def test_class_posterior_is_the_discriminants_largest_known_log_posterior():
+    X, y = blobs(0)
+    m = ClassPosterior().fit(X, y)
+    Z = (X[:7] - m.mean_) / m.scale_
+    d = np.array([[(z - mu) @ m.precision_ @ (z - mu) for mu in m.means_] for z in Z])
+    logit = -0.5 * d + np.log([0.5, 0.5])
+    np.testing.assert_allclose(m.score_samples(X[:7]), (logit - logsumexp(logit, 1, keepdims=True)).max(1), rtol=1e-9)
+    assert (m.score_samples(X) <= 0).all()
+
+
+def test_an_outlier_class_lowers_the_score_of_what_looks_like_it_and_survives_saving():
+    """Known classes at -3 and +3 on every axis; outliers (and the unseen test points) lie beyond the
+    second, at +9, where the two-class discriminant is most confident."""
+    X, y = blobs(0)
+    rng = np.random.default_rng(1)
+    side = lambda n: rng.normal(0, 1, (n, 4)) + 9.0   # noqa: E731
+    Xv, _ = blobs(2)
+    plain = ClassPosterior().fit(X, y)
+    exposed = ClassPosterior().fit(np.r_[X, side(80)], np.r_[y, np.full(80, OUTLIER)])
+    unseen = side(60)
+    auc = lambda m: open_set(m.score_samples(Xv), m.score_samples(unseen))["auroc"]   # noqa: E731
+    assert auc(plain) < 0.7 and auc(exposed) > 0.95
+    assert list(exposed.known_) == [0, 1, 1] and exposed.classes_[0] == OUTLIER
+    arrays, meta = pack_scorer("s", exposed)
+    back = unpack_scorer("s", json.loads(json.dumps(meta)), arrays)
+    np.testing.assert_array_equal(back.score_samples(unseen), exposed.score_samples(unseen))
+    with pytest.raises(InputError, match="outlier rows only"):
+        ClassPosterior().fit(X, np.full(len(X), OUTLIER))
+
+
+def test_the_fused_scorer_gives_outliers_only_to_the_components_that_take_a_class_of_them():
+    X, y = blobs(0)
+    rng = np.random.default_rng(3)
+    blocks = {"features": X, "proba": np.c_[1 - (y == 1), (y == 1)].astype(float) * 0.8 + 0.1}
+    out = {"features": rng.normal(9, 1, (30, 4)), "proba": np.full((30, 2), 0.5)}
+    sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)
+    assert sc.components_ == ("confidence", "lda") and sc.n_outliers_ == 30
+    assert sc.estimators_[1].classes_[0] == OUTLIER and not hasattr(sc.estimators_[0], "classes_")
+    assert OpenSetScorer(method="lda").fit(blocks, y).n_outliers_ == 0
+
+
+def _outlier_store(path, labels, groups, cfg=CFG, status=None):
+    names = tuple(sorted(set(labels)))
+    n = len(labels)
+    cat = Catalog(paths=tuple(f"/o/{i}.png" for i in range(n)), labels=np.array([names.index(l) for l in labels], np.int16),
+                  splits=np.zeros(n, np.int8), groups=tuple(groups), class_names=names, split_source="test")
+    st = FeatureStore.create(path, cfg, cat, chunk_size=8)
+    c, h, w = cfg.latent_shape
+    for k in range(st.n_chunks):
+        r = st.chunk_rows(k)
+        m = len(r)
+        st.write_chunk(k, {"latent0": np.zeros((m, c, h, w), np.float16),
+                           "latents": np.zeros((m, len(cfg.timesteps), c, h, w), np.float16),
+                           "spectra": np.zeros((m, len(cfg.timesteps), c, cfg.fft_size, cfg.fft_size), np.float16),
+                           "sha256": np.array(["1" * 64] * m), "error": np.array([""] * m)},
+                       (np.full(m, DONE, np.uint8) if status is None else status[r.start:r.stop]))
+    return st
+
+
+def test_outlier_rows_never_come_from_judged_images_or_held_out_generators(tmp_path):
+    store = planted_store(tmp_path / "k.zarr", per_class=10)
+    # give the known store groups: one per image (its split decides whether copies of it may fit)
+    groups = store.read("group")
+    splits = store.read("split")
+    sha = store.read("sha256")
+    train_g, val_g = "g-train", "g-val"
+    labels = ["gen-a", "gen-a", "gen-b", "photo", "gen-a", "gen-c"]
+    ogroups = [train_g, val_g, train_g, "photo:1", f"sha:{sha[0]}", train_g]
+    store.group["group"][:] = np.array([train_g if s == 0 else val_g for s in splits], dtype=object).astype(groups.dtype)
+    ost = _outlier_store(tmp_path / "o.zarr", labels, ogroups)
+    st, rows = outlier_rows(ost.path, store)
+    # row 1 copies a validation group; row 4 a store row's SHA-256 (every synthetic row has that one, some judged)
+    assert rows.tolist() == [0, 2, 3, 5]
+    assert outlier_rows(ost.path, store, exclude=["gen-c"])[1].tolist() == [0, 2, 3]
+    other = _outlier_store(tmp_path / "x.zarr", labels, ogroups, cfg=CFG.replace(resolution=32))
+    with pytest.raises(InputError, match="other settings"):
+        outlier_rows(other.path, store)
+    with pytest.raises(InputError, match="no row that may fit"):
+        outlier_rows(ost.path, store, exclude=["gen-a", "gen-b", "gen-c", "photo"])
+
+
+def test_make_outliers_then_train_with_them(class_folders, tmp_path):
+    from PIL import Image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photos / "cam.jpg", quality=90)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8junk")
+    out = tmp_path / "outliers"
+    args = ["make-outliers", str(class_folders), str(out), "--photos", str(photos), "--vae", "demo",
+            "--per-photo", "3", "--size", "64", "--no-progress", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["images"] == 29 + 3 and s["made"]["photo"] == 3 and s["failed"] == 1
+    assert s["made"]["jpeg"] > 0 and s["made"]["vae"] > 0
+    assert "broken.jpg" in (out / "failed.csv").read_text()
+    import pandas as pd
+    man = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert set(man.label) == {"real", "gen-a", "gen-b", "photo"}
+    assert man.group.str.startswith("sha:").sum() == 29 and man.group.str.startswith("photo:").sum() == 3
+    files = {p: (out / p).read_bytes() for p in man.path}
+    r = runner.invoke(app, args)                           # a rerun: the same files, untouched
+    assert r.exit_code == 0 and {p: (out / p).read_bytes() for p in man.path} == files
+    assert pd.read_csv(out / "manifest.csv", keep_default_na=False).equals(man)
+
+    feat = ["--vae", "demo", "--resolution", "32", "--fft-size", "4", "--timesteps", "0,100", "--device", "cpu", "--workers", "0",
+            "--no-progress", "--chunk-size", "8"]
+    for data, st in ((class_folders, "k.zarr"), (out / "manifest.csv", "o.zarr")):
+        r = runner.invoke(app, ["featurize", str(data), str(tmp_path / st)] + feat)
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                            "--width", "8", "--embed-dim", "16", "--members", "1", "--open-scorer", "fused-lda",
+                            "--outliers", str(tmp_path / "o.zarr"), "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    summ = json.loads(r.output)
+    k = FeatureStore.open(tmp_path / "k.zarr")
+    # copies of validation and test images never fit: only those of training images, and the photo crops
+    n_train = int(((k.read("split") == 0) & (k.status() == DONE)).sum())
+    assert summ["outliers"]["rows"] == summ["outliers"]["used"] == n_train + 3
+    assert summ["open_scorer"]["components"] == ["confidence", "lda"]
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run2"), "--outliers",
+                            str(tmp_path / "k.zarr") + "-missing"])
+    assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
