@@ -13,7 +13,8 @@ import typer
 from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
                               DEFAULT_VIEW_POLICY, PRECISIONS, RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.errors import InputError, Interrupted, LeakstoreError
-from leakstore.model.config import BACKBONES, OPEN_SCORERS, SCORER_ROWS, SCORERS, TEMPORAL, ModelConfig
+from leakstore.model.config import (BACKBONES, OPEN_SCORERS, OUTLIER_OPEN_SCORER, SCORER_ROWS, SCORERS, TEMPORAL,
+                                   ModelConfig, default_open_scorer)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Attribute AI-generated images to their generator from diffusion signal leaks.")
@@ -276,7 +277,7 @@ def train(
     view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_TRAIN, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = MD["view_prob"],
     seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD["seed"],
     scorer: Annotated[Scorer, typer.Option(rich_help_panel=P_OPEN, help="Closed-set scorer on embeddings.")] = MD["scorer"],
-    open_scorer: Annotated[OpenScorer, typer.Option(rich_help_panel=P_OPEN, help="Open-set scorer for 'unknown generator' (docs: Open set; compare them with leakstore openset-study).")] = MD["open_scorer"],
+    open_scorer: Annotated[Optional[OpenScorer], typer.Option(rich_help_panel=P_OPEN, show_default=False, help=f"Open-set scorer for 'unknown generator' (docs: Open set; compare them with leakstore openset-study). Default: {MD['open_scorer']}; {OUTLIER_OPEN_SCORER} with --outliers.")] = None,
     scorer_rows: Annotated[ScorerRows, typer.Option(rich_help_panel=P_OPEN, help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only; or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included (docs: Robustness).")] = MD["scorer_rows"],
     false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, rich_help_panel=P_OPEN, help="Share of known validation images the unknown threshold may reject.")] = MD["false_unknown_rate"],
     open_temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPEN, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
@@ -299,7 +300,8 @@ def train(
         cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
                           protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
                           epoch_samples=epoch_samples,
-                          renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value, open_scorer=open_scorer.value,
+                          renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value,
+                          open_scorer=open_scorer.value if open_scorer else default_open_scorer(outliers is not None),
                           drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows.value,
                           false_unknown_rate=false_unknown_rate, open_temperature=open_temperature, seed=seed,
                           members=members)

@@ -25,7 +25,7 @@ from leakstore.features.noising import noise_coefficients
 from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, read_train_state_meta, save_bundle, save_train_state,
                               scorer_features, train_state_name)
-from leakstore.model.config import ModelConfig
+from leakstore.model.config import ModelConfig, default_open_scorer
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows
 from leakstore.model.outliers import outlier_blocks, outlier_rows
@@ -267,7 +267,7 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     `stream`: "on" reads the store chunk by chunk through a shuffle buffer of `buffer` rows (memory
     bounded by the buffer, not the store), "off" loads the features into memory, "auto" streams
     when they would take more than a quarter of the RAM (model/rows.py)."""
-    cfg = cfg or ModelConfig()
+    cfg = cfg or ModelConfig(open_scorer=default_open_scorer(outliers is not None))
     out_dir = Path(out_dir)
     store = FeatureStore.open(store_path)
     fcfg = store.config

@@ -59,7 +59,7 @@ def test_the_fused_scorer_gives_outliers_only_to_the_components_that_take_a_clas
     rng = np.random.default_rng(3)
     blocks = {"features": X, "proba": np.c_[1 - (y == 1), (y == 1)].astype(float) * 0.8 + 0.1}
     out = {"features": rng.normal(9, 1, (30, 4)), "proba": np.full((30, 2), 0.5)}
-    sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)
+    sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)   # (the CLI's default takes lda alone)
     assert sc.components_ == ("confidence", "lda") and sc.n_outliers_ == 30
     assert sc.estimators_[1].classes_[0] == OUTLIER and not hasattr(sc.estimators_[0], "classes_")
     assert OpenSetScorer(method="lda").fit(blocks, y).n_outliers_ == 0
@@ -136,7 +136,7 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
         r = runner.invoke(app, ["featurize", str(data), str(tmp_path / st)] + feat)
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run"), "--epochs", "1",
-                            "--width", "8", "--embed-dim", "16", "--members", "1", "--open-scorer", "fused-lda",
+                            "--width", "8", "--embed-dim", "16", "--members", "1",
                             "--outliers", str(tmp_path / "o.zarr"), "--no-progress", "--json"])
     assert r.exit_code == 0, r.output
     summ = json.loads(r.output)
@@ -144,9 +144,18 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     # copies of validation and test images never fit: only those of training images, and the photo crops
     n_train = int(((k.read("split") == 0) & (k.status() == DONE)).sum())
     assert summ["outliers"]["rows"] == summ["outliers"]["used"] == n_train + 3
-    assert summ["open_scorer"]["components"] == ["confidence", "lda"]
+    assert summ["open_scorer"]["method"] == "lda"              # the default with --outliers
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--json"])
     assert r.exit_code == 0, r.output
+    # raw images score as their store rows do: the lda block reads every stored feature
+    from leakstore import Attributor
+    from leakstore.model.predict import predict
+    a = Attributor.load(tmp_path / "run")
+    assert set(a.bundle.feature_names) >= {"latents", "periodicity", "pixel_spectrum", "noise_spectrum"}
+    paths = [str(p) for p in k.read("path")[:6]]
+    got = a.score_many(paths)["open_score"].to_numpy(float)
+    want = predict(a.bundle, k.load(a.bundle.feature_names, rows=np.arange(6)))["open_score"]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
     r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run2"), "--outliers",
                             str(tmp_path / "k.zarr") + "-missing"])
     assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
