@@ -110,7 +110,7 @@ class Bundle:
     def feature_names(self) -> tuple[str, ...]:
         """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
         from leakstore.model.openset import stored_blocks
-        extra = tuple(b for b in stored_blocks(getattr(self.open, "blocks_", ())) if b not in self.net.inputs)
+        extra = tuple(b for b in stored_blocks(getattr(self.open, "blocks_", ()), self.cfg) if b not in self.net.inputs)
         return tuple(self.net.inputs) + extra
 
 

@@ -217,9 +217,11 @@ STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store
 FEATURE_PARTS = ("stats",) + STORED_BLOCKS                 # what the `features` block puts side by side
 
 
-def stored_blocks(blocks) -> tuple[str, ...]:
-    """The stored features that open-set blocks read (`features` reads every stored one)."""
-    out = [p for b in blocks for p in (FEATURE_PARTS if b == "features" else (b,))]
+def stored_blocks(blocks, cfg) -> tuple[str, ...]:
+    """The stored features that open-set blocks read (`features`: every stored one the model config
+    `cfg` reads, as model.predict.feature_blocks puts them side by side)."""
+    out = [p for b in blocks for p in (FEATURE_PARTS if b == "features" else (b,))
+           if b != "features" or cfg.uses(p)]
     return tuple(b for b in dict.fromkeys(out) if b in BY_NAME)
 
 

@@ -77,7 +77,9 @@ def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarr
     out = {"stats": channel_stats(feats["latents"]),
            **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
               for k in STORED_BLOCKS}}
-    parts = [out[k].reshape(len(out[k]), -1) for k in FEATURE_PARTS if out.get(k) is not None]
+    # the parts the model reads (not e.g. the residual of a --no-residual model, which its scoring never loads)
+    parts = [out[k].reshape(len(out[k]), -1) for k in FEATURE_PARTS
+             if out.get(k) is not None and (k == "stats" or net.cfg.uses(k))]
     out["features"] = np.concatenate(parts, axis=1)
     return out
 

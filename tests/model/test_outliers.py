@@ -159,3 +159,25 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run2"), "--outliers",
                             str(tmp_path / "k.zarr") + "-missing"])
     assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_the_lda_block_holds_what_the_model_reads_so_scoring_loads_the_same(tmp_path):
+    """A --no-residual model's lda scorer is fitted without the residual, and its scoring does not
+    load it: the two column counts agree (they would not if either side took every stored feature)."""
+    from leakstore.model.checkpoint import load_bundle
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.predict import predict
+    from leakstore.model.train import train
+    from tests.synthetic import CFG_RESIDUAL
+    store = planted_store(tmp_path / "s.zarr", per_class=20, cfg=CFG_RESIDUAL)
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=16, members=1, open_scorer="lda", use_residual=False)
+    train(store.path, tmp_path / "run", cfg, progress=False)
+    b = load_bundle(tmp_path / "run")
+    assert "residual" not in b.feature_names
+    c = store.config.latent_shape[0]
+    assert b.open.estimators_[0].n_features_in_ == 2 * c                      # the latent statistics alone
+    p = predict(b, store.load(b.feature_names))
+    assert np.isfinite(p["open_score"]).all()
+    train(store.path, tmp_path / "run2", cfg.replace(use_residual=True), progress=False)
+    b2 = load_bundle(tmp_path / "run2")
+    assert "residual" in b2.feature_names and b2.open.estimators_[0].n_features_in_ == 2 * c + store.read("residual").shape[1]
