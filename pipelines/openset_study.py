@@ -411,7 +411,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}.warn{{back
 tr.ci td,tr.sup td{{color:#555;font-size:92%}}tr.sup td{{background:#f4f7fb}}</style>
 </head><body><h1>Leave-one-generator-out open-set study</h1>{warn}
 <p>Store <code>{html.escape(summary['store'])}</code>; each generator held out in turn, a model trained for
-{summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.
+{summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.{_outliers_line(summary)}
 Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.
 {html.escape(support_line(summary))}</p>
 <table><tr><th>scorer</th><th>mean val AUROC</th><th>min val</th><th>mean test AUROC</th><th>min test</th>
@@ -422,6 +422,12 @@ Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photogra
 {sup_text}{_unseen_table(summary, best)}
 {_img(out / 'histograms.png')}</body></html>"""
     write_text(out / "report.html", page)
+
+
+def _outliers_line(summary: dict) -> str:
+    o = summary.get("outliers")
+    return ("" if not o else f" Outlier exposure from <code>{html.escape(o)}</code> (the scorers that take an 'other' "
+            "class; each fold without the copies of its held-out generator).")
 
 
 def support_line(summary: dict) -> str:

@@ -135,3 +135,26 @@ def test_choice_support_says_how_often_validation_photographs_make_the_same_choi
     same = fold(1.0)
     assert choice_support({"x": {"a": same}, "y": {"a": same}}, n=50) == {"x": 0.5, "y": 0.5}   # a tie is shared
     assert choice_support({"x": {"a": (np.ones(3), np.zeros(3), ["p"] * 3, ["p"] * 3)}}) == {}   # one group: nothing to draw
+
+
+def test_a_study_with_outliers_leaves_out_each_folds_own_copies_and_says_so(tmp_path, monkeypatch):
+    import leakstore.pipelines.openset_study as study
+    planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b", "gen-c"), per_class=30, cfg=CFG_RESIDUAL)
+    # outlier rows "made from" gen-a and gen-b images, and photographs
+    planted_store(tmp_path / "o.zarr", classes=("gen-a", "gen-b", "photo"), per_class=10, seed=3, cfg=CFG_RESIDUAL)
+    seen = {}
+    real_rows = study.outlier_rows
+
+    def spy(path, store, exclude=(), seed=0):
+        st, rows = real_rows(path, store, exclude, seed)
+        seen[tuple(exclude)] = sorted({st.class_names[v] for v in st.read("label")[rows]})
+        return st, rows
+    monkeypatch.setattr(study, "outlier_rows", spy)
+    r = CliRunner().invoke(app, ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"), "--epochs", "1",
+                                 "--members", "1", "--no-ceiling", "--outliers", str(tmp_path / "o.zarr")])
+    assert r.exit_code == 0, r.output
+    assert seen[("gen-a",)] == ["gen-b", "photo"] and seen[("gen-b",)] == ["gen-a", "photo"]
+    assert seen[("gen-c",)] == ["gen-a", "gen-b", "photo"]
+    s = json.loads((tmp_path / "logo" / "study.json").read_text())
+    assert s["outliers"] == str(tmp_path / "o.zarr") and {"lda", "fused-lda"} <= {r["scorer"] for r in s["scorers"]}
+    assert "Outlier exposure from" in (tmp_path / "logo" / "report.html").read_text()
