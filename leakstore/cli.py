@@ -322,6 +322,11 @@ def train(
                    f"macro AUC {m['best_val'].get('val_auc', float('nan')):.3f}")
     if summary["post_hoc_prototypes"]:
         typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
+    if (o := summary.get("outliers")) and not o["used"]:
+        typer.echo(f"note: the open scorer {cfg.open_scorer} takes no outliers: the {o['rows']} rows of {o['store']} "
+                   "were not used (lda and fused-lda take them)")
+    elif o:
+        typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as its 'other' class")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 
 

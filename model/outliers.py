@@ -52,7 +52,6 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
 
 def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray) -> dict:
     """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them."""
-    from leakstore.model.checkpoint import scorer_features
+    from leakstore.model.openset import stored_blocks
     from leakstore.model.predict import feature_blocks
-    feats = ost.load(("latents",) + tuple(net.inputs) + scorer_features(ost.config), rows=rows)
-    return feature_blocks(net, feats)
+    return feature_blocks(net, ost.load(("latents",) + stored_blocks(("features",), net.cfg), rows=rows))

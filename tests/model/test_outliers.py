@@ -156,6 +156,10 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     got = a.score_many(paths)["open_score"].to_numpy(float)
     want = predict(a.bundle, k.load(a.bundle.feature_names, rows=np.arange(6)))["open_score"]
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run3"), "--epochs", "1",
+                            "--width", "8", "--embed-dim", "16", "--members", "1", "--open-scorer", "fused-period",
+                            "--outliers", str(tmp_path / "o.zarr"), "--no-progress"])
+    assert r.exit_code == 0 and "takes no outliers" in r.output, r.output
     r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run2"), "--outliers",
                             str(tmp_path / "k.zarr") + "-missing"])
     assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
