@@ -4,7 +4,9 @@
 
 Each image of the training data gets one copy through a process that is not its generator's (the
 choice seeded by the file's SHA-256): a JPEG re-encode (quality 65-95), or, with `--vae`, a round
-trip through that autoencoder (another generator's decoder traces); each photograph under
+trip through that autoencoder (another generator's decoder traces). Images of the real class get
+the autoencoder copy only (a JPEG of a photograph is still a photograph), none without `--vae`.
+Each photograph under
 `--photos` gives `--per-photo` native-pixel crops at seeded positions. Chosen on RealGen-dev's
 leave-one-generator-out validation rows (docs/results): blur with sensor-like noise and
 down-and-up resampling were measured as well and lowered the validation AUROC.
@@ -92,13 +94,21 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, per_photo: in
     kinds = ("jpeg", "vae") if enc is not None else ("jpeg",)
     rows, failed, made = [], [], {k: 0 for k in kinds + (PHOTO_LABEL,)}
     todo = [(p, cat.class_names[lab] if lab >= 0 else "", g) for p, lab, g in zip(cat.paths, cat.labels, cat.groups)]
+    skipped = 0
     bar = tqdm(total=len(todo) + len(photo_files), desc="make-outliers", unit="img", disable=not progress)
     for path, label, group in todo:
         bar.update()
+        # a real photograph re-encoded as JPEG is still a real photograph: the real class gets autoencoder
+        # copies only (none without --vae)
+        own = ("vae",) if label and label == cat.real_class else kinds
+        if enc is None and own == ("vae",):
+            skipped += 1
+            continue
         try:
             data_bytes, sha = read_bytes(path)
             rng = _rng(sha, seed)
             kind = kinds[int(rng.integers(len(kinds)))]
+            kind = kind if kind in own else own[0]
             dest = out / kind / (label or "unlabelled") / f"{Path(path).stem}-{sha[:10]}.png"
             if not dest.exists():
                 arr = decode_image(data_bytes, str(path))
@@ -136,4 +146,4 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, per_photo: in
         w.writerows(failed)
         write_text(out / "failed.csv", buf.getvalue())
     return {"out": str(out), "manifest": str(out / "manifest.csv"), "images": len(rows), "made": made,
-            "failed": len(failed), "first_failures": failed[:5]}
+            "real_class_skipped": skipped, "failed": len(failed), "first_failures": failed[:5]}

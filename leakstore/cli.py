@@ -352,6 +352,8 @@ def make_outliers(
         typer.echo(json.dumps(s, indent=2))
         return
     typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
+               + (f"; {s['real_class_skipped']} real-class images skipped (a JPEG of a photograph is no outlier; "
+                  "--vae gives them autoencoder copies)" if s["real_class_skipped"] else "")
                + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
                   f"{s['first_failures'][0][1]}" if s["failed"] else ""))
     typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "

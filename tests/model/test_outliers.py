@@ -124,6 +124,9 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     import pandas as pd
     man = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert set(man.label) == {"real", "gen-a", "gen-b", "photo"}
+    assert man[man.label == "real"].path.str.startswith("vae/").all()      # a JPEG of a photograph is no outlier
+    r = runner.invoke(app, ["make-outliers", str(class_folders), str(tmp_path / "jpeg-only"), "--no-progress", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["real_class_skipped"] == 10 and json.loads(r.output)["images"] == 19
     assert man.group.str.startswith("sha:").sum() == 29 and man.group.str.startswith("photo:").sum() == 3
     files = {p: (out / p).read_bytes() for p in man.path}
     r = runner.invoke(app, args)                           # a rerun: the same files, untouched
