@@ -55,8 +55,7 @@ def _network_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in SCORER_ONLY}
 
 
-def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool,
-          outliers=None) -> Path:
+def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], device: str, progress: bool) -> Path:
     """Train the fold's model unless a finished one with the same network settings is there (the
     open-set scorers are refitted from the fold's model by study_fold with the study's settings)."""
     meta = run / "model.json"
@@ -67,7 +66,7 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
                 == _network_settings(cfg.to_dict())
                 and m.get("featurize_hash") == store.config.hash):
             return run
-    train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress, outliers=outliers)
+    train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
     return run
 
 
@@ -309,7 +308,7 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
     for i, g in enumerate(gens):
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
-        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress, outliers)
+        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)   # outliers: scorers only
         rows += study_fold(store, run, g, extra, device, cfg, outside, cache, outliers)
     sup = {}
     if ceiling:
