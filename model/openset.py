@@ -211,6 +211,12 @@ FUSED = {
 # (fused-period on a store featurized with --period 0: confidence + residual)
 FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-noise": "fused", "fused-lda": "fused"}
 OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
+OUTLIER_SCORERS = ("lda",)     # the base scorers that take outlier-exposure rows as one more class
+
+
+def takes_outliers(method: str) -> bool:
+    """Whether open-set scorer `method` (base or fused) has a component that takes outlier rows."""
+    return any(c in OUTLIER_SCORERS for c in FUSED.get(method, (method,)))
 BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum", "noise_spectrum",
           "features")
 STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
@@ -291,8 +297,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         for c in self.components_:
             blk, make, _ = BASE_SCORERS[c]
             est, X, yc = make(self.random_state), blocks[blk], np.asarray(y)
-            if isinstance(est, ClassPosterior) and outliers is not None and outliers.get(blk) is not None \
-                    and len(outliers[blk]):
+            if c in OUTLIER_SCORERS and outliers is not None and outliers.get(blk) is not None and len(outliers[blk]):
                 X = np.concatenate([X, outliers[blk]])
                 yc = np.concatenate([yc, np.full(len(outliers[blk]), OUTLIER, dtype=yc.dtype)])
                 self.n_outliers_ = len(outliers[blk])

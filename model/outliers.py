@@ -50,8 +50,14 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
     return ost, rows
 
 
-def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray) -> dict:
-    """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them."""
+def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray, load=None) -> dict:
+    """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them.
+    `load(store, names)`: a reader of every done row that remembers what it read (the study's, whose
+    folds take different rows of one store): the rows are then cut from it instead of read again."""
     from leakstore.model.openset import stored_blocks
     from leakstore.model.predict import feature_blocks
-    return feature_blocks(net, ost.load(("latents",) + stored_blocks(("features",), net.cfg), rows=rows))
+    names = ("latents",) + stored_blocks(("features",), net.cfg)
+    if load is None:
+        return feature_blocks(net, ost.load(names, rows=rows))
+    every = load(ost, names)
+    return feature_blocks(net, every.subset(np.searchsorted(every.rows, rows)))

@@ -27,7 +27,7 @@ from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, 
                               scorer_features, train_state_name)
 from leakstore.model.config import ModelConfig, default_open_scorer
 from leakstore.model.net import attention_entropy_penalty, joined
-from leakstore.model.openset import OpenSetScorer, select_rows
+from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
 from leakstore.model.outliers import outlier_blocks, outlier_rows
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import DEFAULT_BUFFER, MemoryRows, open_rows
@@ -468,7 +468,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
     blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1),
                          fblocks=fblocks)
-    oblocks = outlier_blocks(net, *outliers) if outliers is not None else None
+    # read only for a scorer that takes them (the summary says when they went unused)
+    oblocks = outlier_blocks(net, *outliers) if outliers is not None and takes_outliers(cfg.open_scorer) else None
     opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
                         temperature=cfg.open_temperature).fit(
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)

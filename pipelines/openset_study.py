@@ -129,9 +129,10 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     `cache`: a dict shared by the folds of one study, so that each store is read once; `outliers`:
     an outlier store (model/outliers.py), its rows not made from the held-out generators."""
     b = load_bundle(run, device)
-    oblocks = outlier_blocks(b.net, *outlier_rows(outliers, store, [g] + list(extra_unknown))) if outliers else None
     cfg = cfg or b.cfg
     load = _loader(cache)
+    oblocks = (outlier_blocks(b.net, *outlier_rows(outliers, store, [g] + list(extra_unknown)), load=load)
+               if outliers else None)
     # every scorer is compared, so every block the store can give them
     names_in = tuple(dict.fromkeys(b.feature_names + scorer_features(store.config)))
     feats = load(store, names_in)

@@ -63,6 +63,8 @@ def test_the_fused_scorer_gives_outliers_only_to_the_components_that_take_a_clas
     assert sc.components_ == ("confidence", "lda") and sc.n_outliers_ == 30
     assert sc.estimators_[1].classes_[0] == OUTLIER and not hasattr(sc.estimators_[0], "classes_")
     assert OpenSetScorer(method="lda").fit(blocks, y).n_outliers_ == 0
+    from leakstore.model.openset import takes_outliers
+    assert takes_outliers("lda") and takes_outliers("fused-lda") and not takes_outliers("fused-period")
 
 
 def _outlier_store(path, labels, groups, cfg=CFG, status=None):

@@ -150,11 +150,14 @@ def test_a_study_with_outliers_leaves_out_each_folds_own_copies_and_says_so(tmp_
         seen[tuple(exclude)] = sorted({st.class_names[v] for v in st.read("label")[rows]})
         return st, rows
     monkeypatch.setattr(study, "outlier_rows", spy)
+    reads, load = [], FeatureStore.load
+    monkeypatch.setattr(FeatureStore, "load", lambda self, *a, **k: reads.append(str(self.path)) or load(self, *a, **k))
     r = CliRunner().invoke(app, ["openset-study", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "logo"), "--epochs", "1",
                                  "--members", "1", "--no-ceiling", "--outliers", str(tmp_path / "o.zarr")])
     assert r.exit_code == 0, r.output
     assert seen[("gen-a",)] == ["gen-b", "photo"] and seen[("gen-b",)] == ["gen-a", "photo"]
     assert seen[("gen-c",)] == ["gen-a", "gen-b", "photo"]
+    assert reads.count(str(tmp_path / "o.zarr")) == 1          # read once, each fold's rows cut from it
     s = json.loads((tmp_path / "logo" / "study.json").read_text())
     assert s["outliers"] == str(tmp_path / "o.zarr") and {"lda", "fused-lda"} <= {r["scorer"] for r in s["scorers"]}
     assert "Outlier exposure from" in (tmp_path / "logo" / "report.html").read_text()
