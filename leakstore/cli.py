@@ -344,7 +344,8 @@ def make_outliers(
 ):
     """Write images that no known generator made (JPEG or autoencoder copies of the training images,
     crops of photographs) for train --outliers: the unknown flag learns what 'none of these' looks like."""
-    with _guard("finished images are kept in OUT; rerun the same command to go on", lambda: f"Finished images are kept in {out}."):
+    with _guard(f"finished images are kept in {out}; rerun the same command to go on",
+                lambda: f"Finished images are kept in {out}."):
         from leakstore.featurize.outliers import make_outliers as run
         s = run(data, out, photos=photos or (), vae=vae, per_photo=per_photo, size=size, seed=seed,
                 progress=progress and not as_json)
