@@ -1,21 +1,24 @@
 """Images that no known generator made, for outlier exposure of the unknown flag (model/outliers.py).
 
-    leakstore make-outliers TRAINING_DATA OUT [--photos DIR ...] [--vae taef2]
+    leakstore make-outliers TRAINING_DATA OUT [--decoders 6] [--vae taef2] [--photos DIR ...]
 
-Each image of the training data gets one copy through a process that is not its generator's (the
-choice seeded by the file's SHA-256): a JPEG re-encode (quality 65-95), or, with `--vae`, a round
-trip through that autoencoder (another generator's decoder traces). Images of the real class get
-the autoencoder copy only (a JPEG of a photograph is still a photograph), none without `--vae`.
-Each photograph under
-`--photos` gives `--per-photo` native-pixel crops at seeded positions. Chosen on RealGen-dev's
-leave-one-generator-out validation rows (docs/results): blur with sensor-like noise and
-down-and-up resampling were measured as well and lowered the validation AUROC.
+Each image of the training data gets one copy through a process that is none of the known
+generators' (the choice seeded by the file's SHA-256): one of `--decoders` simulated decoders
+(featurize/decoders.py: small upsampling networks of several families, each its own outlier
+class), or, with `--vae`, a round trip through that autoencoder. Each photograph under `--photos`
+gives `--per-photo` native-pixel crops at seeded positions.
 
-OUT holds the images and `manifest.csv` (path, label, group): the label says where a copy came
-from (the source's generator, or `photo`), the group is the source's group (or `sha:<its SHA-256>`
-when it has none), so that training never fits on copies of its validation or test images and a
-study fold leaves out the copies of the generator it holds out. Featurize the manifest with the
-training store's options; pass the store to `train --outliers`. Rerunning skips finished images.
+No copy is a compression or a resize: known images reach users JPEG-compressed and resized, and
+training sees them so (featurize --train-views), so such a copy would teach the flag that a
+re-saved known image is unknown (it did: 91 % of JPEG 75 copies of known test images were flagged
+when JPEG copies were outliers, docs/results).
+
+OUT holds the images, `manifest.csv` (path, label, group) and the decoders' weights (OUT/decoders,
+safetensors, reused on a rerun). The label is `KIND/SOURCE` (the copy's kind, the source's class),
+or `photo`; the group is the source's group (or `sha:<its SHA-256>` when it has none), so that
+training never fits on copies of its validation or test images and a study fold leaves out the
+copies of the generator it holds out. Featurize the manifest with the training store's options;
+pass the store to `train --outliers`. Rerunning skips finished images.
 """
 from __future__ import annotations
 
@@ -26,25 +29,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leakstore.config import DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS
 from leakstore.errors import ImageDecodeError, InputError
+from leakstore.featurize.decoders import decode_copy
 from leakstore.featurize.datasets import build_catalog, list_images
 from leakstore.featurize.images import decode_image, read_bytes
 from leakstore.fsio import atomic_path, write_text
 
-JPEG_QUALITY = (65, 95)     # inclusive
+PATCHES, PATCH_SIZE, PATCH_SOURCES = 512, 64, 200   # their training patches, from this many training images
 VAE_MAX_SIDE = 1024         # a larger image goes through the autoencoder as its centre crop of this size
 PHOTO_LABEL = "photo"
 
 
 def _rng(sha: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(sha[:16], 16), seed])
-
-
-def jpeg_copy(arr: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def vae_copy(arr: np.ndarray, enc) -> np.ndarray:
@@ -78,47 +76,86 @@ def _save(arr: np.ndarray, path: Path) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def make_outliers(data, out, *, photos=(), vae: str | None = None, per_photo: int = 6, size: int = 256,
-                  seed: int = 0, progress: bool = True) -> dict:
-    """Write the outlier images and OUT/manifest.csv; returns counts and the failures (path, reason)."""
+def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> list:
+    """`n` simulated decoders (featurize/decoders.py) trained on patches of the training images;
+    their weights are kept in OUT/decoders/ (safetensors), so a rerun reuses them."""
+    from safetensors.torch import load_file, save_file
+    from leakstore.featurize.decoders import decoder_specs, sample_patches, train_decoder, _build
+    specs = decoder_specs(n, seed)
+    train = [p for p, s in zip(cat.paths, cat.splits) if s in (0, -1)] or list(cat.paths)
+    pick = np.random.default_rng([seed, 0x6f7574]).permutation(len(train))[:PATCH_SOURCES]
+    patches = None
+    nets = []
+    for k, spec in enumerate(specs):
+        wfile = out / "decoders" / f"{k}-{spec.name}-{steps}.safetensors"
+        if wfile.exists():
+            net = _build(spec)
+            net.load_state_dict(load_file(str(wfile)))
+            nets.append((spec, net.eval()))
+            continue
+        if patches is None:
+            imgs = []
+            for i in pick:
+                try:
+                    b, _ = read_bytes(train[i])
+                    imgs.append(decode_image(b, str(train[i])))
+                except ImageDecodeError:
+                    continue
+            patches = sample_patches(imgs, PATCHES, PATCH_SIZE, seed)
+        if progress:
+            print(f"make-outliers: training simulated decoder {k + 1}/{len(specs)} ({spec.name})", flush=True)
+        net = train_decoder(spec, patches, seed=seed * 1000 + k, steps=steps)
+        wfile.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(wfile) as tmp:
+            save_file({name: t.contiguous() for name, t in net.state_dict().items()}, str(tmp))
+        nets.append((spec, net))
+    return nets
+
+
+def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int = DEFAULT_OUTLIER_DECODERS,
+                  decoder_steps: int = DEFAULT_DECODER_STEPS,
+                  per_photo: int = 6, size: int = 256, seed: int = 0, progress: bool = True) -> dict:
+    """Write the outlier images and OUT/manifest.csv; returns counts and the failures (path, reason).
+
+    Each training image gets one copy through a process seeded by its SHA-256: one of `decoders`
+    simulated decoders, or the autoencoder `vae`. Its label is `KIND/SOURCE` (the kind of copy, the
+    source's class): every kind is one outlier class, and a fold that holds a generator out leaves
+    out the copies of its images. Photograph crops are label `photo`."""
     from tqdm.auto import tqdm
     out = Path(out)
     cat = build_catalog(data)
     photo_files = [p for d in photos for p in (list_images(Path(d)) if Path(d).is_dir() else [Path(d)])]
     if photos and not photo_files:
         raise InputError(f"--photos {', '.join(map(str, photos))}: no images there (jpg, png, webp, ...)")
+    if decoders < 0 or decoder_steps < 1:
+        raise InputError(f"decoders must be >= 0 and decoder_steps >= 1 (got {decoders}, {decoder_steps})")
+    if not decoders and not vae and not photo_files:
+        raise InputError("no kind of outlier asked for: give decoders > 0, a vae or photos")
     enc = None
     if vae:
         from leakstore.featurize.vae import load_encoder
         enc = load_encoder(vae, decoder=True).eval()
-    kinds = ("jpeg", "vae") if enc is not None else ("jpeg",)
+    nets = _decoders(cat, out, decoders, decoder_steps, seed, progress) if decoders else []
+    kinds = tuple(spec.name for spec, _ in nets) + (("vae",) if enc is not None else ())
     rows, failed, made = [], [], {k: 0 for k in kinds + (PHOTO_LABEL,)}
     todo = [(p, cat.class_names[lab] if lab >= 0 else "", g) for p, lab, g in zip(cat.paths, cat.labels, cat.groups)]
-    skipped = 0
-    bar = tqdm(total=len(todo) + len(photo_files), desc="make-outliers", unit="img", disable=not progress)
-    for path, label, group in todo:
+    bar = tqdm(total=(len(todo) if kinds else 0) + len(photo_files), desc="make-outliers", unit="img",
+               disable=not progress)
+    for path, label, group in (todo if kinds else ()):
         bar.update()
-        # a real photograph re-encoded as JPEG is still a real photograph: the real class gets autoencoder
-        # copies only (none without --vae)
-        own = ("vae",) if label and label == cat.real_class else kinds
-        if enc is None and own == ("vae",):
-            skipped += 1
-            continue
         try:
             data_bytes, sha = read_bytes(path)
-            rng = _rng(sha, seed)
-            kind = kinds[int(rng.integers(len(kinds)))]
-            kind = kind if kind in own else own[0]
+            k = int(_rng(sha, seed).integers(len(kinds)))
+            kind = kinds[k]
             dest = out / kind / (label or "unlabelled") / f"{Path(path).stem}-{sha[:10]}.png"
             if not dest.exists():
                 arr = decode_image(data_bytes, str(path))
-                _save(jpeg_copy(arr, rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)) if kind == "jpeg"
-                      else vae_copy(arr, enc), dest)
+                _save(vae_copy(arr, enc) if kind == "vae" else decode_copy(arr, nets[k][1], nets[k][0].factor), dest)
         except (ImageDecodeError, ValueError) as e:
             failed.append((str(path), getattr(e, "reason", str(e))))
             continue
         made[kind] += 1
-        rows.append((dest.relative_to(out).as_posix(), label, group or f"sha:{sha}"))
+        rows.append((dest.relative_to(out).as_posix(), f"{kind}/{label or 'unlabelled'}", group or f"sha:{sha}"))
     for path in photo_files:
         bar.update()
         try:
@@ -146,4 +183,4 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, per_photo: in
         w.writerows(failed)
         write_text(out / "failed.csv", buf.getvalue())
     return {"out": str(out), "manifest": str(out / "manifest.csv"), "images": len(rows), "made": made,
-            "real_class_skipped": skipped, "failed": len(failed), "first_failures": failed[:5]}
+            "decoders": [spec.name for spec, _ in nets], "failed": len(failed), "first_failures": failed[:5]}

@@ -99,15 +99,16 @@ class ClassGaussian(_Scorer):
         return -0.5 * self.class_distances(X).min(1)
 
 
-OUTLIER = -1   # the label of outlier-exposure rows in y (known classes are 0..K-1)
+OUTLIER = -1   # the label of outlier-exposure rows in y (known classes are 0..K-1); outlier class k is OUTLIER - k
 
 
 class ClassPosterior(ClassGaussian):
     """The largest known-class log posterior of a linear discriminant: class Gaussians with one shared
     (Ledoit-Wolf shrunk) covariance on standardised features, priors from the class counts.
 
-    Rows labelled OUTLIER form one more class; an image then scores low when "none of the known
-    classes" explains it better than any known one does, not only when it is far from all of them.
+    Rows labelled OUTLIER (or below it: OUTLIER - k is outlier class k) form more classes, one per
+    kind of outlier; an image then scores low when one of these "none of the known classes" explains
+    it better than any known one does, not only when it is far from all of them.
     Without outliers it is the discriminant's confidence: low between classes, where a generator
     that none of them made tends to land. Chosen on RealGen-dev's leave-one-generator-out
     validation rows (docs/results)."""
@@ -116,7 +117,7 @@ class ClassPosterior(ClassGaussian):
         X, yi = self._fit_gaussians(X, y)
         counts = np.bincount(yi, minlength=len(self.classes_)).astype(float)
         self.log_prior_ = np.log(counts / counts.sum())
-        self.known_ = (self.classes_ != OUTLIER).astype(np.int8)
+        self.known_ = (self.classes_ > OUTLIER).astype(np.int8)
         if not self.known_.any():
             raise InputError("the lda open-set scorer got outlier rows only: it needs rows of known classes")
         return self._set_offset(X[self.known_[yi].astype(bool)])
@@ -293,14 +294,15 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         rows (`val_blocks`; the training rows when none are given). `outliers`: blocks of
         outlier-exposure rows, one more class for the components that take one (`lda`)."""
         self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
-        self.estimators_, self.n_outliers_ = [], 0
+        self.estimators_, self.n_outliers_, self.n_outlier_classes_ = [], 0, 0
         for c in self.components_:
             blk, make, _ = BASE_SCORERS[c]
             est, X, yc = make(self.random_state), blocks[blk], np.asarray(y)
             if c in OUTLIER_SCORERS and outliers is not None and outliers.get(blk) is not None and len(outliers[blk]):
                 X = np.concatenate([X, outliers[blk]])
-                yc = np.concatenate([yc, np.full(len(outliers[blk]), OUTLIER, dtype=yc.dtype)])
-                self.n_outliers_ = len(outliers[blk])
+                kind = np.asarray(outliers.get("outlier_class", np.zeros(len(outliers[blk]), np.int64)))
+                yc = np.concatenate([yc, (OUTLIER - kind).astype(yc.dtype)])
+                self.n_outliers_, self.n_outlier_classes_ = len(outliers[blk]), len(np.unique(kind))
             self.estimators_.append(est.fit(X, yc))
         raw = self.component_scores(val_blocks if val_blocks is not None else blocks)
         self.centers_ = np.array([np.median(raw[c]) for c in self.components_])
@@ -319,7 +321,10 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         """(N,) fused known-ness: the soft minimum (`temperature`; 0: the minimum) over components
         of (score - median) / tail scale on known validation rows."""
         check_is_fitted(self, "estimators_")
-        raw = self.component_scores(blocks)
+        return self.fuse(self.component_scores(blocks))
+
+    def fuse(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """(N,) the soft minimum of raw component scores ({component: (N,)}) in this scorer's units."""
         z = np.stack([(raw[c] - m) / s for c, m, s in zip(self.components_, self.centers_, self.scales_)])
         t = float(self.temperature or 0.0)
         return z.min(0) if t <= 0 or len(z) == 1 else -t * logsumexp(-z / t, axis=0)

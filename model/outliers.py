@@ -1,14 +1,14 @@
 """Outlier exposure for the unknown flag: rows of images that no known generator made.
 
-`leakstore make-outliers` writes such images (photographs; known images through JPEG or through
-another autoencoder) with a manifest whose label is where each came from (the source image's
-generator, or `photo`) and whose group is the source's group; `leakstore featurize` turns that
+`leakstore make-outliers` writes such images (photographs; known images through simulated decoders
+or another autoencoder) with a manifest whose label is `KIND/SOURCE` (the kind of copy, the source
+image's class; `photo` for photograph crops) and whose group is the source's group; each kind is one
+outlier class of the scorer; `leakstore featurize` turns that
 into an outlier store with the training store's settings, and `train --outliers STORE` gives its
 rows to the open-set scorers that take an "other" class (`lda`).
 
 Which rows may fit: never one made from an image of the training store's validation or test
-groups (a known validation image's JPEG copy would teach the scorer about the rows that judge
-it), and never one made from a generator held out as unknown (in a leave-one-generator-out
+groups (a known validation image's copy would teach the scorer about the rows that judge it), and never one made from a generator held out as unknown (in a leave-one-generator-out
 fold, that generator's JPEG copies would be its fingerprint in the "other" class).
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
                    | {f"sha:{h}" for h in store.read("sha256")[judged] if str(h)})
     names = ost.class_names
     labels = ost.read("label")
-    label_names = np.array([names[v] if v >= 0 else "" for v in labels], dtype=object)
-    ok = ((ost.read("status") == DONE) & ~np.isin(label_names, list(exclude))
+    sources = np.array([outlier_source(names[v]) if v >= 0 else "" for v in labels], dtype=object)
+    ok = ((ost.read("status") == DONE) & ~np.isin(sources, list(exclude))
           & ~np.isin(np.array([str(g) for g in ost.read("group")], dtype=object), list(held_groups)))
     rows = np.flatnonzero(ok)
     if not len(rows):
@@ -50,14 +50,42 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
     return ost, rows
 
 
+def outlier_kind(label: str) -> str:
+    """The kind of an outlier row's label 'KIND/SOURCE' (make-outliers), or the whole label."""
+    return label.split("/", 1)[0]
+
+
+def outlier_source(label: str) -> str:
+    """The class of the image an outlier copy was made from ('KIND/SOURCE'), or the whole label."""
+    return label.rsplit("/", 1)[-1]
+
+
+def outlier_classes(ost: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) int64: each row's outlier class, 0..K-1, one per kind of outlier (each simulated
+    decoder, the autoencoder, photographs), in sorted order of the kind names."""
+    names = ost.class_names
+    kinds = np.array([outlier_kind(names[v]) if v >= 0 else "" for v in ost.read("label")[rows]], dtype=object)
+    _, idx = np.unique(kinds, return_inverse=True)
+    return idx.astype(np.int64)
+
+
+def outlier_groups(ost: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) str: the group of each outlier row (its source image's group, `sha:<SHA-256>`, or
+    `photo:<SHA-256>`): which prompts' images a copy was made from."""
+    return np.array([str(v) for v in ost.read("group")])[rows]
+
+
 def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray, load=None) -> dict:
-    """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them.
+    """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them,
+    and under "outlier_class" each row's outlier class (`outlier_classes`).
     `load(store, names)`: a reader of every done row that remembers what it read (the study's, whose
     folds take different rows of one store): the rows are then cut from it instead of read again."""
     from leakstore.model.openset import stored_blocks
     from leakstore.model.predict import feature_blocks
     names = ("latents",) + stored_blocks(("features",), net.cfg)
     if load is None:
-        return feature_blocks(net, ost.load(names, rows=rows))
-    every = load(ost, names)
-    return feature_blocks(net, every.subset(np.searchsorted(every.rows, rows)))
+        blocks = feature_blocks(net, ost.load(names, rows=rows))
+    else:
+        every = load(ost, names)
+        blocks = feature_blocks(net, every.subset(np.searchsorted(every.rows, rows)))
+    return {**blocks, "outlier_class": outlier_classes(ost, rows)}

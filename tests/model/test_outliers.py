@@ -116,19 +116,21 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     (photos / "broken.jpg").write_bytes(b"\xff\xd8junk")
     out = tmp_path / "outliers"
     args = ["make-outliers", str(class_folders), str(out), "--photos", str(photos), "--vae", "demo",
-            "--per-photo", "3", "--size", "64", "--no-progress", "--json"]
+            "--decoders", "2", "--decoder-steps", "3", "--per-photo", "3", "--size", "64", "--no-progress", "--json"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
     assert s["images"] == 29 + 3 and s["made"]["photo"] == 3 and s["failed"] == 1
-    assert s["made"]["jpeg"] > 0 and s["made"]["vae"] > 0
+    assert len(s["decoders"]) == 2 and all(s["made"][k] > 0 for k in s["decoders"] + ["vae"])
+    assert "jpeg" not in s["made"]                           # compression is no outlier: known images get it too
     assert "broken.jpg" in (out / "failed.csv").read_text()
+    assert len(list((out / "decoders").glob("*.safetensors"))) == 2
     import pandas as pd
     man = pd.read_csv(out / "manifest.csv", keep_default_na=False)
-    assert set(man.label) == {"real", "gen-a", "gen-b", "photo"}
-    assert man[man.label == "real"].path.str.startswith("vae/").all()      # a JPEG of a photograph is no outlier
-    r = runner.invoke(app, ["make-outliers", str(class_folders), str(tmp_path / "jpeg-only"), "--no-progress", "--json"])
-    assert r.exit_code == 0 and json.loads(r.output)["real_class_skipped"] == 10 and json.loads(r.output)["images"] == 19
+    kinds = set(s["decoders"]) | {"vae"}
+    # KIND/SOURCE: every kind its own outlier class, the source kept to leave a held-out generator's copies out
+    assert {lab.split("/")[0] for lab in man.label} == kinds | {"photo"}
+    assert {lab.split("/")[-1] for lab in man.label} == {"real", "gen-a", "gen-b", "photo"}
     assert man.group.str.startswith("sha:").sum() == 29 and man.group.str.startswith("photo:").sum() == 3
     files = {p: (out / p).read_bytes() for p in man.path}
     r = runner.invoke(app, args)                           # a rerun: the same files, untouched
@@ -149,6 +151,7 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     # copies of validation and test images never fit: only those of training images, and the photo crops
     n_train = int(((k.read("split") == 0) & (k.status() == DONE)).sum())
     assert summ["outliers"]["rows"] == summ["outliers"]["used"] == n_train + 3
+    assert summ["outliers"]["classes"] == 4                  # two decoders, the autoencoder, photographs
     assert summ["open_scorer"]["method"] == "lda"              # the default with --outliers
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--json"])
     assert r.exit_code == 0, r.output
