@@ -39,11 +39,12 @@ class Attributor:
     def builtin_encoder(self) -> bool:
         return bool(self.bundle.featurize.vae.builtin)
 
-    def score_many(self, images, batch_size: int = 16) -> pd.DataFrame:
-        """A folder, manifest, glob or list of paths -> one row per image, in input order."""
+    def score_many(self, images, batch_size: int = 16, stability: int = 0) -> pd.DataFrame:
+        """A folder, manifest, glob or list of paths -> one row per image, in input order. With
+        `stability` K, also columns `stability` and `unsure` (the verdict under K re-encodings)."""
         from leakstore.featurize.datasets import list_inputs
         paths = list_inputs(images)
-        frames = [self.predictor.score_paths(paths[s:s + 256], s, batch_size).drop(columns="row")
+        frames = [self.predictor.score_paths(paths[s:s + 256], s, batch_size, stability).drop(columns="row")
                   for s in range(0, len(paths), 256)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

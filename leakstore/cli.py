@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
+from leakstore.config import (BETA_SCHEDULES, DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS, CODECS, DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
                               DEFAULT_VIEW_POLICY, PRECISIONS, RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.errors import InputError, Interrupted, LeakstoreError
+from leakstore.predictor import STABILITY_VIEWS
 from leakstore.model.config import (BACKBONES, OPEN_SCORERS, OUTLIER_OPEN_SCORER, SCORER_ROWS, SCORERS, TEMPORAL,
                                    ModelConfig, default_open_scorer)
 
@@ -326,7 +327,8 @@ def train(
         typer.echo(f"note: the open scorer {cfg.open_scorer} takes no outliers: the {o['rows']} rows of {o['store']} "
                    "were not used (lda and fused-lda take them)")
     elif o:
-        typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as its 'other' class")
+        typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as "
+                   f"{o['classes']} 'other' classes")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 
 
@@ -335,26 +337,26 @@ def make_outliers(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="The training images: a folder per class or a manifest, as given to featurize.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the outlier images and their manifest.csv.")],
     photos: Annotated[Optional[list[Path]], typer.Option(metavar="DIR", help="Camera photographs (a folder or a file; repeatable): native-pixel crops of them join as label 'photo'.")] = None,
-    vae: Annotated[Optional[str], typer.Option(metavar="VAE", help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's decoder traces. Without it, JPEG copies only.")] = None,
+    vae: Annotated[Optional[str], typer.Option(metavar="VAE", help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's decoder traces, one more outlier class.")] = None,
+    decoders: Annotated[int, typer.Option(min=0, max=64, help="Simulated decoders (small upsampling networks of several families, trained briefly on the training images), each an outlier class.")] = DEFAULT_OUTLIER_DECODERS,
+    decoder_steps: Annotated[int, typer.Option(min=1, help="Training steps of each simulated decoder (about 0.1 s each on a CPU core).")] = DEFAULT_DECODER_STEPS,
     per_photo: Annotated[int, typer.Option(min=1, help="Crops per photograph.")] = 6,
     size: Annotated[int, typer.Option(min=16, help="Side of a photograph crop, in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the choices (with each file's SHA-256).")] = 0,
     progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
-    """Write images that no known generator made (JPEG or autoencoder copies of the training images,
-    crops of photographs) for train --outliers: the unknown flag learns what 'none of these' looks like."""
+    """Write images that no known generator made (copies of the training images through simulated
+    decoders or another autoencoder, crops of photographs) for train --outliers: the unknown flag learns what 'none of these' looks like."""
     with _guard(f"finished images are kept in {out}; rerun the same command to go on",
                 lambda: f"Finished images are kept in {out}."):
         from leakstore.featurize.outliers import make_outliers as run
-        s = run(data, out, photos=photos or (), vae=vae, per_photo=per_photo, size=size, seed=seed,
+        s = run(data, out, photos=photos or (), vae=vae, decoders=decoders, decoder_steps=decoder_steps, per_photo=per_photo, size=size, seed=seed,
                 progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
     typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
-               + (f"; {s['real_class_skipped']} real-class images skipped (a JPEG of a photograph is no outlier; "
-                  "--vae gives them autoencoder copies)" if s["real_class_skipped"] else "")
                + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
                   f"{s['first_failures'][0][1]}" if s["failed"] else ""))
     typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
@@ -501,6 +503,7 @@ def score(
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " On each dask worker.")] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch in each dask worker (env LEAKSTORE_THREADS; default 1: the workers share the cores).")] = None,
     strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any input failed (an unreadable image, a failed store row).")] = False,
+    stability: Annotated[int, typer.Option(min=0, max=len(STABILITY_VIEWS), metavar="K", help=f"Also score each image re-encoded K ways ({', '.join(STABILITY_VIEWS)}, in that order; K+1 times the work): column 'stability' is the share that keep the verdict, 'unsure' is true when one changes it. Raw images only.")] = 0,
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
@@ -509,7 +512,7 @@ def score(
             _quiet_dask_on_interrupt():
         from leakstore.pipelines.score import score as run, summarise
         counts = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
-                     progress=progress and not as_json, threads=threads)
+                     progress=progress and not as_json, threads=threads, stability=stability)
     from leakstore.model.checkpoint import load_bundle
     s = summarise(counts, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
@@ -549,8 +552,11 @@ def _print_score_summary(s: dict, out: Path) -> None:
                else f" ({r['validation']:.1%} of the known validation images were flagged)")
         typer.echo(f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
                    f"{r['asked']:.1%} of known images{val}")
+    if "unsure" in s:
+        typer.echo(f"  {s['unsure']} of {s['scored']} verdicts changed under a re-encoding (column 'unsure')")
+    width = max([24] + [len(k) + 2 for k in s["predicted"]])
     for k, v in s["predicted"].items():
-        typer.echo(f"  {k:<24}{v:>8}")
+        typer.echo(f"  {k:<{width}}{v:>8}")
 
 
 @contextmanager

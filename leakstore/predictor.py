@@ -14,9 +14,13 @@ import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE, check_compatible
 from leakstore.device import resolve_device
+from leakstore.errors import InputError
 from leakstore.features import FeatureBatch, minimal_config
 from leakstore.store import DONE, STATUS_NAMES, FeatureStore
 
+# The re-encodings `score --stability K` tries, in order: what sharing, messaging and screenshots do.
+STABILITY_VIEWS = ("jpeg:90", "jpeg:75", "resize:0.5", "webp:80", "jpeg:60", "resize:0.75+jpeg:85")
+STABILITY_COLUMNS = {"stability": float, "unsure": "boolean"}
 BASE_COLUMNS = {"path": object, "status": object, "error": object, "pred": object, "confidence": float,
                 "is_unknown": "boolean", "open_score": float, "nearest_prototypes": object}
 
@@ -111,13 +115,37 @@ class Predictor:
         df["is_unknown"] = df["is_unknown"].astype("boolean")
         return df
 
-    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = 16) -> pd.DataFrame:
-        """Featurize image files in memory with the model's featurize config, then predict."""
+    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = 16,
+                    stability: int = 0) -> pd.DataFrame:
+        """Featurize image files in memory with the model's featurize config, then predict. With
+        `stability` K > 0, each image is also scored under the first K re-encodings of
+        STABILITY_VIEWS: `stability` is the share of them whose verdict (`pred`, "unknown" included)
+        is the image's own, and `unsure` says that at least one differs."""
+        df = self._score_view(paths, first_row, batch_size)
+        if stability:
+            df["stability"], df["unsure"] = self._stability(paths, df, first_row, batch_size, stability)
+        return df
+
+    def _score_view(self, paths, first_row: int, batch_size: int, view: str | None = None) -> pd.DataFrame:
         from leakstore.featurize.inmemory import featurize_paths
-        batch, sha, errors = featurize_paths(paths, self.featurize_config, self.encoder, device=self.device,
+        cfg = self.featurize_config if view is None else self.featurize_config.replace(view=view)
+        batch, sha, errors = featurize_paths(paths, cfg, self.encoder, device=self.device,
                                              batch_size=batch_size, runner=self._featurizer())
-        return self.frame(paths, batch, batch.rows // self.featurize_config.crops, errors,
+        return self.frame(paths, batch, batch.rows // cfg.crops, errors,
                           {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha})
+
+    def _stability(self, paths, df: pd.DataFrame, first_row: int, batch_size: int, k: int):
+        if not 1 <= k <= len(STABILITY_VIEWS):
+            raise InputError(f"stability must lie in [1, {len(STABILITY_VIEWS)}], got {k}")
+        same, tried = np.zeros(len(paths)), np.zeros(len(paths))
+        for view in STABILITY_VIEWS[:k]:      # a re-encoding that cannot be featurized (too small) is not counted
+            v = self._score_view(paths, first_row, batch_size, view)
+            ok_v = (v["status"] == "ok").to_numpy()
+            tried += ok_v
+            same += ok_v & (v["pred"].to_numpy(object) == df["pred"].to_numpy(object))
+        ok = (df["status"] == "ok").to_numpy() & (tried > 0)
+        share = np.where(ok, same / np.maximum(tried, 1), np.nan)
+        return share, pd.array(np.where(ok, share < 1, None), dtype="boolean")
 
     def check_store(self, store: FeatureStore) -> None:
         """Refuse a store featurized with another config (post-processing views may differ)."""

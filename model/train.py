@@ -28,7 +28,8 @@ from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, 
 from leakstore.model.config import ModelConfig, default_open_scorer
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
-from leakstore.model.outliers import outlier_blocks, outlier_rows
+from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
+from leakstore.model.threshold import set_out_of_fold_threshold
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import DEFAULT_BUFFER, MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
@@ -449,6 +450,13 @@ def _best_val(state: dict) -> dict:
     return dict(state["history"][state["best_epoch"] - 1]) if state["best_epoch"] > 0 else {}
 
 
+def _row_groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) each row's group (its prompt), or its image's SHA-256 where it has none."""
+    g = np.array([str(v) for v in store.read("group")])[rows]
+    sha = np.array([str(v) for v in store.read("sha256")])[rows]
+    return np.where(g != "", g, np.char.add("sha:", sha))
+
+
 def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, states: list[dict],
             train_seconds, unknown, epoch_rows: int, outliers=None) -> dict:
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
@@ -475,6 +483,11 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
         select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
     if store.has_crops:              # images are judged on their crops' mean score: a threshold of their own
         opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub_rows[cal]])
+    # a scorer on stored features only: the threshold from out-of-fold scores over every training prompt
+    oof = set_out_of_fold_threshold(
+        opn, blocks, y_sub, tr, cal, _row_groups(store, sub_rows),
+        image=store.image_rows()[sub_rows] if store.has_crops else None, outliers=oblocks,
+        outlier_groups=None if oblocks is None else outlier_groups(*outliers), seed=cfg.seed)
     state = states[0]
     summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
                "best_val": _best_val(state), "history": state["history"],
@@ -492,9 +505,11 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
                                "temperature": cfg.open_temperature, "threshold": opn.threshold_,
                                "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_,
-                               "image_threshold": getattr(opn, "image_threshold_", None)},
+                               "image_threshold": getattr(opn, "image_threshold_", None),
+                               "threshold_from": oof or {"source": "validation"}},
                "outliers": None if outliers is None else {"store": str(outliers[0].path), "rows": len(outliers[1]),
-                                                          "used": int(opn.n_outliers_)}}
+                                                          "used": int(opn.n_outliers_),
+                                                          "classes": int(opn.n_outlier_classes_)}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
                                "best_val": _best_val(st)} for st in states]

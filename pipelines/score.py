@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE
+from leakstore.predictor import STABILITY_COLUMNS
 from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
 from leakstore.device import LOCAL_WORKERS
@@ -119,9 +120,10 @@ def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, devic
     return get_predictor(run_dir, device).score_store(store_path, start, stop)
 
 
-def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = DEFAULT_DEVICE) -> pd.DataFrame:
-    """Featurize and score one partition of image files."""
-    return get_predictor(run_dir, device).score_paths(paths, first_row)
+def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = DEFAULT_DEVICE,
+                      stability: int = 0) -> pd.DataFrame:
+    """Featurize and score one partition of image files (and, with `stability`, their re-encodings)."""
+    return get_predictor(run_dir, device).score_paths(paths, first_row, stability=stability)
 
 
 def is_store(inp) -> bool:
@@ -129,9 +131,10 @@ def is_store(inp) -> bool:
 
 
 # ---------------------------------------------------------------------------- the lazy graph
-def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None):
+def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None,
+                  stability: int = 0):
     """A lazy dask DataFrame of predictions, one partition per store chunk (or per `partition`
-    images). Nothing runs until it is computed."""
+    images). Nothing runs until it is computed. `stability`: raw images only (Predictor.score_paths)."""
     import dask.dataframe as dd
 
     from leakstore.predictor import Predictor
@@ -139,6 +142,8 @@ def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = P
     pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
     if is_store(inp):
         from leakstore.store import FeatureStore
+        if stability:
+            raise InputError(f"stability re-encodes images: {inp} is a feature store; score the image files instead")
         store = FeatureStore.open(inp)
         pred.check_store(store)
         parts = [(r.start, r.stop) for r in (store.chunk_rows(k) for k in range(store.n_chunks))]
@@ -146,16 +151,17 @@ def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = P
                            meta=pred.meta({"row": np.int64}), divisions=None, enforce_metadata=False)
     paths = list_inputs(inp)
     parts = [(s, paths[s:s + partition]) for s in range(0, len(paths), partition)]
-    return dd.from_map(_image_part, parts, run_dir=run_dir, device=device,
-                       meta=pred.meta({"row": np.int64, "sha256": object}), enforce_metadata=False)
+    extra = {"row": np.int64, "sha256": object, **(STABILITY_COLUMNS if stability else {})}
+    return dd.from_map(_image_part, parts, run_dir=run_dir, device=device, stability=stability,
+                       meta=pred.meta(extra), enforce_metadata=False)
 
 
 def _store_part(part, run_dir, store_path, device):
     return score_store_rows(run_dir, store_path, part[0], part[1], device)
 
 
-def _image_part(part, run_dir, device):
-    return score_image_paths(run_dir, part[1], part[0], device)
+def _image_part(part, run_dir, device, stability=0):
+    return score_image_paths(run_dir, part[1], part[0], device, stability)
 
 
 def check_out(out: Path) -> None:
@@ -194,12 +200,12 @@ def _is_parts_dir(path: Path) -> bool:
                or p.name.startswith(".part-") for p in path.iterdir())
 
 
-def _job(run_dir: str, inp, part: int) -> dict:
+def _job(run_dir: str, inp, part: int, stability: int = 0) -> dict:
     """What a set of finished partitions belongs to: the model, the input, the partitioning."""
     import hashlib
     model = Path(run_dir) / "model.json"
     key = {"model": str(Path(run_dir).resolve()), "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-           "partition": part}
+           "partition": part, "stability": stability}
     if is_store(inp):
         from leakstore.store import FeatureStore
         st = FeatureStore.open(inp)
@@ -214,15 +220,16 @@ class ScoringInterrupted(Interrupted):
 
 
 def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,
-          device: str = DEFAULT_DEVICE, progress: bool = True, client=None, threads: int | None = None
-          ) -> pd.DataFrame | dict:
+          device: str = DEFAULT_DEVICE, progress: bool = True, client=None, threads: int | None = None,
+          stability: int = 0) -> pd.DataFrame | dict:
     """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`.
 
     Without `out`, returns the predictions as one DataFrame (gathered in this process). With `out`, the
     workers write each partition to OUT.parts/ as it finishes (nothing but counts comes back to this
     process), so an interrupted job rerun with the same model and input computes only what is missing;
     the parts are then streamed into one Parquet file, one part in memory at a time. Returns the counts
-    (`summarise`'s fields); read the predictions with pandas.read_parquet(out)."""
+    (`summarise`'s fields); read the predictions with pandas.read_parquet(out). `stability` K: raw
+    images are also scored under K re-encodings (columns `stability`, `unsure`: Predictor.score_paths)."""
     from leakstore.predictor import Predictor
     out = Path(out).absolute() if out is not None else None      # the workers write its parts: one path for all
     if out is not None:
@@ -243,7 +250,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
         part = PARTITION_IMAGES if is_store(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
         if saved and not is_store(inp):
             part = saved.get("partition", part)
-        ddf = scoring_frame(run_dir, inp, device, partition=part, predictor=pred)
+        ddf = scoring_frame(run_dir, inp, device, partition=part, predictor=pred, stability=stability)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device, threads), name="leakstore-model")
         if progress:
             print(f"dask dashboard: {client.dashboard_link}", flush=True)
@@ -254,7 +261,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
                 dask_progress(fut)
                 print(flush=True)
             return fut.result().sort_values("row", kind="stable").reset_index(drop=True)
-        _compute_parts(client, ddf, parts_dir, _job(run_dir, inp, part), saved, progress)
+        _compute_parts(client, ddf, parts_dir, _job(run_dir, inp, part, stability), saved, progress)
     finally:
         if own:
             client.close()
@@ -360,13 +367,15 @@ def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
     c["unknown"] += int(ok.is_unknown.astype(bool).sum()) if len(ok) else 0
     for k, v in ok.pred.value_counts().items():
         c["predicted"][str(k)] = c["predicted"].get(str(k), 0) + int(v)
+    if "unsure" in df:          # score --stability: verdicts that a re-encoding changed
+        c["unsure"] = c.get("unsure", 0) + (int(ok.unsure.fillna(False).astype(bool).sum()) if len(ok) else 0)
     return c
 
 
 def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
     """Counts (of a DataFrame of predictions, or the counts `score` returned); with the model, how its
     unknown threshold was set (asked rate, rate on validation)."""
-    out = _counts(df) if isinstance(df, pd.DataFrame) else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted")}
+    out = _counts(df) if isinstance(df, pd.DataFrame) else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted", "unsure") if k in df}
     out["predicted"] = dict(sorted(out["predicted"].items(), key=lambda kv: -kv[1]))
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"

@@ -240,3 +240,31 @@ def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model,
     r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen",
                                  str(tmp_path / "other.zarr"), "--out", str(tmp_path / "ev")])
     assert r.exit_code != 0 and "other.zarr" in r.output and "Traceback" not in r.output
+
+
+def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster):
+    """`score --stability K`: the share of K re-encodings that keep an image's verdict, and `unsure`."""
+    from leakstore.predictor import STABILITY_VIEWS, Predictor
+    a = Attributor.load(image_model / "run")
+    paths = sorted(str(p) for p in (image_model / "data" / "gen-a").glob("*.png"))[:3]
+    base = a.score_many(paths)
+    real = Predictor._score_view
+    flips = {"jpeg:75": 0}                        # under JPEG 75 the first image is called unknown
+
+    def fake(self, ps, first_row, batch_size, view=None):
+        df = real(self, ps, first_row, batch_size, view)
+        if view in flips:
+            df.loc[flips[view], "pred"] = "unknown"
+        return df
+    monkeypatch.setattr(Predictor, "_score_view", fake)
+    df = a.score_many(paths, stability=2)         # jpeg:90, jpeg:75
+    assert STABILITY_VIEWS[:2] == ("jpeg:90", "jpeg:75")
+    assert list(df.pred) == list(base.pred)       # the verdict itself is the clean image's
+    assert df.stability[0] <= 0.5 and bool(df.unsure[0])
+    monkeypatch.setattr(Predictor, "_score_view", real)
+    # unpatched, on dask: the columns are there for every image, in [0, 1]; a store cannot be re-encoded
+    dd = score(image_model / "run", paths, client=cluster, progress=False, stability=1)
+    assert dd.stability.between(0, 1).all() and dd.unsure.notna().all()
+    assert (dd.unsure == (dd.stability < 1)).all()
+    with pytest.raises(Exception, match="re-encodes images"):
+        score(image_model / "run", image_model / "s.zarr", client=cluster, progress=False, stability=1)

@@ -1,0 +1,110 @@
+"""The unknown threshold from out-of-fold scores over every training prompt.
+
+A threshold set on the validation split alone is set on a handful of prompts (RealGen-dev: 3), and
+a known image of a new prompt lies further from the fit than one of those: on new prompts the flag
+fired on 11-13 % of known images for 5 % asked. So, where the open-set scorer reads only what the
+store holds (the `lda` scorer on the stored features: no network whose training saw the rows), it
+is refitted K times, each time without one fold of the groups (prompts), and every training and
+validation row is scored by the fit that never saw its group. The threshold is the asked quantile
+of these out-of-fold scores, in the units of the final scorer; the flag rate it implies on new
+prompts comes with a bootstrap interval over groups.
+
+Scorers that read the network's embedding keep the validation threshold: the network saw the
+training rows, so their scores there are not out-of-fold (refitting the network per fold is what
+`leakstore openset-study` does).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from leakstore.model.images import ImageGroups
+from leakstore.model.openset import BASE_SCORERS, FEATURE_PARTS, OpenSetScorer, select_rows
+
+NETWORK_FREE_BLOCKS = FEATURE_PARTS + ("features",)   # blocks read from the store, not from the network
+DEFAULT_FOLDS = 5
+MIN_GROUPS = 4                                        # fewer groups than this: keep the validation threshold
+
+
+def takes_out_of_fold(opn: OpenSetScorer) -> bool:
+    """Whether every component of the fitted scorer reads a block the network does not make."""
+    return all(BASE_SCORERS[c][0] in NETWORK_FREE_BLOCKS for c in opn.components_)
+
+
+def fold_of_groups(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """(N,) fold index 0..folds-1 of each row: whole groups per fold, seeded, sizes within one group."""
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    order = np.random.default_rng([seed, 0x6f6f66]).permutation(len(uniq))
+    fold = np.empty(len(uniq), np.int64)
+    fold[order] = np.arange(len(uniq)) % folds
+    return fold[inv]
+
+
+def out_of_fold_scores(opn: OpenSetScorer, blocks: dict, y: np.ndarray, fit: np.ndarray, groups: np.ndarray,
+                       outliers: dict | None = None, outlier_groups: np.ndarray | None = None,
+                       folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.ndarray:
+    """(N,) each row's open score (in `opn`'s units: its component centres, scales and soft minimum)
+    from a copy of `opn` fitted on the `fit` rows of the other folds, and on the outlier rows not
+    made from an image of this fold's groups. `groups` (N,): each row's group (its prompt)."""
+    fold = fold_of_groups(groups, folds, seed)
+    held_names = np.asarray(groups, dtype=str)
+    out = np.full(len(y), np.nan)
+    for f in range(folds):
+        hold = fold == f
+        if not hold.any():
+            continue
+        o = outliers
+        if outliers is not None and outlier_groups is not None:
+            keep = ~np.isin(np.asarray(outlier_groups, dtype=str), np.unique(held_names[hold]))
+            o = select_rows(outliers, keep)
+        est = OpenSetScorer(**opn.get_params()).fit(select_rows(blocks, fit & ~hold), y[fit & ~hold], outliers=o)
+        out[hold] = opn.fuse(est.component_scores(select_rows(blocks, hold)))
+    return out
+
+
+def flag_rate_interval(scores: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval, over groups, of the share of rows scoring below `threshold`."""
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    below = np.bincount(inv, weights=(scores < threshold).astype(float), minlength=len(uniq))
+    count = np.bincount(inv, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniq), (n_boot, len(uniq)))
+    rates = below[draws].sum(1) / count[draws].sum(1)
+    return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))
+
+
+def set_out_of_fold_threshold(opn: OpenSetScorer, blocks: dict, y: np.ndarray, fit: np.ndarray,
+                              judged: np.ndarray, groups: np.ndarray, image: np.ndarray | None = None,
+                              outliers: dict | None = None, outlier_groups: np.ndarray | None = None,
+                              folds: int = DEFAULT_FOLDS, seed: int = 0) -> dict | None:
+    """Set `opn`'s threshold (and, with `image` (N,), its per-image threshold on the mean crop score)
+    at its false-unknown rate over the out-of-fold scores of the `judged` rows. Returns what was
+    done (for the training summary), or None when the scorer reads the network or there are fewer
+    than MIN_GROUPS groups (the validation threshold stays)."""
+    if not takes_out_of_fold(opn) or len(np.unique(np.asarray(groups, dtype=str)[fit | judged])) < MIN_GROUPS:
+        return None
+    rows = fit | judged
+    sub = select_rows(blocks, rows)
+    g = np.asarray(groups, dtype=str)[rows]
+    n_folds = min(folds, len(np.unique(g)))
+    z = out_of_fold_scores(opn, sub, np.asarray(y)[rows], fit[rows], g, outliers, outlier_groups, n_folds, seed)
+    rate = opn.false_unknown_rate
+    opn.offset_ = float(np.quantile(z, rate))
+    lo, hi = flag_rate_interval(z, opn.offset_, g, seed=seed)
+    info = {"source": "out-of-fold", "folds": int(n_folds), "groups": int(len(np.unique(g))), "rows": int(rows.sum()),
+            "threshold": opn.offset_, "flag_rate_ci": [lo, hi]}
+    if image is not None:
+        per = ImageGroups(np.asarray(image)[rows])
+        zi = per.mean(z)
+        gi = g[per.first]
+        opn.image_threshold_ = float(np.quantile(zi, rate))
+        lo, hi = flag_rate_interval(zi, opn.image_threshold_, gi, seed=seed)
+        info.update(image_threshold=opn.image_threshold_, images=int(len(zi)), flag_rate_ci=[lo, hi])
+    opn.oof_flag_lo_, opn.oof_flag_hi_ = info["flag_rate_ci"]
+    # what this threshold flags on the validation rows (images), as the validation threshold reported
+    val = opn.score_samples(select_rows(blocks, judged))
+    opn.val_flagged_ = float((val < opn.offset_).mean())
+    if image is not None:
+        per = ImageGroups(np.asarray(image)[judged])
+        opn.val_images_flagged_ = float((per.mean(val) < opn.image_threshold_).mean())
+    return info

@@ -1,0 +1,66 @@
+"""The unknown threshold from out-of-fold scores over the training groups (model/threshold.py)."""
+import numpy as np
+
+from leakstore.model.config import ModelConfig
+from leakstore.model.openset import OpenSetScorer
+from leakstore.model.threshold import fold_of_groups, set_out_of_fold_threshold, takes_out_of_fold
+from leakstore.model.train import train
+from tests.synthetic import planted_store
+
+
+def _prompts(n_groups, seed, per=6, classes=3, dim=24):
+    """Rows of `classes` classes on `n_groups` prompts: each prompt shifts all of its images alike
+    (what a subject does to an image's statistics), so new prompts lie further from a fit than its own."""
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(7).normal(0, 2.0, (classes, dim))
+    X, y, g = [], [], []
+    for k in range(n_groups):
+        shift = rng.normal(0, 1.0, dim)
+        for c in range(classes):
+            X.append(means[c] + shift + rng.normal(0, 1, (per, dim)))
+            y += [c] * per
+            g += [f"{seed}-p{k}"] * per
+    return np.concatenate(X), np.array(y), np.array(g)
+
+
+def test_folds_hold_whole_groups_and_are_balanced():
+    g = np.repeat([f"p{i}" for i in range(11)], 3)
+    f = fold_of_groups(g, 5, seed=0)
+    assert all(len(set(f[g == k])) == 1 for k in set(g))
+    sizes = np.bincount(f[::3], minlength=5)
+    assert sizes.max() - sizes.min() <= 1
+
+
+def test_the_out_of_fold_threshold_holds_on_new_prompts_where_the_in_sample_one_does_not():
+    X, y, g = _prompts(24, seed=10)
+    Xn, _, _ = _prompts(40, seed=11)                   # new prompts of the same classes
+    fit = np.isin(g, [f"10-p{k}" for k in range(20)])  # 20 training prompts, 4 validation ones
+    blocks, new = {"features": X}, {"features": Xn}
+
+    insample = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit(
+        {"features": X[fit]}, y[fit])                  # threshold on the rows it was fitted on
+    flagged_in = float((insample.decision_function(new) < 0).mean())
+
+    opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit(
+        {"features": X[fit]}, y[fit], {"features": X[~fit]})
+    assert takes_out_of_fold(opn)
+    info = set_out_of_fold_threshold(opn, blocks, y, fit, ~fit, g)
+    flagged_oof = float((opn.decision_function(new) < 0).mean())
+    assert info["source"] == "out-of-fold" and info["folds"] == 5 and info["groups"] == 24
+    # measured: 0.103 and 0.047 (other seeds: 0.10-0.12 and 0.05-0.09)
+    assert flagged_in > 0.085                          # the in-sample threshold over-flags new prompts
+    assert 0.02 <= flagged_oof <= 0.075 and flagged_oof < flagged_in - 0.025
+    lo, hi = info["flag_rate_ci"]
+    assert lo <= 0.05 <= hi and hi - lo < 0.1
+
+
+def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only(tmp_path):
+    store = planted_store(tmp_path / "s.zarr", per_class=40, chunk=16)
+    n = store.n
+    store.group["group"][:] = np.array([f"p{i % 10}" for i in range(n)], dtype=object).astype(store.read("group").dtype)
+    fast = dict(width=8, embed_dim=16, epochs=2, batch_size=32, members=1)
+    s = train(store.path, tmp_path / "lda", ModelConfig(open_scorer="lda", **fast), progress=False)
+    t = s["open_scorer"]["threshold_from"]
+    assert t["source"] == "out-of-fold" and t["groups"] == 10 and t["threshold"] == s["open_scorer"]["threshold"]
+    s = train(store.path, tmp_path / "fp", ModelConfig(open_scorer="fused-period", **fast), progress=False)
+    assert s["open_scorer"]["threshold_from"] == {"source": "validation"}   # reads the network: not out-of-fold
