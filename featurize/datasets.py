@@ -219,17 +219,21 @@ def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
 def with_crops(cat: Catalog, crops: int) -> Catalog:
     """Every row of `cat` as `crops` consecutive rows, one per crop (crop_index 0..crops-1), with the
     image's path, label, split and group: crops of one image never straddle splits, and
-    `image_rows` (the row of its crop 0) groups them for per-image figures."""
+    `image_rows` (the row of its crop 0) groups them for per-image figures. A training view (after
+    `with_train_views`) is an image of its own, each of its crops a view of the same clean crop."""
     import dataclasses
     if crops <= 1:
         return cat
-    if cat.view_index is not None:
-        raise InputError("--crops with --train-views is not supported yet: featurize crops or training views")
     src = np.repeat(np.arange(len(cat)), crops)
+    crop = np.tile(np.arange(crops), len(cat))
+    views = {}
+    if cat.view_index is not None:    # a training view's crop k comes from its clean image's crop k
+        views = dict(view_index=cat.view_index[src].astype(np.int16),
+                     source_rows=(cat.source_rows[src] * crops + crop).astype(np.int64))
     return dataclasses.replace(
         cat, paths=tuple(cat.paths[i] for i in src), labels=cat.labels[src], splits=cat.splits[src],
-        groups=tuple(cat.groups[i] for i in src), crop_index=np.tile(np.arange(crops), len(cat)).astype(np.int16),
-        image_rows=(src * crops).astype(np.int64))
+        groups=tuple(cat.groups[i] for i in src), crop_index=crop.astype(np.int16),
+        image_rows=(src * crops).astype(np.int64), **views)
 
 
 def build_catalog(data: str | Path, *, real_label: str = "real", seed: int = 0,

@@ -58,8 +58,33 @@ def test_crop_rows_are_consecutive_and_keep_their_images_split(tmp_path):
         assert (c.paths[r], c.labels[r], c.splits[r], c.groups[r]) == (cat.paths[i], cat.labels[i], cat.splits[i],
                                                                         cat.groups[i])
     assert c.fingerprint != cat.fingerprint
-    with pytest.raises(InputError, match="--train-views"):
-        with_crops(with_train_views(cat, 1, "jpeg:50-95"), 4)
+
+
+def test_crops_of_training_views_map_to_the_same_crop_of_their_clean_image(tmp_path):
+    data = write_class_images(tmp_path / "d", {"real": 9, "gen-a": 9}, size=(80, 72))
+    cat = with_train_views(build_catalog(data), 2, "jpeg:50-95")
+    c = with_crops(cat, 4)
+    assert len(c) == 4 * len(cat)
+    views = np.flatnonzero(c.view_index > 0)
+    assert len(views) == 4 * int((cat.view_index > 0).sum())
+    for r in views:               # the view's crop k trains beside the clean image's crop k
+        src = c.source_rows[r]
+        assert c.view_index[src] == 0 and c.crop_index[src] == c.crop_index[r] and c.paths[src] == c.paths[r]
+        assert c.image_rows[r] != c.image_rows[src]                   # a view is an image of its own
+    np.testing.assert_array_equal(c.source_rows[c.view_index == 0], np.flatnonzero(c.view_index == 0))
+
+
+def test_a_crop_store_with_training_views_trains(tmp_path):
+    data = write_class_images(tmp_path / "d", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(80, 72))
+    st = featurize(data, tmp_path / "s.zarr", crops=4, train_views=1, view_policy="jpeg:50-60",
+                   opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8), **KW)
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    assert s.has_crops and s.has_views and s.n == 4 * (30 + int((s.view_index() > 0).sum()) // 4)
+    vi, src, lat = s.view_index(), s.source_rows(), s.read("latent0")
+    r = int(np.flatnonzero(vi > 0)[0])
+    assert s.read("crop")[r] == s.read("crop")[src[r]] and not np.array_equal(lat[r], lat[src[r]])
+    summ = train(tmp_path / "s.zarr", tmp_path / "run", FAST, device="cpu", progress=False)
+    assert summ["train_views"]["n"] == 1 and summ["open_scorer"]["image_threshold"] is not None
 
 
 @pytest.fixture(scope="module")
