@@ -432,7 +432,7 @@ def evaluate(
     stores: Annotated[list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = "test",
-    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored against the known rows; repeatable.")] = None,
+    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored, on all its rows, against the known test rows; repeatable.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,

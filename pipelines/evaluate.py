@@ -88,13 +88,19 @@ def per_image(predictor: Predictor, store: FeatureStore, sub, p: dict, *row_arra
 
 def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test") -> tuple[dict, dict]:
     """Rows of a store of other images, per label, against `known_score` (the known rows' open-set
-    scores): -> ({label: metrics}, {label: scores})."""
+    scores): -> ({label: metrics}, {label: scores}). Every row of an outside store counts; of the
+    training store itself, the `split` rows only."""
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
     feats = store.load(predictor.inputs)
+    # a store of outside images is judged on all its rows; the training store itself (a generator held
+    # out with --unknown-labels) on `split`, since its other rows trained the model
+    own = store.attrs.get("store_id") is not None and store.attrs.get("store_id") == bundle.meta.get(
+        "training", {}).get("store_id")
     has_splits = (feats.splits >= 0).any()
-    sel = (feats.splits == SPLIT_NAMES.index(split)) if has_splits and split != "all" else np.ones(len(feats), bool)
+    sel = ((feats.splits == SPLIT_NAMES.index(split)) if own and has_splits and split != "all"
+           else np.ones(len(feats), bool))
     if not sel.any():
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)

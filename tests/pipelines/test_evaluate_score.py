@@ -228,10 +228,17 @@ def test_evaluate_scores_images_from_outside_the_training_store_per_label(model,
     u = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unseen"]
     per = u["per_generator"]
     assert set(per) == {"real", "gen-a", "gen-b", "gen-c", "gen-x"}
-    assert per["gen-x"]["n"] == 4 and 0 <= per["gen-x"]["auroc"] <= 1 and not per["gen-x"]["known_class"]
+    # every row of an outside store counts (20), not only the rows its own split calls test (4)
+    assert per["gen-x"]["n"] == 20 and 0 <= per["gen-x"]["auroc"] <= 1 and not per["gen-x"]["known_class"]
     assert per["real"]["known_class"] and "auroc" not in per["real"] and 0 <= per["real"]["called_correctly"] <= 1
     assert u["min_auroc"] <= u["mean_auroc"]
     assert "gen-x" in r.output and "Images from outside the training store" in (tmp_path / "ev" / "report.html").read_text()
+    # the training store itself as --unseen (gen-c held out): its test rows only, the others trained the model
+    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen", str(model / "s.zarr"),
+                                 "--out", str(tmp_path / "ev2")])
+    assert r.exit_code == 0, r.output
+    per = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["unseen"]["per_generator"]
+    assert per["gen-c"]["n"] == 8
 
 
 def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
