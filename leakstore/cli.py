@@ -100,13 +100,15 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _print_report(rep, as_json: bool) -> None:
+def _print_report(rep, as_json: bool, crops: int = 1) -> None:
     d = rep.to_dict()
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
     typer.echo(f"store {d['store']}  (config {d['config_hash']}, shard {d['shard']}, {d['device']})")
-    typer.echo(f"  {d['processed']} images processed in {d['seconds']:.1f} s ({d['images_per_s']} img/s); "
+    what = "images" if crops == 1 else f"rows ({d['processed'] // crops} images x {crops} crops)"
+    typer.echo(f"  {d['processed']} {what} processed in {d['seconds']:.1f} s ({d['images_per_s']} "
+               f"{'img' if crops == 1 else 'rows'}/s); "
                f"{d['done']} done, {d['failed']} failed, {d['already_done']} already done before this run")
     if d["builtin_encoder"]:
         typer.echo("  NOTE: built with the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
@@ -194,7 +196,7 @@ def featurize(
                   precision=None if precision.value == "auto" else precision.value,
                   residual_bins=residual_bins if residual else 0, period=period,
                   spectrum_bins=pixel_spectrum, noise_bins=noise_spectrum, crops=crops, device=device)
-    _print_report(rep, as_json)
+    _print_report(rep, as_json, crops)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
 
