@@ -9,6 +9,7 @@ epoch is checkpointed every epoch, so an interrupted run continues with `resume=
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def _view_table(store: FeatureStore, feats: FeatureBatch, tr: np.ndarray) -> tup
         if j is not None:                                                 # a view whose clean source failed is unused
             table[j, vi[i] - 1] = i
     return torch.from_numpy(clean), torch.from_numpy(table)
+
+
+def _tty() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def _draw_views(clean: torch.Tensor, views: torch.Tensor | None, p: float, gen: torch.Generator) -> torch.Tensor:
@@ -311,7 +316,10 @@ def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, 
     val = _validation_rows(feats, dfeats, y, va.numpy(), chunk_of, cfg.seed)
     t0 = time.perf_counter()
     epoch_rows = min(len(clean), cfg.epoch_samples) if cfg.epoch_samples > 0 else len(clean)
-    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress, desc="train")
+    # a terminal gets a bar; a log file (not a terminal) one line per epoch instead of its carriage returns
+    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress or not _tty(),
+               desc="train")
+    bar.log_epochs = progress and not _tty()
     members, states = [], []
     for k in range(cfg.members):
         if cfg.members > 1:
@@ -393,6 +401,10 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
                                  "val_auc": vauc, "seconds": time.perf_counter() - te})
         bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", val_auc=f"{vauc:.3f}", refresh=False)
+        if getattr(bar, "log_epochs", False):
+            print(f"train {k + 1}/{cfg.members} epoch {state['epoch']}/{cfg.epochs}: train loss {tl:.3f}, val loss "
+                  f"{vl:.3f}, val top-1 {vacc:.3f}, val AUC {vauc:.3f} ({time.perf_counter() - te:.1f} s)",
+                  file=sys.stderr, flush=True)
         # lower is better; on "val_auc" a tie (AUC saturates at 1) is broken by the validation loss
         crit = [-round(vauc, 4), vl] if cfg.select_on == "val_auc" else [vl, 0.0]
         prev = state["best_loss"] if isinstance(state["best_loss"], list) else [math.inf, math.inf]

@@ -134,3 +134,12 @@ def test_a_class_difference_only_in_the_residual_is_learned_through_its_branch(t
         assert ("residual" in b.net.inputs) == use
         acc[use] = float((predict(b, test)["pred"] == test.labels).mean())
     assert acc[True] > 0.95 and acc[False] < 0.6, acc
+
+
+def test_a_run_logged_to_a_file_gets_a_line_per_epoch_not_a_bar(tmp_path, capsys):
+    planted_store(tmp_path / "s.zarr", per_class=20)
+    train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(epochs=2, patience=5), progress=True)
+    err = capsys.readouterr().err          # pytest's capture is no terminal, as a log file is not
+    lines = [ln for ln in err.splitlines() if "epoch" in ln]
+    assert [ln.split(":")[0] for ln in lines] == ["train 1/1 epoch 1/2", "train 1/1 epoch 2/2"]
+    assert "\r" not in err and "val AUC" in lines[0]
