@@ -331,6 +331,14 @@ def train(
     elif o:
         typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as "
                    f"{o['classes']} 'other' classes")
+        if summary.get("train_views") and not o["views"]:
+            typer.echo(f"note: {store} has training views and {o['store']} has none: compression then looks like "
+                       "'known'; featurize the outliers with --train-views too (docs: Open set)")
+    t = summary["open_scorer"].get("threshold_from") or {}
+    if t.get("source") == "out-of-fold":
+        lo, hi = t["flag_rate_ci"]
+        typer.echo(f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({t['folds']} folds): "
+                   f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged (95 % CI {lo:.1%}-{hi:.1%})")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 
 
@@ -361,7 +369,7 @@ def make_outliers(
     typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
                + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
                   f"{s['first_failures'][0][1]}" if s["failed"] else ""))
-    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
+    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options, --train-views too>, "
                "then leakstore train STORE --outliers OUTLIERS.zarr")
 
 

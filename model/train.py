@@ -521,7 +521,8 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                                "threshold_from": oof or {"source": "validation"}},
                "outliers": None if outliers is None else {"store": str(outliers[0].path), "rows": len(outliers[1]),
                                                           "used": int(opn.n_outliers_),
-                                                          "classes": int(opn.n_outlier_classes_)}}
+                                                          "classes": int(opn.n_outlier_classes_),
+                                                          "views": outliers[0].has_views}}
     if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
         summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
                                "best_val": _best_val(st)} for st in states]
