@@ -166,8 +166,8 @@ def featurize(
     as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the run report as JSON.")] = False,
     progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = RD["progress"],
 ):
-    """Featurize images once: VAE latents, forward diffusion, FFT spectra (and with --residual the
-    reconstruction residual) -> a chunked Zarr store.
+    """Featurize images once: VAE latents, forward diffusion, FFT spectra, the reconstruction residual
+    (unless --no-residual) and pixel cues -> a chunked Zarr store.
 
     Rerun the same command to resume an interrupted run."""
     with _guard("finished chunks are in the store; rerun the same command to resume", _store_kept(store)):
