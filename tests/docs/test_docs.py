@@ -64,3 +64,24 @@ def test_the_docs_build_strictly(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "WARNING" not in r.stderr, r.stderr          # (mkdocs' -q would hide warnings from --strict)
     assert (tmp_path / "site" / "index.html").is_file()
+
+
+def test_every_module_the_docs_run_exists():
+    """`python -m MODULE` written anywhere a user reads must import (benchmarks run from a checkout)."""
+    import importlib.util
+    pages = PAGES + [REPO / "CONTRIBUTING.md"]
+    mods = {m for page in pages for m in re.findall(r"python -m\s+([A-Za-z_][\w.]*)", page.read_text())}
+    assert "benchmarks.gpu_check" in mods, "the parser found no module: it is broken"
+    missing = sorted(m for m in mods if importlib.util.find_spec(m) is None)
+    assert not missing, f"modules written after 'python -m' that do not exist: {missing}"
+
+
+def test_every_figure_of_the_readmes_results_table_is_on_the_results_page():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Results"):text.index("## Limits")]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and re.search(r"\d\.\d{3}", ln)]
+    figures = {f for ln in rows for f in re.findall(r"\d\.\d{3}|\d+\.\d %", ln)}
+    assert len(figures) >= 10, "the parser found too few figures: it is broken"
+    results = (REPO / "docs" / "results" / "index.md").read_text()
+    missing = sorted(f for f in figures if f not in results)
+    assert not missing, f"README results figures not on docs/results/index.md: {missing}"
