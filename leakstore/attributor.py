@@ -52,7 +52,7 @@ class Attributor:
         """One image -> {pred, confidence, is_unknown, open_score, probabilities, nearest_prototypes, status, error}:
         the keys are the columns of `score_many` and of `leakstore score`'s Parquet file. pred: a generator,
         the real class, or "unknown" when is_unknown (the open-set score fell below the model's threshold);
-        nearest_generator: the closest known class."""
+        nearest_generator: the most probable known class (also when pred is "unknown")."""
         row = self.score_many([str(image)]).iloc[0]
         return {"path": row.path, "pred": row.pred, "nearest_generator": row.nearest_generator,
                 "confidence": float(row.confidence), "is_unknown": None if pd.isna(row.is_unknown) else bool(row.is_unknown),
