@@ -85,3 +85,43 @@ def test_every_figure_of_the_readmes_results_table_is_on_the_results_page():
     results = (REPO / "docs" / "results" / "index.md").read_text()
     missing = sorted(f for f in figures if f not in results)
     assert not missing, f"README results figures not on docs/results/index.md: {missing}"
+
+
+def _readme_defaults():
+    """(option, default as written) for every row of the README's defaults table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Defaults"):text.index("## Results")]
+    for ln in table.splitlines():
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`--"):
+            continue
+        opts = re.findall(r"`(--[a-z-]+)`", cells[0])
+        vals = [v.strip(" `") for v in cells[1].split(";")[0].split(", ")] if len(opts) > 1 else [cells[1].split(";")[0].strip(" `")]
+        yield from zip(opts, vals)
+
+
+def test_the_readmes_defaults_are_the_codes():
+    from leakstore.model.config import ModelConfig
+    cli = typer.main.get_command(app)
+    default = {}
+    for name in ("featurize", "train"):
+        for p in cli.commands[name].params:
+            for o in p.opts:
+                if o.startswith("--"):
+                    default.setdefault(o, p.default)
+    default["--open-scorer"] = ModelConfig().open_scorer      # the CLI leaves it None: chosen by --outliers
+    rows = list(_readme_defaults())
+    assert len(rows) >= 12, "the parser found too few defaults: it is broken"
+    wrong = []
+    for opt, written in rows:
+        want = default[opt]
+        want = getattr(want, "value", want)
+        if isinstance(want, bool):
+            want = "on" if want else "off"
+        elif isinstance(want, (tuple, list)):
+            want = ",".join(map(str, want))
+        ok = (float(written) == float(want)) if re.fullmatch(r"[\d.]+", written) and isinstance(want, (int, float)) \
+            else written == str(want)
+        if not ok:
+            wrong.append(f"{opt}: README says {written!r}, the code {want!r}")
+    assert not wrong, "\n".join(wrong)
