@@ -465,10 +465,11 @@ def _print_robustness(s: dict) -> None:
     crops = max((v.get("crops", 1) for v in s.get("views", [])), default=1)
     if crops > 1:
         typer.echo(f"figures per image, each judged on its {crops} crops")
-    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}")
+    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}{'known flagged':>15}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
-        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}")
+        kf = "-" if r.get("known_flagged") is None else f"{r['known_flagged']:.1%}"
+        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}{kf:>15}")
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():

@@ -155,7 +155,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
                "open_temperature": float(getattr(bundle.open, "temperature", 0.0) or 0.0),
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
-                               "open_auroc": r["open"].get("auroc")} for r in results]}
+                               "open_auroc": r["open"].get("auroc"), "known_flagged": r["open"].get("known_flagged")}
+                              for r in results]}
     if unseen:
         first = extras[0]
         known_score = first["open_score"][first["y"] >= 0]

@@ -231,7 +231,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
                          summary["open_scorer"], ex["threshold"])
     unseen_html = _unseen_section(out, summary, ex)
     rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
-                  f"<td>{_fmt(r['open_auroc'])}</td></tr>"
+                  f"<td>{_fmt(r['open_auroc'])}</td><td>{_pct(r.get('known_flagged'))}</td></tr>"
                   for r in summary["robustness"])
     per = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items())
     o = first["open"]
@@ -253,7 +253,8 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:.5em 
 <p>Model <code>{html.escape(summary['model'])}</code>; encoder {html.escape(summary['encoder'])};
 {_networks(summary.get('networks', 1))}inputs: {html.escape(', '.join(summary.get('inputs', [])))};
 known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
-<h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th></tr>{rob}</table>
+<h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th><th>known flagged unknown</th></tr>{rob}</table>
+<p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked {first['open']['false_unknown_rate']['asked']:.0%}.</p>
 {_img(out / 'robustness.png') if several else _sweep_hint(summary['model'])}
 <h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
 <p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
@@ -299,6 +300,10 @@ def _rate_line(r) -> str:
     got = [f"{k} {v:.1%}" for k, v in r.items() if k not in ("asked", "validation") and v is not None]
     val = "" if r.get("validation") is None else f", on validation {r['validation']:.1%}"
     return (f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + ".")
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v:.1%}"
 
 
 def _fmt(v) -> str:

@@ -89,6 +89,9 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     assert s["networks"] == 3 and "3 networks joined (train --members)" in html       # the default model
     assert "Prototypes (stars) lie" in html and s["open_temperature"] == 1.0
     assert ("soft minimum, temperature 1" in html) == (len(s["open_components"]) > 1)
+    # each view says how many known images it flags: a re-encoded known image should stay known
+    assert s["robustness"][0]["known_flagged"] == v["open"]["known_flagged"]
+    assert "known flagged unknown" in html and f"{v['open']['known_flagged']:.1%}" in html
 
 
 def test_the_prototype_note_measures_distances_in_the_full_embedding():
