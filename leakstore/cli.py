@@ -34,7 +34,8 @@ Backbone = _choices("Backbone", BACKBONES)
 Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
 OUTLIERS_HELP = ("A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
-                 "options): an 'other' class for the lda open-set scorers (docs: Open set).")
+                 "options, --train-views included): one 'other' class per kind of outlier for the lda open-set "
+                 "scorers (docs: Open set).")
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
 Split = _choices("Split", ("test", "val", "train", "all"))
