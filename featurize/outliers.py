@@ -184,4 +184,5 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int
         w.writerows(failed)
         write_text(out / "failed.csv", buf.getvalue())
     return {"out": str(out), "manifest": str(out / "manifest.csv"), "images": len(rows), "made": made,
-            "decoders": [spec.name for spec, _ in nets], "failed": len(failed), "first_failures": failed[:5]}
+            "decoders": [spec.name for spec, _ in nets], "failed": len(failed), "first_failures": failed[:5],
+            "real_class": cat.real_class}

@@ -370,6 +370,9 @@ def make_outliers(
     typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
                + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
                   f"{s['first_failures'][0][1]}" if s["failed"] else ""))
+    if s["real_class"] and s["made"].get("photo"):
+        typer.echo(f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the flag that "
+                   "real photographs are 'other'; leave --photos out for such data (docs: Open set)")
     typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options, --train-views too>, "
                "then leakstore train STORE --outliers OUTLIERS.zarr")
 

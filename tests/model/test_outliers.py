@@ -123,6 +123,7 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     assert s["images"] == 29 + 3 and s["made"]["photo"] == 3 and s["failed"] == 1
     assert len(s["decoders"]) == 2 and all(s["made"][k] > 0 for k in s["decoders"] + ["vae"])
     assert "jpeg" not in s["made"]                           # compression is no outlier: known images get it too
+    assert s["real_class"] == "real"                          # the CLI warns: photographs would teach 'real is other'
     assert "broken.jpg" in (out / "failed.csv").read_text()
     assert len(list((out / "decoders").glob("*.safetensors"))) == 2
     import pandas as pd
@@ -135,6 +136,8 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     files = {p: (out / p).read_bytes() for p in man.path}
     r = runner.invoke(app, args)                           # a rerun: the same files, untouched
     assert r.exit_code == 0 and {p: (out / p).read_bytes() for p in man.path} == files
+    r = runner.invoke(app, args[:-1])                      # the human summary warns about photographs beside 'real'
+    assert r.exit_code == 0 and "leave --photos out" in r.output
     assert pd.read_csv(out / "manifest.csv", keep_default_na=False).equals(man)
 
     feat = ["--vae", "demo", "--resolution", "32", "--fft-size", "4", "--timesteps", "0,100", "--device", "cpu", "--workers", "0",
