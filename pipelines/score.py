@@ -351,7 +351,8 @@ def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
                 table = pq.read_table(p)
                 table = table.select(schema.names).cast(schema) if table.schema != schema else table
                 writer.write_table(table)
-                _counts(table.select(["status", "is_unknown", "pred"]).to_pandas(), counts)
+                _counts(table.select([c for c in ("status", "is_unknown", "pred", "unsure") if c in schema.names])
+                        .to_pandas(), counts)
     return counts
 
 

@@ -252,7 +252,7 @@ def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model,
     assert r.exit_code != 0 and "other.zarr" in r.output and "Traceback" not in r.output
 
 
-def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster):
+def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster, tmp_path):
     """`score --stability K`: the share of K re-encodings that keep an image's verdict, and `unsure`."""
     from leakstore.predictor import STABILITY_VIEWS, Predictor
     a = Attributor.load(image_model / "run")
@@ -276,5 +276,7 @@ def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monk
     dd = score(image_model / "run", paths, client=cluster, progress=False, stability=1)
     assert dd.stability.between(0, 1).all() and dd.unsure.notna().all()
     assert (dd.unsure == (dd.stability < 1)).all()
+    c = score(image_model / "run", paths, tmp_path / "p.parquet", client=cluster, progress=False, stability=1)
+    assert c["unsure"] == int(pd.read_parquet(tmp_path / "p.parquet").unsure.sum())   # counted from the parts too
     with pytest.raises(Exception, match="re-encodes images"):
         score(image_model / "run", image_model / "s.zarr", client=cluster, progress=False, stability=1)
