@@ -17,9 +17,9 @@ OUT holds the images, `manifest.csv` (path, label, group) and the decoders' weig
 safetensors, reused on a rerun). The label is `KIND/SOURCE` (the copy's kind, the source's class),
 or `photo`; the group is the source's group (or `sha:<its SHA-256>` when it has none), so that
 training never fits on copies of its validation or test images and a study fold leaves out the
-copies of the generator it holds out. Featurize the manifest with the training store's options,
-`--train-views` included (outliers seen compressed as the known classes are, or compression itself
-reads as "known"); pass the store to `train --outliers`. Rerunning skips finished images.
+copies of the generator it holds out. Featurize the manifest with the training store's options
+(training views are optional there: they changed nothing measurable, docs/results); pass the store
+to `train --outliers`. Rerunning skips finished images.
 """
 from __future__ import annotations
 

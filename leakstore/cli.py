@@ -34,7 +34,7 @@ Backbone = _choices("Backbone", BACKBONES)
 Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
 OUTLIERS_HELP = ("A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
-                 "options, --train-views included): one 'other' class per kind of outlier for the lda open-set "
+                 "options; training views are optional there): one 'other' class per kind of outlier for the lda open-set "
                  "scorers (docs: Open set).")
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
@@ -332,9 +332,6 @@ def train(
     elif o:
         typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as "
                    f"{o['classes']} 'other' classes")
-        if summary.get("train_views") and not o["views"]:
-            typer.echo(f"note: {store} has training views and {o['store']} has none: compression then looks like "
-                       "'known'; featurize the outliers with --train-views too (docs: Open set)")
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
@@ -373,7 +370,7 @@ def make_outliers(
     if s["real_class"] and s["made"].get("photo"):
         typer.echo(f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the flag that "
                    "real photographs are 'other'; leave --photos out for such data (docs: Open set)")
-    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options, --train-views too>, "
+    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
                "then leakstore train STORE --outliers OUTLIERS.zarr")
 
 
