@@ -48,7 +48,8 @@ def decoder_specs(n: int, seed: int = 0) -> list[DecoderSpec]:
     return out
 
 
-def _build(spec: DecoderSpec):
+def build_decoder(spec: DecoderSpec):
+    """The untrained network of `spec`: a strided encoder down by `factor`, the decoder back up."""
     import torch.nn as nn
     act = nn.ReLU if spec.act == "relu" else nn.GELU
     w, f = spec.width, spec.factor
@@ -75,7 +76,7 @@ def train_decoder(spec: DecoderSpec, patches: np.ndarray, *, seed: int = 0, step
     `patches`, (N, P, P, 3) uint8 with P a multiple of 4. Seeded: weights and batches."""
     import torch
     torch.manual_seed(seed)
-    net = _build(spec)
+    net = build_decoder(spec)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     x_all = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float() / 255.0
     gen = torch.Generator().manual_seed(seed)

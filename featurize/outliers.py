@@ -81,7 +81,7 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
     """`n` simulated decoders (featurize/decoders.py) trained on patches of the training images;
     their weights are kept in OUT/decoders/ (safetensors), so a rerun reuses them."""
     from safetensors.torch import load_file, save_file
-    from leakstore.featurize.decoders import decoder_specs, sample_patches, train_decoder, _build
+    from leakstore.featurize.decoders import build_decoder, decoder_specs, sample_patches, train_decoder
     specs = decoder_specs(n, seed)
     train = [p for p, s in zip(cat.paths, cat.splits) if s in (0, -1)] or list(cat.paths)
     pick = np.random.default_rng([seed, 0x6f7574]).permutation(len(train))[:PATCH_SOURCES]
@@ -90,7 +90,7 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
     for k, spec in enumerate(specs):
         wfile = out / "decoders" / f"{k}-{spec.name}-{steps}.safetensors"
         if wfile.exists():
-            net = _build(spec)
+            net = build_decoder(spec)
             net.load_state_dict(load_file(str(wfile)))
             nets.append((spec, net.eval()))
             continue
@@ -102,7 +102,11 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
                     imgs.append(decode_image(b, str(train[i])))
                 except ImageDecodeError:
                     continue
-            patches = sample_patches(imgs, PATCHES, PATCH_SIZE, seed)
+            try:
+                patches = sample_patches(imgs, PATCHES, PATCH_SIZE, seed)
+            except ValueError as e:
+                raise InputError(f"make-outliers {cat.source}: {e}; give readable training images of at least "
+                                 "8 pixels a side, or --decoders 0") from None
         if progress:
             print(f"make-outliers: training simulated decoder {k + 1}/{len(specs)} ({spec.name})", flush=True)
         net = train_decoder(spec, patches, seed=seed * 1000 + k, steps=steps)
