@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from leakstore.config import (BETA_SCHEDULES, DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS, CODECS, DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
+from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS,
+                              DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
                               DEFAULT_VIEW_POLICY, PRECISIONS, RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
 from leakstore.errors import InputError, Interrupted, LeakstoreError
 from leakstore.predictor import STABILITY_VIEWS
@@ -34,8 +35,8 @@ Backbone = _choices("Backbone", BACKBONES)
 Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
 OUTLIERS_HELP = ("A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
-                 "options; training views are optional there): one 'other' class per kind of outlier for the lda open-set "
-                 "scorers (docs: Open set).")
+                 "options; training views are optional there): one 'other' class per kind of outlier for the lda "
+                 "open-set scorers (docs: Open set).")
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
 Split = _choices("Split", ("test", "val", "train", "all"))
@@ -336,7 +337,8 @@ def train(
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
         typer.echo(f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({t['folds']} folds): "
-                   f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged (95 % CI {lo:.1%}-{hi:.1%})")
+                   f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
+                   f"(95 % CI {lo:.1%}-{hi:.1%})")
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 
 
@@ -355,12 +357,13 @@ def make_outliers(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Write images that no known generator made (copies of the training images through simulated
-    decoders or another autoencoder, crops of photographs) for train --outliers: the unknown flag learns what 'none of these' looks like."""
+    decoders or another autoencoder, crops of photographs) for train --outliers: the unknown flag
+    learns what 'none of these' looks like."""
     with _guard(f"finished images are kept in {out}; rerun the same command to go on",
                 lambda: f"Finished images are kept in {out}."):
         from leakstore.featurize.outliers import make_outliers as run
-        s = run(data, out, photos=photos or (), vae=vae, decoders=decoders, decoder_steps=decoder_steps, per_photo=per_photo, size=size, seed=seed,
-                progress=progress and not as_json)
+        s = run(data, out, photos=photos or (), vae=vae, decoders=decoders, decoder_steps=decoder_steps,
+                per_photo=per_photo, size=size, seed=seed, progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
@@ -368,8 +371,8 @@ def make_outliers(
                + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
                   f"{s['first_failures'][0][1]}" if s["failed"] else ""))
     if s["real_class"] and s["made"].get("photo"):
-        typer.echo(f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the flag that "
-                   "real photographs are 'other'; leave --photos out for such data (docs: Open set)")
+        typer.echo(f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the "
+                   "flag that real photographs are 'other'; leave --photos out for such data (docs: Open set)")
     typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
                "then leakstore train STORE --outliers OUTLIERS.zarr")
 

@@ -3,13 +3,14 @@
 `leakstore make-outliers` writes such images (photographs; known images through simulated decoders
 or another autoencoder) with a manifest whose label is `KIND/SOURCE` (the kind of copy, the source
 image's class; `photo` for photograph crops) and whose group is the source's group; each kind is one
-outlier class of the scorer; `leakstore featurize` turns that
-into an outlier store with the training store's settings, and `train --outliers STORE` gives its
-rows to the open-set scorers that take an "other" class (`lda`).
+outlier class of the scorer. `leakstore featurize` turns that into an outlier store with the
+training store's settings, and `train --outliers STORE` gives its rows to the open-set scorers that
+take "other" classes (`lda`).
 
 Which rows may fit: never one made from an image of the training store's validation or test
-groups (a known validation image's copy would teach the scorer about the rows that judge it), and never one made from a generator held out as unknown (in a leave-one-generator-out
-fold, that generator's JPEG copies would be its fingerprint in the "other" class).
+groups (a known validation image's copy would teach the scorer about the rows that judge it), and
+never one made from a generator held out as unknown (in a leave-one-generator-out fold, that
+generator's copies would be its fingerprint in the "other" classes).
 """
 from __future__ import annotations
 
