@@ -317,15 +317,15 @@ def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, 
     t0 = time.perf_counter()
     epoch_rows = min(len(clean), cfg.epoch_samples) if cfg.epoch_samples > 0 else len(clean)
     # a terminal gets a bar; a log file (not a terminal) one line per epoch instead of its carriage returns
-    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress or not _tty(),
+    log_epochs = progress and not _tty()
+    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress or log_epochs,
                desc="train")
-    bar.log_epochs = progress and not _tty()
     members, states = [], []
     for k in range(cfg.members):
         if cfg.members > 1:
             bar.set_description(f"train {k + 1}/{cfg.members}")
         net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, val, dev, out_dir,
-                                   origin, resume, bar, epoch_rows)
+                                   origin, resume, bar, epoch_rows, log_epochs)
         members.append(net)
         states.append(state)
     bar.close()
@@ -363,7 +363,8 @@ def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, sour
 
 
 def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, norm: dict, dfeats, y,
-                  clean, views, val, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int):
+                  clean, views, val, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int,
+                  log_epochs: bool = False):
     """Train member k of the model (seed cfg.seed + k; the only member of a single network) and
     return it at its best epoch, with its training state. Each epoch's state is saved under its
     own name, so an interrupted ensemble resumes at the member and epoch it reached."""
@@ -401,7 +402,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
         state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
                                  "val_auc": vauc, "seconds": time.perf_counter() - te})
         bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", val_auc=f"{vauc:.3f}", refresh=False)
-        if getattr(bar, "log_epochs", False):
+        if log_epochs:
             print(f"train {k + 1}/{cfg.members} epoch {state['epoch']}/{cfg.epochs}: train loss {tl:.3f}, val loss "
                   f"{vl:.3f}, val top-1 {vacc:.3f}, val AUC {vauc:.3f} ({time.perf_counter() - te:.1f} s)",
                   file=sys.stderr, flush=True)
