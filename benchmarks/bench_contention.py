@@ -30,7 +30,7 @@ NETWORK = ["--members", "1", "--width", "32", "--embed-dim", "64", "--batch-size
 
 
 def _train(store: Path, out: Path, epochs: int, env: dict, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "leakstore.cli", "train", str(store), "--out", str(out), "--overwrite", "--epochs",
+    cmd = [sys.executable, "-m", "leakstore.app.cli", "train", str(store), "--out", str(out), "--overwrite", "--epochs",
            str(epochs), "--patience", str(epochs), "--no-progress", "--json", "--stream", "off", "--device", "cpu",
            *NETWORK, *extra]
     e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",

@@ -92,7 +92,8 @@ def main(argv=None):
     from diffusers import AutoencoderKL
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog
-    from leakstore.featurize.runner import RunOptions, compile_encoder, featurize_store
+    from leakstore.config import RunOptions
+    from leakstore.featurize.runner import compile_encoder, featurize_store
     from leakstore.featurize.vae import load_encoder
 
     device = torch.device(args.device)

@@ -35,9 +35,9 @@ def main(argv=None):
     from distributed import Client
 
     from leakstore.featurize.api import prepare
-    from leakstore.featurize.runner import RunOptions
+    from leakstore.config import RunOptions
     from leakstore.pipelines.featurize_dask import featurize_on_dask
-    from leakstore.pipelines.score import local_cluster
+    from leakstore.pipelines.cluster import local_cluster
     catalog, encoder, cfg = prepare(a.data, vae=a.vae, resolution=a.resolution, residual_bins=a.residual_bins,
                                     device=a.device)
     n_warm = min(16, a.images)

@@ -95,7 +95,8 @@ def child_train(store: str, out: str, stream: str, epoch_samples: int, width: in
 
 
 def child_score(run: str, store: str, out: str, workers: int) -> dict:
-    from leakstore.pipelines.score import local_cluster, score
+    from leakstore.pipelines.cluster import local_cluster
+    from leakstore.pipelines.score import score
     from distributed import Client
     with local_cluster(workers) as cluster, Client(cluster) as client:
         t0 = time.perf_counter()

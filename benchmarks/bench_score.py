@@ -29,7 +29,8 @@ def main(argv=None):
     from leakstore.config import FeaturizeConfig
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
-    from leakstore.pipelines.score import local_cluster, score, scoring_frame
+    from leakstore.pipelines.cluster import local_cluster
+    from leakstore.pipelines.score import score, scoring_frame
     from tests.synthetic import VAE, planted_store
     cfg = FeaturizeConfig(vae=VAE, resolution=128, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)
     args.out.mkdir(parents=True, exist_ok=True)

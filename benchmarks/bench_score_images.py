@@ -36,12 +36,14 @@ def main(argv=None):
 
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog
-    from leakstore.featurize.runner import RunOptions, featurize_store
+    from leakstore.config import RunOptions
+    from leakstore.featurize.runner import featurize_store
     from leakstore.featurize.vae import load_encoder
-    from leakstore.attributor import Attributor
+    from leakstore.app.attributor import Attributor
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
-    from leakstore.pipelines.score import LoadModel, local_cluster, score, scoring_frame
+    from leakstore.pipelines.cluster import local_cluster
+    from leakstore.pipelines.score import LoadModel, score, scoring_frame
 
     args.out.mkdir(parents=True, exist_ok=True)
     cat = build_catalog(args.data)

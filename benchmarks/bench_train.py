@@ -44,7 +44,8 @@ def main(argv=None):
     from leakstore.featurize.datasets import build_catalog
     from torch.utils.data import DataLoader
 
-    from leakstore.featurize.runner import DeviceFeaturizer, ImageRows, RunOptions, collate, featurize_store
+    from leakstore.config import RunOptions
+    from leakstore.featurize.runner import DeviceFeaturizer, ImageRows, collate, featurize_store
     from leakstore.device import resolve_device
     from leakstore.featurize.vae import load_encoder
     from leakstore.store import Catalog

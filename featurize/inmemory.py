@@ -8,13 +8,13 @@ from torch.utils.data import DataLoader
 
 from leakstore.featurize.runner import DeviceFeaturizer, ImageRows, collate
 from leakstore.featurize.vae import LatentEncoder
-from leakstore.config import FeaturizeConfig
+from leakstore.config import DEFAULT_MAX_PIXELS, DEFAULT_SCORE_BATCH, FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.features import FeatureBatch
 
 
 def featurize_paths(paths: list[str], cfg: FeaturizeConfig, encoder: LatentEncoder, *, device="cpu",
-                    batch_size: int = 16, workers: int = 0, max_pixels: int = 1 << 27,
+                    batch_size: int = DEFAULT_SCORE_BATCH, workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
                     runner: DeviceFeaturizer | None = None) -> tuple[FeatureBatch, list[str], dict[int, str]]:
     """-> (features of the images that decoded, in input order, `rows` = their input indices;
     sha256 per input; {input index: error}). With cfg.crops = K > 1 every image is K rows, one per

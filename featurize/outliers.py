@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leakstore.config import DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS
+from leakstore.config import (DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS, DEFAULT_OUTLIER_PER_PHOTO,
+                              DEFAULT_OUTLIER_SEED, DEFAULT_OUTLIER_SIZE)
 from leakstore.errors import ImageDecodeError, InputError
 from leakstore.featurize.decoders import decode_copy
 from leakstore.featurize.datasets import build_catalog, list_images
@@ -119,7 +120,8 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
 
 def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int = DEFAULT_OUTLIER_DECODERS,
                   decoder_steps: int = DEFAULT_DECODER_STEPS,
-                  per_photo: int = 6, size: int = 256, seed: int = 0, progress: bool = True) -> dict:
+                  per_photo: int = DEFAULT_OUTLIER_PER_PHOTO, size: int = DEFAULT_OUTLIER_SIZE,
+                  seed: int = DEFAULT_OUTLIER_SEED, progress: bool = True) -> dict:
     """Write the outlier images and OUT/manifest.csv; returns counts and the failures (path, reason).
 
     Each training image gets one copy through a process seeded by its SHA-256: one of `decoders`

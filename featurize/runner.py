@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from leakstore.featurize.images import crop_window, decode_image, prepare, read_bytes
 from leakstore.featurize.vae import LatentEncoder
 from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
-from leakstore.config import FeaturizeConfig, RunOptions  # noqa: F401 (RunOptions: re-exported)
+from leakstore.config import BATCH_CPU, BATCH_CUDA, FeaturizeConfig, RunOptions
 from leakstore.device import resolve_device
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
 from leakstore.features.noising import noise_coefficients, seeded_noise
@@ -311,7 +311,7 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     if rows and (note := free_space_note(store_path, len(rows) * row_bytes(cfg), f"featurizing {len(rows):,} images")):
         print(note, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    batch = opts.batch_size or (128 if device.type == "cuda" else 16)
+    batch = opts.batch_size or (BATCH_CUDA if device.type == "cuda" else BATCH_CPU)
     workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)
     assembler = None
     if rows:

@@ -318,15 +318,14 @@ def _hub_revision(source: str, subfolder: str) -> str:
         folder = Path(source) / subfolder if subfolder else Path(source)
         files = [p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")]
         return _sha256_files(files) if files else "unknown"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        for name in ("diffusion_pytorch_model.safetensors", "config.json"):
-            p = try_to_load_from_cache(source, f"{subfolder}/{name}" if subfolder else name)
-            if isinstance(p, str) and "/snapshots/" in p:
-                return "commit:" + p.split("/snapshots/")[1].split("/")[0]
-    except Exception:  # pragma: no cover - cache layout differences
-        pass
-    return "unknown"
+    # a revision names the store's features (its config hash): an error here must stop the run, never
+    # turn into another revision
+    from huggingface_hub import try_to_load_from_cache
+    for name in ("diffusion_pytorch_model.safetensors", "config.json"):
+        p = try_to_load_from_cache(source, f"{subfolder}/{name}" if subfolder else name)
+        if isinstance(p, str) and "/snapshots/" in p:
+            return "commit:" + p.split("/snapshots/")[1].split("/")[0]
+    return "unknown"      # not in a hub cache layout: the store is named by its source (FeaturizeConfig.identity)
 
 
 def weights_dirs() -> list[Path]:

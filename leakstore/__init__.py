@@ -1,8 +1,6 @@
 """leakstore: attribute AI-generated images to their generator from diffusion signal leaks."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os as _os
 
 # OpenMP threads that wait for work sleep instead of spinning. Spinning threads fight any other busy
@@ -12,6 +10,7 @@ import os as _os
 # takes effect when leakstore is imported first (the command line always is); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from leakstore.version import __version__  # noqa: E402
 from leakstore.errors import (  # noqa: E402
     ConfigMismatchError,
     ImageDecodeError,
@@ -25,7 +24,7 @@ from leakstore.errors import (  # noqa: E402
 
 def __getattr__(name):  # lazy: importing leakstore stays cheap (no torch) until Attributor is used
     if name == "Attributor":
-        from leakstore.attributor import Attributor
+        from leakstore.app.attributor import Attributor
         return Attributor
     raise AttributeError(name)
 

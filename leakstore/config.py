@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.errors import ConfigFieldError, ConfigMismatchError, InputError
 
 RESIZE_POLICIES = ("shorter-crop", "center-crop", "exact")
 BETA_SCHEDULES = ("scaled_linear", "linear")
@@ -30,9 +30,21 @@ DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)   # train/val/test, as the reference
 DEFAULT_DEVICE = "auto"              # every command: CUDA when visible, else the CPU
 STREAM_MODES = ("auto", "on", "off")  # train: stream the store from disk, load it, or stream when it is too big
 DEFAULT_STREAM_BUFFER = 4096         # rows of whole chunks shuffled together when training streams the store
+DEFAULT_STREAM = "auto"              # train: stream the store when its features would fill a quarter of the RAM
+BATCH_CPU, BATCH_CUDA = 16, 128      # images per encoder batch when none is given, on a CPU and on CUDA
+DEFAULT_SCORE_BATCH = BATCH_CPU      # scoring image files: images per encoder batch
+DEFAULT_SCORE_CHUNK = 256            # scoring: images per dask partition (and per in-process step)
+DEFAULT_SWEEP_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")   # sweep: views measured
+DEFAULT_STUDY_EPOCHS = 10            # openset-study: training epochs per fold (a short schedule)
+DEFAULT_OUTLIER_PER_PHOTO = 6        # make-outliers: crops per photograph
+DEFAULT_OUTLIER_SIZE = 256           # make-outliers: side of a photograph crop, pixels
+DEFAULT_OUTLIER_SEED = 0             # make-outliers: seed of the choices (with each file's SHA-256)
+DEFAULT_DEMO_SCENES = 300            # demo: synthetic scenes, each rendered by every generator
+DEFAULT_DEMO_WORKERS = 2             # demo: local dask workers of its scoring step
 # Fields recorded in the store but not part of the feature identity: they change the
 # numbers only at rounding level (docs/speed.md: bf16 against fp32).
 _UNHASHED = ("precision",)
+_VAE_PROVENANCE = ("name", "note")   # VAEIdentity fields that say where weights came from, not what they are
 
 
 @dataclass(frozen=True)
@@ -68,14 +80,12 @@ class ScheduleConfig:
 
     def __post_init__(self):
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise InputError(f"unknown beta schedule {self.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+            raise ConfigFieldError("beta_schedule", self.beta_schedule, f"choose one of {', '.join(BETA_SCHEDULES)}")
         if not (0 < self.beta_start < self.beta_end < 1):
-            raise InputError(f"betas must satisfy 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+            raise ConfigFieldError("beta_start", self.beta_start, f"betas must satisfy 0 < beta_start < beta_end < 1 "
+                                   f"(beta_end = {self.beta_end})")
 
 
-# fields added after stores were written without them, with the value that reads those stores as
-# they were made (the feature absent)
-FEATURIZE_LEGACY = {"residual_bins": 0, "decoder": "", "period": 0, "spectrum_bins": 0, "crops": 1, "noise_bins": 0}
 CROP_GRIDS = {g * g: g for g in range(1, 9)}   # --crops K: K = g * g windows on a g x g grid
 
 
@@ -105,34 +115,33 @@ class FeaturizeConfig:
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         if not 0 <= self.residual_bins <= 64:
-            raise InputError(f"--residual-bins {self.residual_bins} must lie in [0, 64] (0: no residual feature)")
+            raise ConfigFieldError("residual_bins", self.residual_bins, "must lie in [0, 64] (0: no residual feature)")
         if self.residual_bins and not self.decoder:
-            raise InputError("a residual feature needs the decoder's weights revision in the config (decoder='...')")
+            raise ConfigFieldError("decoder", self.decoder, "a residual feature needs the decoder's weights revision")
         if not 0 <= self.period <= 64:   # measured at each image's own size: smaller images fail alone
-            raise InputError(f"--period {self.period} must lie in [0, 64] (0: no periodicity feature)")
+            raise ConfigFieldError("period", self.period, "must lie in [0, 64] (0: no periodicity feature)")
         if not 0 <= self.spectrum_bins <= 64:
-            raise InputError(f"--pixel-spectrum {self.spectrum_bins} must lie in [0, 64] (0: no pixel-spectrum feature)")
+            raise ConfigFieldError("spectrum_bins", self.spectrum_bins, "must lie in [0, 64] (0: no pixel-spectrum feature)")
         if self.noise_bins not in (0, 1, 2, 4, 8, 16, 32):
-            raise InputError(f"--noise-spectrum {self.noise_bins}: give 0 (off) or a number of bands dividing 64 "
-                             "(4, 8, 16, 32)")
+            raise ConfigFieldError("noise_bins", self.noise_bins, "give 0 (off) or a number of bands dividing 64 (4, 8, 16, 32)")
         if self.crops not in CROP_GRIDS:
-            raise InputError(f"--crops {self.crops}: give a square number of crops per image ({', '.join(map(str, CROP_GRIDS))}), "
-                             "laid out on a grid over the image")
+            raise ConfigFieldError("crops", self.crops, f"give a square number of crops per image "
+                                   f"({', '.join(map(str, CROP_GRIDS))}), laid out on a grid over the image")
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
-            raise InputError("--timesteps is empty: give at least one, e.g. 0,50,100,200,400")
+            raise ConfigFieldError("timesteps", self.timesteps, "is empty: give at least one, e.g. 0,50,100,200,400")
         if any(t < 0 or t >= n for t in self.timesteps):
-            raise InputError(f"timesteps {list(self.timesteps)} must lie in [0, {n - 1}]")
+            raise ConfigFieldError("timesteps", self.timesteps, f"must lie in [0, {n - 1}]")
         if self.resize_policy not in RESIZE_POLICIES:
-            raise InputError(f"unknown resize policy {self.resize_policy!r}; choose one of {', '.join(RESIZE_POLICIES)}")
+            raise ConfigFieldError("resize_policy", self.resize_policy, f"choose one of {', '.join(RESIZE_POLICIES)}")
         if self.precision not in PRECISIONS:
-            raise InputError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise ConfigFieldError("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         if self.resolution % self.vae.downsample or self.resolution < 2 * self.vae.downsample:
-            raise InputError(f"resolution {self.resolution} must be a multiple of the VAE's downsampling "
-                             f"factor {self.vae.downsample} and at least {2 * self.vae.downsample}")
+            raise ConfigFieldError("resolution", self.resolution, f"must be a multiple of the VAE's downsampling "
+                                   f"factor {self.vae.downsample} and at least {2 * self.vae.downsample}")
         h = self.latent_size
         if not (1 <= self.fft_size <= h):
-            raise InputError(f"--fft-size {self.fft_size} must lie in [1, {h}] (the latent side at this resolution)")
+            raise ConfigFieldError("fft_size", self.fft_size, f"must lie in [1, {h}] (the latent side at this resolution)")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -152,17 +161,24 @@ class FeaturizeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeaturizeConfig":
-        d = {**FEATURIZE_LEGACY, **d}
+        d = dict(d)
         vae = from_fields(VAEIdentity, d.pop("vae"), "featurize config (vae)")
         schedule = from_fields(ScheduleConfig, d.pop("schedule"), "featurize config (schedule)")
         return from_fields(cls, d, "featurize config", vae=vae, schedule=schedule)
 
     def identity(self) -> dict[str, Any]:
-        """The part of the config that defines the features (what `hash` covers). Without a
-        residual feature its two fields are left out, without a periodicity feature its period and
-        without a pixel spectrum its bins,
-        so stores made before them keep their hash."""
+        """The part of the config that defines the features (what `hash` covers): content, never
+        where files lie. The encoder is named by its weights' content (its revision: the SHA-256 of
+        the weights, or a hub commit), so the same weights in another folder make the same store; its
+        path, file name and note are provenance only (kept in the store's config, outside the hash).
+        An encoder without a content revision is named by its source. A feature switched off (0
+        bins, one crop) leaves its fields out."""
         d = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        vae = d["vae"]
+        for k in _VAE_PROVENANCE:
+            vae.pop(k)
+        if vae["revision"].startswith("sha256:"):      # the bytes themselves: the source names nothing more
+            vae.pop("source"), vae.pop("subfolder")
         if not self.residual_bins:
             d.pop("residual_bins"), d.pop("decoder")
         if not self.period:
@@ -189,7 +205,7 @@ class RunOptions:
     """How a featurize run goes (not what it computes: that is FeaturizeConfig)."""
 
     device: str = DEFAULT_DEVICE    # "auto", "cpu", "cuda", "cuda:1", ...
-    batch_size: int = 0             # images per device batch; 0: 128 on CUDA, 16 on CPU
+    batch_size: int = 0             # images per device batch; 0: BATCH_CUDA on CUDA, BATCH_CPU on a CPU
     workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU; 0: in-process
     compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
     compile_mode: str = "default"   # torch.compile mode
@@ -222,6 +238,10 @@ def from_fields(cls, d: dict[str, Any], what: str, **extra):
     if unknown:
         raise ConfigMismatchError(f"{what} has unknown fields {sorted(unknown)}: it was written by a newer "
                                   "leakstore; upgrade leakstore to read it")
+    missing = known - set(d) - set(extra)
+    if missing:    # never filled with today's defaults: they may not be what made the file
+        raise ConfigMismatchError(f"{what} lacks the fields {sorted(missing)}: it was written by a pre-release "
+                                  "leakstore; featurize or train again with this one")
     return cls(**d, **extra)
 
 

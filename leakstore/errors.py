@@ -33,3 +33,18 @@ class InputError(LeakstoreError):
 
 class Interrupted(LeakstoreError):
     """Ctrl-C: the message says what was kept and how to continue (the CLI exits with 130)."""
+
+
+class ConfigFieldError(InputError):
+    """A config field holds a value it cannot take. The message names the field, as a Python caller
+    wrote it (`FeaturizeConfig(crops=3)`: "crops = 3: ..."); the command line names its flag instead
+    (`flagged`)."""
+
+    def __init__(self, field: str, value, why: str):
+        self.field, self.value, self.why = field, value, why
+        super().__init__(f"{field} = {value!r}: {why}")
+
+    def flagged(self, flag: str) -> str:
+        """The message with the field's command-line flag in place of its name."""
+        value = ",".join(map(str, self.value)) if isinstance(self.value, (tuple, list)) else self.value
+        return f"{flag} {value}: {self.why}"

@@ -33,10 +33,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-import leakstore
-from leakstore.config import STORE_ADVICE, FeaturizeConfig, check_compatible
+from leakstore.config import CODECS, STORE_ADVICE, FeaturizeConfig, check_compatible
 from leakstore.errors import ConfigMismatchError, InputError, StoreError
 from leakstore.fsio import naming
+from leakstore.version import __version__
 from leakstore.features import FeatureBatch, features_for
 
 SCHEMA_VERSION = 1
@@ -45,7 +45,6 @@ PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_CODES = {name: i for i, name in enumerate(SPLIT_NAMES)}
-CODECS = ("zstd1", "zstd5", "lz4", "none")
 
 
 @dataclass(frozen=True)
@@ -231,7 +230,7 @@ class FeatureStore:
         root.attrs.update(_jsonable({
             "format": FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
-            "package_version": leakstore.__version__,
+            "package_version": __version__,
             "featurize_config": cfg.to_dict(),
             "config_hash": cfg.hash,
             "class_names": list(catalog.class_names),

@@ -52,6 +52,8 @@ def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]
             arrays[f"{prefix}.{k}"] = np.ascontiguousarray(v)
         elif isinstance(v, (int, float, np.floating, np.integer)):
             meta["scalars"][k] = float(v)
+        elif isinstance(v, str):
+            meta.setdefault("strings", {})[k] = v
         elif k == "components_":
             meta["components"] = list(v)
         elif k == "estimators_":
@@ -76,17 +78,12 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
         if isinstance(getattr(type(est), k, None), property):
             continue
         setattr(est, k, int(v) if k == "n_features_in_" else v)
+    for k, v in meta.get("strings", {}).items():
+        setattr(est, k, v)
     if "components" in meta:
         est.components_ = tuple(meta["components"])
     if "estimators" in meta:
         est.estimators_ = [unpack_scorer(f"{prefix}.est{i}", m, arrays) for i, m in enumerate(meta["estimators"])]
-    if "n_gmms" in meta:       # saved before ClassGMM kept plain arrays: one sklearn mixture's arrays per class
-        k, m = meta["n_gmms"], max(1, est.n_components)
-        d = arrays[f"{prefix}.gmms_.0.means_"].shape[1]
-        est.mix_log_weights_ = np.full((k, m), -np.inf)
-        est.mix_means_, est.mix_vars_ = np.zeros((k, m, d)), np.ones((k, m, d))
-        for i in range(k):
-            S.put_mixture(est, i, *(arrays[f"{prefix}.gmms_.{i}.{a}"] for a in ("weights_", "means_", "covariances_")))
     if "kde_bandwidths" in meta:
         est.kdes_ = [KernelDensity(bandwidth=bw).fit(arrays[f"{prefix}.kdes_.{i}"])
                      for i, bw in enumerate(meta["kde_bandwidths"])]
@@ -233,23 +230,23 @@ def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict
 
 
 def read_train_state_meta(run_dir: Path, member: int = 0) -> dict:
-    """The training state saved with member `member`'s weights (states saved before it was kept in
-    the weights file: the .json beside it)."""
+    """The training state saved with member `member`'s weights (in the weights file's metadata)."""
     name = train_state_name(member)
     with safe_open(str(run_dir / f"{name}.safetensors"), "pt") as f:
         saved = (f.metadata() or {}).get("state")
-    return json.loads(saved if saved is not None else (run_dir / f"{name}.json").read_text())
+    if saved is None:
+        raise ValueError(f"{run_dir / name}.safetensors holds no training state")
+    return json.loads(saved)
 
 
 def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0
                      ) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
-    """(state, best weights or None for a state saved before they were kept, the generators' states:
-    empty for a state saved before they were kept)."""
+    """(state, best weights, the random generators' states)."""
     name = train_state_name(member)
     tensors = t_load(str(run_dir / f"{name}.safetensors"))
     meta = read_train_state_meta(run_dir, member)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     state: dict[int, dict] = {}
     for k, v in tensors.items():

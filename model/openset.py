@@ -1,8 +1,8 @@
 """Open-set scoring: is an image from a generator the model never saw?
 
-A class-agnostic density of the classifier's embedding (the paper's KDE) measured at chance on
-LeakBench: the embedding is trained to separate known classes, so an unseen generator lands on a
-known cluster. These scorers also look at what the classifier is unsure about and at what it may
+A class-agnostic density of the classifier's embedding (the paper's KDE) is weak here: the
+embedding is trained to separate known classes, so an unseen generator lands on a known cluster
+(docs/open-set.md). These scorers also look at what the classifier is unsure about and at what it may
 discard (input statistics, the reconstruction residual):
 
     block        what                                              from
@@ -25,9 +25,12 @@ more so when several are alarmed; `temperature` 0: the plain minimum); its thres
 is the `false_unknown_rate` quantile of known validation images.
 
 Outlier exposure (`train --outliers STORE`, made by `leakstore make-outliers`): images that are no
-known generator's (photographs, known images through JPEG or another autoencoder) join the `lda`
-scorer as one more class, OUTLIER, so that "none of these" competes with the known classes
-instead of every image being pushed into its nearest one.
+known generator's (photographs, copies through simulated decoders or another autoencoder) join the
+`lda` scorer as more classes, one per kind (OUTLIER - k), so that "none of these" competes with the
+known classes instead of every image being pushed into its nearest one.
+
+The scorers a user chooses among are `model.config.OPEN_SCORERS` (each measured in docs/results);
+the other names here are components they are built from.
 
 """
 from __future__ import annotations
@@ -42,23 +45,17 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME
 from leakstore.model.images import ImageGroups
-from leakstore.model.scorers import OpenSetKDE
+from leakstore.model.config import OPEN_SCORERS, ModelConfig
+from leakstore.model.scorers import OpenSetKDE, ThresholdMixin
 
 
-class _Scorer(OutlierMixin, BaseEstimator):
-    """Shared outlier-detector API: `score_samples` (higher: more like the training data),
-    `offset_` a provisional threshold at the `false_unknown_rate` quantile of the training scores
-    (OpenSetScorer sets the real one on validation data), `decision_function`, `predict` (+1/-1)."""
+class _Scorer(ThresholdMixin, OutlierMixin, BaseEstimator):
+    """A base scorer: `score_samples` (higher: more like the training data); `fit` leaves a
+    provisional threshold at the `false_unknown_rate` quantile of the training scores
+    (OpenSetScorer sets the real one on validation data)."""
 
     def _set_offset(self, X):
-        self.offset_ = float(np.quantile(self.score_samples(X), self.false_unknown_rate))
-        return self
-
-    def decision_function(self, X):
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X):
-        return np.where(self.decision_function(X) >= 0, 1, -1)
+        return self.set_threshold(X)
 
 
 class ClassGaussian(_Scorer):
@@ -128,37 +125,6 @@ class ClassPosterior(ClassGaussian):
         return post[:, self.known_.astype(bool)].max(1)
 
 
-class KNNDistance(_Scorer):
-    """Minus the mean cosine distance to the `n_neighbors` nearest training embeddings
-    (L2-normalised): no density model, no class structure assumed. A training row's own
-    distance (0) counts among its neighbours, as for any other point at that place."""
-
-    def __init__(self, *, n_neighbors: int = 5, max_points: int = 5000, false_unknown_rate: float = 0.05,
-                 random_state: int = 0):
-        self.n_neighbors, self.max_points = n_neighbors, max_points
-        self.false_unknown_rate, self.random_state = false_unknown_rate, random_state
-
-    @staticmethod
-    def _unit(X):
-        return X / (np.linalg.norm(X, axis=1, keepdims=True) + 1e-12)
-
-    def fit(self, X, y=None):
-        X = validate_data(self, X)
-        P = X if len(X) <= self.max_points else X[np.random.default_rng(self.random_state).choice(len(X), self.max_points, replace=False)]
-        self.points_ = self._unit(P)
-        return self._set_offset(X)
-
-    def score_samples(self, X) -> np.ndarray:
-        check_is_fitted(self, "points_")
-        U = self._unit(validate_data(self, X, reset=False))
-        k = min(self.n_neighbors, len(self.points_))
-        out = np.empty(len(U))
-        for s in range(0, len(U), 2048):                     # bounded memory: (2048, n_points) at a time
-            d = 1.0 - U[s:s + 2048] @ self.points_.T
-            out[s:s + 2048] = -np.partition(d, k - 1, axis=1)[:, :k].mean(1)
-        return out
-
-
 class MaxColumn(_Scorer):
     """The largest column, or minus the smallest with `negate`: max class probability
     ("confidence", on `proba`) or minus the nearest prototype distance ("prototype", on
@@ -178,40 +144,32 @@ class MaxColumn(_Scorer):
         return -X.min(1) if self.negate else X.max(1)
 
 
-# name -> (block it reads, estimator factory, description)
+# The components open-set scorers are built from: name -> (block it reads, estimator factory, description).
 BASE_SCORERS = {
     "kde": ("embedding", lambda seed: OpenSetKDE(random_state=seed), "class-agnostic KDE of the embedding (the paper's)"),
-    "gauss": ("embedding", lambda seed: ClassGaussian(), "nearest known class, shared-covariance Gaussian on the embedding"),
-    "knn": ("embedding", lambda seed: KNNDistance(random_state=seed), "k-nearest-neighbour cosine distance on the embedding"),
     "prototype": ("prototypes", lambda seed: MaxColumn(negate=True), "distance to the nearest prototype of the model's head"),
     "confidence": ("proba", lambda seed: MaxColumn(), "largest calibrated class probability"),
-    "stats": ("stats", lambda seed: ClassGaussian(), "nearest known class, Gaussian on per-channel latent statistics"),
     "residual": ("residual", lambda seed: ClassGaussian(), "nearest known class, Gaussian on the reconstruction residual"),
     "periodicity": ("periodicity", lambda seed: ClassGaussian(),
                     "nearest known class, Gaussian on the pixel periodicity profile"),
     "spectrum": ("pixel_spectrum", lambda seed: ClassGaussian(),
                  "nearest known class, Gaussian on the pixel spectrum's band powers"),
-    "noise": ("noise_spectrum", lambda seed: ClassGaussian(),
-              "nearest known class, Gaussian on the noise residual's 2-D spectrum"),
     "lda": ("features", lambda seed: ClassPosterior(),
             "largest known-class posterior of a linear discriminant on the latent and pixel statistics "
             "side by side (with --outliers: an 'other' class competes)"),
 }
 # fused scorers: the soft minimum of tail-matched components (those whose block the model has)
 FUSED = {
-    "fused": ("confidence", "residual"),
     "fused-period": ("confidence", "periodicity"),
-    "fused-stats": ("confidence", "stats"),
-    "fused-all": ("confidence", "residual", "stats", "gauss"),
-    "fused-input": ("confidence", "residual", "periodicity"),
     "fused-pixel": ("confidence", "periodicity", "spectrum"),
-    "fused-noise": ("confidence", "noise"),
     "fused-lda": ("confidence", "lda"),
+    "fused": ("confidence", "residual"),     # not offered: what a fused scorer falls back to (FALLBACK)
 }
-# a fused scorer left with one component on a model without its input block falls back to another
-# (fused-period on a store featurized with --period 0: confidence + residual)
-FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-noise": "fused", "fused-lda": "fused"}
-OPEN_SCORERS = tuple(BASE_SCORERS) + tuple(FUSED)
+# A fused scorer left with one component on a model without its input block falls back to another
+# (fused-period on a store featurized with --period 0: confidence + residual). The fitted scorer
+# records it (`fallback_`), the training summary and evaluate's metrics.json say it, train prints it.
+FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-lda": "fused"}
+assert set(OPEN_SCORERS) <= set(BASE_SCORERS) | set(FUSED), "model.config.OPEN_SCORERS names a scorer not built here"
 OUTLIER_SCORERS = ("lda",)     # the base scorers that take outlier-exposure rows as one more class
 
 
@@ -248,6 +206,17 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     return comps or ("confidence",)
 
 
+def fallback(method: str, comps: tuple[str, ...]) -> str | None:
+    """A line saying that `method` runs on other components than its own (`comps`, as `components`
+    chose them for a model without some block), or None when it runs as named."""
+    own = FUSED.get(method, (method,))
+    if tuple(comps) == tuple(own):
+        return None
+    missing = [BASE_SCORERS[c][0] for c in own if c not in comps]
+    return (f"open scorer {method} needs the {', '.join(missing)} feature(s), which this store lacks: "
+            f"it runs as {' + '.join(comps)}")
+
+
 def select_rows(blocks: dict, rows) -> dict:
     """The same blocks for a subset of rows (a mask or indices); absent blocks stay None."""
     return {k: (None if v is None else v[rows]) for k, v in blocks.items()}
@@ -264,28 +233,23 @@ TAIL = 0.01        # each component's scale: its known validation median minus t
 TAIL_ROWS = 5      # ... and at least this many rows below it (the quantile rises on small sets)
 
 
-class OpenSetScorer(OutlierMixin, BaseEstimator):
+class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
     """Known-ness of an image from one or more base scorers, each on its block, fused by a soft
     minimum. `fit` takes a dict of blocks (N rows each).
 
     Each component is put on one scale by its own lower tail on known validation rows: (score -
     median) / (median - 1 % quantile), so -1 is where that component alone would call 1 % of known
-    images unknown. The minimum then flags an image when any component sees it far out in that
-    component's own tail. Components' known distributions have very different tails (a class
-    Gaussian on a 16-value profile is heavy-tailed; a calibrated probability is bounded): scaled by
-    their spread instead (median and interquartile range, the first version), the heaviest-tailed
-    component drove the minimum on known images and its false alarms hid the other components'
-    signal. Chosen on validation rows of the leave-one-generator-out study (docs/open-set.md).
+    images unknown; the minimum then flags an image when any component sees it far out in that
+    component's own tail. (Scaled by their spread instead, the heaviest-tailed component drove the
+    minimum on known images and its false alarms hid the others' signal: docs/open-set.md.)
 
     `temperature` T: the components are fused by -T log sum exp(-z / T), a minimum that also
     counts the evidence of the other components (an image far out on two components scores
-    lower than one far out on one); T = 0 is the plain minimum, what models saved before
-    `--open-temperature` use. T is in units of the tail scale (1: the 1 % tail's depth). On the
-    study's validation rows T = 0 / 0.5 / 1 / 2 gave 0.858 / 0.864 / 0.870 / 0.872 (docs/results); the
-    tool's default is 1 (model.config)."""
+    lower than one far out on one); T = 0 is the plain minimum. T is in units of the tail scale
+    (1: the 1 % tail's depth). Defaults: ModelConfig's."""
 
-    def __init__(self, *, method: str = "fused", false_unknown_rate: float = 0.05, random_state: int = 0,
-                 temperature: float = 0.0):
+    def __init__(self, *, method: str = ModelConfig.open_scorer, false_unknown_rate: float = ModelConfig.false_unknown_rate,
+                 random_state: int = ModelConfig.seed, temperature: float = ModelConfig.open_temperature):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
         self.temperature = temperature
 
@@ -294,6 +258,7 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         rows (`val_blocks`; the training rows when none are given). `outliers`: blocks of
         outlier-exposure rows, one more class for the components that take one (`lda`)."""
         self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
+        self.fallback_ = fallback(self.method, self.components_) or ""
         self.estimators_, self.n_outliers_, self.n_outlier_classes_ = [], 0, 0
         for c in self.components_:
             blk, make, _ = BASE_SCORERS[c]
@@ -330,10 +295,8 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         return z.min(0) if t <= 0 or len(z) == 1 else -t * logsumexp(-z / t, axis=0)
 
     def set_threshold(self, val_blocks: dict, false_unknown_rate: float | None = None) -> "OpenSetScorer":
-        rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
-        s = self.score_samples(val_blocks)
-        self.offset_ = float(np.quantile(s, rate))
-        self.val_flagged_ = float((s < self.offset_).mean())
+        super().set_threshold(val_blocks, false_unknown_rate)
+        self.val_flagged_ = float((self.score_samples(val_blocks) < self.offset_).mean())
         return self
 
     def set_image_threshold(self, val_blocks: dict, image: np.ndarray,
@@ -346,16 +309,6 @@ class OpenSetScorer(OutlierMixin, BaseEstimator):
         self.image_threshold_ = float(np.quantile(per_image, rate))
         self.val_images_flagged_ = float((per_image < self.image_threshold_).mean())
         return self
-
-    @property
-    def threshold_(self) -> float:
-        return self.offset_
-
-    def decision_function(self, blocks):
-        return self.score_samples(blocks) - self.offset_
-
-    def predict(self, blocks):
-        return np.where(self.decision_function(blocks) >= 0, 1, -1)
 
 
 def _tail_scale(known: np.ndarray) -> float:

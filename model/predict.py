@@ -106,7 +106,6 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     """Per row: probabilities over the model's classes (closed-set scorer, calibrated), the
     predicted class, the open-set score (higher: more like a known generator) and unknown flag,
     the `top` nearest prototypes, attention over timesteps and the strongest gate dimensions."""
-    from leakstore.model.openset import OpenSetScorer
     device = resolve_device(str(device))
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
@@ -115,10 +114,8 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     blocks = open_blocks(net, emb, proba, feats, d)
     if bundle.open is None:
         score, thr = np.full(len(feats), np.nan), -np.inf
-    elif isinstance(bundle.open, OpenSetScorer):
+    else:
         score, thr = bundle.open.score_samples(blocks), bundle.open.threshold_
-    else:  # a model saved before OpenSetScorer: the class-agnostic KDE on the embedding
-        score, thr = bundle.open.score_samples(blocks["embedding"]), bundle.open.threshold_
     flat = d.masked_fill(net.proto_mask[None] == 0, float("inf")).flatten(1)
     k = min(top, int(net.proto_mask.sum()))
     nd, ni = flat.topk(k, dim=1, largest=False)

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from leakstore.config import DEFAULT_STREAM_BUFFER as DEFAULT_BUFFER, STREAM_MODES
+from leakstore.config import DEFAULT_STREAM, DEFAULT_STREAM_BUFFER, STREAM_MODES
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME, FeatureBatch, torch_dtype
 from leakstore.store import DONE, FeatureStore
@@ -42,7 +42,7 @@ def row_bytes(store: FeatureStore, names) -> int:
                for n in names if n in store.group)
 
 
-def should_stream(store: FeatureStore, names, n_rows: int, stream: str = "auto") -> bool:
+def should_stream(store: FeatureStore, names, n_rows: int, stream: str = DEFAULT_STREAM) -> bool:
     if stream not in STREAM_MODES:
         raise InputError(f"--stream {stream!r}: choose one of {', '.join(STREAM_MODES)}")
     if stream != "auto":
@@ -51,7 +51,7 @@ def should_stream(store: FeatureStore, names, n_rows: int, stream: str = "auto")
     return bool(ram) and n_rows * row_bytes(store, names) > MEMORY_SHARE * ram
 
 
-def open_rows(store: FeatureStore, names, stream: str = "auto", buffer: int = DEFAULT_BUFFER) -> "MemoryRows | StreamRows":
+def open_rows(store: FeatureStore, names, stream: str = DEFAULT_STREAM, buffer: int = DEFAULT_STREAM_BUFFER) -> "MemoryRows | StreamRows":
     """The rows of `store` with the named features: streamed when `stream` is "on", or "auto" and
     they would take more than a quarter of the RAM; in memory otherwise."""
     names = [n for n in names if n in store.group]
@@ -102,7 +102,7 @@ class StreamRows:
 
     streaming = True
 
-    def __init__(self, store: FeatureStore, names, idx: FeatureBatch, buffer: int = DEFAULT_BUFFER, prefetch: int = 1):
+    def __init__(self, store: FeatureStore, names, idx: FeatureBatch, buffer: int = DEFAULT_STREAM_BUFFER, prefetch: int = 1):
         self.store, self.names = store, list(names)
         self.rows, self.labels, self.splits, self.paths = idx.rows, idx.labels, idx.splits, idx.paths
         self.chunk_of = self.rows // store.chunk_size

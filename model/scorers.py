@@ -151,7 +151,29 @@ class ClassKDE(_ClassDensity):
         return np.stack([k.score_samples(Z) for k in self.kdes_], 1)
 
 
-class OpenSetKDE(OutlierMixin, BaseEstimator):
+class ThresholdMixin:
+    """The unknown threshold of every open-set scorer (one API): `offset_` (scikit-learn's name; read
+    as `threshold_`) is the score under which a row is called unknown, `set_threshold` puts it at the
+    `false_unknown_rate` quantile of known rows' scores, `decision_function` is the score minus it and
+    `predict` +1 (known) / -1 (unknown), scikit-learn's outlier convention."""
+
+    def set_threshold(self, X_known, false_unknown_rate: float | None = None):
+        rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
+        self.offset_ = float(np.quantile(self.score_samples(X_known), rate))
+        return self
+
+    @property
+    def threshold_(self) -> float:
+        return self.offset_
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+class OpenSetKDE(ThresholdMixin, OutlierMixin, BaseEstimator):
     """Class-agnostic density of known-generator embeddings, for "unknown generator".
 
     Standardise, project on the top `n_components` principal axes (a KDE in 128-d is all
@@ -195,24 +217,6 @@ class OpenSetKDE(OutlierMixin, BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         check_is_fitted(self, "kde_")
         return self.kde_.score_samples(self._project(validate_data(self, X, reset=False)))
-
-    def set_threshold(self, X_known_val, false_unknown_rate: float | None = None) -> "OpenSetKDE":
-        """Threshold at the `false_unknown_rate` quantile of known validation images' log densities."""
-        rate = self.false_unknown_rate if false_unknown_rate is None else false_unknown_rate
-        self.offset_ = float(np.quantile(self.score_samples(X_known_val), rate))
-        return self
-
-    @property
-    def threshold_(self) -> float:
-        """Log density under which an image is called "unknown" (scikit-learn's `offset_`)."""
-        return self.offset_
-
-    def decision_function(self, X) -> np.ndarray:
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X) -> np.ndarray:
-        """+1 known, -1 unknown (scikit-learn's outlier convention)."""
-        return np.where(self.decision_function(X) >= 0, 1, -1)
 
 
 CLOSED_SCORERS = {"mahalanobis": DiagonalMahalanobis, "gmm": ClassGMM, "kde": ClassKDE}

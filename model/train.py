@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import softmax
 
-from leakstore.config import DEFAULT_DEVICE, FeaturizeConfig, check_compatible
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_STREAM, DEFAULT_STREAM_BUFFER, FeaturizeConfig, check_compatible
 from leakstore.device import resolve_device
 from leakstore.errors import ConfigMismatchError, InputError, LeakstoreError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
@@ -32,7 +32,7 @@ from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
 from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
 from leakstore.model.threshold import set_out_of_fold_threshold
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
-from leakstore.model.rows import DEFAULT_BUFFER, MemoryRows, open_rows
+from leakstore.model.rows import MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
 
 MIN_TRAIN_PER_CLASS = 4
@@ -263,8 +263,8 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
 
 def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
           unknown_labels=(), device: str = DEFAULT_DEVICE, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, expect: FeaturizeConfig | None = None, stream: str = "auto",
-          buffer: int = DEFAULT_BUFFER, outliers: str | Path | None = None) -> dict:
+          progress: bool = True, expect: FeaturizeConfig | None = None, stream: str = DEFAULT_STREAM,
+          buffer: int = DEFAULT_STREAM_BUFFER, outliers: str | Path | None = None) -> dict:
     """Train, fit scorers, save the bundle in out_dir. Returns the training summary.
 
     `outliers`: a store of images no known generator made (model/outliers.py), featurized like
@@ -381,18 +381,9 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
     best = None
     if resume and (out_dir / f"{train_state_name(k)}.safetensors").exists():
         state, best, rng = load_train_state(out_dir, net, opt, k)
-        if rng:                 # the generators as they were: the run goes on as if never stopped
-            _set_rng(rng, gen, noise_gen, dev)
-        else:                   # a state saved before they were kept
-            gen.manual_seed(seed + 1000 * state["epoch"])
-            if noise_gen is not None:
-                noise_gen.manual_seed(seed + 1000 * state["epoch"])
-        if best is None and k == 0 and cfg.members == 1 and (out_dir / "model.safetensors").exists():
-            from safetensors.torch import load_file
-            best = load_file(str(out_dir / "model.safetensors"))  # a state saved before it kept the best weights
-        state.setdefault("seed", seed)
+        _set_rng(rng, gen, noise_gen, dev)    # the generators as they were: the run goes on as if never stopped
         bar.update(state["epoch"] * epoch_rows)
-    if best is None:
+    if not best:
         best = {n: v.detach().clone() for n, v in net.state_dict().items()}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
@@ -452,7 +443,7 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
     what = {"featurize_hash": "features (featurize config)", "catalog_fingerprint": "list of images",
             "classes": "known classes (--unknown-labels)", "model_config": "model settings"}
     if isinstance(prev.get("model_config"), dict):
-        prev = {**prev, "model_config": _resumable(ModelConfig.with_defaults(prev["model_config"]))}
+        prev = {**prev, "model_config": _resumable(prev["model_config"])}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
         raise ConfigMismatchError(f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "
@@ -519,6 +510,7 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
                                "temperature": cfg.open_temperature, "threshold": opn.threshold_,
                                "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_,
                                "image_threshold": getattr(opn, "image_threshold_", None),
+                               "fallback": opn.fallback_ or None,
                                "threshold_from": oof or {"source": "validation"}},
                "outliers": None if outliers is None else {"store": str(outliers[0].path), "rows": len(outliers[1]),
                                                           "used": int(opn.n_outliers_),

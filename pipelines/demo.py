@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from leakstore.config import DEFAULT_DEMO_SCENES, DEFAULT_DEMO_WORKERS
 from leakstore.fsio import write_json
 from leakstore.model.config import ModelConfig
 
@@ -76,9 +77,10 @@ def make_demo_data(root: Path, n_photos: int = 60, size: int = 64, seed: int = 0
     return root / "manifest.csv"
 
 
-def run_demo(out: Path, *, n_photos: int = 300, epochs: int = ModelConfig.epochs, workers: int = 2, progress: bool = True) -> dict:
+def run_demo(out: Path, *, n_photos: int = DEFAULT_DEMO_SCENES, epochs: int = ModelConfig.epochs,
+             workers: int = DEFAULT_DEMO_WORKERS, progress: bool = True) -> dict:
     from leakstore.featurize.api import featurize
-    from leakstore.featurize.runner import RunOptions
+    from leakstore.config import RunOptions
     from leakstore.model.train import train
     from leakstore.pipelines.evaluate import evaluate
     from leakstore.pipelines.score import score, summarise

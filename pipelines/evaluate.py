@@ -19,7 +19,7 @@ import numpy as np
 
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
-from leakstore.predictor import Predictor
+from leakstore.pipelines.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 from leakstore.model.metrics import closed_set, open_set
 from leakstore.model.predict import image_threshold, validation_flagged
@@ -150,9 +150,10 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
                           for n in predictor.inputs],
                "networks": bundle.cfg.members,
                "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
-               "open_scorer": bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde (saved before open_scorer)",
-               "open_components": list(getattr(bundle.open, "components_", ("kde",))),
-               "open_temperature": float(getattr(bundle.open, "temperature", 0.0) or 0.0),
+               "open_scorer": bundle.cfg.open_scorer,
+               "open_components": list(bundle.open.components_) if bundle.open is not None else [],
+               "open_fallback": getattr(bundle.open, "fallback_", "") or None,
+               "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
                "views": results,
                "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
                                "open_auroc": r["open"].get("auroc"), "known_flagged": r["open"].get("known_flagged")}

@@ -19,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from leakstore.featurize.runner import FeaturizeReport, RunOptions
+from leakstore.config import BATCH_CPU, RunOptions
+from leakstore.featurize.runner import FeaturizeReport
 from leakstore.store import FAILED, FeatureStore
 
 _CACHE: dict[str, object] = {}
@@ -91,12 +92,12 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     from tqdm.auto import tqdm
 
     from leakstore.device import featurize_workers, resolve_device
-    from leakstore.pipelines.score import connect
+    from leakstore.pipelines.cluster import connect
     store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
                                 overwrite=opts.overwrite)
     todo = store.todo_chunks()
     dev = str(resolve_device(opts.device)) if opts.device != "auto" else opts.device
-    batch = opts.batch_size or 16
+    batch = opts.batch_size or BATCH_CPU
     own = client is None
     local = None
     t0 = time.perf_counter()

@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from leakstore.config import DEFAULT_DEVICE
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_STUDY_EPOCHS
 from leakstore.errors import InputError
 from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import load_bundle, scorer_features
 from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import open_set
-from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, components, select_rows
+from leakstore.model.config import OPEN_SCORERS
+from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, select_rows
 from leakstore.model.outliers import outlier_blocks, outlier_rows
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
@@ -62,7 +63,7 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
     if meta.exists():
         m = json.loads(meta.read_text())
         if (m.get("training", {}).get("unknown_labels") == held
-                and _network_settings(ModelConfig.with_defaults(m.get("model_config", {})))
+                and _network_settings(m.get("model_config", {}))
                 == _network_settings(cfg.to_dict())
                 and m.get("featurize_hash") == store.config.hash):
             return run
@@ -71,9 +72,10 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
 
 
 def _scorers_for(blocks: dict) -> list[str]:
+    """The offered open-set scorers (OPEN_SCORERS) that run as named on these blocks."""
     have = [b for b in BLOCKS if blocks.get(b) is not None]
-    names = [n for n, (blk, _, _) in BASE_SCORERS.items() if blk in have]
-    return names + [n for n in FUSED if len(components(n, have)) > 1]
+    return [n for n in OPEN_SCORERS
+            if all(BASE_SCORERS[c][0] in have for c in FUSED.get(n, (n,)))]
 
 
 BOOTSTRAP = 1000
@@ -284,7 +286,7 @@ def choice_support(per_scorer: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
     return {name: float((top[i] / top.sum(0)).mean()) for i, name in enumerate(scorers)}
 
 
-def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = 10, generators=None,
+def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = DEFAULT_STUDY_EPOCHS, generators=None,
                   unknown_labels=(), device: str = DEFAULT_DEVICE, progress: bool = True, ceiling: bool = True,
                   unseen=(), outliers=None) -> dict:
     import pandas as pd
@@ -371,7 +373,8 @@ def _f3(x) -> str:
 
 
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
-    from leakstore.pipelines.report import _img, plot_open_scores
+    from leakstore.pipelines.html import img, page
+    from leakstore.pipelines.report import plot_open_scores
     gens = summary["generators"]
     chosen, sup = summary["chosen_test"]["per_generator"], summary["supervised_ceiling"]
     title = lambda g: (f"without {g}: AUROC {chosen[g]['test_auroc']:.3f}"  # noqa: E731
@@ -404,12 +407,7 @@ def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
                 "features and this much data; a score that never saw g is not expected to reach it.</p>")
     warn = ('<p class="warn">BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers show the pipeline '
             'runs, not how well generators are told apart.</p>' if summary["builtin_encoder"] else "")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore open-set study</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0;font-size:90%}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}
-tr.ci td,tr.sup td{{color:#555;font-size:92%}}tr.sup td{{background:#f4f7fb}}</style>
-</head><body><h1>Leave-one-generator-out open-set study</h1>{warn}
+    body = f"""{warn}
 <p>Store <code>{html.escape(summary['store'])}</code>; each generator held out in turn, a model trained for
 {summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.{_outliers_line(summary)}
 Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.
@@ -420,8 +418,8 @@ Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test col
 calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).
 Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photograph move together).</p>
 {sup_text}{_unseen_table(summary, best)}
-{_img(out / 'histograms.png')}</body></html>"""
-    write_text(out / "report.html", page)
+{img(out / 'histograms.png')}"""
+    write_text(out / "report.html", page("Leave-one-generator-out open-set study", body))
 
 
 def _outliers_line(summary: dict) -> str:

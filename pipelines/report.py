@@ -1,7 +1,6 @@
 """Plots and one self-contained HTML report a reviewer can open."""
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 
 from leakstore.fsio import atomic_path, write_text
+from leakstore.pipelines.html import img, page
 
 
 def _plt():
@@ -170,10 +170,6 @@ def plot_robustness(path, rows):
     plt.close(fig)
 
 
-def _img(path: Path) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-
-
 def _prototype_note(emb, y, protos, proto_class) -> str:
     """What the map cannot show: how far the prototypes lie from their class's images, in the
     full embedding, against how far the images lie from their own class centre."""
@@ -245,27 +241,23 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         ostr = f"{o.get('n_known', 0)} known images; no generator held out of training in this split."
     warn = ('<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
             'show the pipeline runs, not how well any generator can be attributed.</p>' if summary["builtin_encoder"] else "")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>leakstore report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;margin:.5em 0}}.warn{{background:#fee;padding:.6em;border:1px solid #c66}}</style>
-</head><body><h1>leakstore evaluation</h1>{warn}
+    body = f"""{warn}
 <p>Model <code>{html.escape(summary['model'])}</code>; encoder {html.escape(summary['encoder'])};
 {_networks(summary.get('networks', 1))}inputs: {html.escape(', '.join(summary.get('inputs', [])))};
 known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th><th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked {first['open']['false_unknown_rate']['asked']:.0%}.</p>
-{_img(out / 'robustness.png') if several else _sweep_hint(summary['model'])}
+{img(out / 'robustness.png') if several else _sweep_hint(summary['model'])}
 <h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
 <p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
-<table><tr><th>class</th><th>AUC</th></tr>{per}</table>{_img(out / 'confusion.png')}{_img(out / 'roc.png')}
+<table><tr><th>class</th><th>AUC</th></tr>{per}</table>{img(out / 'confusion.png')}{img(out / 'roc.png')}
 <h2>Open set: unseen generators</h2>
 <p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}{_fusion(summary)}).
 {_rate_line(o.get('false_unknown_rate'))}</p>
-<p>{html.escape(ostr)}</p>{_img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
-{unseen_html}<h2>Embedding and attention</h2>{_img(out / 'embedding.png')}<p>{html.escape(emb_note)}</p>{_img(out / 'attention.png')}
-</body></html>"""
-    write_text(out / "report.html", page)
+<p>{html.escape(ostr)}</p>{img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
+{unseen_html}<h2>Embedding and attention</h2>{img(out / 'embedding.png')}<p>{html.escape(emb_note)}</p>{img(out / 'attention.png')}
+"""
+    write_text(out / "report.html", page("leakstore evaluation", body))
     return out / "report.html"
 
 
@@ -291,7 +283,7 @@ def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
             f"{mean} A label the model knows reports how often it is still called so.</p>"
             "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th><th>FPR@95%TPR</th><th>flagged unknown</th>"
             f"<th>called most</th><th>called correctly</th></tr>{rows}</table>"
-            + (_img(out / "unseen_scores.png") if new else ""))
+            + (img(out / "unseen_scores.png") if new else ""))
 
 
 def _rate_line(r) -> str:

@@ -18,16 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakstore.config import DEFAULT_DEVICE
-from leakstore.predictor import STABILITY_COLUMNS
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_CHUNK
+from leakstore.pipelines.predictor import STABILITY_COLUMNS
 from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
 from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError, Interrupted
+from leakstore.pipelines.cluster import connect
 
 _PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
-PARTITION_IMAGES = 256
+PARTITION_IMAGES = DEFAULT_SCORE_CHUNK
 
 
 # ---------------------------------------------------------------------------- model, once per process
@@ -37,7 +38,7 @@ def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int
     its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
     worker's number, which picks its GPU on a local cluster; `threads`: torch's CPU threads in a worker
     (default $LEAKSTORE_THREADS, else one)."""
-    from leakstore.predictor import Predictor
+    from leakstore.pipelines.predictor import Predictor
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
         if key not in _PREDICTORS:
@@ -68,52 +69,6 @@ class LoadModel(WorkerPlugin):
         get_predictor(self.run_dir, self.device, number_of(worker), getattr(self, "threads", None))
 
 
-def local_cluster(n_workers: int):
-    """A LocalCluster of worker processes (one thread each) for leakstore's work.
-
-    dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into every worker; setting it also
-    freezes glibc's mmap threshold, so each large tensor is mmap'd and unmapped again
-    (measured here: TAEF2 featurizing on one thread, 85.6 -> 105 ms/image). The nanny reads
-    this config when it is built, so restarted workers keep it; dask's thread caps stay.
-
-    dask logs at error level only, here and in the workers: Ctrl-C or a finished job otherwise
-    ends in warnings about cancelled tasks and slow worker shutdowns, which are not the user's news."""
-    import logging
-
-    import dask
-    from distributed import LocalCluster
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    class Cluster(LocalCluster):
-        """Puts the caller's environment back when it closes: a LocalCluster's nannies run in this
-        process and write their workers' environment (OMP_NUM_THREADS=1, ...) into it at every spawn,
-        so every process started afterwards would run one thread."""
-
-        def close(self, *args, **kwargs):
-            try:
-                return super().close(*args, **kwargs)
-            finally:
-                _restore_environ(environ)
-
-    environ = dict(os.environ)
-    # workers killed on Ctrl-C leave semaphores behind; multiprocessing's tracker process (started with
-    # the cluster, from this environment) would say so in two lines after leakstore's one
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
-                              f"distributed.nanny.pre-spawn-environ.{LOCAL_WORKERS}": str(n_workers),
-                              "logging.distributed": "error"}):
-            return Cluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-    finally:
-        _restore_environ(environ)     # also right after the first spawn (a restarted worker gets its own again)
-
-
-def _restore_environ(environ: dict) -> None:
-    for k in set(os.environ) - set(environ):
-        del os.environ[k]
-    os.environ.update(environ)
-
-
 # ---------------------------------------------------------------------------- one partition
 def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, device: str = DEFAULT_DEVICE) -> pd.DataFrame:
     """Score rows [start, stop) of a store (one chunk)."""
@@ -137,7 +92,7 @@ def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = P
     images). Nothing runs until it is computed. `stability`: raw images only (Predictor.score_paths)."""
     import dask.dataframe as dd
 
-    from leakstore.predictor import Predictor
+    from leakstore.pipelines.predictor import Predictor
     run_dir = str(Path(run_dir).resolve())
     pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
     if is_store(inp):
@@ -230,7 +185,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     the parts are then streamed into one Parquet file, one part in memory at a time. Returns the counts
     (`summarise`'s fields); read the predictions with pandas.read_parquet(out). `stability` K: raw
     images are also scored under K re-encodings (columns `stability`, `unsure`: Predictor.score_paths)."""
-    from leakstore.predictor import Predictor
+    from leakstore.pipelines.predictor import Predictor
     out = Path(out).absolute() if out is not None else None      # the workers write its parts: one path for all
     if out is not None:
         check_out(out)
@@ -271,20 +226,6 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     import shutil
     shutil.rmtree(parts_dir, ignore_errors=True)
     return counts
-
-
-def connect(scheduler, workers):
-    """(client, local cluster or None): on the scheduler at `scheduler`, else on a new local cluster
-    of `workers` processes (default one per core). Shared by scoring and featurizing."""
-    from distributed import Client
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="10s"), None
-        except (OSError, TimeoutError) as e:
-            raise InputError(f"cannot reach the dask scheduler at {scheduler} within 10 s ({type(e).__name__}): "
-                             "start it (dask scheduler) or drop --scheduler to use local workers") from None
-    cluster = local_cluster(workers or max(1, (os.cpu_count() or 2)))
-    return Client(cluster), cluster
 
 
 def _saved_job(parts_dir: Path | None) -> dict | None:

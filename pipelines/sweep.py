@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from leakstore.config import DEFAULT_DEVICE
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_SWEEP_VIEWS
 from leakstore.errors import InputError
 from leakstore.store import Catalog, FeatureStore
 
-DEFAULT_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")
 
 
 def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
@@ -48,9 +47,10 @@ def _slug(view: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", view).strip("-") or "none"
 
 
-def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = DEFAULT_DEVICE, workers: int = -1,
+def sweep(run_dir, data=None, views=DEFAULT_SWEEP_VIEWS, out=None, *, device: str = DEFAULT_DEVICE, workers: int = -1,
           progress: bool = True) -> dict:
-    from leakstore.featurize.runner import RunOptions, featurize_store
+    from leakstore.config import RunOptions
+    from leakstore.featurize.runner import featurize_store
     from leakstore.featurize.vae import encoder_for_config
     from leakstore.featurize.views import parse_view, view_name
     from leakstore.model.checkpoint import load_bundle
@@ -62,7 +62,7 @@ def sweep(run_dir, data=None, views=DEFAULT_VIEWS, out=None, *, device: str = DE
         raise InputError(f"{run_dir}: the model does not name its training store; give the test images as DATA")
     names = [view_name(parse_view(v)) for v in views]           # validates every view before any work
     if not names:
-        raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_VIEWS))
+        raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_SWEEP_VIEWS))
     cat, clean_store = test_catalog(data)
     out = Path(out) if out else run_dir / "sweep"
     from leakstore.device import resolve_device

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from leakstore.cli import app
+from leakstore.app.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]

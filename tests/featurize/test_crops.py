@@ -110,7 +110,7 @@ def test_a_crop_store_is_deterministic_and_chunks_hold_whole_images(crop_model, 
 
 def test_per_image_figures_equal_a_hand_computation(crop_model):
     from leakstore.pipelines.evaluate import evaluate
-    from leakstore.predictor import Predictor
+    from leakstore.pipelines.predictor import Predictor
     m = evaluate(crop_model / "run", [str(crop_model / "s.zarr")], crop_model / "eval", device="cpu")
     assert m["views"][0]["unit"] == "image" and m["views"][0]["crops"] == 4
     got = pd.read_parquet(crop_model / "eval" / "predictions.parquet")
@@ -133,7 +133,7 @@ def test_per_image_figures_equal_a_hand_computation(crop_model):
 
 def test_scoring_a_crop_store_and_its_images_gives_one_row_per_image(crop_model):
     from leakstore import Attributor
-    from leakstore.predictor import Predictor
+    from leakstore.pipelines.predictor import Predictor
     pr = Predictor.load(crop_model / "run", "cpu")
     s = FeatureStore.open(crop_model / "s.zarr")
     from_store = pd.concat([pr.score_store(crop_model / "s.zarr", r.start, r.stop)

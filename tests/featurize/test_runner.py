@@ -13,7 +13,7 @@ import zarr
 
 from leakstore.featurize.api import featurize
 from leakstore.features.noising import noise_coefficients, seeded_noise
-from leakstore.featurize.runner import RunOptions
+from leakstore.config import RunOptions
 from leakstore.errors import ConfigMismatchError
 from leakstore.features import residual_dim
 from leakstore.store import DONE, FAILED, PENDING, SCHEMA_VERSION, FeatureStore
@@ -127,7 +127,7 @@ def test_resume_equals_an_uninterrupted_run(class_folders, tiny_vae_dir, tmp_pat
 def _cli(*args):
     # the same thread count as this process: CPU kernels may round differently with another one
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    return [sys.executable, "-m", "leakstore.cli", *args], env
+    return [sys.executable, "-m", "leakstore.app.cli", *args], env
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from leakstore.featurize.api import featurize
-from leakstore.featurize.runner import RunOptions
+from leakstore.config import RunOptions
 from leakstore.featurize.views import DEFAULT_POLICY, draw_view, parse_policy, view_name
 from leakstore.errors import InputError
 from leakstore.store import DONE, PENDING, FeatureStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from leakstore.cli import app
+from leakstore.app.cli import app
 from leakstore.config import FeaturizeConfig, RunOptions, defaults
 from leakstore.model.config import ModelConfig
 

@@ -94,16 +94,3 @@ def test_members_must_be_at_least_one():
     from leakstore.errors import InputError
     with pytest.raises(InputError, match="members"):
         ModelConfig(members=0)
-
-
-def test_a_model_saved_before_ensembles_loads_as_one_network(runs, tmp_path):
-    import shutil
-    d, _, _ = runs
-    shutil.copytree(d / "one", tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "model.json").read_text())
-    del meta["model_config"]["members"]
-    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
-    b = load_bundle(tmp_path / "old")
-    assert b.cfg.members == 1 and not isinstance(b.net, Ensemble)
-    f = FeatureStore.open(d / "s.zarr").load()
-    np.testing.assert_array_equal(predict(b, f)["open_score"], predict(load_bundle(d / "one"), f)["open_score"])

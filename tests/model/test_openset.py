@@ -8,7 +8,7 @@ from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import open_set
-from leakstore.model.openset import ClassGaussian, KNNDistance, MaxColumn, OpenSetScorer
+from leakstore.model.openset import ClassGaussian, MaxColumn, OpenSetScorer
 from leakstore.model.predict import predict
 from leakstore.model.train import train
 from tests.synthetic import CFG_RESIDUAL, planted_store
@@ -16,7 +16,7 @@ from tests.synthetic import CFG_RESIDUAL, planted_store
 FAST = ModelConfig(width=8, embed_dim=16, epochs=6, batch_size=32, renoise=False, members=1)
 
 
-@parametrize_with_checks([ClassGaussian(), KNNDistance(), MaxColumn(), MaxColumn(negate=True)])
+@parametrize_with_checks([ClassGaussian(), MaxColumn(), MaxColumn(negate=True)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -41,11 +41,11 @@ def test_fused_scorer_threshold_follows_validation_and_flags_by_the_most_alarmed
     X, y = blobs(0)
     Xv, yv = blobs(1)
     far_a = np.random.default_rng(3).normal(12, 1, (50, 5))       # unknown in block a only
-    blocks = lambda a, b: {"embedding": a, "residual": b, "proba": np.full((len(a), 3), 1 / 3)}  # noqa: E731
-    sc = OpenSetScorer(method="fused-all", false_unknown_rate=0.1).fit(blocks(X, X), y, blocks(Xv, Xv))
-    assert set(sc.components_) == {"confidence", "residual", "gauss"}
+    blocks = lambda a, b: {"periodicity": a, "pixel_spectrum": b, "proba": np.full((len(a), 3), 1 / 3)}  # noqa: E731
+    sc = OpenSetScorer(method="fused-pixel", false_unknown_rate=0.1).fit(blocks(X, X), y, blocks(Xv, Xv))
+    assert set(sc.components_) == {"confidence", "periodicity", "spectrum"} and sc.fallback_ == ""
     assert abs(sc.val_flagged_ - 0.1) < 0.02
-    assert (sc.predict(blocks(far_a, Xv[:50])) == -1).mean() > 0.95   # alarmed through the embedding alone
+    assert (sc.predict(blocks(far_a, Xv[:50])) == -1).mean() > 0.95   # alarmed through the periodicity alone
     with pytest.raises(Exception, match="residual"):
         OpenSetScorer(method="residual").fit({"embedding": X, "residual": None}, y)
 
@@ -67,7 +67,7 @@ def test_a_heavy_tailed_component_does_not_hide_the_signal_of_another():
     rng = np.random.default_rng(0)
     (tr, y), (va, _) = _heavy_and_light(3000, rng), _heavy_and_light(1000, rng)
     (known, _), (unknown, _) = _heavy_and_light(1000, rng), _heavy_and_light(1000, rng, unknown=True)
-    sc = OpenSetScorer(method="fused-period").fit(tr, y, va)
+    sc = OpenSetScorer(method="fused-period", temperature=0.0).fit(tr, y, va)
     assert sc.components_ == ("confidence", "periodicity")
     assert open_set(sc.score_samples(known), sc.score_samples(unknown))["auroc"] > 0.99
     assert (sc.predict(unknown) == -1).mean() > 0.95
@@ -98,7 +98,7 @@ def residual_only_unknown(tmp_path_factory):
     res = g["residual"][:]
     res[c] += 1.5 * np.random.default_rng(7).normal(0, 1, res.shape[1])
     g["residual"][:] = res
-    train(d / "s.zarr", d / "run", FAST.replace(open_scorer="fused"), unknown_labels=["gen-c"], progress=False)
+    train(d / "s.zarr", d / "run", FAST.replace(open_scorer="fused-period"), unknown_labels=["gen-c"], progress=False)
     return d
 
 
@@ -125,6 +125,8 @@ def test_the_fused_scorer_survives_the_checkpoint_exactly(residual_only_unknown)
     d = residual_only_unknown
     b1, b2 = load_bundle(d / "run"), load_bundle(d / "run")
     assert b1.open.components_ == ("confidence", "residual") and "residual" in b1.feature_names
+    assert "periodicity" in b1.open.fallback_ and "confidence + residual" in b1.open.fallback_   # said, not silent
+    assert "confidence + residual" in b1.meta["training"]["open_scorer"]["fallback"]
     feats = FeatureStore.open(d / "s.zarr").load(b1.feature_names)
     np.testing.assert_array_equal(predict(b1, feats)["open_score"], predict(b2, feats)["open_score"])
 
@@ -149,7 +151,7 @@ def test_the_soft_minimum_lies_within_t_log_n_below_the_minimum_and_tends_to_it(
     rng = np.random.default_rng(1)
     (tr, y), (va, _) = _heavy_and_light(600, rng), _heavy_and_light(300, rng)
     (x, _) = _heavy_and_light(200, rng, unknown=True)
-    hard = OpenSetScorer(method="fused-period").fit(tr, y, va)           # temperature 0: the plain minimum
+    hard = OpenSetScorer(method="fused-period", temperature=0.0).fit(tr, y, va)           # temperature 0: the plain minimum
     comps = hard.component_scores(x)
     z = np.stack([(comps[c] - m) / s for c, m, s in zip(hard.components_, hard.centers_, hard.scales_)])
     np.testing.assert_array_equal(hard.score_samples(x), z.min(0))
@@ -182,33 +184,37 @@ def test_the_soft_minimum_adds_up_weak_evidence_that_the_minimum_ignores():
 
 
 def test_a_saved_scorer_without_a_temperature_loads_as_the_plain_minimum():
-    """Models saved before --open-temperature keep scoring as they did (their params lack it)."""
     from leakstore.model.checkpoint import pack_scorer, unpack_scorer
     rng = np.random.default_rng(3)
     (tr, y), (va, _) = _heavy_and_light(400, rng), _heavy_and_light(200, rng)
     soft = OpenSetScorer(method="fused-period", temperature=1.0).fit(tr, y, va)
     arrays, meta = pack_scorer("open", soft)
     np.testing.assert_array_equal(unpack_scorer("open", meta, arrays).score_samples(va), soft.score_samples(va))
-    del meta["params"]["temperature"]
-    old = unpack_scorer("open", meta, arrays)
-    assert old.temperature == 0.0
-    np.testing.assert_array_equal(old.score_samples(va), OpenSetScorer(method="fused-period").fit(tr, y, va).score_samples(va))
 
 
-def test_the_open_temperature_setting_defaults_to_one_and_reads_old_models_as_zero():
+def test_the_open_scorer_takes_its_defaults_from_the_model_config_and_old_files_are_refused():
     import pytest
 
-    from leakstore.errors import InputError
+    from leakstore.errors import ConfigMismatchError, InputError
     from leakstore.model.config import ModelConfig
-    assert ModelConfig().open_temperature == 1.0
-    assert ModelConfig.from_dict({}).open_temperature == 0.0          # a model.json written before the setting
-    with pytest.raises(InputError, match="--open-temperature"):
+    cfg, opn = ModelConfig(), OpenSetScorer()
+    assert (opn.method, opn.temperature, opn.false_unknown_rate, opn.random_state) == (
+        cfg.open_scorer, cfg.open_temperature, cfg.false_unknown_rate, cfg.seed)
+    with pytest.raises(ConfigMismatchError, match="pre-release"):     # a model.json lacking settings: never guessed
+        ModelConfig.from_dict({"width": 8})
+    with pytest.raises(InputError, match="open_temperature = -1.0"):  # the caller's words: the field
         ModelConfig(open_temperature=-1.0)
 
 
-def test_the_config_lists_exactly_the_scorers_openset_implements():
-    """model.config names the open-set scorers without importing torch (the CLI's choices come from
-    it); model.openset implements them: the two lists are one."""
+def test_the_offered_scorers_are_few_built_here_and_retired_ones_fail_naming_the_release():
+    """model.config names the offered open-set scorers without importing torch (the CLI's choices
+    come from it); model.openset builds each; a retired one is refused in one line with its release."""
+    import pytest
+
+    from leakstore.errors import InputError
     from leakstore.model import openset
-    from leakstore.model.config import OPEN_SCORERS
-    assert openset.OPEN_SCORERS == OPEN_SCORERS
+    from leakstore.model.config import OPEN_SCORERS, RETIRED_IN, RETIRED_OPEN_SCORERS, ModelConfig
+    assert len(OPEN_SCORERS) <= 6 and not set(OPEN_SCORERS) & set(RETIRED_OPEN_SCORERS)
+    assert set(OPEN_SCORERS) <= set(openset.BASE_SCORERS) | set(openset.FUSED)
+    with pytest.raises(InputError, match=f"knn.*retired in leakstore {RETIRED_IN}"):
+        ModelConfig(open_scorer="knn")

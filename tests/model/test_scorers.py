@@ -46,23 +46,3 @@ def test_class_gmm_equals_sklearn_mixtures_and_keeps_no_sklearn_state():
     for c in range(3):
         g = GaussianMixture(n_components=3, covariance_type="diag", reg_covar=1e-3, random_state=0).fit(X[y == c])
         np.testing.assert_allclose(est.class_log_density(Xv)[:, c], g.score_samples(Xv), rtol=1e-8, atol=1e-8)
-
-
-def test_a_gmm_saved_as_sklearn_mixture_arrays_still_loads():
-    """Models saved before ClassGMM kept plain arrays stored each class's GaussianMixture arrays
-    (gmms_.i.weights_/means_/covariances_/precisions_cholesky_): they load into the same densities."""
-    from sklearn.mixture import GaussianMixture
-
-    from leakstore.model.checkpoint import unpack_scorer
-    X, y = blobs(n=40)
-    Xv, _ = blobs(1, n=10)
-    gs = [GaussianMixture(n_components=2, covariance_type="diag", reg_covar=1e-3, random_state=0).fit(X[y == c])
-          for c in range(3)]
-    arrays = {f"s.gmms_.{i}.{a}": np.asarray(getattr(g, a)) for i, g in enumerate(gs)
-              for a in ("weights_", "means_", "covariances_", "precisions_cholesky_")}
-    arrays["s.classes_"] = np.arange(3)
-    meta = {"class": "ClassGMM", "params": {"n_components": 2, "reg_covar": 1e-3, "random_state": 0},
-            "scalars": {"n_features_in_": 6.0}, "n_gmms": 3}
-    est = unpack_scorer("s", meta, arrays)
-    want = np.stack([g.score_samples(Xv) for g in gs], 1)
-    np.testing.assert_allclose(est.class_log_density(Xv), want, rtol=1e-8, atol=1e-8)

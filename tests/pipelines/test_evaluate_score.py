@@ -9,15 +9,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from leakstore.featurize.api import featurize
-from leakstore.featurize.runner import RunOptions
+from leakstore.config import RunOptions
 from leakstore import Attributor
-from leakstore.cli import app
+from leakstore.app.cli import app
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.predict import predict
 from leakstore.model.train import train
 from leakstore.pipelines.evaluate import evaluate
-from leakstore.pipelines.score import local_cluster, score, scoring_frame
+from leakstore.pipelines.cluster import local_cluster
+from leakstore.pipelines.score import score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
 from tests.synthetic import planted_store
@@ -254,7 +255,7 @@ def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model,
 
 def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster, tmp_path):
     """`score --stability K`: the share of K re-encodings that keep an image's verdict, and `unsure`."""
-    from leakstore.predictor import STABILITY_VIEWS, Predictor
+    from leakstore.pipelines.predictor import STABILITY_VIEWS, Predictor
     a = Attributor.load(image_model / "run")
     paths = sorted(str(p) for p in (image_model / "data" / "gen-a").glob("*.png"))[:3]
     base = a.score_many(paths)

@@ -9,11 +9,11 @@ from distributed import Client
 from typer.testing import CliRunner
 
 from leakstore.featurize.api import featurize, prepare
-from leakstore.featurize.runner import RunOptions
-from leakstore.cli import app
+from leakstore.config import RunOptions
+from leakstore.app.cli import app
 from leakstore.store import DONE, FeatureStore
 from leakstore.pipelines.featurize_dask import featurize_on_dask
-from leakstore.pipelines.score import local_cluster
+from leakstore.pipelines.cluster import local_cluster
 from tests.conftest import write_class_images
 
 KW = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=4, period=8, spectrum_bins=16,
@@ -78,14 +78,14 @@ def test_a_worker_killed_mid_run_changes_nothing(data, plain, tmp_path):
 def test_featurize_starts_the_local_cluster_that_featurize_workers_allows(data, tmp_path, monkeypatch, capsys):
     """The cap on GPU workers reaches the cluster that is started (no GPU here: the cap is mocked)."""
     import leakstore.pipelines.featurize_dask as fd
-    import leakstore.pipelines.score as score
+    import leakstore.pipelines.cluster as cluster
     started = []
     monkeypatch.setattr("leakstore.device.featurize_workers", lambda n, dev: (1, f"--cluster {n}: starting 1 worker"))
 
     def connect(scheduler, workers):
         started.append(workers)
         raise RuntimeError("stop here")
-    monkeypatch.setattr(score, "connect", connect)
+    monkeypatch.setattr(cluster, "connect", connect)
     catalog, encoder, cfg = prepare(data, **KW)
     with pytest.raises(RuntimeError, match="stop here"):
         fd.featurize_on_dask(catalog, tmp_path / "s.zarr", cfg, encoder,

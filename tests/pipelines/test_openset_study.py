@@ -5,7 +5,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from leakstore.cli import app
+from leakstore.model.config import OPEN_SCORERS
+from leakstore.app.cli import app
 from leakstore.store import FeatureStore
 from leakstore.pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
 from tests.synthetic import CFG_RESIDUAL, planted_store
@@ -22,9 +23,10 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     u = json.loads((tmp_path / "logo" / "study.json").read_text())["unseen"]
     assert u["stores"] == [str(tmp_path / "u.zarr")] and "outside generators" in r.output
-    res = u["per_scorer"]["stats"]              # gen-d's latent bias is its own: the latent statistics see it
-    assert set(res) == {"real", "gen-a", "gen-b", "gen-c", "gen-d"}
-    assert res["gen-d"] > 0.9 > 0.7 > res["real"], res   # flagged; real, known in every fold, on new rows: not
+    per = u["per_scorer"]                       # AUROC of each label's rows against the known test rows
+    assert set(per) <= set(OPEN_SCORERS) and all(set(v) == {"real", "gen-a", "gen-b", "gen-c", "gen-d"} for v in per.values())
+    # gen-d, which no fold saw, is flagged more than real, known in every fold
+    assert per["kde"]["gen-d"] > per["kde"]["real"] and per["fused-lda"]["gen-d"] > per["fused-lda"]["real"], per
     assert "Generators outside the study" in (tmp_path / "logo" / "report.html").read_text()
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -32,7 +34,7 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     assert s["generators"] == ["gen-a", "gen-b", "gen-c"] and s["chosen_on"] == "mean validation AUROC"
     df = pd.read_parquet(tmp_path / "logo" / "study.parquet")
     scorers = {r["scorer"] for r in s["scorers"]}
-    assert {"kde", "confidence", "residual", "fused"} <= scorers and s["chosen"] in scorers
+    assert {"kde", "prototype", "lda", "fused-lda"} <= scorers <= set(OPEN_SCORERS) and s["chosen"] in scorers
     assert len(df) == 3 * len(scorers) and df.test_auroc.between(0, 1).all()
     best = max(s["scorers"], key=lambda r: (r["mean_val_auroc"], r["min_val_auroc"]))
     assert best["scorer"] == s["chosen"]                         # chosen on validation, not on test
@@ -62,8 +64,7 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     s0 = json.loads((tmp_path / "logo" / "study.json").read_text())
     assert s0["model_config"]["open_temperature"] == 0 and s["model_config"]["open_temperature"] == 1
     plain = {r["scorer"]: r["mean_val_auroc"] for r in s0["scorers"]}
-    assert plain["kde"] == fused["kde"] and plain["residual"] == fused["residual"]   # one component: unchanged
-    assert plain["fused"] != fused["fused"]                                         # the fusion rule: changed
+    assert plain["kde"] == fused["kde"] and plain["lda"] == fused["lda"]         # one component: unchanged
     # the folds share what they read: each store once, and the same numbers as reading it afresh
     store = FeatureStore.open(tmp_path / "s.zarr")
     outside = [_unseen_rows(FeatureStore.open(tmp_path / "u.zarr"), store)]

@@ -3,8 +3,8 @@ import json
 from typer.testing import CliRunner
 
 from leakstore.featurize.api import featurize
-from leakstore.featurize.runner import RunOptions
-from leakstore.cli import app
+from leakstore.config import RunOptions
+from leakstore.app.cli import app
 from leakstore.store import FeatureStore
 from leakstore.model.config import ModelConfig
 from leakstore.model.train import train

@@ -45,7 +45,7 @@ def test_a_store_with_the_noise_spectrum_trains_and_scores_images(tmp_path):
     s = FeatureStore.open(tmp_path / "s.zarr")
     assert s.read("noise_spectrum").shape == (30, 64)
     train(tmp_path / "s.zarr", tmp_path / "run", ModelConfig(width=8, embed_dim=16, epochs=2, members=1,
-                                                            open_scorer="fused-noise"), device="cpu", progress=False)
+                                                            open_scorer="lda"), device="cpu", progress=False)
     a = Attributor.load(tmp_path / "run", "cpu")
     assert "noise_spectrum" in a.predictor.inputs
     r = a.score(next((data / "gen-a").glob("*.png")))

@@ -58,7 +58,7 @@ def test_small_and_large_images():
 def test_the_pixel_spectrum_is_stored_and_read_by_its_open_scorer_only(tmp_path):
     from leakstore.featurize.api import featurize
     from leakstore.featurize.images import decode_image
-    from leakstore.featurize.runner import RunOptions
+    from leakstore.config import RunOptions
     from leakstore import Attributor
     from leakstore.store import FeatureStore
     from leakstore.model.config import ModelConfig

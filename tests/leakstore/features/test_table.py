@@ -6,7 +6,7 @@ import torch
 
 import leakstore.features as F
 from leakstore.featurize.api import featurize
-from leakstore.featurize.runner import RunOptions
+from leakstore.config import RunOptions
 from leakstore import Attributor
 from leakstore.features import FeatureBatch, features_for, minimal_config
 from leakstore.store import ROW_ARRAYS, FeatureStore, array_specs
@@ -90,7 +90,7 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     paths = [str(p) for p in store.read("path")]
     want = np.stack([periodicity_of_image(decode_image(open(p, "rb").read(), p), 8) for p in paths[:3]])
     np.testing.assert_allclose(feats["periodicity"][:3].numpy(), want, rtol=1e-6)
-    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-input", members=1)
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, open_scorer="fused-period", members=1)
     train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
     a = Attributor.load(tmp_path / "run")
     assert a.bundle.net.inputs == ("latents", "spectra", "periodicity")
@@ -102,16 +102,12 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     assert a.bundle.cfg.drop_jpeg_grid and a.bundle.net.in_periodicity_mean.shape == (14,)
     assert a.bundle.open.estimators_[1].n_features_in_ == 14
 
-    # a model saved before the setting existed (no key in model.json) reads every phase, as it did
-    import json
-    train(tmp_path / "s.zarr", tmp_path / "old", cfg.replace(drop_jpeg_grid=False), progress=False)
-    before = predict(Attributor.load(tmp_path / "old").bundle, feats)["open_score"]
-    meta = json.loads((tmp_path / "old" / "model.json").read_text())
-    del meta["model_config"]["drop_jpeg_grid"]
-    (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
-    old = Attributor.load(tmp_path / "old").bundle
-    assert not old.cfg.drop_jpeg_grid and old.net.in_periodicity_mean.shape == (16,)
-    np.testing.assert_array_equal(predict(old, feats)["open_score"], before)
+    # --keep-jpeg-grid reads every phase, and the saved model reads back as it was trained
+    train(tmp_path / "s.zarr", tmp_path / "keep", cfg.replace(drop_jpeg_grid=False), progress=False)
+    before = predict(Attributor.load(tmp_path / "keep").bundle, feats)["open_score"]
+    keep = Attributor.load(tmp_path / "keep").bundle
+    assert not keep.cfg.drop_jpeg_grid and keep.net.in_periodicity_mean.shape == (16,)
+    np.testing.assert_array_equal(predict(keep, feats)["open_score"], before)
 
 
 def test_an_image_too_small_for_the_period_fails_alone_with_its_reason(tmp_path):

@@ -1,6 +1,7 @@
 """The `leakstore` command line: thin typer commands, each calling one library function."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from contextlib import contextmanager
@@ -10,11 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from leakstore.config import (BETA_SCHEDULES, CODECS, DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS,
-                              DEFAULT_REAL_LABEL, DEFAULT_STREAM_BUFFER, DEFAULT_VAE,
-                              DEFAULT_VIEW_POLICY, PRECISIONS, RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
-from leakstore.errors import InputError, Interrupted, LeakstoreError
-from leakstore.predictor import STABILITY_VIEWS
+from leakstore.config import (BATCH_CPU, BATCH_CUDA, BETA_SCHEDULES, CODECS, DEFAULT_DECODER_STEPS, DEFAULT_DEMO_SCENES, DEFAULT_DEMO_WORKERS,
+                              DEFAULT_OUTLIER_DECODERS, DEFAULT_OUTLIER_PER_PHOTO, DEFAULT_OUTLIER_SEED,
+                              DEFAULT_OUTLIER_SIZE, DEFAULT_REAL_LABEL, DEFAULT_STREAM, DEFAULT_STREAM_BUFFER,
+                              DEFAULT_STUDY_EPOCHS, DEFAULT_SWEEP_VIEWS, DEFAULT_VAE, DEFAULT_VIEW_POLICY, PRECISIONS,
+                              RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
+from leakstore.errors import ConfigFieldError, InputError, Interrupted, LeakstoreError
+from leakstore.pipelines.predictor import STABILITY_VIEWS
 from leakstore.model.config import (BACKBONES, OPEN_SCORERS, OUTLIER_OPEN_SCORER, SCORER_ROWS, SCORERS, TEMPORAL,
                                    ModelConfig, default_open_scorer)
 
@@ -46,6 +49,29 @@ FD = defaults(FeaturizeConfig)      # featurize defaults: FeaturizeConfig's fiel
 RD = defaults(RunOptions)           # how a featurize run goes
 MD = defaults(ModelConfig)          # training defaults: ModelConfig's fields
 SD = defaults(ScheduleConfig)
+SHARD_DEFAULT = "/".join(map(str, RD["shard"]))
+# config fields whose command-line flag has another name (every other field's flag is --field-name)
+FLAGS = {"spectrum_bins": "--pixel-spectrum", "noise_bins": "--noise-spectrum", "use_residual": "--residual",
+         "use_periodicity": "--periodicity", "drop_jpeg_grid": "--drop-jpeg-grid", "beta_start": "--beta-start"}
+# train and openset-study options named otherwise than the ModelConfig field they set
+MODEL_OPTIONS = {"residual": "use_residual", "periodicity": "use_periodicity", "jpeg_grid": "drop_jpeg_grid"}
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag that sets config field `field`."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _model_config(options: dict, **override) -> ModelConfig:
+    """ModelConfig from a command's options (its locals()): every option named like a field, or
+    renamed in MODEL_OPTIONS, sets that field; choices give their value. Nothing is copied by hand."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    kw = {}
+    for name, value in options.items():
+        field = MODEL_OPTIONS.get(name, name)
+        if field in fields and field != "extra":
+            kw[field] = value.value if isinstance(value, Enum) else value
+    return ModelConfig(**{**kw, **override})
 DEVICE_HELP = "auto (CUDA when visible, else the CPU), cpu, cuda, cuda:N."
 THREADS_HELP = ("CPU threads for torch in this process (env LEAKSTORE_THREADS; default: one per core, idle threads "
                 "sleeping, so a busy machine slows them without stalling them; docs: Speed).")
@@ -69,6 +95,8 @@ def _guard(on_interrupt: str, kept=None, rerun: str = "rerun the same command"):
     except Interrupted as e:
         typer.echo(f"{e}", err=True)
         raise typer.Exit(130)
+    except ConfigFieldError as e:     # a config's field, in the words of the command line: its flag
+        _fail(e.flagged(flag_of(e.field)))
     except LeakstoreError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -142,10 +170,10 @@ def featurize(
     sigma_normalize: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Divide z_t by sigma_t, as the reference's option.")] = FD["sigma_normalize"],
     fft_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_FEAT, help="Keep the lowest k x k FFT frequencies.")] = FD["fft_size"],
     residual: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; a decoder and a second encoder pass per image). --no-residual: latents only.")] = FD["residual_bins"] > 0,
-    residual_bins: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum.")] = FD["residual_bins"] or 12,
+    residual_bins: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum.")] = FD["residual_bins"],
     period: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces). 0: off.")] = FD["period"],
     pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers). 0: off.")] = FD["spectrum_bins"],
-    noise_spectrum: Annotated[int, typer.Option(min=0, max=32, rich_help_panel=P_FEAT, help="Also store the noise residual's 2-D power spectrum (image minus its 3x3 mean) in this many bands a side, 4, 8, 16 or 32 (upsampling and decoder fingerprints; read by the network and the 'noise' open-set scorer). 0: off.")] = FD["noise_bins"],
+    noise_spectrum: Annotated[int, typer.Option(min=0, max=32, rich_help_panel=P_FEAT, help="Also store the noise residual's 2-D power spectrum (image minus its 3x3 mean) in this many bands a side, 4, 8, 16 or 32 (upsampling and decoder fingerprints; read by the network and the lda open-set scorer). 0: off.")] = FD["noise_bins"],
     crops: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Crops per image (1, 4, 9, 16, ...: a g x g grid of native-pixel windows of --resolution), one row each; evaluation and scoring judge each image on all of its crops.")] = FD["crops"],
     seed: Annotated[int, typer.Option(rich_help_panel=P_FEAT, help="Noise seed (combined with each image's SHA-256) and split seed.")] = FD["seed"],
     view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", rich_help_panel=P_VIEW, help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
@@ -154,13 +182,13 @@ def featurize(
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
     precision: Annotated[Precision, typer.Option(rich_help_panel=P_RUN, help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=0, rich_help_panel=P_RUN, help="Images per device batch (0: 128 on CUDA, 16 on CPU).")] = RD["batch_size"],
+    batch_size: Annotated[int, typer.Option(min=0, rich_help_panel=P_RUN, help=f"Images per device batch (0: {BATCH_CUDA} on CUDA, {BATCH_CPU} on a CPU).")] = RD["batch_size"],
     workers: Annotated[int, typer.Option(min=-1, rich_help_panel=P_RUN, help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).")] = RD["workers"],
     cluster: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help="Featurize on a local dask cluster of this many worker processes (one task per chunk).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(rich_help_panel=P_RUN, help="Featurize on an existing dask cluster, e.g. tcp://host:8786 (workers: `dask worker`, one per GPU).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", rich_help_panel=P_RUN, help="torch.compile the encoder (default: on CUDA).")] = RD["compile"],
     compile_mode: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="torch.compile mode (max-autotune-no-cudagraphs compiles for minutes, cached on disk afterwards; see docs, Speed).")] = RD["compile_mode"],
-    shard: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="i/n: this process fills chunks k with k % n == i.")] = "0/1",
+    shard: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="i/n: this process fills chunks k with k % n == i.")] = SHARD_DEFAULT,
     chunk_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_OUT, help="Images per Zarr chunk (the unit of writing and resuming).")] = RD["chunk_size"],
     codec: Annotated[Codec, typer.Option(rich_help_panel=P_OUT, help="Blosc codec for the float arrays.")] = RD["codec"],
     overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace an existing store made with another config (only a leakstore store is ever removed).")] = RD["overwrite"],
@@ -179,7 +207,7 @@ def featurize(
         opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile, compile_mode=compile_mode,
                           chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
                           max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
-        if (cluster or scheduler) and shard != "0/1":
+        if (cluster or scheduler) and shard != SHARD_DEFAULT:
             raise InputError("--shard splits work between processes you start yourself; with --cluster or "
                              "--scheduler dask does that: drop --shard")
         go = run
@@ -289,7 +317,7 @@ def train(
     outliers: Annotated[Optional[Path], typer.Option(metavar="STORE", rich_help_panel=P_OPEN, help=OUTLIERS_HELP)] = None,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
-    stream: Annotated[Stream, typer.Option(rich_help_panel=P_RUN, help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream when its features would take more than a quarter of the RAM (auto).")] = "auto",
+    stream: Annotated[Stream, typer.Option(rich_help_panel=P_RUN, help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream when its features would take more than a quarter of the RAM (auto).")] = DEFAULT_STREAM,
     stream_buffer: Annotated[int, typer.Option(min=1, rich_help_panel=P_RUN, help="Rows of whole chunks shuffled together when streaming: memory against shuffling.")] = DEFAULT_STREAM_BUFFER,
     resume: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")] = False,
@@ -302,14 +330,8 @@ def train(
         from leakstore.device import set_threads
         from leakstore.model.train import train as run
         set_threads(threads)
-        cfg = ModelConfig(backbone=backbone.value, temporal=temporal.value, embed_dim=embed_dim, width=width,
-                          protos_per_class=protos_per_class, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                          epoch_samples=epoch_samples,
-                          renoise=renoise, use_residual=residual, use_periodicity=periodicity, scorer=scorer.value,
-                          open_scorer=open_scorer.value if open_scorer else default_open_scorer(outliers is not None),
-                          drop_jpeg_grid=jpeg_grid, view_prob=view_prob, scorer_rows=scorer_rows.value,
-                          false_unknown_rate=false_unknown_rate, open_temperature=open_temperature, seed=seed,
-                          members=members)
+        cfg = _model_config(locals(), open_scorer=open_scorer.value if open_scorer
+                            else default_open_scorer(outliers is not None))
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
         summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
                       progress=progress and not as_json, stream=Stream(stream).value, buffer=stream_buffer,
@@ -333,6 +355,8 @@ def train(
     elif o:
         typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as "
                    f"{o['classes']} 'other' classes")
+    if fb := summary["open_scorer"].get("fallback"):
+        typer.echo(f"note: {fb}")
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
@@ -350,9 +374,9 @@ def make_outliers(
     vae: Annotated[Optional[str], typer.Option(metavar="VAE", help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's decoder traces, one more outlier class.")] = None,
     decoders: Annotated[int, typer.Option(min=0, max=64, help="Simulated decoders (small upsampling networks of several families, trained briefly on the training images), each an outlier class.")] = DEFAULT_OUTLIER_DECODERS,
     decoder_steps: Annotated[int, typer.Option(min=1, help="Training steps of each simulated decoder (about 0.1 s each on a CPU core).")] = DEFAULT_DECODER_STEPS,
-    per_photo: Annotated[int, typer.Option(min=1, help="Crops per photograph.")] = 6,
-    size: Annotated[int, typer.Option(min=16, help="Side of a photograph crop, in pixels.")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of the choices (with each file's SHA-256).")] = 0,
+    per_photo: Annotated[int, typer.Option(min=1, help="Crops per photograph.")] = DEFAULT_OUTLIER_PER_PHOTO,
+    size: Annotated[int, typer.Option(min=16, help="Side of a photograph crop, in pixels.")] = DEFAULT_OUTLIER_SIZE,
+    seed: Annotated[int, typer.Option(help="Seed of the choices (with each file's SHA-256).")] = DEFAULT_OUTLIER_SEED,
     progress: Annotated[bool, typer.Option(metavar="", help="Show a progress bar.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
@@ -381,7 +405,7 @@ def make_outliers(
 def openset_study(
     store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store with at least three known classes.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (folds are kept there: a rerun resumes).")],
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")] = DEFAULT_STUDY_EPOCHS,
     generators: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
     unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
     residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = MD["use_residual"],
@@ -407,9 +431,7 @@ def openset_study(
         from leakstore.pipelines.openset_study import openset_study as run
         set_threads(threads)
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
-        cfg = ModelConfig(use_residual=residual, use_periodicity=periodicity, false_unknown_rate=false_unknown_rate,
-                          seed=seed, view_prob=view_prob, drop_jpeg_grid=jpeg_grid, members=members,
-                          open_temperature=open_temperature)
+        cfg = _model_config({k: v for k, v in locals().items() if k != "epochs"})   # epochs: per fold, below
         s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
                 unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling,
                 unseen=unseen or (), outliers=outliers)
@@ -488,7 +510,7 @@ def _print_robustness(s: dict) -> None:
 def sweep(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
     data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
-    views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = "jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2",
+    views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = ",".join(DEFAULT_SWEEP_VIEWS),
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes.")] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " For featurizing and the model.")] = RD["device"],
     workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto).")] = RD["workers"],
@@ -590,9 +612,9 @@ def _quiet_dask_on_interrupt():
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder.")] = Path("leakstore-demo"),
-    photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = 300,
+    photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = DEFAULT_DEMO_SCENES,
     epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = MD["epochs"],
-    cluster: Annotated[int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")] = 2,
+    cluster: Annotated[int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")] = DEFAULT_DEMO_WORKERS,
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
     with _guard("rerun leakstore demo"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakstore.config import DEFAULT_DEVICE, check_compatible
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_BATCH, check_compatible
 from leakstore.device import resolve_device
 from leakstore.errors import InputError
 from leakstore.features import FeatureBatch, minimal_config
@@ -61,7 +61,7 @@ class Predictor:
     def _featurizer(self):
         if self._runner is None:
             from leakstore.featurize.runner import DeviceFeaturizer
-            self._runner = DeviceFeaturizer(self.encoder, self.featurize_config, resolve_device(self.device), 16,
+            self._runner = DeviceFeaturizer(self.encoder, self.featurize_config, resolve_device(self.device), DEFAULT_SCORE_BATCH,
                                             use_compile=False)
         return self._runner
 
@@ -115,7 +115,7 @@ class Predictor:
         df["is_unknown"] = df["is_unknown"].astype("boolean")
         return df
 
-    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = 16,
+    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = DEFAULT_SCORE_BATCH,
                     stability: int = 0) -> pd.DataFrame:
         """Featurize image files in memory with the model's featurize config, then predict. With
         `stability` K > 0, each image is also scored under the first K re-encodings of

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from leakstore.config import DEFAULT_DEVICE
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_BATCH, DEFAULT_SCORE_CHUNK
 
 
 class Attributor:
     def __init__(self, run_dir: str | Path, device: str = DEFAULT_DEVICE):
-        from leakstore.predictor import Predictor
+        from leakstore.pipelines.predictor import Predictor
         self.run_dir = Path(run_dir)
         self.predictor = Predictor.load(run_dir, device)
         self.device = self.predictor.device
@@ -39,13 +39,13 @@ class Attributor:
     def builtin_encoder(self) -> bool:
         return bool(self.bundle.featurize.vae.builtin)
 
-    def score_many(self, images, batch_size: int = 16, stability: int = 0) -> pd.DataFrame:
+    def score_many(self, images, batch_size: int = DEFAULT_SCORE_BATCH, stability: int = 0) -> pd.DataFrame:
         """A folder, manifest, glob or list of paths -> one row per image, in input order. With
         `stability` K, also columns `stability` and `unsure` (the verdict under K re-encodings)."""
         from leakstore.featurize.datasets import list_inputs
         paths = list_inputs(images)
-        frames = [self.predictor.score_paths(paths[s:s + 256], s, batch_size, stability).drop(columns="row")
-                  for s in range(0, len(paths), 256)]
+        frames = [self.predictor.score_paths(paths[s:s + DEFAULT_SCORE_CHUNK], s, batch_size, stability).drop(columns="row")
+                  for s in range(0, len(paths), DEFAULT_SCORE_CHUNK)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def score(self, image: str | Path) -> dict:

@@ -1,0 +1,1 @@
+"""The interfaces: the command line (`leakstore.app.cli`) and the Python facade (`Attributor`)."""
