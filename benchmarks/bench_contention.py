@@ -15,6 +15,7 @@ store in memory) in a fresh `leakstore train` process, once on the idle machine 
 
 Writes samples/s per arm, idle and busy, and busy/idle for each (the "ratio" fields).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,33 @@ NETWORK = ["--members", "1", "--width", "32", "--embed-dim", "64", "--batch-size
 
 
 def _train(store: Path, out: Path, epochs: int, env: dict, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "leakstore.app.cli", "train", str(store), "--out", str(out), "--overwrite", "--epochs",
-           str(epochs), "--patience", str(epochs), "--no-progress", "--json", "--stream", "off", "--device", "cpu",
-           *NETWORK, *extra]
-    e = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
-                                                           "LEAKSTORE_THREADS")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "leakstore.app.cli",
+        "train",
+        str(store),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--epochs",
+        str(epochs),
+        "--patience",
+        str(epochs),
+        "--no-progress",
+        "--json",
+        "--stream",
+        "off",
+        "--device",
+        "cpu",
+        *NETWORK,
+        *extra,
+    ]
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "LEAKSTORE_THREADS")
+    }
     p = subprocess.run(cmd, capture_output=True, text=True, env={**e, **env})
     if p.returncode:
         raise RuntimeError(f"train failed: {p.stderr[-2000:]}")
@@ -43,7 +66,9 @@ def _train(store: Path, out: Path, epochs: int, env: dict, extra: list[str]) -> 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", type=Path, default=None, help="a store (default: the demo's, made under --dir if missing)")
+    ap.add_argument(
+        "--store", type=Path, default=None, help="a store (default: the demo's, made under --dir if missing)"
+    )
     ap.add_argument("--dir", type=Path, default=Path("/tmp/bench-contention"))
     ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy processes beside training")
     ap.add_argument("--epochs", type=int, default=6)
@@ -55,12 +80,25 @@ def main(argv=None):
         store = args.dir / "leakstore-demo" / "features.zarr"
         if not (store / "zarr.json").exists():
             from leakstore.pipelines.demo import run_demo
+
             run_demo(args.dir / "leakstore-demo", epochs=2, progress=False)
     from leakstore.envinfo import collect
-    res = {"store": str(store), "busy_processes": args.busy, "epochs": args.epochs, "network": NETWORK,
-           "cpu_count": os.cpu_count(), "idle": {}, "busy": {}, "environment": collect()}
+
+    res = {
+        "store": str(store),
+        "busy_processes": args.busy,
+        "epochs": args.epochs,
+        "network": NETWORK,
+        "cpu_count": os.cpu_count(),
+        "idle": {},
+        "busy": {},
+        "environment": collect(),
+    }
     for mode in ("idle", "busy"):
-        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy if mode == "busy" else 0)]
+        spinners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy if mode == "busy" else 0)
+        ]
         try:
             time.sleep(1 if spinners else 0)
             for name, (env, extra) in ARMS.items():

@@ -3,6 +3,7 @@ inputs, no files), to pick the featurize defaults. Prints a table; writes sweep.
 
     python -m benchmarks.bench_encoder_sweep --resolution 256 --out /tmp/sweep
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,7 @@ def main(argv=None):
 
     from leakstore.featurize.runner import compile_encoder
     from leakstore.featurize.vae import load_encoder
+
     torch.backends.cudnn.benchmark = True
     args.out.mkdir(parents=True, exist_ok=True)
     vae_dir = args.out / "sd-vae-random"
@@ -46,14 +48,15 @@ def main(argv=None):
         torch._dynamo.reset()
         enc = load_encoder(str(vae_dir)).to(device=dev, dtype=dtype, memory_format=torch.channels_last)
         run = compile_encoder(enc, mode)
-        x = torch.randint(0, 256, (batch, 3, args.resolution, args.resolution), dtype=torch.uint8,
-                          device=dev).contiguous(memory_format=torch.channels_last)
+        x = torch.randint(
+            0, 256, (batch, 3, args.resolution, args.resolution), dtype=torch.uint8, device=dev
+        ).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             t = time.perf_counter()
             run(x)
             torch.cuda.synchronize()
             built = time.perf_counter() - t
-            r = rate(lambda: run(x), batch, 20, dev)
+            r = rate(lambda run=run, x=x: run(x), batch, 20, dev)
         rows[name] = {"images_per_s": round(r, 1), "compile_s": round(built, 1)}
         print(f"{name:<24} {r:8.1f} img/s   (compile {built:.0f} s)", flush=True)
         del enc, run

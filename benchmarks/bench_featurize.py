@@ -15,6 +15,7 @@ local diffusers folder, writes PNG files, then times:
             the cold figure is printed too)
 Prints a table and writes bench.json under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SD_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, norm_num_groups=32,
-              down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-              scaling_factor=0.18215)
+SD_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    scaling_factor=0.18215,
+)
 
 
 def _write_images(args):
     folder, start, count, res = args
     from PIL import Image
+
     rng = np.random.default_rng(start)
     for i in range(start, start + count):
         base = rng.random((res // 16, res // 16, 3)) * 255
@@ -90,9 +98,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from diffusers import AutoencoderKL
+
+    from leakstore.config import RunOptions
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog
-    from leakstore.config import RunOptions
     from leakstore.featurize.runner import compile_encoder, featurize_store
     from leakstore.featurize.vae import load_encoder
 
@@ -109,9 +118,16 @@ def main(argv=None):
     t = time.perf_counter()
     data = make_images(args.out, args.images, res)
     print(f"images ready ({args.images} PNG at {res}^2) in {time.perf_counter() - t:.1f} s", flush=True)
-    results: dict = {"compile_mode": args.compile_mode, "resolution": res, "images": args.images, "batch": B, "precision": prec,
-                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    results: dict = {
+        "compile_mode": args.compile_mode,
+        "resolution": res,
+        "images": args.images,
+        "batch": B,
+        "precision": prec,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+    }
 
     x = torch.randint(0, 256, (B, 3, res, res), dtype=torch.uint8, device=device)
     if not args.skip_anchors:
@@ -125,8 +141,11 @@ def main(argv=None):
         del vae, vae_lp
         print({k: round(v, 1) for k, v in results.items() if isinstance(v, float)}, flush=True)
 
-    enc = load_encoder(str(vae_dir)).to(device=device, dtype=dtype, memory_format=(
-        torch.channels_last if device.type == "cuda" else torch.contiguous_format))
+    enc = load_encoder(str(vae_dir)).to(
+        device=device,
+        dtype=dtype,
+        memory_format=(torch.channels_last if device.type == "cuda" else torch.contiguous_format),
+    )
     compiled = compile_encoder(enc, args.compile_mode) if device.type == "cuda" else enc
     xc = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
     with torch.inference_mode():
@@ -134,27 +153,48 @@ def main(argv=None):
         compiled(xc)
         sync(device)
         results["compile_seconds"] = round(time.perf_counter() - t, 1)
-        results["compiled_encoder"] = rate(lambda: compiled(xc), B, 20 if device.type == "cuda" else 2, device)
+        results["compiled_encoder"] = rate(
+            lambda compiled=compiled: compiled(xc), B, 20 if device.type == "cuda" else 2, device
+        )
         ref = load_encoder(str(vae_dir)).to(device)(x[:16])
         low = compiled(xc)[:16]
         results["bf16_rel_err"] = float((low.float() - ref).norm() / ref.norm())
-    print(f"compiled encoder alone: {results['compiled_encoder']:.1f} img/s "
-          f"(compile {results['compile_seconds']} s; rel. error vs fp32 {results['bf16_rel_err']:.2e})", flush=True)
+    print(
+        f"compiled encoder alone: {results['compiled_encoder']:.1f} img/s "
+        f"(compile {results['compile_seconds']} s; rel. error vs fp32 {results['bf16_rel_err']:.2e})",
+        flush=True,
+    )
     if args.residual_bins > 0:
         results["compiled_compute"] = _compute_rate(vae_dir, compiled, xc, device, args.compile_mode, B)
-        print(f"compiled compute (encoder + float32 encoder, decoder, encoder): {results['compiled_compute']:.1f} img/s",
-              flush=True)
+        print(
+            f"compiled compute (encoder + float32 encoder, decoder, encoder): {results['compiled_compute']:.1f} img/s",
+            flush=True,
+        )
     del compiled, enc
 
     catalog = build_catalog(data)
-    opts = RunOptions(device=args.device, batch_size=B, workers=args.workers, codec=args.codec,
-                      compile_mode=args.compile_mode,
-                      writer_threads=args.writer_threads, progress=False, overwrite=True)
+    opts = RunOptions(
+        device=args.device,
+        batch_size=B,
+        workers=args.workers,
+        codec=args.codec,
+        compile_mode=args.compile_mode,
+        writer_threads=args.writer_threads,
+        progress=False,
+        overwrite=True,
+    )
     encoder = load_encoder(str(vae_dir), decoder=args.residual_bins > 0)
     cfg = build_config(encoder, resolution=res, precision=prec, device=args.device, residual_bins=args.residual_bins)
     results["residual_bins"] = args.residual_bins
-    warm = type(catalog)(**{**catalog.__dict__, "paths": catalog.paths[:2048], "labels": catalog.labels[:2048],
-                            "splits": catalog.splits[:2048], "groups": catalog.groups[:2048]})
+    warm = type(catalog)(
+        **{
+            **catalog.__dict__,
+            "paths": catalog.paths[:2048],
+            "labels": catalog.labels[:2048],
+            "splits": catalog.splits[:2048],
+            "groups": catalog.groups[:2048],
+        }
+    )
     rep = featurize_store(warm, args.out / "warm.zarr", cfg, encoder, opts)
     results["pipeline_cold_2048"] = rep.images_per_s
     print(f"warm-up run (includes compile): {rep.images_per_s} img/s over {rep.processed} images", flush=True)
@@ -165,14 +205,25 @@ def main(argv=None):
     results["pipeline_failed"] = rep.failed
     results["store_bytes"] = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     # the pipeline against everything its device computes (the encoder alone without the residual)
-    results["pipeline_over_compiled"] = round(rep.images_per_s / results.get("compiled_compute", results["compiled_encoder"]), 3)
+    results["pipeline_over_compiled"] = round(
+        rep.images_per_s / results.get("compiled_compute", results["compiled_encoder"]), 3
+    )
     print(f"\ncompile mode {args.compile_mode}\n| what | images/s |\n|---|---|")
-    for k in ("naive_fp32_b1", f"eager_{prec}_b64", "compiled_encoder", "compiled_compute", "pipeline_cold_2048", "pipeline"):
+    for k in (
+        "naive_fp32_b1",
+        f"eager_{prec}_b64",
+        "compiled_encoder",
+        "compiled_compute",
+        "pipeline_cold_2048",
+        "pipeline",
+    ):
         if k in results:
             print(f"| {k} | {results[k]:.1f} |")
-    print(f"pipeline / compiled {'compute' if 'compiled_compute' in results else 'encoder'} = "
-          f"{results['pipeline_over_compiled']}; store "
-          f"{results['store_bytes'] / 1e6:.0f} MB for {rep.done} images; {rep.failed} failed")
+    print(
+        f"pipeline / compiled {'compute' if 'compiled_compute' in results else 'encoder'} = "
+        f"{results['pipeline_over_compiled']}; store "
+        f"{results['store_bytes'] / 1e6:.0f} MB for {rep.done} images; {rep.failed} failed"
+    )
     (args.out / f"bench{res}.json").write_text(json.dumps(results, indent=2))
     shutil.rmtree(args.out / "warm.zarr", ignore_errors=True)
     return results
@@ -183,9 +234,15 @@ def _compute_rate(vae_dir: Path, compiled, xc: torch.Tensor, device, mode: str, 
     the run's precision) and the residual's float32 encode, decode and encode (featurize.runner does the same)."""
     from leakstore.featurize.runner import compile_encoder
     from leakstore.featurize.vae import load_encoder
+
     cuda = device.type == "cuda"
-    res = load_encoder(str(vae_dir), decoder=True).to(device=device, dtype=torch.float32, memory_format=(
-        torch.channels_last if cuda else torch.contiguous_format)).eval()
+    res = (
+        load_encoder(str(vae_dir), decoder=True)
+        .to(
+            device=device, dtype=torch.float32, memory_format=(torch.channels_last if cuda else torch.contiguous_format)
+        )
+        .eval()
+    )
     enc = compile_encoder(res, mode) if cuda else res
     dec = compile_encoder(res.decoder, mode) if cuda else res.decoder
 
@@ -193,8 +250,9 @@ def _compute_rate(vae_dir: Path, compiled, xc: torch.Tensor, device, mode: str, 
         compiled(xc)
         z = enc(xc).float()
         enc(dec(z).float() * 255.0)
+
     with torch.inference_mode():
-        step()                                            # compiles (on CUDA)
+        step()  # compiles (on CUDA)
         return rate(step, batch, 10 if cuda else 1, device, warmup=2 if cuda else 0)
 
 

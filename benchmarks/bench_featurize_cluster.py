@@ -7,6 +7,7 @@ Each size gets a fresh LocalCluster (one thread per worker) whose workers first 
 warm-up store of 16 images with the same config (encoder loaded, kernels warm); then a new store of
 --images images is timed from the first task to the last. Efficiency(n) = rate(n) / (n rate(1)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,36 +35,57 @@ def main(argv=None):
     import numpy as np
     from distributed import Client
 
-    from leakstore.featurize.api import prepare
     from leakstore.config import RunOptions
-    from leakstore.pipelines.featurize_dask import featurize_on_dask
+    from leakstore.featurize.api import prepare
     from leakstore.pipelines.cluster import local_cluster
-    catalog, encoder, cfg = prepare(a.data, vae=a.vae, resolution=a.resolution, residual_bins=a.residual_bins,
-                                    device=a.device)
+    from leakstore.pipelines.featurize_dask import featurize_on_dask
+
+    catalog, encoder, cfg = prepare(
+        a.data, vae=a.vae, resolution=a.resolution, residual_bins=a.residual_bins, device=a.device
+    )
     n_warm = min(16, a.images)
     pick = np.random.default_rng(0).permutation(len(catalog))[: a.images + n_warm]
 
     def sub(idx):
-        return dataclasses.replace(catalog, paths=tuple(catalog.paths[i] for i in idx), labels=catalog.labels[idx],
-                                   splits=catalog.splits[idx], groups=tuple(catalog.groups[i] for i in idx))
+        return dataclasses.replace(
+            catalog,
+            paths=tuple(catalog.paths[i] for i in idx),
+            labels=catalog.labels[idx],
+            splits=catalog.splits[idx],
+            groups=tuple(catalog.groups[i] for i in idx),
+        )
+
     warm, timed = sub(pick[:n_warm]), sub(pick[n_warm:])
     tmp = Path(tempfile.mkdtemp(prefix="bench-fc-"))
     opts = RunOptions(device=a.device, chunk_size=a.chunk_size, progress=False)
-    results = {"images": len(timed), "vae": a.vae, "resolution": a.resolution, "residual_bins": a.residual_bins,
-               "chunk_size": a.chunk_size, "rates": {}}
+    results = {
+        "images": len(timed),
+        "vae": a.vae,
+        "resolution": a.resolution,
+        "residual_bins": a.residual_bins,
+        "chunk_size": a.chunk_size,
+        "rates": {},
+    }
     try:
         for n in (int(x) for x in a.cluster.split(",")):
             with local_cluster(n) as c, Client(c) as client:
-                featurize_on_dask(warm, tmp / f"warm{n}.zarr", cfg, encoder,
-                                  dataclasses.replace(opts, chunk_size=max(1, n_warm // n)),
-                                  client=client)
+                featurize_on_dask(
+                    warm,
+                    tmp / f"warm{n}.zarr",
+                    cfg,
+                    encoder,
+                    dataclasses.replace(opts, chunk_size=max(1, n_warm // n)),
+                    client=client,
+                )
                 t = time.perf_counter()
                 rep = featurize_on_dask(timed, tmp / f"run{n}.zarr", cfg, encoder, opts, client=client)
                 rate = rep.processed / (time.perf_counter() - t)
             results["rates"][n] = round(rate, 2)
             base = results["rates"][min(results["rates"])]
-            print(f"{n} workers: {rate:7.2f} images/s  speed-up {rate / base:.2f}  efficiency {rate / (n * base):.2f}",
-                  flush=True)
+            print(
+                f"{n} workers: {rate:7.2f} images/s  speed-up {rate / base:.2f}  efficiency {rate / (n * base):.2f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if a.out:

@@ -7,6 +7,7 @@ tests/synthetic.py, so run it from the repository root) and a small trained mode
 `score()` end to end (cluster start excluded: each size gets a fresh LocalCluster, warmed up on
 one partition first). Efficiency(n) = rate(n) / (n * rate(1)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-score"))
     ap.add_argument("--workers", default="")
     ap.add_argument("--chunk", type=int, default=1024)
-    ap.add_argument("--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)")
+    ap.add_argument(
+        "--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)"
+    )
     args = ap.parse_args(argv)
     from distributed import Client
 
@@ -32,6 +35,7 @@ def main(argv=None):
     from leakstore.pipelines.cluster import local_cluster
     from leakstore.pipelines.score import score, scoring_frame
     from tests.synthetic import VAE, planted_store
+
     cfg = FeaturizeConfig(vae=VAE, resolution=128, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / f"s{args.rows}.zarr"
@@ -41,14 +45,22 @@ def main(argv=None):
         print(f"store of {args.rows} rows in {time.perf_counter() - t:.0f} s", flush=True)
     run = args.out / "model"
     if not (run / "model.json").exists():
-        train(store, run, ModelConfig(epochs=1, width=32, embed_dim=64, members=args.members), progress=False, overwrite=True)
+        train(
+            store,
+            run,
+            ModelConfig(epochs=1, width=32, embed_dim=64, members=args.members),
+            progress=False,
+            overwrite=True,
+        )
     cpus = os.cpu_count() or 2
-    sizes = [int(x) for x in args.workers.split(",")] if args.workers else \
-        [n for n in (1, 2, 4, 8, 16, 32) if n <= cpus]
+    sizes = (
+        [int(x) for x in args.workers.split(",")] if args.workers else [n for n in (1, 2, 4, 8, 16, 32) if n <= cpus]
+    )
     rows = {}
     for n in sizes:
         with local_cluster(n) as c, Client(c) as cl:
             from leakstore.pipelines.score import LoadModel
+
             cl.register_plugin(LoadModel(str(run.resolve())), name="leakstore-model")
             cl.compute(scoring_frame(run, store).partitions[:n]).result()  # warm: imports, model, first reads
             t = time.perf_counter()
@@ -58,7 +70,9 @@ def main(argv=None):
         rows[n] = args.rows / dt
         eff = rows[n] / (n * rows[sizes[0]] / sizes[0])
         print(f"{n:>3} workers: {rows[n]:9.0f} rows/s  efficiency {eff:.2f}", flush=True)
-    (args.out / "bench_score.json").write_text(json.dumps({"rows": args.rows, "cpus": cpus, "members": args.members, "rows_per_s": rows}, indent=2))
+    (args.out / "bench_score.json").write_text(
+        json.dumps({"rows": args.rows, "cpus": cpus, "members": args.members, "rows_per_s": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ gets a fresh LocalCluster warmed up on one partition per worker (imports, model 
 load), then `score()` is timed end to end; the in-process arm is `Attributor.score_many`,
 warmed up the same way. Prints ms/image per arm and writes bench_score_images.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,20 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)")
+    ap.add_argument(
+        "--members", type=int, default=3, help="networks in the model scored (train --members; 3 is the default model)"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-score-images"))
     args = ap.parse_args(argv)
     from distributed import Client
 
+    from leakstore.app.attributor import Attributor
+    from leakstore.config import RunOptions
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog
-    from leakstore.config import RunOptions
     from leakstore.featurize.runner import featurize_store
     from leakstore.featurize.vae import load_encoder
-    from leakstore.app.attributor import Attributor
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
     from leakstore.pipelines.cluster import local_cluster
@@ -50,14 +53,40 @@ def main(argv=None):
     run = args.out / "model"
     if not (run / "model.json").exists():
         enc = load_encoder(args.vae)
-        fcfg = build_config(enc, resolution=args.resolution, device=args.device,
-                            residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)   # latents and spectra, as first measured
-        featurize_store(cat, args.out / "store.zarr", fcfg, enc,
-                        RunOptions(device=args.device, workers=2, progress=False, overwrite=True, compile=False))
-        train(args.out / "store.zarr", run, ModelConfig(epochs=2, members=args.members), device=args.device, progress=False, overwrite=True)
+        fcfg = build_config(
+            enc,
+            resolution=args.resolution,
+            device=args.device,
+            residual_bins=0,
+            period=0,
+            spectrum_bins=0,
+            noise_bins=0,
+        )  # latents and spectra, as first measured
+        featurize_store(
+            cat,
+            args.out / "store.zarr",
+            fcfg,
+            enc,
+            RunOptions(device=args.device, workers=2, progress=False, overwrite=True, compile=False),
+        )
+        train(
+            args.out / "store.zarr",
+            run,
+            ModelConfig(epochs=2, members=args.members),
+            device=args.device,
+            progress=False,
+            overwrite=True,
+        )
     paths = [cat.paths[i % len(cat)] for i in range(args.images)]
-    res = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "cpus": os.cpu_count(),
-           "images": len(paths), "members": args.members, "vae": args.vae, "resolution": args.resolution, "ms_per_image": {}}
+    res = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "cpus": os.cpu_count(),
+        "images": len(paths),
+        "members": args.members,
+        "vae": args.vae,
+        "resolution": args.resolution,
+        "ms_per_image": {},
+    }
 
     a = Attributor.load(run, device=args.device)
     a.score_many(paths[:64])  # warm: kernels, first decodes
@@ -72,7 +101,7 @@ def main(argv=None):
     for n in [int(x) for x in args.workers.split(",")]:
         with local_cluster(n) as c, Client(c) as cl:
             cl.register_plugin(LoadModel(str(run.resolve()), args.device), name="leakstore-model")
-            cl.compute(scoring_frame(run, paths[:16 * n], args.device, partition=16).partitions[:n]).result()  # warm
+            cl.compute(scoring_frame(run, paths[: 16 * n], args.device, partition=16).partitions[:n]).result()  # warm
             t = time.perf_counter()
             df = score(run, paths, client=cl, device=args.device, progress=False)
             dt = time.perf_counter() - t

@@ -23,6 +23,7 @@ and the others still run) and gpu_check.md (one table), and prints the table. Ex
 part failed. `--size KEY=VALUE` shrinks a part to fit a short lease (the sizes are recorded in the
 JSON); `--budget-s S` starts no part after S seconds and records the rest as skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,30 @@ import time
 import traceback
 from pathlib import Path
 
-FULL = {"res": 256, "images": 8192, "train_images": 2048, "score_rows": 100_000, "score_workers": "1,2,4,8,16",
-        "score_images": 4096, "cluster_images": 2048}
-SMOKE = {"res": 64, "images": 32, "train_images": 32, "score_rows": 2_000, "score_workers": "1,2",
-         "score_images": 16, "cluster_images": 16}
+FULL = {
+    "res": 256,
+    "images": 8192,
+    "train_images": 2048,
+    "score_rows": 100_000,
+    "score_workers": "1,2,4,8,16",
+    "score_images": 4096,
+    "cluster_images": 2048,
+}
+SMOKE = {
+    "res": 64,
+    "images": 32,
+    "train_images": 32,
+    "score_rows": 2_000,
+    "score_workers": "1,2",
+    "score_images": 16,
+    "cluster_images": 16,
+}
 
 
 def _labelled(root: Path, n: int, res: int) -> Path:
     """A manifest over bench_featurize's random PNGs in four classes, splits drawn by leakstore."""
     from benchmarks.bench_featurize import make_images
+
     files = sorted((make_images(root, n, res) / "gen").glob("*.png"))[:n]
     lines = ["path,label"] + [f"{f},class{i % 4}" for i, f in enumerate(files)]
     (root / "labelled.csv").write_text("\n".join(lines) + "\n")
@@ -51,39 +67,113 @@ def _labelled(root: Path, n: int, res: int) -> Path:
 def _parts(out: Path, s: dict, device: str, smoke: bool):
     from benchmarks import bench_featurize, bench_featurize_cluster, bench_score, bench_score_images, bench_train
     from benchmarks.bench_train import _sd_random
+
     vae = _sd_random(out)
     common = ["--resolution", str(s["res"]), "--device", device]
-    feat = ["--out", str(out / "featurize"), "--images", str(s["images"])] + common + (["--batch", "16", "--skip-anchors"]
-                                                                                      if smoke else [])
-    yield ("featurize_default", lambda: bench_featurize.main(
-        ["--out", str(out / "featurize-default"), "--images", str(s["images"]), "--skip-anchors", "--residual-bins", "12"]
-        + common + (["--batch", "16"] if smoke else [])), out / "featurize-default" / f"bench{s['res']}.json")
-    yield ("train", lambda: bench_train.main(
-        ["synthetic", "--vae", "sd-random", "--images", str(s["train_images"]), "--reference-precision", "fp32",
-         "--out", str(out / "train")] + common + (["--epochs", "1", "--loader-workers", "0"] if smoke else [])),
-        out / "train" / "bench_train.json")
-    yield ("score_store", lambda: bench_score.main(
-        ["--rows", str(s["score_rows"]), "--workers", s["score_workers"], "--out", str(out / "score-store")]
-        + (["--chunk", "256", "--members", "1"] if smoke else [])), out / "score-store" / "bench_score.json")
+    feat = (
+        ["--out", str(out / "featurize"), "--images", str(s["images"])]
+        + common
+        + (["--batch", "16", "--skip-anchors"] if smoke else [])
+    )
+    yield (
+        "featurize_default",
+        lambda: bench_featurize.main(
+            [
+                "--out",
+                str(out / "featurize-default"),
+                "--images",
+                str(s["images"]),
+                "--skip-anchors",
+                "--residual-bins",
+                "12",
+            ]
+            + common
+            + (["--batch", "16"] if smoke else [])
+        ),
+        out / "featurize-default" / f"bench{s['res']}.json",
+    )
+    yield (
+        "train",
+        lambda: bench_train.main(
+            [
+                "synthetic",
+                "--vae",
+                "sd-random",
+                "--images",
+                str(s["train_images"]),
+                "--reference-precision",
+                "fp32",
+                "--out",
+                str(out / "train"),
+            ]
+            + common
+            + (["--epochs", "1", "--loader-workers", "0"] if smoke else [])
+        ),
+        out / "train" / "bench_train.json",
+    )
+    yield (
+        "score_store",
+        lambda: bench_score.main(
+            ["--rows", str(s["score_rows"]), "--workers", s["score_workers"], "--out", str(out / "score-store")]
+            + (["--chunk", "256", "--members", "1"] if smoke else [])
+        ),
+        out / "score-store" / "bench_score.json",
+    )
     yield "featurize", lambda: bench_featurize.main(feat), out / "featurize" / f"bench{s['res']}.json"
     data = _labelled(out / "featurize", s["images"], s["res"])
-    yield ("featurize_cluster", lambda: bench_featurize_cluster.main(
-        [str(data), "--vae", vae, "--resolution", str(s["res"]), "--images", str(s["cluster_images"]),
-         "--cluster", "1,2", "--device", device, "--out", str(out / "featurize-cluster")]
-        + (["--residual-bins", "0"] if smoke else [])),
-        out / "featurize-cluster" / "results.json")
-    yield ("score_images", lambda: bench_score_images.main(
-        [str(data), "--vae", vae, "--images", str(s["score_images"]), "--workers", "1" if smoke else "1,4",
-         "--out", str(out / "score-images")] + common + (["--members", "1"] if smoke else [])),
-        out / "score-images" / "bench_score_images.json")
+    yield (
+        "featurize_cluster",
+        lambda: bench_featurize_cluster.main(
+            [
+                str(data),
+                "--vae",
+                vae,
+                "--resolution",
+                str(s["res"]),
+                "--images",
+                str(s["cluster_images"]),
+                "--cluster",
+                "1,2",
+                "--device",
+                device,
+                "--out",
+                str(out / "featurize-cluster"),
+            ]
+            + (["--residual-bins", "0"] if smoke else [])
+        ),
+        out / "featurize-cluster" / "results.json",
+    )
+    yield (
+        "score_images",
+        lambda: bench_score_images.main(
+            [
+                str(data),
+                "--vae",
+                vae,
+                "--images",
+                str(s["score_images"]),
+                "--workers",
+                "1" if smoke else "1,4",
+                "--out",
+                str(out / "score-images"),
+            ]
+            + common
+            + (["--members", "1"] if smoke else [])
+        ),
+        out / "score-images" / "bench_score_images.json",
+    )
 
 
 def _table(results: dict) -> str:
     rows = ["| part | status | seconds | figures |", "|---|---|---|---|"]
-    pick = {"featurize": ("compiled_encoder", "pipeline", "pipeline_over_compiled"),
-            "featurize_default": ("compiled_compute", "pipeline", "pipeline_over_compiled"),
-            "train": ("train_from_store_s", "train_reencoding_s", "speedup_training", "speedup_end_to_end"),
-            "score_store": ("rows_per_s",), "score_images": ("ms_per_image",), "featurize_cluster": ("rates",)}
+    pick = {
+        "featurize": ("compiled_encoder", "pipeline", "pipeline_over_compiled"),
+        "featurize_default": ("compiled_compute", "pipeline", "pipeline_over_compiled"),
+        "train": ("train_from_store_s", "train_reencoding_s", "speedup_training", "speedup_end_to_end"),
+        "score_store": ("rows_per_s",),
+        "score_images": ("ms_per_image",),
+        "featurize_cluster": ("rates",),
+    }
     for name, r in results["parts"].items():
         figs = r.get("result") or {}
         shown = "; ".join(f"{k} {_fmt(figs[k])}" for k in pick.get(name, ()) if k in figs) or r.get("error", "")
@@ -104,12 +194,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu-check"))
     ap.add_argument("--smoke", action="store_true", help="every part at toy size on the CPU (what CI runs)")
     ap.add_argument("--only", default="", help="comma-separated part names (default: all)")
-    ap.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"override one size of the run (keys: {', '.join(FULL)}); repeatable")
-    ap.add_argument("--budget-s", type=float, default=0.0,
-                    help="start no part after this many seconds (0: no limit); skipped parts are recorded as such")
+    ap.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one size of the run (keys: {', '.join(FULL)}); repeatable",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=0.0,
+        help="start no part after this many seconds (0: no limit); skipped parts are recorded as such",
+    )
     a = ap.parse_args(argv)
     import torch
+
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     if not a.smoke and device == "cpu":
         print("no CUDA device here: run with --smoke for the CPU check, or on a GPU machine", flush=True)
@@ -121,17 +221,26 @@ def main(argv=None) -> int:
             ap.error(f"--size {kv}: expected KEY=VALUE with KEY one of {', '.join(sizes)}")
         sizes[key] = value if isinstance(sizes[key], str) else int(value)
     a.out.mkdir(parents=True, exist_ok=True)
-    results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "smoke": a.smoke,
-               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "sizes": sizes, "parts": {}}
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "smoke": a.smoke,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "sizes": sizes,
+        "parts": {},
+    }
     only = {p for p in a.only.split(",") if p}
     t_all = time.perf_counter()
     for name, run, produced in _parts(a.out, sizes, device, a.smoke):
         if only and name not in only:
             continue
         if a.budget_s and time.perf_counter() - t_all > a.budget_s:
-            results["parts"][name] = {"status": "skipped", "error": f"not started: past --budget-s {a.budget_s:g}",
-                                      "seconds": 0.0}
+            results["parts"][name] = {
+                "status": "skipped",
+                "error": f"not started: past --budget-s {a.budget_s:g}",
+                "seconds": 0.0,
+            }
             continue
         print(f"\n=== {name}", flush=True)
         t = time.perf_counter()
@@ -139,16 +248,21 @@ def main(argv=None) -> int:
             run()
             r = {"status": "ok", "result": json.loads(produced.read_text())}
         except Exception as e:  # one part's failure is recorded; the others still run
-            r = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
-                 "traceback": traceback.format_exc(limit=5)}
+            r = {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                "traceback": traceback.format_exc(limit=5),
+            }
         r["seconds"] = round(time.perf_counter() - t, 1)
         results["parts"][name] = r
         (a.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = round(time.perf_counter() - t_all, 1)
     table = _table(results)
     (a.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str))
-    (a.out / "gpu_check.md").write_text(f"gpu_check {results['date']} on {results['device']} "
-                                        f"({'smoke' if a.smoke else 'full'}, {results['seconds']} s)\n\n{table}\n")
+    (a.out / "gpu_check.md").write_text(
+        f"gpu_check {results['date']} on {results['device']} "
+        f"({'smoke' if a.smoke else 'full'}, {results['seconds']} s)\n\n{table}\n"
+    )
     print("\n" + table, flush=True)
     return 1 if any(r["status"] == "failed" for r in results["parts"].values()) else 0
 

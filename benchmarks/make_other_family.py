@@ -19,6 +19,7 @@ of size x size tiles. The autoencoder is trained on random tiles of the same dow
 would be. Feed OUT/manifest.csv to `leakstore featurize` with the model's featurize settings and
 score it with `leakstore evaluate RUN STORE --unseen OUT.zarr --split all`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,17 @@ def downscaled(path: Path, size: int, per_image: int) -> np.ndarray:
     img = Image.open(path).convert("RGB")
     side = max(1, int(np.sqrt(per_image)))
     scale = min(0.5, side * size / min(img.size))
-    return np.asarray(img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                 Image.Resampling.LANCZOS))
+    return np.asarray(
+        img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    )
 
 
 def tiles(a: np.ndarray, size: int, per_image: int) -> list[tuple[str, np.ndarray]]:
-    return [(f"{r}_{c}", a[r * size:(r + 1) * size, c * size:(c + 1) * size])
-            for r in range(a.shape[0] // size) for c in range(a.shape[1] // size)][:per_image]
+    return [
+        (f"{r}_{c}", a[r * size : (r + 1) * size, c * size : (c + 1) * size])
+        for r in range(a.shape[0] // size)
+        for c in range(a.shape[1] // size)
+    ][:per_image]
 
 
 class TConvAE(nn.Module):
@@ -67,12 +72,21 @@ class TConvAE(nn.Module):
 
     def __init__(self, width: int = 48, latent: int = 8):
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(2 * width, latent, 3, 1, 1))
-        self.dec = nn.Sequential(nn.Conv2d(latent, 2 * width, 3, 1, 1), nn.LeakyReLU(0.2),
-                                 nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.LeakyReLU(0.2),
-                                 nn.ConvTranspose2d(width, 3, 4, 2, 1), nn.Sigmoid())
+        self.enc = nn.Sequential(
+            nn.Conv2d(3, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, latent, 3, 1, 1),
+        )
+        self.dec = nn.Sequential(
+            nn.Conv2d(latent, 2 * width, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(width, 3, 4, 2, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x):
         return self.dec(self.enc(x))
@@ -91,7 +105,7 @@ def train(images: list[np.ndarray], size: int, steps: int, batch: int, seed: int
         for _ in range(batch):
             a = usable[g.integers(len(usable))]
             y, x = g.integers(a.shape[0] - size + 1), g.integers(a.shape[1] - size + 1)
-            xs.append(a[y:y + size, x:x + size])
+            xs.append(a[y : y + size, x : x + size])
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(255)
         loss = (net(x) - x).abs().mean()
         opt.zero_grad()
@@ -99,8 +113,11 @@ def train(images: list[np.ndarray], size: int, steps: int, batch: int, seed: int
         opt.step()
         sched.step()
         if (step + 1) % max(1, steps // 10) == 0:
-            print(f"step {step + 1}/{steps}: L1 {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"step {step + 1}/{steps}: L1 {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return net.eval()
 
 
@@ -114,8 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--label", default="tconv-ae")
-    ap.add_argument("--real-label", default="real-other-content",
-                    help="label of the unprocessed crops ('' leaves them out)")
+    ap.add_argument(
+        "--real-label", default="real-other-content", help="label of the unprocessed crops ('' leaves them out)"
+    )
     a = ap.parse_args(argv)
     files = image_files(a.images)
     if not files:
@@ -124,7 +142,7 @@ def main(argv=None) -> int:
     for f in files:
         try:
             scaled[f] = downscaled(f, a.size, a.per_image)
-        except (OSError, ValueError) as e:             # corrupt or unreadable: say so, go on with the rest
+        except (OSError, ValueError) as e:  # corrupt or unreadable: say so, go on with the rest
             print(f"{f}: cannot read ({e}); skipped", file=sys.stderr)
     if not any(min(v.shape[:2]) >= a.size for v in scaled.values()):
         raise SystemExit(f"no readable image is at least {a.size} px a side after downscaling")
@@ -136,7 +154,7 @@ def main(argv=None) -> int:
     for f, arr in scaled.items():
         # KDE wallpaper packages name their files by resolution (NAME/contents/images/2560x1600.jpg)
         group = f.parent.parent.parent.name if "/wallpapers/" in str(f) else f.stem
-        while group in seen:                       # two files of one name: keep them apart
+        while group in seen:  # two files of one name: keep them apart
             group += "_"
         seen.add(group)
         crops = tiles(arr, a.size, a.per_image)

@@ -10,28 +10,41 @@ Splits come from the input when it has them; otherwise they are drawn once, stra
 class, seeded, and grouped by `group` when present (so crops of one source never straddle
 splits). The store keeps them: later stages never recompute them.
 """
+
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from leakstore.featurize.images import IMAGE_EXTENSIONS
 from leakstore.config import DEFAULT_SPLIT_FRACTIONS
 from leakstore.errors import InputError
+from leakstore.featurize.images import IMAGE_EXTENSIONS
 from leakstore.store import SPLIT_CODES, Catalog
 
 DEFAULT_FRACTIONS = DEFAULT_SPLIT_FRACTIONS
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test", "testing": "test", "": None, "none": None, "nan": None}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "": None,
+    "none": None,
+    "nan": None,
+}
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                  key=lambda p: str(p.relative_to(folder)))
+    return sorted(
+        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda p: str(p.relative_to(folder)),
+    )
 
 
 def list_inputs(inp) -> list[str]:
@@ -40,6 +53,7 @@ def list_inputs(inp) -> list[str]:
     import glob
 
     import pandas as pd
+
     if isinstance(inp, (list, tuple)):
         return [str(p) for p in inp]
     s = str(inp)
@@ -71,8 +85,9 @@ def _stable_rank(key: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
-def assign_splits(labels: np.ndarray, groups: list[str], *, seed: int = 0,
-                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> np.ndarray:
+def assign_splits(
+    labels: np.ndarray, groups: list[str], *, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+) -> np.ndarray:
     """Seeded, stratified split codes (0 train, 1 val, 2 test) for every labelled row.
 
     Without groups each class is split on its own. With groups, whole groups go to one split
@@ -101,18 +116,27 @@ def assign_splits(labels: np.ndarray, groups: list[str], *, seed: int = 0,
     return out
 
 
-def _finish(paths, label_names, splits, groups, *, real_label, seed, fractions, split_source, source,
-            classes=None) -> Catalog:
+def _finish(
+    paths, label_names, splits, groups, *, real_label, seed, fractions, split_source, source, classes=None
+) -> Catalog:
     classes = classes or sorted({name for name in label_names if name})
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[n] if n else -1 for n in label_names], dtype=np.int16)
     if splits is None:
         splits = assign_splits(labels, groups, seed=seed, fractions=fractions)
-        split_source = f"drawn: stratified{', grouped' if any(groups) else ''}, seed {seed}, fractions {list(fractions)}"
-    return Catalog(paths=tuple(os.path.abspath(p) for p in paths), labels=labels, splits=np.asarray(splits, dtype=np.int8),
-                   groups=tuple(groups), class_names=tuple(classes),
-                   real_class=real_label if real_label in index else None,
-                   split_source=split_source, source=source)
+        split_source = (
+            f"drawn: stratified{', grouped' if any(groups) else ''}, seed {seed}, fractions {list(fractions)}"
+        )
+    return Catalog(
+        paths=tuple(os.path.abspath(p) for p in paths),
+        labels=labels,
+        splits=np.asarray(splits, dtype=np.int8),
+        groups=tuple(groups),
+        class_names=tuple(classes),
+        real_class=real_label if real_label in index else None,
+        split_source=split_source,
+        source=source,
+    )
 
 
 def from_folders(root: Path, *, real_label: str, seed: int, fractions) -> Catalog:
@@ -125,11 +149,22 @@ def from_folders(root: Path, *, real_label: str, seed: int, fractions) -> Catalo
     if not paths:
         loose = list_images(root)
         if loose:
-            raise InputError(f"{root} holds images but no class folders: put them in {root}/<generator>/, "
-                             "or list them in a manifest (path,label) with an empty label for unlabelled images")
+            raise InputError(
+                f"{root} holds images but no class folders: put them in {root}/<generator>/, "
+                "or list them in a manifest (path,label) with an empty label for unlabelled images"
+            )
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return _finish(paths, names, None, [""] * len(paths), real_label=real_label, seed=seed,
-                   fractions=fractions, split_source="", source=str(root))
+    return _finish(
+        paths,
+        names,
+        None,
+        [""] * len(paths),
+        real_label=real_label,
+        seed=seed,
+        fractions=fractions,
+        split_source="",
+        source=str(root),
+    )
 
 
 def from_wild(root: Path, *, real_label: str, seed: int, fractions) -> Catalog:
@@ -157,23 +192,38 @@ def from_wild(root: Path, *, real_label: str, seed: int, fractions) -> Catalog:
             elif isinstance(value, list):
                 for i in value:
                     if not 0 <= int(i) < len(fl):
-                        raise InputError(f"Split.json index {i} under {key!r} is out of range for class "
-                                         f"{cls!r}, which has {len(fl)} images")
+                        raise InputError(
+                            f"Split.json index {i} under {key!r} is out of range for class "
+                            f"{cls!r}, which has {len(fl)} images"
+                        )
                     split_of[fl[int(i)]] = code
             else:
                 raise InputError(f"Split.json: {key!r} must map to a list of indices or a dict class -> files")
     paths = [p for d in class_dirs for p in files[d.name]]
     names = [d.name for d in class_dirs for _ in files[d.name]]
     splits = np.array([split_of.get(p, -1) for p in paths], dtype=np.int8)
-    return _finish(paths, names, splits, [""] * len(paths), real_label=real_label, seed=seed,
-                   fractions=fractions, split_source="Split.json", source=str(root))
+    return _finish(
+        paths,
+        names,
+        splits,
+        [""] * len(paths),
+        real_label=real_label,
+        seed=seed,
+        fractions=fractions,
+        split_source="Split.json",
+        source=str(root),
+    )
 
 
 def from_manifest(path: Path, *, real_label: str, seed: int, fractions) -> Catalog:
     import pandas as pd
+
     try:
-        df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str,
-                                                                                          keep_default_na=False)
+        df = (
+            pd.read_parquet(path)
+            if path.suffix.lower() == ".parquet"
+            else pd.read_csv(path, dtype=str, keep_default_na=False)
+        )
     except Exception as e:
         raise InputError(f"{path}: cannot read the manifest ({type(e).__name__}: {e})") from None
     df.columns = [str(c).strip().lower() for c in df.columns]
@@ -190,8 +240,17 @@ def from_manifest(path: Path, *, real_label: str, seed: int, fractions) -> Catal
         splits = np.array([_split_code(s, f"{path} row {i + 2}") for i, s in enumerate(df["split"])], dtype=np.int8)
         if (splits < 0).all():
             splits = None
-    return _finish(paths, names, splits, groups, real_label=real_label, seed=seed, fractions=fractions,
-                   split_source=f"manifest {path.name}" if splits is not None else "", source=str(path))
+    return _finish(
+        paths,
+        names,
+        splits,
+        groups,
+        real_label=real_label,
+        seed=seed,
+        fractions=fractions,
+        split_source=f"manifest {path.name}" if splits is not None else "",
+        source=str(path),
+    )
 
 
 def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
@@ -201,6 +260,7 @@ def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
     import dataclasses
 
     from leakstore.featurize.views import parse_policy
+
     if n <= 0:
         return cat
     if n > 64:
@@ -210,10 +270,15 @@ def with_train_views(cat: Catalog, n: int, policy: str) -> Catalog:
     rows = np.repeat(src, n)
     idx = np.tile(np.arange(1, n + 1), len(src))
     return dataclasses.replace(
-        cat, paths=cat.paths + tuple(cat.paths[i] for i in rows), labels=np.r_[cat.labels, cat.labels[rows]],
-        splits=np.r_[cat.splits, cat.splits[rows]], groups=cat.groups + tuple(cat.groups[i] for i in rows),
+        cat,
+        paths=cat.paths + tuple(cat.paths[i] for i in rows),
+        labels=np.r_[cat.labels, cat.labels[rows]],
+        splits=np.r_[cat.splits, cat.splits[rows]],
+        groups=cat.groups + tuple(cat.groups[i] for i in rows),
         view_index=np.r_[np.zeros(len(cat), np.int16), idx].astype(np.int16),
-        source_rows=np.r_[np.arange(len(cat)), rows].astype(np.int64), view_policy=pol)
+        source_rows=np.r_[np.arange(len(cat)), rows].astype(np.int64),
+        view_policy=pol,
+    )
 
 
 def with_crops(cat: Catalog, crops: int) -> Catalog:
@@ -222,27 +287,43 @@ def with_crops(cat: Catalog, crops: int) -> Catalog:
     `image_rows` (the row of its crop 0) groups them for per-image figures. A training view (after
     `with_train_views`) is an image of its own, each of its crops a view of the same clean crop."""
     import dataclasses
+
     if crops <= 1:
         return cat
     src = np.repeat(np.arange(len(cat)), crops)
     crop = np.tile(np.arange(crops), len(cat))
     views = {}
-    if cat.view_index is not None:    # a training view's crop k comes from its clean image's crop k
-        views = dict(view_index=cat.view_index[src].astype(np.int16),
-                     source_rows=(cat.source_rows[src] * crops + crop).astype(np.int64))
+    if cat.view_index is not None:  # a training view's crop k comes from its clean image's crop k
+        views = dict(
+            view_index=cat.view_index[src].astype(np.int16),
+            source_rows=(cat.source_rows[src] * crops + crop).astype(np.int64),
+        )
     return dataclasses.replace(
-        cat, paths=tuple(cat.paths[i] for i in src), labels=cat.labels[src], splits=cat.splits[src],
-        groups=tuple(cat.groups[i] for i in src), crop_index=crop.astype(np.int16),
-        image_rows=(src * crops).astype(np.int64), **views)
+        cat,
+        paths=tuple(cat.paths[i] for i in src),
+        labels=cat.labels[src],
+        splits=cat.splits[src],
+        groups=tuple(cat.groups[i] for i in src),
+        crop_index=crop.astype(np.int16),
+        image_rows=(src * crops).astype(np.int64),
+        **views,
+    )
 
 
-def build_catalog(data: str | Path, *, real_label: str = "real", seed: int = 0,
-                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Catalog:
+def build_catalog(
+    data: str | Path,
+    *,
+    real_label: str = "real",
+    seed: int = 0,
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> Catalog:
     """Dispatch on the input form (see module docstring)."""
     data = Path(data)
     if not data.exists():
-        raise InputError(f"input {data} does not exist: give a folder per class, a manifest .csv/.parquet, "
-                         "or a WILD folder with Split.json")
+        raise InputError(
+            f"input {data} does not exist: give a folder per class, a manifest .csv/.parquet, "
+            "or a WILD folder with Split.json"
+        )
     kw = dict(real_label=real_label, seed=seed, fractions=fractions)
     if data.is_file():
         if data.suffix.lower() not in (".csv", ".parquet"):

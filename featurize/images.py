@@ -4,6 +4,7 @@
 with a one-line reason. It never uses lossy shortcuts (JPEG draft mode, reduced decoding):
 the generator's fingerprint lives in exactly the pixels such shortcuts change.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # --max-pixels is the one limit: PIL's own (which raises above 2 x 89.5 Mpx, whatever --max-pixels says)
 # is switched off, and decode_image checks the header's size before any pixel is decoded.
 Image.MAX_IMAGE_PIXELS = None
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 def read_bytes(path: str | Path) -> tuple[bytes, str]:
@@ -35,14 +39,23 @@ def read_bytes(path: str | Path) -> tuple[bytes, str]:
     except IsADirectoryError:
         raise ImageDecodeError(str(path), "is a directory, not an image file") from None
     except FileNotFoundError:
-        raise ImageDecodeError(str(path), "file not found: it was moved or deleted after the input was listed") from None
+        raise ImageDecodeError(
+            str(path), "file not found: it was moved or deleted after the input was listed"
+        ) from None
     except OSError as e:
         raise ImageDecodeError(str(path), f"cannot read the file ({e.strerror or e})") from None
     return data, hashlib.sha256(data).hexdigest()
 
 
-_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"RIFF": "WebP", b"BM": "BMP", b"II*\x00": "TIFF",
-          b"MM\x00*": "TIFF", b"GIF8": "GIF"}
+_MAGIC = {
+    b"\x89PNG": "PNG",
+    b"\xff\xd8": "JPEG",
+    b"RIFF": "WebP",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"GIF8": "GIF",
+}
 
 
 def _sniff(data: bytes) -> str | None:
@@ -71,8 +84,7 @@ def _to_rgb8(img: Image.Image, path: str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 min_side: int = 1) -> np.ndarray:
+def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> np.ndarray:
     """Decode file bytes to (H, W, 3) uint8 RGB, EXIF orientation applied.
 
     Raises ImageDecodeError for unreadable, truncated, oversized or too-small images.
@@ -85,9 +97,12 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageDecodeError(path, f"{w}x{h} px exceeds the {max_pixels:,} px limit (decompression-bomb "
-                                             f"guard; decoding it would peak near {12 * w * h / 1e9:.1f} GB): downscale "
-                                             "it first, or raise --max-pixels if this machine has the memory")
+                raise ImageDecodeError(
+                    path,
+                    f"{w}x{h} px exceeds the {max_pixels:,} px limit (decompression-bomb "
+                    f"guard; decoding it would peak near {12 * w * h / 1e9:.1f} GB): downscale "
+                    "it first, or raise --max-pixels if this machine has the memory",
+                )
             img.load()
             img = ImageOps.exif_transpose(img)
             arr = _to_rgb8(img, path)
@@ -96,8 +111,9 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
     except UnidentifiedImageError:
         fmt = _sniff(data)
         if fmt:
-            raise ImageDecodeError(path, f"corrupt or truncated {fmt} file (its header is damaged): "
-                                         "re-download or re-export it") from None
+            raise ImageDecodeError(
+                path, f"corrupt or truncated {fmt} file (its header is damaged): re-download or re-export it"
+            ) from None
         raise ImageDecodeError(path, "not a recognised image format (PNG, JPEG, WebP, BMP, TIFF)") from None
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(path, f"decompression bomb ({e}): raise --max-pixels if it is genuine") from None
@@ -107,12 +123,15 @@ def decode_image(data: bytes, path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
             raise ImageDecodeError(path, f"truncated file ({msg}): re-download or re-export it") from None
         raise ImageDecodeError(path, f"corrupt image data ({msg})") from None
     if min(arr.shape[:2]) < min_side:
-        raise ImageDecodeError(path, f"too small: {arr.shape[1]}x{arr.shape[0]} px, the shorter side must be at "
-                                     f"least {min_side} px (set by --min-side)")
+        raise ImageDecodeError(
+            path,
+            f"too small: {arr.shape[1]}x{arr.shape[0]} px, the shorter side must be at "
+            f"least {min_side} px (set by --min-side)",
+        )
     return arr
 
 
-CROP_ALIGN = 8   # crop origins on the 8-pixel grid: JPEG blocks, VAE cells and the periodicity's phases stay put
+CROP_ALIGN = 8  # crop origins on the 8-pixel grid: JPEG blocks, VAE cells and the periodicity's phases stay put
 
 
 def crop_window(arr: np.ndarray, resolution: int, k: int, crops: int) -> np.ndarray:
@@ -130,11 +149,10 @@ def crop_window(arr: np.ndarray, resolution: int, k: int, crops: int) -> np.ndar
     i, j = divmod(k, g)
     y = int(i * (h - resolution) / (g - 1)) // CROP_ALIGN * CROP_ALIGN
     x = int(j * (w - resolution) / (g - 1)) // CROP_ALIGN * CROP_ALIGN
-    return arr[y:y + resolution, x:x + resolution]
+    return arr[y : y + resolution, x : x + resolution]
 
 
-def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bilinear",
-            path: str = "") -> np.ndarray:
+def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bilinear", path: str = "") -> np.ndarray:
     """Bring (H, W, 3) uint8 to (resolution, resolution, 3) uint8.
 
     shorter-crop: resize the shorter side to `resolution` (antialiased), then centre crop.
@@ -145,15 +163,19 @@ def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bili
     if (h, w) == (resolution, resolution):
         return arr
     if policy == "exact":
-        raise ImageDecodeError(path, f"is {w}x{h}, not {resolution}x{resolution} (resize policy 'exact'): "
-                                     "use --resize-policy shorter-crop or center-crop")
+        raise ImageDecodeError(
+            path,
+            f"is {w}x{h}, not {resolution}x{resolution} (resize policy 'exact'): "
+            "use --resize-policy shorter-crop or center-crop",
+        )
     if policy == "shorter-crop":
         s = resolution / min(h, w)
         nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
         arr = np.asarray(Image.fromarray(arr).resize((nw, nh), _RESAMPLE[resample]))
         h, w = nh, nw
     elif min(h, w) < resolution:
-        raise ImageDecodeError(path, f"is {w}x{h}, smaller than the {resolution} px centre crop: "
-                                     "use --resize-policy shorter-crop")
+        raise ImageDecodeError(
+            path, f"is {w}x{h}, smaller than the {resolution} px centre crop: use --resize-policy shorter-crop"
+        )
     top, left = (h - resolution) // 2, (w - resolution) // 2
-    return np.ascontiguousarray(arr[top:top + resolution, left:left + resolution])
+    return np.ascontiguousarray(arr[top : top + resolution, left : left + resolution])

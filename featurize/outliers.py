@@ -21,6 +21,7 @@ copies of the generator it holds out. Featurize the manifest with the training s
 (training views are optional there: they changed nothing measurable, docs/results); pass the store
 to `train --outliers`. Rerunning skips finished images.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,16 +31,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leakstore.config import (DEFAULT_DECODER_STEPS, DEFAULT_OUTLIER_DECODERS, DEFAULT_OUTLIER_PER_PHOTO,
-                              DEFAULT_OUTLIER_SEED, DEFAULT_OUTLIER_SIZE)
+from leakstore.config import (
+    DEFAULT_DECODER_STEPS,
+    DEFAULT_OUTLIER_DECODERS,
+    DEFAULT_OUTLIER_PER_PHOTO,
+    DEFAULT_OUTLIER_SEED,
+    DEFAULT_OUTLIER_SIZE,
+)
 from leakstore.errors import ImageDecodeError, InputError
-from leakstore.featurize.decoders import decode_copy
 from leakstore.featurize.datasets import build_catalog, list_images
+from leakstore.featurize.decoders import decode_copy
 from leakstore.featurize.images import decode_image, read_bytes
 from leakstore.fsio import atomic_path, write_text
 
-PATCHES, PATCH_SIZE, PATCH_SOURCES = 512, 64, 200   # their training patches, from this many training images
-VAE_MAX_SIDE = 1024         # a larger image goes through the autoencoder as its centre crop of this size
+PATCHES, PATCH_SIZE, PATCH_SOURCES = 512, 64, 200  # their training patches, from this many training images
+VAE_MAX_SIDE = 1024  # a larger image goes through the autoencoder as its centre crop of this size
 PHOTO_LABEL = "photo"
 
 
@@ -51,12 +57,13 @@ def vae_copy(arr: np.ndarray, enc) -> np.ndarray:
     """The image through the autoencoder (encoder, then its decoder), cropped to a multiple of its
     downsampling factor (centre crop of at most VAE_MAX_SIDE a side)."""
     import torch
+
     f = enc.identity.downsample
     h, w = (min(s, VAE_MAX_SIDE) // f * f for s in arr.shape[:2])
     if h < f or w < f:
         raise ValueError(f"smaller than the autoencoder's {f}-pixel step")
     top, left = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
-    x = torch.from_numpy(np.array(arr[top:top + h, left:left + w])).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(arr[top : top + h, left : left + w])).permute(2, 0, 1)[None]
     with torch.inference_mode():
         y = enc.decoder(enc(x))
     return (y[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
@@ -68,7 +75,7 @@ def photo_crops(arr: np.ndarray, n: int, size: int, rng: np.random.Generator) ->
     out = []
     for _ in range(n):
         top, left = int(rng.integers(0, arr.shape[0] - s + 1)), int(rng.integers(0, arr.shape[1] - s + 1))
-        out.append(arr[top:top + s, left:left + s])
+        out.append(arr[top : top + s, left : left + s])
     return out
 
 
@@ -82,10 +89,12 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
     """`n` simulated decoders (featurize/decoders.py) trained on patches of the training images;
     their weights are kept in OUT/decoders/ (safetensors), so a rerun reuses them."""
     from safetensors.torch import load_file, save_file
+
     from leakstore.featurize.decoders import build_decoder, decoder_specs, sample_patches, train_decoder
+
     specs = decoder_specs(n, seed)
     train = [p for p, s in zip(cat.paths, cat.splits) if s in (0, -1)] or list(cat.paths)
-    pick = np.random.default_rng([seed, 0x6f7574]).permutation(len(train))[:PATCH_SOURCES]
+    pick = np.random.default_rng([seed, 0x6F7574]).permutation(len(train))[:PATCH_SOURCES]
     patches = None
     nets = []
     for k, spec in enumerate(specs):
@@ -106,8 +115,10 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
             try:
                 patches = sample_patches(imgs, PATCHES, PATCH_SIZE, seed)
             except ValueError as e:
-                raise InputError(f"make-outliers {cat.source}: {e}; give readable training images of at least "
-                                 "8 pixels a side, or --decoders 0") from None
+                raise InputError(
+                    f"make-outliers {cat.source}: {e}; give readable training images of at least "
+                    "8 pixels a side, or --decoders 0"
+                ) from None
         if progress:
             print(f"make-outliers: training simulated decoder {k + 1}/{len(specs)} ({spec.name})", flush=True)
         net = train_decoder(spec, patches, seed=seed * 1000 + k, steps=steps)
@@ -118,10 +129,19 @@ def _decoders(cat, out: Path, n: int, steps: int, seed: int, progress: bool) -> 
     return nets
 
 
-def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int = DEFAULT_OUTLIER_DECODERS,
-                  decoder_steps: int = DEFAULT_DECODER_STEPS,
-                  per_photo: int = DEFAULT_OUTLIER_PER_PHOTO, size: int = DEFAULT_OUTLIER_SIZE,
-                  seed: int = DEFAULT_OUTLIER_SEED, progress: bool = True) -> dict:
+def make_outliers(
+    data,
+    out,
+    *,
+    photos=(),
+    vae: str | None = None,
+    decoders: int = DEFAULT_OUTLIER_DECODERS,
+    decoder_steps: int = DEFAULT_DECODER_STEPS,
+    per_photo: int = DEFAULT_OUTLIER_PER_PHOTO,
+    size: int = DEFAULT_OUTLIER_SIZE,
+    seed: int = DEFAULT_OUTLIER_SEED,
+    progress: bool = True,
+) -> dict:
     """Write the outlier images and OUT/manifest.csv; returns counts and the failures (path, reason).
 
     Each training image gets one copy through a process seeded by its SHA-256: one of `decoders`
@@ -129,6 +149,7 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int
     source's class): every kind is one outlier class, and a fold that holds a generator out leaves
     out the copies of its images. Photograph crops are label `photo`."""
     from tqdm.auto import tqdm
+
     out = Path(out)
     cat = build_catalog(data)
     photo_files = [p for d in photos for p in (list_images(Path(d)) if Path(d).is_dir() else [Path(d)])]
@@ -141,14 +162,16 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int
     enc = None
     if vae:
         from leakstore.featurize.vae import load_encoder
+
         enc = load_encoder(vae, decoder=True).eval()
     nets = _decoders(cat, out, decoders, decoder_steps, seed, progress) if decoders else []
     kinds = tuple(spec.name for spec, _ in nets) + (("vae",) if enc is not None else ())
     rows, failed, made = [], [], {k: 0 for k in kinds + (PHOTO_LABEL,)}
     todo = [(p, cat.class_names[lab] if lab >= 0 else "", g) for p, lab, g in zip(cat.paths, cat.labels, cat.groups)]
-    bar = tqdm(total=(len(todo) if kinds else 0) + len(photo_files), desc="make-outliers", unit="img",
-               disable=not progress)
-    for path, label, group in (todo if kinds else ()):
+    bar = tqdm(
+        total=(len(todo) if kinds else 0) + len(photo_files), desc="make-outliers", unit="img", disable=not progress
+    )
+    for path, label, group in todo if kinds else ():
         bar.update()
         try:
             data_bytes, sha = read_bytes(path)
@@ -189,6 +212,13 @@ def make_outliers(data, out, *, photos=(), vae: str | None = None, decoders: int
         w.writerow(["path", "reason"])
         w.writerows(failed)
         write_text(out / "failed.csv", buf.getvalue())
-    return {"out": str(out), "manifest": str(out / "manifest.csv"), "images": len(rows), "made": made,
-            "decoders": [spec.name for spec, _ in nets], "failed": len(failed), "first_failures": failed[:5],
-            "real_class": cat.real_class}
+    return {
+        "out": str(out),
+        "manifest": str(out / "manifest.csv"),
+        "images": len(rows),
+        "made": made,
+        "decoders": [spec.name for spec, _ in nets],
+        "failed": len(failed),
+        "first_failures": failed[:5],
+        "real_class": cat.real_class,
+    }

@@ -8,6 +8,7 @@ Resumable: only chunks with a pending row are processed, and every chunk is rewr
 whole, deterministically, so an interrupted run finished later equals an uninterrupted one.
 Sharded: shard i of n owns chunks k with k % n == i; shards share no chunk and need no lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from leakstore.config import BATCH_CPU, BATCH_CUDA, FeaturizeConfig, RunOptions
+from leakstore.device import resolve_device
+from leakstore.errors import ImageDecodeError, LeakstoreError
+from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
+from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.featurize.images import crop_window, decode_image, prepare, read_bytes
 from leakstore.featurize.vae import LatentEncoder
 from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
-from leakstore.config import BATCH_CPU, BATCH_CUDA, FeaturizeConfig, RunOptions
-from leakstore.device import resolve_device
-from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
-from leakstore.features.noising import noise_coefficients, seeded_noise
-from leakstore.errors import ImageDecodeError, LeakstoreError
 from leakstore.fsio import free_space_note
 from leakstore.store import DONE, FAILED, Catalog, FeatureStore
 
@@ -46,7 +47,7 @@ class FeaturizeReport:
     processed: int
     done: int
     failed: int
-    failed_in_store: int            # failed rows of this shard, this run and earlier ones
+    failed_in_store: int  # failed rows of this shard, this run and earlier ones
     seconds: float
     images_per_s: float
     device: str
@@ -65,10 +66,18 @@ class ImageRows(Dataset):
     drawn from `policy`, seeded by the file's SHA-256, the view index and the config seed (after
     the store-wide `cfg.view`, when there is one); `view` names what was applied."""
 
-    def __init__(self, paths: tuple[str, ...], rows: list[int], cfg: FeaturizeConfig, max_pixels: int,
-                 view_index: np.ndarray | None = None, policy: str = "", crop_index: np.ndarray | None = None):
+    def __init__(
+        self,
+        paths: tuple[str, ...],
+        rows: list[int],
+        cfg: FeaturizeConfig,
+        max_pixels: int,
+        view_index: np.ndarray | None = None,
+        policy: str = "",
+        crop_index: np.ndarray | None = None,
+    ):
         self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
-        self.crop_index = crop_index      # (N,) crop of each row (featurize --crops), None: the image whole
+        self.crop_index = crop_index  # (N,) crop of each row (featurize --crops), None: the image whole
         self.steps = parse_view(cfg.view)
         self.view_index = view_index
         self.policy = parse_policy(policy) if view_index is not None else None
@@ -92,9 +101,10 @@ class ImageRows(Dataset):
             if self.crop_index is not None:
                 arr = crop_window(arr, self.cfg.resolution, int(self.crop_index[row]), self.cfg.crops)
             try:
-                native = {f.name: torch.from_numpy(np.asarray(f.native(arr, self.cfg), dtype=np.float32))
-                          for f in self.native}
-            except ValueError as e:          # e.g. an image (or view) too small for the feature
+                native = {
+                    f.name: torch.from_numpy(np.asarray(f.native(arr, self.cfg), dtype=np.float32)) for f in self.native
+                }
+            except ValueError as e:  # e.g. an image (or view) too small for the feature
                 raise ImageDecodeError(path, str(e)) from None
             arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
             img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
@@ -126,6 +136,7 @@ def compile_encoder(module: torch.nn.Module, mode: str = "default"):
     settings that help convolution-heavy nets (1x1 convs as matmuls, coordinate-descent tuning)."""
     if mode.startswith("max-autotune"):
         import torch._inductor.config as ic
+
         ic.conv_1x1_as_mm = True
         ic.coordinate_descent_tuning = True
         ic.epilogue_fusion = False
@@ -148,8 +159,16 @@ class DeviceFeaturizer:
     """Every feature the config enables (leakstore.features.FEATURES) for batches on one device.
     (B, 3, R, R) uint8 -> {name: (B, *shape)} in each feature's store dtype."""
 
-    def __init__(self, encoder: LatentEncoder, cfg: FeaturizeConfig, device: torch.device,
-                 batch_size: int, use_compile: bool, compile_mode: str = "default", pad: bool | None = None):
+    def __init__(
+        self,
+        encoder: LatentEncoder,
+        cfg: FeaturizeConfig,
+        device: torch.device,
+        batch_size: int,
+        use_compile: bool,
+        compile_mode: str = "default",
+        pad: bool | None = None,
+    ):
         self.cfg, self.device, self.batch_size = cfg, device, batch_size
         self.features = features_for(cfg)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
@@ -158,8 +177,9 @@ class DeviceFeaturizer:
             torch.backends.cudnn.allow_tf32 = cfg.precision == "tf32"
             torch.backends.cudnn.benchmark = True
         elif dtype != torch.float32:
-            raise LeakstoreError(f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: "
-                                 "use --precision fp32 on CPU")
+            raise LeakstoreError(
+                f"--precision {cfg.precision} on the CPU is ~100x slower than fp32 here: use --precision fp32 on CPU"
+            )
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         # `pad`: run a partial batch padded to the full batch shape. A compiled encoder is then not
         # recompiled; and a store's bytes do not depend on the thread count: on the CPU oneDNN picks its
@@ -169,12 +189,17 @@ class DeviceFeaturizer:
         self.fixed_batch = use_compile if pad is None else pad
         decoding = needs_decoder(cfg)
         if decoding and encoder.decoder is None:
-            raise LeakstoreError("the config asks for a decoder feature (the residual) but the encoder came without "
-                                 "its decoder: load it with load_encoder(..., decoder=True)")
+            raise LeakstoreError(
+                "the config asks for a decoder feature (the residual) but the encoder came without "
+                "its decoder: load it with load_encoder(..., decoder=True)"
+            )
         # The residual is a difference near 1/255: bf16 rounding is 7-26 % of the real vs TAEF2
         # round-trip gap (docs/featurize.md). Decoder features run their encode-decode-encode on a float32 copy.
-        res32 = (copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
-                 if decoding and dtype != torch.float32 else None)
+        res32 = (
+            copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
+            if decoding and dtype != torch.float32
+            else None
+        )
         self.encoder = encoder.to(device=device, dtype=dtype, memory_format=self.memory_format).eval()
         wrap = (lambda m: compile_encoder(m, compile_mode)) if use_compile else (lambda m: m)
         self.run = wrap(self.encoder)
@@ -187,7 +212,9 @@ class DeviceFeaturizer:
         self.sigma = torch.tensor(s, dtype=torch.float32, device=device)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, noise: torch.Tensor, native: dict | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, noise: torch.Tensor, native: dict | None = None
+    ) -> dict[str, torch.Tensor]:
         """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32, native: the loader's per-image
         features (collate's "native") -> tensors on the CPU (copies in flight: wait on the returned
         'event' before reading them)."""
@@ -197,8 +224,16 @@ class DeviceFeaturizer:
             x = torch.cat([x, x[:1].expand(self.batch_size - b, -1, -1, -1)])
         x = x.contiguous(memory_format=self.memory_format)
         z = self.run(x).float()
-        ctx = Context(self.cfg, b, z, noise.to(self.device, non_blocking=True), self.alpha, self.sigma, pixels=x,
-                      native={k: v.to(self.device) for k, v in (native or {}).items()})
+        ctx = Context(
+            self.cfg,
+            b,
+            z,
+            noise.to(self.device, non_blocking=True),
+            self.alpha,
+            self.sigma,
+            pixels=x,
+            native={k: v.to(self.device) for k, v in (native or {}).items()},
+        )
         if self.res_encoder is not None:  # on the padded batch too: one shape for a compiled decoder
             ctx.z32 = z if self.res_encoder is self.run else self.res_encoder(x).float()
             ctx.encode, ctx.decode = (lambda px: self.res_encoder(px * 255.0)), self.res_decoder
@@ -233,15 +268,25 @@ class ChunkAssembler:
         if ck not in self.buffers:
             n = len(self.store.chunk_rows(ck))
             buf = {name: np.full((n,) + shape, np.nan, dtype=dt) for name, (shape, dt) in self.shapes.items()}
-            buf.update(sha256=np.full(n, "", dtype=object), error=np.full(n, "", dtype=object),
-                       status=np.zeros(n, dtype=np.uint8))
+            buf.update(
+                sha256=np.full(n, "", dtype=object),
+                error=np.full(n, "", dtype=object),
+                status=np.zeros(n, dtype=np.uint8),
+            )
             if self.store.has_views:
                 buf["view"] = np.full(n, "", dtype=object)
             self.buffers[ck] = buf
         return self.buffers[ck]
 
-    def add(self, rows: list[int], sha: dict, errors: dict, results: dict[str, np.ndarray] | None,
-            ok_rows: list[int], views: dict | None = None) -> None:
+    def add(
+        self,
+        rows: list[int],
+        sha: dict,
+        errors: dict,
+        results: dict[str, np.ndarray] | None,
+        ok_rows: list[int],
+        views: dict | None = None,
+    ) -> None:
         """Place one batch. Batches never cross a chunk (chunk_aligned_batches), so the ok rows
         are copied into the chunk buffer with one fancy-indexed assignment per array."""
         cs = self.store.chunk_size
@@ -286,8 +331,14 @@ def row_bytes(cfg: FeaturizeConfig) -> int:
     return sum(int(np.prod(f.shape(cfg))) * np.dtype(f.dtype).itemsize for f in features_for(cfg)) + 512
 
 
-def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConfig, encoder: LatentEncoder,
-                    opts: RunOptions | None = None, runner: DeviceFeaturizer | None = None) -> FeaturizeReport:
+def featurize_store(
+    catalog: Catalog,
+    store_path: str | Path,
+    cfg: FeaturizeConfig,
+    encoder: LatentEncoder,
+    opts: RunOptions | None = None,
+    runner: DeviceFeaturizer | None = None,
+) -> FeaturizeReport:
     """Featurize `catalog` into the store at `store_path` (created, or resumed when it matches).
     `runner`: a DeviceFeaturizer built once and reused (a dask worker featurizing chunk after chunk)."""
     opts = opts or RunOptions()
@@ -300,8 +351,14 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     i, n = opts.shard
     if not 0 <= i < n:
         raise LeakstoreError(f"--shard {i}/{n}: the shard index must lie in [0, {n - 1}]")
-    store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
-                                overwrite=opts.overwrite and i == 0 and n == 1)
+    store = FeatureStore.create(
+        store_path,
+        cfg,
+        catalog,
+        chunk_size=opts.chunk_size,
+        codec=opts.codec,
+        overwrite=opts.overwrite and i == 0 and n == 1,
+    )
     chunks = store.todo_chunks(opts.shard)
     if opts.chunks is not None:
         mine = set(opts.chunks)
@@ -315,14 +372,26 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)
     assembler = None
     if rows:
-        runner = runner or DeviceFeaturizer(encoder, cfg, device, batch,
-                                            device.type == "cuda" if opts.compile is None else opts.compile,
-                                            opts.compile_mode, pad=True)
-        loader = DataLoader(ImageRows(catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy,
-                                      catalog.crop_index),
-                            batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
-                            num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        runner = runner or DeviceFeaturizer(
+            encoder,
+            cfg,
+            device,
+            batch,
+            device.type == "cuda" if opts.compile is None else opts.compile,
+            opts.compile_mode,
+            pad=True,
+        )
+        loader = DataLoader(
+            ImageRows(
+                catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy, catalog.crop_index
+            ),
+            batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            persistent_workers=False,
+        )
         with ThreadPoolExecutor(opts.writer_threads) as ex:
             assembler = ChunkAssembler(store, chunks, ex)
             _drive(loader, runner, assembler, len(rows), opts.progress, f"featurize {Path(store_path).name}")
@@ -330,21 +399,33 @@ def featurize_store(catalog: Catalog, store_path: str | Path, cfg: FeaturizeConf
     seconds = time.perf_counter() - t0
     paths = catalog.paths
     st = store.status()
-    failed_in_store = sum(int((st[store.chunk_rows(k).start:store.chunk_rows(k).stop] == FAILED).sum())
-                          for k in range(store.n_chunks) if k % n == i)
+    failed_in_store = sum(
+        int((st[store.chunk_rows(k).start : store.chunk_rows(k).stop] == FAILED).sum())
+        for k in range(store.n_chunks)
+        if k % n == i
+    )
     return FeaturizeReport(
-        store=str(store_path), config_hash=cfg.hash, shard=f"{i}/{n}", n_images=len(catalog),
-        already_done=mine - len(rows), processed=len(rows),
-        done=assembler.done if assembler else 0, failed=assembler.failed if assembler else 0,
+        store=str(store_path),
+        config_hash=cfg.hash,
+        shard=f"{i}/{n}",
+        n_images=len(catalog),
+        already_done=mine - len(rows),
+        processed=len(rows),
+        done=assembler.done if assembler else 0,
+        failed=assembler.failed if assembler else 0,
         failed_in_store=failed_in_store,
-        seconds=round(seconds, 3), images_per_s=round(len(rows) / seconds, 1) if rows and seconds > 0 else 0.0,
-        device=str(device), builtin_encoder=cfg.vae.builtin,
-        failures=[{"path": paths[r], "error": e} for r, e in (assembler.failures if assembler else [])])
+        seconds=round(seconds, 3),
+        images_per_s=round(len(rows) / seconds, 1) if rows and seconds > 0 else 0.0,
+        device=str(device),
+        builtin_encoder=cfg.vae.builtin,
+        failures=[{"path": paths[r], "error": e} for r, e in (assembler.failures if assembler else [])],
+    )
 
 
 def _drive(loader, runner: DeviceFeaturizer, assembler: ChunkAssembler, total: int, progress: bool, desc: str):
     """Keep one batch in flight on the device while the previous one is copied out and assembled."""
     from tqdm.auto import tqdm
+
     bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1)
     pending = None
     with contextlib.closing(bar):

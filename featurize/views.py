@@ -12,6 +12,7 @@ A view string is one or more steps joined by '+', applied in order before the VA
 
 A robustness sweep is one store per view. The canonical string is recorded in the store.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,14 @@ from PIL import Image, ImageFilter
 from leakstore.config import DEFAULT_VIEW_POLICY
 from leakstore.errors import InputError
 
-_PARAM = {"jpeg": (int, 1, 100), "webp": (int, 1, 100), "resize": (float, 0.05, 4.0),
-          "crop": (float, 0.05, 1.0), "blur": (float, 0.0, 50.0), "noise": (float, 0.0, 1.0)}
+_PARAM = {
+    "jpeg": (int, 1, 100),
+    "webp": (int, 1, 100),
+    "resize": (float, 0.05, 4.0),
+    "crop": (float, 0.05, 1.0),
+    "blur": (float, 0.0, 50.0),
+    "noise": (float, 0.0, 1.0),
+}
 _FLAGS = ("grayscale",)
 
 
@@ -51,8 +58,10 @@ def parse_view(spec: str | list[str] | tuple[str, ...] | None) -> tuple[ViewStep
             steps.append(ViewStep(op))
             continue
         if op not in _PARAM or not val:
-            raise InputError(f"bad view {raw!r}: use jpeg:Q, webp:Q, resize:S, crop:F, blur:SIGMA, noise:STD or "
-                             "grayscale, joined with '+' (e.g. jpeg:75+resize:0.5)")
+            raise InputError(
+                f"bad view {raw!r}: use jpeg:Q, webp:Q, resize:S, crop:F, blur:SIGMA, noise:STD or "
+                "grayscale, joined with '+' (e.g. jpeg:75+resize:0.5)"
+            )
         typ, lo, hi = _PARAM[op]
         try:
             v = typ(float(val)) if typ is int else typ(val)
@@ -91,7 +100,7 @@ def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> n
             h, w = arr.shape[:2]
             ch, cw = max(1, round(h * s.value)), max(1, round(w * s.value))
             top, left = (h - ch) // 2, (w - cw) // 2
-            arr = arr[top:top + ch, left:left + cw]
+            arr = arr[top : top + ch, left : left + cw]
         elif s.op == "blur":
             if s.value > 0:
                 arr = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius=s.value)))
@@ -138,8 +147,10 @@ def parse_policy(text: str) -> ViewPolicy:
             ranges[op] = (op, 0.0, 0.0)
             continue
         if op not in _PARAM or not rng:
-            raise InputError(f"bad view policy item {raw!r}: use OP:LO-HI with OP one of {', '.join(_PARAM)} "
-                             f"(or grayscale), comma-separated, e.g. {DEFAULT_POLICY}")
+            raise InputError(
+                f"bad view policy item {raw!r}: use OP:LO-HI with OP one of {', '.join(_PARAM)} "
+                f"(or grayscale), comma-separated, e.g. {DEFAULT_POLICY}"
+            )
         lo_s, _, hi_s = rng.partition("-")
         try:
             lo, hi = float(lo_s), float(hi_s or lo_s)
@@ -156,7 +167,7 @@ def parse_policy(text: str) -> ViewPolicy:
 
 def draw_view(policy: ViewPolicy, sha256_hex: str, index: int, seed: int = 0) -> tuple[ViewStep, ...]:
     """The `index`-th training view of the image with this hash: the same on every machine."""
-    words = [int(sha256_hex[i:i + 8], 16) for i in range(0, 64, 8)] if sha256_hex else [0]
+    words = [int(sha256_hex[i : i + 8], 16) for i in range(0, 64, 8)] if sha256_hex else [0]
     rng = np.random.default_rng(np.random.SeedSequence(words + [int(index), int(seed) & 0xFFFFFFFF, 0x76696577]))
     comp = [r for r in policy.ranges if r[0] in _COMPRESSION]
     steps = []

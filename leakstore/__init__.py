@@ -1,4 +1,5 @@
 """leakstore: attribute AI-generated images to their generator from diffusion signal leaks."""
+
 from __future__ import annotations
 
 import os as _os
@@ -10,7 +11,6 @@ import os as _os
 # takes effect when leakstore is imported first (the command line always is); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from leakstore.version import __version__  # noqa: E402
 from leakstore.errors import (  # noqa: E402
     ConfigMismatchError,
     ImageDecodeError,
@@ -19,12 +19,13 @@ from leakstore.errors import (  # noqa: E402
     StoreError,
     WeightsNotFoundError,
 )
-
+from leakstore.version import __version__  # noqa: E402
 
 
 def __getattr__(name):  # lazy: importing leakstore stays cheap (no torch) until Attributor is used
     if name == "Attributor":
         from leakstore.app.attributor import Attributor
+
         return Attributor
     raise AttributeError(name)
 

@@ -3,6 +3,7 @@
 `FeaturizeConfig` is everything that defines a feature in a store. Its `hash` is what
 training and scoring compare before they trust a store (`check_compatible`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from leakstore.errors import ConfigFieldError, ConfigMismatchError, InputError
+from leakstore.errors import ConfigFieldError, ConfigMismatchError
 
 RESIZE_POLICIES = ("shorter-crop", "center-crop", "exact")
 BETA_SCHEDULES = ("scaled_linear", "linear")
@@ -20,31 +21,31 @@ CODECS = ("zstd1", "zstd5", "lz4", "none")
 
 # The one home of the user-facing defaults that are not fields of a config below; the CLI, the
 # Python API and the configs all read them from here (or from the dataclasses' own field defaults).
-DEFAULT_VAE = "sd21"                 # the reference's encoder (Stable Diffusion 2.1 base)
-DEFAULT_REAL_LABEL = "real"          # folder / label of the real class
-DEFAULT_MAX_PIXELS = 1 << 27         # 134 Mpx: larger images are treated as decompression bombs
-DEFAULT_OUTLIER_DECODERS = 6   # make-outliers: simulated decoders, each an outlier class (featurize/decoders.py)
-DEFAULT_DECODER_STEPS = 300     # make-outliers: each decoder's training steps (image-like, far from a generator)
+DEFAULT_VAE = "sd21"  # the reference's encoder (Stable Diffusion 2.1 base)
+DEFAULT_REAL_LABEL = "real"  # folder / label of the real class
+DEFAULT_MAX_PIXELS = 1 << 27  # 134 Mpx: larger images are treated as decompression bombs
+DEFAULT_OUTLIER_DECODERS = 6  # make-outliers: simulated decoders, each an outlier class (featurize/decoders.py)
+DEFAULT_DECODER_STEPS = 300  # make-outliers: each decoder's training steps (image-like, far from a generator)
 DEFAULT_VIEW_POLICY = "jpeg:50-95,webp:60-95,resize:0.5-1,blur:0-2,noise:0-0.02"
-DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)   # train/val/test, as the reference
-DEFAULT_DEVICE = "auto"              # every command: CUDA when visible, else the CPU
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)  # train/val/test, as the reference
+DEFAULT_DEVICE = "auto"  # every command: CUDA when visible, else the CPU
 STREAM_MODES = ("auto", "on", "off")  # train: stream the store from disk, load it, or stream when it is too big
-DEFAULT_STREAM_BUFFER = 4096         # rows of whole chunks shuffled together when training streams the store
-DEFAULT_STREAM = "auto"              # train: stream the store when its features would fill a quarter of the RAM
-BATCH_CPU, BATCH_CUDA = 16, 128      # images per encoder batch when none is given, on a CPU and on CUDA
-DEFAULT_SCORE_BATCH = BATCH_CPU      # scoring image files: images per encoder batch
-DEFAULT_SCORE_CHUNK = 256            # scoring: images per dask partition (and per in-process step)
-DEFAULT_SWEEP_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")   # sweep: views measured
-DEFAULT_STUDY_EPOCHS = 10            # openset-study: training epochs per fold (a short schedule)
-DEFAULT_OUTLIER_PER_PHOTO = 6        # make-outliers: crops per photograph
-DEFAULT_OUTLIER_SIZE = 256           # make-outliers: side of a photograph crop, pixels
-DEFAULT_OUTLIER_SEED = 0             # make-outliers: seed of the choices (with each file's SHA-256)
-DEFAULT_DEMO_SCENES = 300            # demo: synthetic scenes, each rendered by every generator
-DEFAULT_DEMO_WORKERS = 2             # demo: local dask workers of its scoring step
+DEFAULT_STREAM_BUFFER = 4096  # rows of whole chunks shuffled together when training streams the store
+DEFAULT_STREAM = "auto"  # train: stream the store when its features would fill a quarter of the RAM
+BATCH_CPU, BATCH_CUDA = 16, 128  # images per encoder batch when none is given, on a CPU and on CUDA
+DEFAULT_SCORE_BATCH = BATCH_CPU  # scoring image files: images per encoder batch
+DEFAULT_SCORE_CHUNK = 256  # scoring: images per dask partition (and per in-process step)
+DEFAULT_SWEEP_VIEWS = ("jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:2")  # sweep: views measured
+DEFAULT_STUDY_EPOCHS = 10  # openset-study: training epochs per fold (a short schedule)
+DEFAULT_OUTLIER_PER_PHOTO = 6  # make-outliers: crops per photograph
+DEFAULT_OUTLIER_SIZE = 256  # make-outliers: side of a photograph crop, pixels
+DEFAULT_OUTLIER_SEED = 0  # make-outliers: seed of the choices (with each file's SHA-256)
+DEFAULT_DEMO_SCENES = 300  # demo: synthetic scenes, each rendered by every generator
+DEFAULT_DEMO_WORKERS = 2  # demo: local dask workers of its scoring step
 # Fields recorded in the store but not part of the feature identity: they change the
 # numbers only at rounding level (docs/speed.md: bf16 against fp32).
 _UNHASHED = ("precision",)
-_VAE_PROVENANCE = ("name", "note")   # VAEIdentity fields that say where weights came from, not what they are
+_VAE_PROVENANCE = ("name", "note")  # VAEIdentity fields that say where weights came from, not what they are
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,17 @@ class VAEIdentity:
     latent = (posterior_mean - shift_factor) * scaling_factor   (the diffusers convention)
     """
 
-    name: str                     # preset name, hub id, or file/folder name
-    source: str                   # hub id, absolute path, or "builtin"
-    kind: str                     # "kl" (AutoencoderKL family), "tiny" (AutoencoderTiny), "taesd-sequential", "builtin-demo"
+    name: str  # preset name, hub id, or file/folder name
+    source: str  # hub id, absolute path, or "builtin"
+    kind: str  # "kl" (AutoencoderKL family), "tiny" (AutoencoderTiny), "taesd-sequential", "builtin-demo"
     latent_channels: int
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
-    input_range: str = "-1..1"    # pixel range the encoder expects: "-1..1" or "0..1"
+    input_range: str = "-1..1"  # pixel range the encoder expects: "-1..1" or "0..1"
     downsample: int = 8
     subfolder: str = ""
-    revision: str = ""            # hub commit, or "sha256:<hex>" of the weights file(s)
-    builtin: bool = False         # True for the built-in demo encoder: not a real VAE
+    revision: str = ""  # hub commit, or "sha256:<hex>" of the weights file(s)
+    builtin: bool = False  # True for the built-in demo encoder: not a real VAE
     note: str = ""
 
 
@@ -82,11 +83,14 @@ class ScheduleConfig:
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ConfigFieldError("beta_schedule", self.beta_schedule, f"choose one of {', '.join(BETA_SCHEDULES)}")
         if not (0 < self.beta_start < self.beta_end < 1):
-            raise ConfigFieldError("beta_start", self.beta_start, f"betas must satisfy 0 < beta_start < beta_end < 1 "
-                                   f"(beta_end = {self.beta_end})")
+            raise ConfigFieldError(
+                "beta_start",
+                self.beta_start,
+                f"betas must satisfy 0 < beta_start < beta_end < 1 (beta_end = {self.beta_end})",
+            )
 
 
-CROP_GRIDS = {g * g: g for g in range(1, 9)}   # --crops K: K = g * g windows on a g x g grid
+CROP_GRIDS = {g * g: g for g in range(1, 9)}  # --crops K: K = g * g windows on a g x g grid
 
 
 @dataclass(frozen=True)
@@ -105,12 +109,14 @@ class FeaturizeConfig:
     view: str = "none"
     min_side: int = 32
     precision: str = "fp32"
-    residual_bins: int = 12       # > 0: also store the reconstruction residual (leakstore/features/residual.py)
-    decoder: str = ""             # weights revision of the decoder the residual was made with (needed when residual_bins > 0)
-    period: int = 8               # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
-    spectrum_bins: int = 16       # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
-    crops: int = 1                # > 1: this many native-pixel crops per image (a g x g grid), one row each
-    noise_bins: int = 16          # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
+    residual_bins: int = 12  # > 0: also store the reconstruction residual (leakstore/features/residual.py)
+    decoder: str = ""  # weights revision of the decoder the residual was made with (needed when residual_bins > 0)
+    period: int = 8  # > 0: also store the pixel periodicity profile (leakstore/features/periodicity.py)
+    spectrum_bins: int = 16  # > 0: also store the pixel spectrum's band powers (leakstore/features/pixel_spectrum.py)
+    crops: int = 1  # > 1: this many native-pixel crops per image (a g x g grid), one row each
+    noise_bins: int = (
+        16  # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -118,15 +124,23 @@ class FeaturizeConfig:
             raise ConfigFieldError("residual_bins", self.residual_bins, "must lie in [0, 64] (0: no residual feature)")
         if self.residual_bins and not self.decoder:
             raise ConfigFieldError("decoder", self.decoder, "a residual feature needs the decoder's weights revision")
-        if not 0 <= self.period <= 64:   # measured at each image's own size: smaller images fail alone
+        if not 0 <= self.period <= 64:  # measured at each image's own size: smaller images fail alone
             raise ConfigFieldError("period", self.period, "must lie in [0, 64] (0: no periodicity feature)")
         if not 0 <= self.spectrum_bins <= 64:
-            raise ConfigFieldError("spectrum_bins", self.spectrum_bins, "must lie in [0, 64] (0: no pixel-spectrum feature)")
+            raise ConfigFieldError(
+                "spectrum_bins", self.spectrum_bins, "must lie in [0, 64] (0: no pixel-spectrum feature)"
+            )
         if self.noise_bins not in (0, 1, 2, 4, 8, 16, 32):
-            raise ConfigFieldError("noise_bins", self.noise_bins, "give 0 (off) or a number of bands dividing 64 (4, 8, 16, 32)")
+            raise ConfigFieldError(
+                "noise_bins", self.noise_bins, "give 0 (off) or a number of bands dividing 64 (4, 8, 16, 32)"
+            )
         if self.crops not in CROP_GRIDS:
-            raise ConfigFieldError("crops", self.crops, f"give a square number of crops per image "
-                                   f"({', '.join(map(str, CROP_GRIDS))}), laid out on a grid over the image")
+            raise ConfigFieldError(
+                "crops",
+                self.crops,
+                f"give a square number of crops per image "
+                f"({', '.join(map(str, CROP_GRIDS))}), laid out on a grid over the image",
+            )
         n = self.schedule.num_train_timesteps
         if not self.timesteps:
             raise ConfigFieldError("timesteps", self.timesteps, "is empty: give at least one, e.g. 0,50,100,200,400")
@@ -137,11 +151,17 @@ class FeaturizeConfig:
         if self.precision not in PRECISIONS:
             raise ConfigFieldError("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         if self.resolution % self.vae.downsample or self.resolution < 2 * self.vae.downsample:
-            raise ConfigFieldError("resolution", self.resolution, f"must be a multiple of the VAE's downsampling "
-                                   f"factor {self.vae.downsample} and at least {2 * self.vae.downsample}")
+            raise ConfigFieldError(
+                "resolution",
+                self.resolution,
+                f"must be a multiple of the VAE's downsampling "
+                f"factor {self.vae.downsample} and at least {2 * self.vae.downsample}",
+            )
         h = self.latent_size
         if not (1 <= self.fft_size <= h):
-            raise ConfigFieldError("fft_size", self.fft_size, f"must lie in [1, {h}] (the latent side at this resolution)")
+            raise ConfigFieldError(
+                "fft_size", self.fft_size, f"must lie in [1, {h}] (the latent side at this resolution)"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -160,7 +180,7 @@ class FeaturizeConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeaturizeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> FeaturizeConfig:
         d = dict(d)
         vae = from_fields(VAEIdentity, d.pop("vae"), "featurize config (vae)")
         schedule = from_fields(ScheduleConfig, d.pop("schedule"), "featurize config (schedule)")
@@ -177,7 +197,7 @@ class FeaturizeConfig:
         vae = d["vae"]
         for k in _VAE_PROVENANCE:
             vae.pop(k)
-        if vae["revision"].startswith("sha256:"):      # the bytes themselves: the source names nothing more
+        if vae["revision"].startswith("sha256:"):  # the bytes themselves: the source names nothing more
             vae.pop("source"), vae.pop("subfolder")
         if not self.residual_bins:
             d.pop("residual_bins"), d.pop("decoder")
@@ -196,7 +216,7 @@ class FeaturizeConfig:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def replace(self, **changes) -> "FeaturizeConfig":
+    def replace(self, **changes) -> FeaturizeConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -204,15 +224,15 @@ class FeaturizeConfig:
 class RunOptions:
     """How a featurize run goes (not what it computes: that is FeaturizeConfig)."""
 
-    device: str = DEFAULT_DEVICE    # "auto", "cpu", "cuda", "cuda:1", ...
-    batch_size: int = 0             # images per device batch; 0: BATCH_CUDA on CUDA, BATCH_CPU on a CPU
-    workers: int = -1               # decode processes; -1: all cores but one on CUDA, 1 on CPU; 0: in-process
-    compile: bool | None = None     # torch.compile the encoder; None: on for CUDA
-    compile_mode: str = "default"   # torch.compile mode
-    chunk_size: int = 256           # images per Zarr chunk: the unit of writing and resuming
-    codec: str = "zstd1"            # Blosc codec of the float arrays (CODECS)
+    device: str = DEFAULT_DEVICE  # "auto", "cpu", "cuda", "cuda:1", ...
+    batch_size: int = 0  # images per device batch; 0: BATCH_CUDA on CUDA, BATCH_CPU on a CPU
+    workers: int = -1  # decode processes; -1: all cores but one on CUDA, 1 on CPU; 0: in-process
+    compile: bool | None = None  # torch.compile the encoder; None: on for CUDA
+    compile_mode: str = "default"  # torch.compile mode
+    chunk_size: int = 256  # images per Zarr chunk: the unit of writing and resuming
+    codec: str = "zstd1"  # Blosc codec of the float arrays (CODECS)
     shard: tuple[int, int] = (0, 1)
-    chunks: tuple[int, ...] | None = None   # only these chunks (a dask task's share); None: the whole shard
+    chunks: tuple[int, ...] | None = None  # only these chunks (a dask task's share); None: the whole shard
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
@@ -236,12 +256,16 @@ def from_fields(cls, d: dict[str, Any], what: str, **extra):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:
-        raise ConfigMismatchError(f"{what} has unknown fields {sorted(unknown)}: it was written by a newer "
-                                  "leakstore; upgrade leakstore to read it")
+        raise ConfigMismatchError(
+            f"{what} has unknown fields {sorted(unknown)}: it was written by a newer "
+            "leakstore; upgrade leakstore to read it"
+        )
     missing = known - set(d) - set(extra)
-    if missing:    # never filled with today's defaults: they may not be what made the file
-        raise ConfigMismatchError(f"{what} lacks the fields {sorted(missing)}: it was written by a pre-release "
-                                  "leakstore; featurize or train again with this one")
+    if missing:  # never filled with today's defaults: they may not be what made the file
+        raise ConfigMismatchError(
+            f"{what} lacks the fields {sorted(missing)}: it was written by a pre-release "
+            "leakstore; featurize or train again with this one"
+        )
     return cls(**d, **extra)
 
 
@@ -260,12 +284,19 @@ def config_diff(expected: dict[str, Any], found: dict[str, Any], prefix: str = "
 
 
 STORE_ADVICE = "Featurize into a new store, or pass --overwrite to replace this one."
-MODEL_ADVICE = ("Featurize these images again with the model's featurize config (leakstore inspect shows both; "
-                "leakstore sweep does it for test images).")
+MODEL_ADVICE = (
+    "Featurize these images again with the model's featurize config (leakstore inspect shows both; "
+    "leakstore sweep does it for test images)."
+)
 
 
-def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: str, ignore: tuple[str, ...] = (),
-                     advice: str = MODEL_ADVICE) -> None:
+def check_compatible(
+    expected: FeaturizeConfig,
+    found: FeaturizeConfig,
+    what: str,
+    ignore: tuple[str, ...] = (),
+    advice: str = MODEL_ADVICE,
+) -> None:
     """Raise ConfigMismatchError naming every differing field (its value in `what`, and the expected
     one) when two configs' features differ. `ignore` names fields allowed to differ (evaluation
     across post-processing views ignores "view")."""
@@ -276,5 +307,7 @@ def check_compatible(expected: FeaturizeConfig, found: FeaturizeConfig, what: st
     diffs = config_diff(a, b)
     if not diffs:
         return
-    raise ConfigMismatchError(f"{what} was featurized with another config (its hash {found.hash}, expected "
-                              f"{expected.hash}): " + "; ".join(diffs) + ". " + advice)
+    raise ConfigMismatchError(
+        f"{what} was featurized with another config (its hash {found.hash}, expected "
+        f"{expected.hash}): " + "; ".join(diffs) + ". " + advice
+    )

@@ -1,4 +1,5 @@
 """Which torch device a stage runs on (shared by featurize, training and scoring)."""
+
 from __future__ import annotations
 
 from leakstore.errors import LeakstoreError
@@ -7,6 +8,7 @@ from leakstore.errors import LeakstoreError
 def resolve_device(device: str = "auto"):
     """'auto', 'cpu', 'cuda', 'cuda:N' -> torch.device; a clear error when CUDA is asked for and absent."""
     import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     d = torch.device(device)
@@ -15,7 +17,7 @@ def resolve_device(device: str = "auto"):
     return d
 
 
-LOCAL_WORKERS = "LEAKSTORE_LOCAL_WORKERS"   # set by pipelines.score.local_cluster in its workers' environment
+LOCAL_WORKERS = "LEAKSTORE_LOCAL_WORKERS"  # set by pipelines.score.local_cluster in its workers' environment
 
 
 def worker_device(device: str, index: int | None = None):
@@ -33,6 +35,7 @@ def worker_device(device: str, index: int | None = None):
     import os
 
     import torch
+
     dev = resolve_device(device)
     n = int(os.environ.get(LOCAL_WORKERS, "0") or 0)
     if dev.type != "cuda" or n <= 1:
@@ -42,9 +45,9 @@ def worker_device(device: str, index: int | None = None):
     count = max(1, torch.cuda.device_count())
     if dev.index is None:
         dev = torch.device("cuda", index % count)
-        sharing = len(range(dev.index, n, count))       # local workers that land on this GPU
+        sharing = len(range(dev.index, n, count))  # local workers that land on this GPU
     else:
-        sharing = n                                     # every local worker was sent to this one GPU
+        sharing = n  # every local worker was sent to this one GPU
     torch.cuda.set_device(dev)
     if sharing > 1:
         torch.cuda.set_per_process_memory_fraction(0.95 / sharing, dev)
@@ -61,15 +64,19 @@ def featurize_workers(n: int, device: str) -> tuple[int, str | None]:
     single-process `featurize --device cuda --workers W` (W loader threads) is the fast path. The
     notice says what was changed; None when nothing was."""
     import torch
+
     dev = resolve_device(device)
     if dev.type != "cuda":
         return n, None
     gpus = 1 if dev.index is not None else max(1, torch.cuda.device_count())
     if n <= gpus:
         return n, None
-    return gpus, (f"--cluster {n}: {gpus} GPU{'s' if gpus > 1 else ''} visible for --device {device}; starting {gpus} "
-                  f"worker{'s' if gpus > 1 else ''}, one per GPU (workers sharing a GPU were far slower than one alone; on one GPU, "
-                  "featurize without --cluster and with --workers for loader threads is the fast path)")
+    return gpus, (
+        f"--cluster {n}: {gpus} GPU{'s' if gpus > 1 else ''} visible for --device {device}; starting {gpus} "
+        f"worker{'s' if gpus > 1 else ''}, one per GPU (workers sharing a GPU were far slower than one alone; on one "
+        "GPU, "
+        "featurize without --cluster and with --workers for loader threads is the fast path)"
+    )
 
 
 def worker_process_device(device: str, index: int | None = None):
@@ -78,6 +85,7 @@ def worker_process_device(device: str, index: int | None = None):
     dev = worker_device(device, index)
     if dev.type == "cpu":
         import torch
+
         torch.set_num_threads(1)
     return dev
 
@@ -90,8 +98,9 @@ def number_of(worker) -> int | None:
 def _worker_number() -> int:
     try:
         from distributed import get_worker
+
         worker = get_worker()
-    except (ImportError, ValueError):   # not inside a task (a worker plugin passes its number instead)
+    except (ImportError, ValueError):  # not inside a task (a worker plugin passes its number instead)
         return 0
     return number_of(worker) or 0
 
@@ -106,13 +115,17 @@ def set_threads(n: int | None = None) -> int:
     import os
 
     import torch
+
     if n is None:
         env = os.environ.get(THREADS_ENV, "").strip()
         try:
             n = int(env) if env else 0
         except ValueError:
             from leakstore.errors import InputError
-            raise InputError(f"${THREADS_ENV}={env!r} is not a number of threads; set it to e.g. 1, or unset it") from None
+
+            raise InputError(
+                f"${THREADS_ENV}={env!r} is not a number of threads; set it to e.g. 1, or unset it"
+            ) from None
     if n and n > 0:
         torch.set_num_threads(int(n))
     return torch.get_num_threads()

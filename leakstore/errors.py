@@ -1,4 +1,5 @@
 """One exception hierarchy for leakstore. Every message says what to do next."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ the same folder, renamed over the target when complete), so a file is whole or a
 written; Zarr chunk files are written the same way by zarr itself (>= 3.1.3). `write_error` turns
 the OSError a write raised into the one line the CLI prints.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,17 +14,33 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # the OS errors of writing: a full disk or quota, a read-only filesystem, no permission, a failing
 # device, a network mount that went away
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
-                errno.ENOTCONN, errno.ESTALE, errno.ENODEV, errno.ENXIO}
-_FIX = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (the quota is full)", errno.EFBIG: "free space",
-        errno.EROFS: "make it writable", errno.EACCES: "give write permission",
-        errno.EPERM: "give write permission"}
+WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EFBIG,
+    errno.ENOTCONN,
+    errno.ESTALE,
+    errno.ENODEV,
+    errno.ENXIO,
+}
+_FIX = {
+    errno.ENOSPC: "free space",
+    errno.EDQUOT: "free space (the quota is full)",
+    errno.EFBIG: "free space",
+    errno.EROFS: "make it writable",
+    errno.EACCES: "give write permission",
+    errno.EPERM: "give write permission",
+}
 
 
 @contextmanager
@@ -109,8 +126,10 @@ def free_space_note(folder: str | Path, need_bytes: int, what: str) -> str | Non
         return None
     if free >= need_bytes:
         return None
-    return (f"note: {what} needs up to {_size(need_bytes)} and the disk holding {folder} has {_size(free)} free: the "
-            "run will stop when it is full (nothing is lost; free space and rerun the same command to finish)")
+    return (
+        f"note: {what} needs up to {_size(need_bytes)} and the disk holding {folder} has {_size(free)} free: the "
+        "run will stop when it is full (nothing is lost; free space and rerun the same command to finish)"
+    )
 
 
 def _size(n: float) -> str:

@@ -17,6 +17,7 @@ array: shards never share a chunk and need no locks.
 Float arrays are filled with NaN, so a row that was never written (or failed) can never
 be mistaken for a row of zeros.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,11 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -35,9 +37,9 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from leakstore.config import CODECS, STORE_ADVICE, FeaturizeConfig, check_compatible
 from leakstore.errors import ConfigMismatchError, InputError, StoreError
+from leakstore.features import FeatureBatch, features_for
 from leakstore.fsio import naming
 from leakstore.version import __version__
-from leakstore.features import FeatureBatch, features_for
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "leakstore.features"
@@ -56,16 +58,22 @@ class ArraySpec:
 
 
 # Per-row bookkeeping arrays (the features come from the table in leakstore.features).
-ROW_ARRAYS = (ArraySpec("label", ("image",), "int16", -1), ArraySpec("split", ("image",), "int8", -1),
-              ArraySpec("path", ("image",), "str", ""), ArraySpec("group", ("image",), "str", ""),
-              ArraySpec("sha256", ("image",), "str", ""), ArraySpec("status", ("image",), "uint8", PENDING),
-              ArraySpec("error", ("image",), "str", ""))
+ROW_ARRAYS = (
+    ArraySpec("label", ("image",), "int16", -1),
+    ArraySpec("split", ("image",), "int8", -1),
+    ArraySpec("path", ("image",), "str", ""),
+    ArraySpec("group", ("image",), "str", ""),
+    ArraySpec("sha256", ("image",), "str", ""),
+    ArraySpec("status", ("image",), "uint8", PENDING),
+    ArraySpec("error", ("image",), "str", ""),
+)
 
 
 def array_specs(n: int, cfg: FeaturizeConfig) -> dict[str, tuple[ArraySpec, tuple[int, ...]]]:
     """Every array of a store: its spec and shape, derived from the feature table and ROW_ARRAYS."""
-    specs = [(ArraySpec(f.name, ("image",) + f.dims, f.dtype, float("nan")), (n,) + f.shape(cfg))
-             for f in features_for(cfg)]
+    specs = [
+        (ArraySpec(f.name, ("image",) + f.dims, f.dtype, float("nan")), (n,) + f.shape(cfg)) for f in features_for(cfg)
+    ]
     specs += [(spec, (n,)) for spec in ROW_ARRAYS]
     return {s.name: (s, shape) for s, shape in specs}
 
@@ -94,8 +102,8 @@ class Catalog:
     """What to featurize, in store order. Built by featurize.datasets; stored at creation."""
 
     paths: tuple[str, ...]
-    labels: np.ndarray        # (N,) int16
-    splits: np.ndarray        # (N,) int8
+    labels: np.ndarray  # (N,) int16
+    splits: np.ndarray  # (N,) int8
     groups: tuple[str, ...]
     class_names: tuple[str, ...]
     real_class: str | None = None
@@ -103,12 +111,12 @@ class Catalog:
     source: str = ""
     # training views (featurize --train-views): extra rows that re-read a source row's file through a
     # post-processing view drawn from `view_policy`; None for a catalog without them
-    view_index: np.ndarray | None = None     # (N,) int16: 0 for a clean row, 1..n for view rows
-    source_rows: np.ndarray | None = None    # (N,) int64: the clean row each row comes from (itself when clean)
+    view_index: np.ndarray | None = None  # (N,) int16: 0 for a clean row, 1..n for view rows
+    source_rows: np.ndarray | None = None  # (N,) int64: the clean row each row comes from (itself when clean)
     view_policy: str = ""
     # crops (featurize --crops K): every image is K consecutive rows, one per native-pixel crop
-    crop_index: np.ndarray | None = None     # (N,) int16: 0..K-1; None for a catalog without crops
-    image_rows: np.ndarray | None = None     # (N,) int64: the image's first row (crop 0), its aggregation key
+    crop_index: np.ndarray | None = None  # (N,) int16: 0..K-1; None for a catalog without crops
+    image_rows: np.ndarray | None = None  # (N,) int64: the image's first row (crop 0), its aggregation key
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -117,16 +125,17 @@ class Catalog:
     def fingerprint(self) -> str:
         """A hash of the paths, labels, splits, classes (and training views): computed once per catalog."""
         import hashlib
+
         h = hashlib.sha256()
         for p in self.paths:
             h.update(p.encode() + b"\0")
         h.update(self.labels.astype("<i2").tobytes())
         h.update(self.splits.astype("<i1").tobytes())
         h.update("\0".join(self.class_names).encode())
-        if self.view_index is not None:   # catalogs without views keep the fingerprint they always had
+        if self.view_index is not None:  # catalogs without views keep the fingerprint they always had
             h.update(self.view_index.astype("<i2").tobytes() + self.source_rows.astype("<i8").tobytes())
             h.update(self.view_policy.encode())
-        if self.crop_index is not None:   # nor do catalogs without crops
+        if self.crop_index is not None:  # nor do catalogs without crops
             h.update(b"crops" + self.crop_index.astype("<i2").tobytes() + self.image_rows.astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
@@ -139,18 +148,22 @@ class FeatureStore:
         self.group = group
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT_NAME:
-            raise StoreError(f"{self.path} is a Zarr group but not a leakstore feature store "
-                             "(no 'format' attribute): featurize into a new path")
+            raise StoreError(
+                f"{self.path} is a Zarr group but not a leakstore feature store "
+                "(no 'format' attribute): featurize into a new path"
+            )
         version = attrs.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has store schema version {version}; this leakstore reads "
-                             f"version {SCHEMA_VERSION}: featurize again, or use leakstore {attrs.get('package_version')}")
+            raise StoreError(
+                f"{self.path} has store schema version {version}; this leakstore reads "
+                f"version {SCHEMA_VERSION}: featurize again, or use leakstore {attrs.get('package_version')}"
+            )
         self.attrs = attrs
         self.config = FeaturizeConfig.from_dict(attrs["featurize_config"])
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
+    def open(cls, path: str | Path, mode: str = "r") -> FeatureStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no store at {path}: run `leakstore featurize DATA {path}` first")
@@ -161,9 +174,17 @@ class FeatureStore:
         return cls(path, group)
 
     @classmethod
-    def create(cls, path: str | Path, cfg: FeaturizeConfig, catalog: Catalog, *,
-               chunk_size: int = 256, codec: str = "zstd1", overwrite: bool = False,
-               extra_attrs: dict | None = None) -> "FeatureStore":
+    def create(
+        cls,
+        path: str | Path,
+        cfg: FeaturizeConfig,
+        catalog: Catalog,
+        *,
+        chunk_size: int = 256,
+        codec: str = "zstd1",
+        overwrite: bool = False,
+        extra_attrs: dict | None = None,
+    ) -> FeatureStore:
         """Create a store for `catalog`, or open the existing one when it matches.
 
         Creation is atomic: the store is built in a temporary sibling folder and renamed into
@@ -196,75 +217,111 @@ class FeatureStore:
         return cls.open(path, mode="r+")
 
     @staticmethod
-    def _build(tmp: Path, cfg: FeaturizeConfig, catalog: Catalog, chunk_size: int, codec: str,
-               extra_attrs: dict) -> None:
+    def _build(
+        tmp: Path, cfg: FeaturizeConfig, catalog: Catalog, chunk_size: int, codec: str, extra_attrs: dict
+    ) -> None:
         n = len(catalog)
         if n == 0:
             raise StoreError("nothing to featurize: the input holds no images")
         chunk = max(1, min(int(chunk_size), n))
-        if catalog.crop_index is not None:        # an image's crops never straddle a chunk
+        if catalog.crop_index is not None:  # an image's crops never straddle a chunk
             k = cfg.crops
             chunk = min(n, -(-chunk // k) * k)
         root = zarr.open_group(str(tmp), mode="w")
         for name, (spec, shape) in array_specs(n, cfg).items():
             root.create_array(
-                name, shape=shape, chunks=(chunk,) + shape[1:], dtype=spec.dtype,
-                fill_value=spec.fill, dimension_names=spec.dims,
-                compressors=_compressors(codec, spec.dtype))
+                name,
+                shape=shape,
+                chunks=(chunk,) + shape[1:],
+                dtype=spec.dtype,
+                fill_value=spec.fill,
+                dimension_names=spec.dims,
+                compressors=_compressors(codec, spec.dtype),
+            )
         if catalog.view_index is not None:
             for name, dtype, fill in (("source", "int64", -1), ("view_index", "int16", 0), ("view", "str", "")):
-                root.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=fill,
-                                  dimension_names=("image",), compressors=_compressors(codec, dtype))
+                root.create_array(
+                    name,
+                    shape=(n,),
+                    chunks=(chunk,),
+                    dtype=dtype,
+                    fill_value=fill,
+                    dimension_names=("image",),
+                    compressors=_compressors(codec, dtype),
+                )
             root["source"][:] = catalog.source_rows.astype("int64")
             root["view_index"][:] = catalog.view_index.astype("int16")
         if catalog.crop_index is not None:
             for name, dtype, fill in (("crop", "int16", 0), ("image", "int64", -1)):
-                root.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=fill,
-                                  dimension_names=("image",), compressors=_compressors(codec, dtype))
+                root.create_array(
+                    name,
+                    shape=(n,),
+                    chunks=(chunk,),
+                    dtype=dtype,
+                    fill_value=fill,
+                    dimension_names=("image",),
+                    compressors=_compressors(codec, dtype),
+                )
             root["crop"][:] = catalog.crop_index.astype("int16")
             root["image"][:] = catalog.image_rows.astype("int64")
         root["path"][:] = np.asarray(catalog.paths, dtype=str)
         root["group"][:] = np.asarray(catalog.groups, dtype=str)
         root["label"][:] = catalog.labels.astype("int16")
         root["split"][:] = catalog.splits.astype("int8")
-        root.attrs.update(_jsonable({
-            "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
-            "package_version": __version__,
-            "featurize_config": cfg.to_dict(),
-            "config_hash": cfg.hash,
-            "class_names": list(catalog.class_names),
-            "real_class": catalog.real_class,
-            "split_names": list(SPLIT_NAMES),
-            "split_source": catalog.split_source,
-            "source": catalog.source,
-            "catalog_fingerprint": catalog.fingerprint,
-            "train_views": ({"n": int(catalog.view_index.max()), "policy": catalog.view_policy}
-                            if catalog.view_index is not None else None),
-            "chunk_size": chunk,
-            "codec": codec,
-            "dimensions": {name: list(spec.dims) for name, (spec, _) in array_specs(n, cfg).items()},
-            "builtin_encoder": bool(cfg.vae.builtin),
-            "store_id": uuid.uuid4().hex,
-            **extra_attrs,
-        }))
+        root.attrs.update(
+            _jsonable(
+                {
+                    "format": FORMAT_NAME,
+                    "schema_version": SCHEMA_VERSION,
+                    "package_version": __version__,
+                    "featurize_config": cfg.to_dict(),
+                    "config_hash": cfg.hash,
+                    "class_names": list(catalog.class_names),
+                    "real_class": catalog.real_class,
+                    "split_names": list(SPLIT_NAMES),
+                    "split_source": catalog.split_source,
+                    "source": catalog.source,
+                    "catalog_fingerprint": catalog.fingerprint,
+                    "train_views": (
+                        {"n": int(catalog.view_index.max()), "policy": catalog.view_policy}
+                        if catalog.view_index is not None
+                        else None
+                    ),
+                    "chunk_size": chunk,
+                    "codec": codec,
+                    "dimensions": {name: list(spec.dims) for name, (spec, _) in array_specs(n, cfg).items()},
+                    "builtin_encoder": bool(cfg.vae.builtin),
+                    "store_id": uuid.uuid4().hex,
+                    **extra_attrs,
+                }
+            )
+        )
 
     def catalog(self) -> Catalog:
         """The catalog the store was created for, rebuilt from its own arrays (what a dask worker
         featurizes from: no file list travels with the tasks)."""
         a = self.attrs
         views = self.has_views
-        cat = Catalog(tuple(str(p) for p in self.read("path")), self.read("label").astype(np.int16),
-                      self.read("split").astype(np.int8), tuple(str(g) for g in self.read("group")),
-                      tuple(a["class_names"]), a.get("real_class"), a.get("split_source", "none"), a.get("source", ""),
-                      self.view_index().astype(np.int16) if views else None,
-                      self.source_rows().astype(np.int64) if views else None,
-                      a["train_views"]["policy"] if views else "",
-                      self.read("crop").astype(np.int16) if self.has_crops else None,
-                      self.read("image").astype(np.int64) if self.has_crops else None)
+        cat = Catalog(
+            tuple(str(p) for p in self.read("path")),
+            self.read("label").astype(np.int16),
+            self.read("split").astype(np.int8),
+            tuple(str(g) for g in self.read("group")),
+            tuple(a["class_names"]),
+            a.get("real_class"),
+            a.get("split_source", "none"),
+            a.get("source", ""),
+            self.view_index().astype(np.int16) if views else None,
+            self.source_rows().astype(np.int64) if views else None,
+            a["train_views"]["policy"] if views else "",
+            self.read("crop").astype(np.int16) if self.has_crops else None,
+            self.read("image").astype(np.int64) if self.has_crops else None,
+        )
         if cat.fingerprint != a.get("catalog_fingerprint"):
-            raise StoreError(f"{self.path}: its arrays do not match its catalog fingerprint (the store is damaged): "
-                             "featurize into a new store")
+            raise StoreError(
+                f"{self.path}: its arrays do not match its catalog fingerprint (the store is damaged): "
+                "featurize into a new store"
+            )
         return cat
 
     def check_matches(self, cfg: FeaturizeConfig, catalog: Catalog | None = None) -> None:
@@ -273,7 +330,8 @@ class FeatureStore:
             raise ConfigMismatchError(
                 f"store {self.path} was created for another list of images (catalog "
                 f"{self.attrs.get('catalog_fingerprint')} != {catalog.fingerprint}): the input folder or "
-                "manifest changed since. Featurize into a new store, or pass --overwrite to start again.")
+                "manifest changed since. Featurize into a new store, or pass --overwrite to start again."
+            )
 
     # ------------------------------------------------------------------ layout
     @property
@@ -302,8 +360,11 @@ class FeatureStore:
         """Chunks of this shard (k % n == i) that still hold a pending row."""
         i, n = shard
         st = self.status()
-        return [k for k in range(self.n_chunks) if k % n == i
-                and (st[self.chunk_rows(k).start:self.chunk_rows(k).stop] == PENDING).any()]
+        return [
+            k
+            for k in range(self.n_chunks)
+            if k % n == i and (st[self.chunk_rows(k).start : self.chunk_rows(k).stop] == PENDING).any()
+        ]
 
     # ------------------------------------------------------------------ write / read
     @property
@@ -352,13 +413,15 @@ class FeatureStore:
             return np.asarray(arr[:])
         if isinstance(rows, slice):
             return np.asarray(arr[rows])
-        return np.asarray(arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),) +
-                                                       (slice(None),) * (arr.ndim - 1)))
+        return np.asarray(
+            arr.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),) + (slice(None),) * (arr.ndim - 1))
+        )
 
     def load(self, names=None, rows: np.ndarray | None = None) -> FeatureBatch:
         """Done rows (all, or those among `rows`) in store order, with the named features (default:
         every feature the store holds). Failed and pending rows are never read."""
         import torch
+
         # the per-row arrays are read over the rows' span only: a chunk's rows of a big store cost one chunk
         span = slice(0, self.n) if rows is None or len(rows) == 0 else slice(int(np.min(rows)), int(np.max(rows)) + 1)
         done = span.start + np.flatnonzero(self.read("status", span) == DONE)
@@ -371,9 +434,13 @@ class FeatureStore:
         names = [f.name for f in features_for(self.config) if names is None or f.name in names]
         arrays = {n: torch.from_numpy(np.ascontiguousarray(self.read(n, sel))) for n in names}
         local = done - span.start
-        return FeatureBatch(done, arrays, self.read("label", span)[local].astype(np.int64),
-                            self.read("split", span)[local].astype(np.int64),
-                            np.array([str(p) for p in self.read("path", span)[local]], dtype=object))
+        return FeatureBatch(
+            done,
+            arrays,
+            self.read("label", span)[local].astype(np.int64),
+            self.read("split", span)[local].astype(np.int64),
+            np.array([str(p) for p in self.read("path", span)[local]], dtype=object),
+        )
 
     def summary(self) -> dict[str, Any]:
         """A machine-readable description (what `leakstore inspect --json` prints)."""
@@ -404,8 +471,14 @@ class FeatureStore:
             "split_source": self.attrs.get("split_source"),
             "train_views": self.attrs.get("train_views"),
             "view_rows": int((self.view_index() > 0).sum()),
-            "arrays": {name: {"shape": list(self.group[name].shape), "dtype": str(self.group[name].dtype),
-                              "chunks": list(self.group[name].chunks)} for name in array_specs(0, self.config)},
+            "arrays": {
+                name: {
+                    "shape": list(self.group[name].shape),
+                    "dtype": str(self.group[name].dtype),
+                    "chunks": list(self.group[name].chunks),
+                }
+                for name in array_specs(0, self.config)
+            },
             "first_failures": [{"path": str(p), "error": str(errors[r])} for p, r in zip(paths, failed_rows)],
         }
 
@@ -427,6 +500,8 @@ def remove_store(path: str | Path) -> None:
         path.rmdir()
         return
     if not is_store(path):
-        raise StoreError(f"{path} exists and is not a leakstore feature store, so --overwrite deleted nothing: "
-                         "give the store a path of its own (e.g. {}.zarr)".format(path.name))
+        raise StoreError(
+            f"{path} exists and is not a leakstore feature store, so --overwrite deleted nothing: "
+            "give the store a path of its own (e.g. {}.zarr)".format(path.name)
+        )
     shutil.rmtree(path)

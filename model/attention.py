@@ -1,4 +1,5 @@
 """Multi-head attention with xformers' memory-efficient kernel when it works, else PyTorch SDPA."""
+
 from __future__ import annotations
 
 import functools
@@ -14,6 +15,7 @@ log = logging.getLogger("leakstore")
 @functools.lru_cache(maxsize=1)
 def xformers_usable() -> bool:
     from leakstore.envinfo import xformers_status
+
     ok, why = xformers_status()
     log.info("attention backend: %s", why)
     return ok
@@ -23,6 +25,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """q, k, v: (B, heads, N, d) -> (B, heads, N, d)."""
     if q.is_cuda and xformers_usable():
         import xformers.ops as xops
+
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v)
@@ -38,8 +41,9 @@ class SelfAttentionBlock(nn.Module):
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape

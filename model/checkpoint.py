@@ -6,6 +6,7 @@ A run directory holds
     scorers.safetensors   fitted scorer arrays (closed-set and open-set)
     train_state.*         last epoch's weights + optimizer, for --resume
 """
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as np_load, save_file as np_save
 from safetensors import safe_open
-from safetensors.torch import load_file as t_load, save_file as t_save
+from safetensors.numpy import load_file as np_load
+from safetensors.numpy import save_file as np_save
+from safetensors.torch import load_file as t_load
+from safetensors.torch import save_file as t_save
 from sklearn.neighbors import KernelDensity
 
 from leakstore.config import FeaturizeConfig
 from leakstore.device import resolve_device
 from leakstore.errors import LeakstoreError
-from leakstore.fsio import save_safetensors, write_text
 from leakstore.features import BY_NAME, features_for
+from leakstore.fsio import save_safetensors, write_text
 from leakstore.model import scorers as S
 from leakstore.model.config import ModelConfig
 from leakstore.model.net import Ensemble, ProtoLeakNet, joined
@@ -36,6 +39,7 @@ VERSION = 1
 # ---------------------------------------------------------------------------- scorers <-> arrays
 def _scorer_class(name: str):
     from leakstore.model import openset
+
     for mod in (S, openset):
         if hasattr(mod, name):
             return getattr(mod, name)
@@ -85,8 +89,10 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
     if "estimators" in meta:
         est.estimators_ = [unpack_scorer(f"{prefix}.est{i}", m, arrays) for i, m in enumerate(meta["estimators"])]
     if "kde_bandwidths" in meta:
-        est.kdes_ = [KernelDensity(bandwidth=bw).fit(arrays[f"{prefix}.kdes_.{i}"])
-                     for i, bw in enumerate(meta["kde_bandwidths"])]
+        est.kdes_ = [
+            KernelDensity(bandwidth=bw).fit(arrays[f"{prefix}.kdes_.{i}"])
+            for i, bw in enumerate(meta["kde_bandwidths"])
+        ]
     if isinstance(est, S.OpenSetKDE):
         est.kde_ = KernelDensity(bandwidth=est.bandwidth_).fit(est.points_)
     return est
@@ -98,15 +104,16 @@ class Bundle:
     net: ProtoLeakNet
     cfg: ModelConfig
     featurize: FeaturizeConfig
-    class_names: list[str]      # the model's (known) classes, in logit order
+    class_names: list[str]  # the model's (known) classes, in logit order
     meta: dict
-    closed: Any = None          # a fitted closed-set scorer
-    open: Any = None            # a fitted open-set scorer (model/openset.py) with its threshold
+    closed: Any = None  # a fitted closed-set scorer
+    open: Any = None  # a fitted open-set scorer (model/openset.py) with its threshold
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
         from leakstore.model.openset import stored_blocks
+
         extra = tuple(b for b in stored_blocks(getattr(self.open, "blocks_", ()), self.cfg) if b not in self.net.inputs)
         return tuple(self.net.inputs) + extra
 
@@ -120,13 +127,15 @@ def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:
 def scorer_features(fcfg: FeaturizeConfig) -> tuple[str, ...]:
     """Stored features only the open-set scorers read (not the network), that `fcfg` holds."""
     from leakstore.model.openset import BLOCKS
+
     return tuple(f.name for f in features_for(fcfg) if not f.model_input and f.name in BLOCKS)
 
 
 def build_member(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet:
     """One network for features of `fcfg` (shapes from the feature table)."""
-    return ProtoLeakNet(cfg, {n: (BY_NAME[n].shape(fcfg), BY_NAME[n].per_timestep) for n in model_inputs(cfg, fcfg)},
-                        n_classes)
+    return ProtoLeakNet(
+        cfg, {n: (BY_NAME[n].shape(fcfg), BY_NAME[n].per_timestep) for n in model_inputs(cfg, fcfg)}, n_classes
+    )
 
 
 def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoLeakNet | Ensemble:
@@ -136,8 +145,9 @@ def build_net(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int) -> ProtoL
 
 def save_bundle(run_dir: Path, b: Bundle) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(t_save, {k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()},
-                     run_dir / "model.safetensors")
+    save_safetensors(
+        t_save, {k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, run_dir / "model.safetensors"
+    )
     arrays, scorer_meta = {}, {}
     for name, est in (("closed", b.closed), ("open", b.open)):
         if est is not None:
@@ -145,17 +155,26 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
             arrays.update(a)
             scorer_meta[name] = m
     save_safetensors(np_save, arrays, run_dir / "scorers.safetensors")
-    meta = {**b.meta, "format": FORMAT, "version": VERSION, "model_config": b.cfg.to_dict(),
-            "featurize_config": b.featurize.to_dict(), "featurize_hash": b.featurize.hash,
-            "inputs": list(b.net.inputs),
-            "class_names": b.class_names, "scorers": scorer_meta}
-    write_text(run_dir / "model.json", json.dumps(meta, indent=2, default=float))   # last: the run is complete
+    meta = {
+        **b.meta,
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": b.cfg.to_dict(),
+        "featurize_config": b.featurize.to_dict(),
+        "featurize_hash": b.featurize.hash,
+        "inputs": list(b.net.inputs),
+        "class_names": b.class_names,
+        "scorers": scorer_meta,
+    }
+    write_text(run_dir / "model.json", json.dumps(meta, indent=2, default=float))  # last: the run is complete
 
 
 def _broken(path: Path, e: Exception) -> LeakstoreError:
     why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    return LeakstoreError(f"{path} is unreadable or incomplete ({type(e).__name__}: {why}): the run directory is "
-                          f"damaged; train again into a new --out (or restore the file from a copy)")
+    return LeakstoreError(
+        f"{path} is unreadable or incomplete ({type(e).__name__}: {why}): the run directory is "
+        f"damaged; train again into a new --out (or restore the file from a copy)"
+    )
 
 
 def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
@@ -163,8 +182,9 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
     meta_path = run_dir / "model.json"
     if not meta_path.is_file():
         hint = " (an interrupted training: rerun it with --resume)" if (run_dir / "train_state.json").is_file() else ""
-        raise LeakstoreError(f"{run_dir} holds no trained model (model.json){hint}: "
-                             f"run `leakstore train STORE --out {run_dir}`")
+        raise LeakstoreError(
+            f"{run_dir} holds no trained model (model.json){hint}: run `leakstore train STORE --out {run_dir}`"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict):
@@ -208,8 +228,15 @@ def train_state_name(member: int = 0) -> str:
     return "train_state" if member == 0 else f"train_state.member{member}"
 
 
-def save_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, state: dict, best: dict | None = None,
-                     member: int = 0, rng: dict[str, torch.Tensor] | None = None) -> None:
+def save_train_state(
+    run_dir: Path,
+    net,
+    opt: torch.optim.Optimizer,
+    state: dict,
+    best: dict | None = None,
+    member: int = 0,
+    rng: dict[str, torch.Tensor] | None = None,
+) -> None:
     """The last epoch's weights and optimiser, the best epoch's weights (`best`), so that a resumed
     run selects among every epoch as an uninterrupted one does, and the random generators' states
     (`rng`, uint8 tensors), so that it draws the same batches, noise and dropout."""
@@ -239,8 +266,9 @@ def read_train_state_meta(run_dir: Path, member: int = 0) -> dict:
     return json.loads(saved)
 
 
-def load_train_state(run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0
-                     ) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
+def load_train_state(
+    run_dir: Path, net, opt: torch.optim.Optimizer, member: int = 0
+) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
     """(state, best weights, the random generators' states)."""
     name = train_state_name(member)
     tensors = t_load(str(run_dir / f"{name}.safetensors"))

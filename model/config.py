@@ -1,4 +1,5 @@
 """The model's hyperparameters: data, saved as JSON beside every checkpoint."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,21 @@ OUTLIER_OPEN_SCORER = "lda"
 OPEN_SCORERS = ("fused-period", "lda", "fused-lda", "fused-pixel", "kde", "prototype")
 RETIRED_IN = "0.2.0"
 # open scorers earlier builds offered, none with a measured figure; a model naming one fails in one line
-RETIRED_OPEN_SCORERS = ("gauss", "knn", "confidence", "stats", "residual", "periodicity", "spectrum", "noise", "fused",
-                        "fused-stats", "fused-all", "fused-input", "fused-noise")
+RETIRED_OPEN_SCORERS = (
+    "gauss",
+    "knn",
+    "confidence",
+    "stats",
+    "residual",
+    "periodicity",
+    "spectrum",
+    "noise",
+    "fused",
+    "fused-stats",
+    "fused-all",
+    "fused-input",
+    "fused-noise",
+)
 
 
 @dataclass(frozen=True)
@@ -32,52 +46,60 @@ class ModelConfig:
     width: int = 64
     embed_dim: int = 128
     use_spectra: bool = True
-    use_residual: bool = True      # use the store's reconstruction residual when it has one
-    use_periodicity: bool = True   # use the store's pixel periodicity profile when it has one
-    drop_jpeg_grid: bool = True    # read the profile without the phases JPEG's 8x8 block grid prints on
+    use_residual: bool = True  # use the store's reconstruction residual when it has one
+    use_periodicity: bool = True  # use the store's pixel periodicity profile when it has one
+    drop_jpeg_grid: bool = True  # read the profile without the phases JPEG's 8x8 block grid prints on
     temporal: str = "attention"
     time_dropout: float = 0.3
     entropy_reg: float = 0.1
     gates: bool = True
     protos_per_class: int = 6
-    extra_protos: int = 2          # post-hoc prototype slots per class, used for weak classes only
-    weak_recall: float = 0.9       # a class below this validation recall gets its extra prototypes
+    extra_protos: int = 2  # post-hoc prototype slots per class, used for weak classes only
+    weak_recall: float = 0.9  # a class below this validation recall gets its extra prototypes
     init_temperature: float = 1.0
     lr: float = 3e-4
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
     epochs: int = 30
     batch_size: int = 64
-    epoch_samples: int = 0         # > 0: an epoch is this many training samples (a seeded random share of the
-                                   # rows; for stores too big to validate only once a pass); 0: every row
+    epoch_samples: int = 0  # > 0: an epoch is this many training samples (a seeded random share of the
+    # rows; for stores too big to validate only once a pass); 0: every row
     patience: int = 6
-    renoise: bool = True           # fresh noise from latent0 every batch, as the reference redraws it
-    view_prob: float = 0.5         # per image and epoch: train on one of its post-processed views (featurize --train-views)
-    scorer_rows: str = "all"       # rows the closed- and open-set scorers are fitted and calibrated on: "all"
-                                   # (clean and views), "clean" (the network still trains on views) or
-                                   # "clean-fit" (every scorer fitted on clean rows, the open-set scales and
-                                   # threshold calibrated on all validation rows, views included)
-    roll_augment: bool = True      # random circular shifts of the latent: FFT magnitudes, hence the
-                                   # low-frequency leak, are exactly invariant; the content is not
+    renoise: bool = True  # fresh noise from latent0 every batch, as the reference redraws it
+    view_prob: float = 0.5  # per image and epoch: train on one of its post-processed views (featurize --train-views)
+    scorer_rows: str = "all"  # rows the closed- and open-set scorers are fitted and calibrated on: "all"
+    # (clean and views), "clean" (the network still trains on views) or
+    # "clean-fit" (every scorer fitted on clean rows, the open-set scales and
+    # threshold calibrated on all validation rows, views included)
+    roll_augment: bool = True  # random circular shifts of the latent: FFT magnitudes, hence the
+    # low-frequency leak, are exactly invariant; the content is not
     dropout: float = 0.1
-    select_on: str = "val_auc"     # early stopping / best epoch on "val_auc" or "val_loss"
-    scorer: str = "mahalanobis"    # closed-set scorer on embeddings
+    select_on: str = "val_auc"  # early stopping / best epoch on "val_auc" or "val_loss"
+    scorer: str = "mahalanobis"  # closed-set scorer on embeddings
     open_scorer: str = "fused-period"  # open-set scorer (model/openset.py), chosen by the leave-one-out study;
-                                       # with outlier exposure, OUTLIER_OPEN_SCORER (default_open_scorer)
+    # with outlier exposure, OUTLIER_OPEN_SCORER (default_open_scorer)
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     open_temperature: float = 1.0  # fused scorers' soft minimum (0: the plain minimum), chosen by the study
     seed: int = 0
-    members: int = 3               # networks trained from seeds seed, seed+1, ...; their embeddings joined
-                                   # (chosen by the leave-one-out study: docs/open-set.md)
+    members: int = 3  # networks trained from seeds seed, seed+1, ...; their embeddings joined
+    # (chosen by the leave-one-out study: docs/open-set.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, value, allowed in (("backbone", self.backbone, BACKBONES), ("temporal", self.temporal, TEMPORAL),
-                                     ("scorer", self.scorer, SCORERS), ("open_scorer", self.open_scorer, OPEN_SCORERS),
-                                     ("scorer_rows", self.scorer_rows, SCORER_ROWS)):
+        for name, value, allowed in (
+            ("backbone", self.backbone, BACKBONES),
+            ("temporal", self.temporal, TEMPORAL),
+            ("scorer", self.scorer, SCORERS),
+            ("open_scorer", self.open_scorer, OPEN_SCORERS),
+            ("scorer_rows", self.scorer_rows, SCORER_ROWS),
+        ):
             if name == "open_scorer" and value in RETIRED_OPEN_SCORERS:
-                raise ConfigFieldError(name, value, f"retired in leakstore {RETIRED_IN} (no measured figure); choose "
-                                       f"one of {', '.join(allowed)} and train again")
+                raise ConfigFieldError(
+                    name,
+                    value,
+                    f"retired in leakstore {RETIRED_IN} (no measured figure); choose "
+                    f"one of {', '.join(allowed)} and train again",
+                )
             if value not in allowed:
                 raise ConfigFieldError(name, value, f"choose one of {', '.join(allowed)}")
         if not 0 <= self.time_dropout < 1:
@@ -102,10 +124,10 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return from_fields(cls, d, "model config")
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
 

@@ -4,6 +4,7 @@ A store featurized with `--crops K` holds K rows per image; `image` (N,) names e
 Prediction, the image-level threshold and the leave-one-generator-out study all average over an
 image's crops through `ImageGroups`.
 """
+
 from __future__ import annotations
 
 import numpy as np

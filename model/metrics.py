@@ -1,4 +1,5 @@
 """Closed-set and open-set metrics (plain numpy/scikit-learn, no plotting)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,9 +43,14 @@ def open_set(known_score: np.ndarray, unknown_score: np.ndarray, known_correct: 
     bins = np.linspace(lo, hi + 1e-9, 41)
     hk = np.histogram(np.clip(known_score, lo, hi), bins)[0] / len(known_score)
     hu = np.histogram(np.clip(unknown_score, lo, hi), bins)[0] / len(unknown_score)
-    out = {"n_known": int(len(known_score)), "n_unknown": int(len(unknown_score)), "auroc": auroc,
-           "eer": float((fpr[eer_i] + 1 - tpr[eer_i]) / 2), "fpr_at_95tpr": fpr95,
-           "overlap": float(np.minimum(hk, hu).sum())}
+    out = {
+        "n_known": int(len(known_score)),
+        "n_unknown": int(len(unknown_score)),
+        "auroc": auroc,
+        "eer": float((fpr[eer_i] + 1 - tpr[eer_i]) / 2),
+        "fpr_at_95tpr": fpr95,
+        "overlap": float(np.minimum(hk, hu).sum()),
+    }
     if known_correct is not None:
         thr = np.sort(s)[::-1]
         ccr = np.array([(known_correct & (known_score >= t)).mean() for t in thr])

@@ -7,6 +7,7 @@ of stores featurized with --residual, ...) through an MLP of its own. They are s
 statistics of the training set (latents per timestep and channel, the others per element), kept
 as buffers so a checkpoint carries them.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,16 @@ class SmallCNN(nn.Module):
     def __init__(self, c: int, width: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(c, width, 3, padding=1), _gn(width), nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), _gn(width), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), _gn(2 * width), nn.GELU())
+            nn.Conv2d(c, width, 3, padding=1),
+            _gn(width),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1),
+            _gn(width),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            _gn(2 * width),
+            nn.GELU(),
+        )
         self.out_dim = 4 * width
 
     def forward(self, x):
@@ -51,8 +59,11 @@ class _Basic(nn.Module):
         self.n1 = nn.BatchNorm2d(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.n2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return F.relu(self.n2(self.c2(F.relu(self.n1(self.c1(x))))) + self.skip(x))
@@ -84,7 +95,7 @@ class PatchTransformer(nn.Module):
         dim = 2 * width
         self.patch = patch if size % patch == 0 else 1
         n = (size // self.patch) ** 2
-        self.proj = nn.Linear(c * self.patch ** 2, dim)
+        self.proj = nn.Linear(c * self.patch**2, dim)
         self.pos = nn.Parameter(torch.zeros(1, n, dim))
         self.blocks = nn.Sequential(SelfAttentionBlock(dim), SelfAttentionBlock(dim))
         self.norm = nn.LayerNorm(dim)
@@ -92,7 +103,7 @@ class PatchTransformer(nn.Module):
 
     def forward(self, x):
         p = self.patch
-        tok = F.unfold(x, p, stride=p).transpose(1, 2)          # (N, L, C p p)
+        tok = F.unfold(x, p, stride=p).transpose(1, 2)  # (N, L, C p p)
         h = self.blocks(self.proj(tok) + self.pos[:, : tok.shape[1]])
         return self.norm(h).mean(1)
 
@@ -107,13 +118,13 @@ class NormStats:
     store streamed from disk normalises as one held in memory: latents per (timestep, channel), every
     other input per element; standard deviations with Bessel's correction, as torch's std."""
 
-    def __init__(self, net: "ProtoLeakNet"):
+    def __init__(self, net: ProtoLeakNet):
         self.net = net
         self.sums: dict[str, list] = {}
 
     def _add(self, key: str, x: torch.Tensor, dims: tuple[int, ...]) -> None:
         x = x.double()
-        n = math.prod(x.shape[d] for d in dims)           # values summed per statistic
+        n = math.prod(x.shape[d] for d in dims)  # values summed per statistic
         s = self.sums.setdefault(key, [0.0, 0.0, 0])
         s[0] = s[0] + x.sum(dims).cpu()
         s[1] = s[1] + (x * x).sum(dims).cpu()
@@ -191,8 +202,9 @@ class ProtoLeakNet(nn.Module):
             self.register_buffer(f"{a}_mean", torch.zeros(shape))
             self.register_buffer(f"{a}_std", torch.ones(shape))
         fuse_in = self.backbone.out_dim + 2 * c + d * len(self.vector_inputs)
-        self.fuse = nn.Sequential(nn.Linear(fuse_in, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d),
-                                  nn.LayerNorm(d))
+        self.fuse = nn.Sequential(
+            nn.Linear(fuse_in, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, d), nn.LayerNorm(d)
+        )
         self.time_embed = nn.Parameter(torch.zeros(t, d))
         self.temporal = SelfAttentionBlock(d) if cfg.temporal == "transformer" else None
         self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
@@ -215,8 +227,10 @@ class ProtoLeakNet(nn.Module):
     @staticmethod
     def _need(batch, name):
         if batch.get(name) is None:
-            raise ValueError(f"this model reads the {name!r} feature: pass it in the batch (a store featurized "
-                             f"with the model's featurize config has it)")
+            raise ValueError(
+                f"this model reads the {name!r} feature: pass it in the batch (a store featurized "
+                f"with the model's featurize config has it)"
+            )
         return batch[name]
 
     # ------------------------------------------------------------------ timm-style API
@@ -225,16 +239,16 @@ class ProtoLeakNet(nn.Module):
         lat = self._need(batch, "latents")
         b, t = lat.shape[:2]
         x = (lat.float() - self.lat_mean) / self.lat_std
-        flat = x.flatten(0, 1)                                              # (B T, C, h, w)
+        flat = x.flatten(0, 1)  # (B T, C, h, w)
         parts = [self.backbone(flat), flat.mean((-2, -1)), flat.flatten(2).std(-1)]
         for name, per_t in self.vector_inputs:
             a = _ATTR.get(name, f"in_{name}")
             v = read_input(self.cfg, name, self._need(batch, name).float())
             v = (v - getattr(self, f"{a}_mean")) / getattr(self, f"{a}_std")
             if per_t:
-                parts.append(getattr(self, a)(v.flatten(0, 1).flatten(1)))                 # (B T, D)
+                parts.append(getattr(self, a)(v.flatten(0, 1).flatten(1)))  # (B T, D)
             else:
-                parts.append(getattr(self, a)(v.flatten(1)).repeat_interleave(t, 0))     # (B, D) -> (B T, D)
+                parts.append(getattr(self, a)(v.flatten(1)).repeat_interleave(t, 0))  # (B, D) -> (B T, D)
         tok = self.fuse(torch.cat(parts, 1)).view(b, t, -1) + self.time_embed
         return self.temporal(tok) if self.temporal is not None else tok
 
@@ -248,8 +262,11 @@ class ProtoLeakNet(nn.Module):
             score = score.masked_fill(~keep, float("-inf"))
         a = torch.softmax(score, dim=1)
         z = torch.einsum("bt,btd->bd", a, tok)
-        g = (torch.einsum("bt,btd->bd", a, torch.sigmoid(self.gate(tok))) if self.gate is not None
-             else torch.ones_like(z))
+        g = (
+            torch.einsum("bt,btd->bd", a, torch.sigmoid(self.gate(tok)))
+            if self.gate is not None
+            else torch.ones_like(z)
+        )
         return {"z": z, "g": g, "a": a}
 
     def distances(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -274,8 +291,8 @@ class ProtoLeakNet(nn.Module):
         """Switch on class k's extra prototype slots at `centres` (E', D), E' <= extra_protos."""
         m = self.cfg.protos_per_class
         n = min(len(centres), self.cfg.extra_protos)
-        self.prototypes[k, m:m + n] = centres[:n].to(self.prototypes)
-        self.proto_mask[k, m:m + n] = 1
+        self.prototypes[k, m : m + n] = centres[:n].to(self.prototypes)
+        self.proto_mask[k, m : m + n] = 1
 
     def time_dropout_mask(self, b: int, device, generator=None) -> torch.Tensor:
         """(B, T) bool: each timestep kept with prob 1 - p; at least one kept per row."""
@@ -318,17 +335,22 @@ class Ensemble(nn.Module):
 
     def embed(self, batch: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         outs = [m.embed(batch, keep) for m in self.members]
-        return {"z": torch.cat([o["z"] for o in outs], -1), "g": torch.cat([o["g"] for o in outs], -1),
-                "a": torch.stack([o["a"] for o in outs]).mean(0)}
+        return {
+            "z": torch.cat([o["z"] for o in outs], -1),
+            "g": torch.cat([o["g"] for o in outs], -1),
+            "a": torch.stack([o["a"] for o in outs]).mean(0),
+        }
 
     def distances(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """(B, K, P): squared distances in the joint space, the sum of the members' own."""
         return sum(m.distances(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g)))
 
     def logits(self, z, g) -> torch.Tensor:
-        return torch.stack([m.logits(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g))]).mean(0)
+        return torch.stack([m.logits(zm, gm) for m, zm, gm in zip(self.members, self._split(z), self._split(g))]).mean(
+            0
+        )
 
-    forward = ProtoLeakNet.forward      # embed, then the logits: the same two steps as one network's
+    forward = ProtoLeakNet.forward  # embed, then the logits: the same two steps as one network's
 
     @torch.no_grad()
     def add_prototypes(self, k: int, centres: torch.Tensor) -> None:

@@ -33,6 +33,7 @@ The scorers a user chooses among are `model.config.OPEN_SCORERS` (each measured 
 the other names here are components they are built from.
 
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from leakstore.errors import InputError
 from leakstore.features import BY_NAME
-from leakstore.model.images import ImageGroups
 from leakstore.model.config import OPEN_SCORERS, ModelConfig
+from leakstore.model.images import ImageGroups
 from leakstore.model.scorers import OpenSetKDE, ThresholdMixin
 
 
@@ -96,7 +97,7 @@ class ClassGaussian(_Scorer):
         return -0.5 * self.class_distances(X).min(1)
 
 
-OUTLIER = -1   # the label of outlier-exposure rows in y (known classes are 0..K-1); outlier class k is OUTLIER - k
+OUTLIER = -1  # the label of outlier-exposure rows in y (known classes are 0..K-1); outlier class k is OUTLIER - k
 
 
 class ClassPosterior(ClassGaussian):
@@ -146,47 +147,78 @@ class MaxColumn(_Scorer):
 
 # The components open-set scorers are built from: name -> (block it reads, estimator factory, description).
 BASE_SCORERS = {
-    "kde": ("embedding", lambda seed: OpenSetKDE(random_state=seed), "class-agnostic KDE of the embedding (the paper's)"),
-    "prototype": ("prototypes", lambda seed: MaxColumn(negate=True), "distance to the nearest prototype of the model's head"),
+    "kde": (
+        "embedding",
+        lambda seed: OpenSetKDE(random_state=seed),
+        "class-agnostic KDE of the embedding (the paper's)",
+    ),
+    "prototype": (
+        "prototypes",
+        lambda seed: MaxColumn(negate=True),
+        "distance to the nearest prototype of the model's head",
+    ),
     "confidence": ("proba", lambda seed: MaxColumn(), "largest calibrated class probability"),
-    "residual": ("residual", lambda seed: ClassGaussian(), "nearest known class, Gaussian on the reconstruction residual"),
-    "periodicity": ("periodicity", lambda seed: ClassGaussian(),
-                    "nearest known class, Gaussian on the pixel periodicity profile"),
-    "spectrum": ("pixel_spectrum", lambda seed: ClassGaussian(),
-                 "nearest known class, Gaussian on the pixel spectrum's band powers"),
-    "lda": ("features", lambda seed: ClassPosterior(),
-            "largest known-class posterior of a linear discriminant on the latent and pixel statistics "
-            "side by side (with --outliers: an 'other' class competes)"),
+    "residual": (
+        "residual",
+        lambda seed: ClassGaussian(),
+        "nearest known class, Gaussian on the reconstruction residual",
+    ),
+    "periodicity": (
+        "periodicity",
+        lambda seed: ClassGaussian(),
+        "nearest known class, Gaussian on the pixel periodicity profile",
+    ),
+    "spectrum": (
+        "pixel_spectrum",
+        lambda seed: ClassGaussian(),
+        "nearest known class, Gaussian on the pixel spectrum's band powers",
+    ),
+    "lda": (
+        "features",
+        lambda seed: ClassPosterior(),
+        "largest known-class posterior of a linear discriminant on the latent and pixel statistics "
+        "side by side (with --outliers: an 'other' class competes)",
+    ),
 }
 # fused scorers: the soft minimum of tail-matched components (those whose block the model has)
 FUSED = {
     "fused-period": ("confidence", "periodicity"),
     "fused-pixel": ("confidence", "periodicity", "spectrum"),
     "fused-lda": ("confidence", "lda"),
-    "fused": ("confidence", "residual"),     # not offered: what a fused scorer falls back to (FALLBACK)
+    "fused": ("confidence", "residual"),  # not offered: what a fused scorer falls back to (FALLBACK)
 }
 # A fused scorer left with one component on a model without its input block falls back to another
 # (fused-period on a store featurized with --period 0: confidence + residual). The fitted scorer
 # records it (`fallback_`), the training summary and evaluate's metrics.json say it, train prints it.
 FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-lda": "fused"}
 assert set(OPEN_SCORERS) <= set(BASE_SCORERS) | set(FUSED), "model.config.OPEN_SCORERS names a scorer not built here"
-OUTLIER_SCORERS = ("lda",)     # the base scorers that take outlier-exposure rows as one more class
+OUTLIER_SCORERS = ("lda",)  # the base scorers that take outlier-exposure rows as one more class
 
 
 def takes_outliers(method: str) -> bool:
     """Whether open-set scorer `method` (base or fused) has a component that takes outlier rows."""
     return any(c in OUTLIER_SCORERS for c in FUSED.get(method, (method,)))
-BLOCKS = ("embedding", "proba", "prototypes", "stats", "residual", "periodicity", "pixel_spectrum", "noise_spectrum",
-          "features")
-STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)   # read from the store's feature of that name
-FEATURE_PARTS = ("stats",) + STORED_BLOCKS                 # what the `features` block puts side by side
+
+
+BLOCKS = (
+    "embedding",
+    "proba",
+    "prototypes",
+    "stats",
+    "residual",
+    "periodicity",
+    "pixel_spectrum",
+    "noise_spectrum",
+    "features",
+)
+STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)  # read from the store's feature of that name
+FEATURE_PARTS = ("stats",) + STORED_BLOCKS  # what the `features` block puts side by side
 
 
 def stored_blocks(blocks, cfg) -> tuple[str, ...]:
     """The stored features that open-set blocks read (`features`: every stored one the model config
     `cfg` reads, as model.predict.feature_blocks puts them side by side)."""
-    out = [p for b in blocks for p in (FEATURE_PARTS if b == "features" else (b,))
-           if b != "features" or cfg.uses(p)]
+    out = [p for b in blocks for p in (FEATURE_PARTS if b == "features" else (b,)) if b != "features" or cfg.uses(p)]
     return tuple(b for b in dict.fromkeys(out) if b in BY_NAME)
 
 
@@ -194,9 +226,12 @@ def components(method: str, available_blocks) -> tuple[str, ...]:
     """The base scorers `method` combines, given the blocks a model can provide."""
     if method in BASE_SCORERS:
         if BASE_SCORERS[method][0] not in available_blocks:
-            raise InputError(f"open-set scorer {method!r} reads the {BASE_SCORERS[method][0]!r} block, which this "
-                             f"model lacks (featurize with --residual for the residual, --period for the periodicity, --pixel-spectrum for the pixel spectrum); "
-                             "choose another --open-scorer")
+            raise InputError(
+                f"open-set scorer {method!r} reads the {BASE_SCORERS[method][0]!r} block, which this "
+                "model lacks (featurize with --residual for the residual, --period for the periodicity, "
+                "--pixel-spectrum for the pixel spectrum); "
+                "choose another --open-scorer"
+            )
         return (method,)
     if method not in FUSED:
         raise InputError(f"unknown open-set scorer {method!r}; choose one of {', '.join(OPEN_SCORERS)}")
@@ -213,8 +248,10 @@ def fallback(method: str, comps: tuple[str, ...]) -> str | None:
     if tuple(comps) == tuple(own):
         return None
     missing = [BASE_SCORERS[c][0] for c in own if c not in comps]
-    return (f"open scorer {method} needs the {', '.join(missing)} feature(s), which this store lacks: "
-            f"it runs as {' + '.join(comps)}")
+    return (
+        f"open scorer {method} needs the {', '.join(missing)} feature(s), which this store lacks: "
+        f"it runs as {' + '.join(comps)}"
+    )
 
 
 def select_rows(blocks: dict, rows) -> dict:
@@ -226,11 +263,13 @@ def channel_stats(latents) -> np.ndarray:
     """latents (N, T, C, h, w) -> (N, 2C) float64: mean and log std per channel of the smallest
     timestep (the least noised latent)."""
     z = latents[:, 0].float()
-    return np.concatenate([z.mean((2, 3)).double().numpy(), z.flatten(2).std(2).clamp_min(1e-6).log().double().numpy()], 1)
+    return np.concatenate(
+        [z.mean((2, 3)).double().numpy(), z.flatten(2).std(2).clamp_min(1e-6).log().double().numpy()], 1
+    )
 
 
-TAIL = 0.01        # each component's scale: its known validation median minus this quantile
-TAIL_ROWS = 5      # ... and at least this many rows below it (the quantile rises on small sets)
+TAIL = 0.01  # each component's scale: its known validation median minus this quantile
+TAIL_ROWS = 5  # ... and at least this many rows below it (the quantile rises on small sets)
 
 
 class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
@@ -248,8 +287,14 @@ class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
     lower than one far out on one); T = 0 is the plain minimum. T is in units of the tail scale
     (1: the 1 % tail's depth). Defaults: ModelConfig's."""
 
-    def __init__(self, *, method: str = ModelConfig.open_scorer, false_unknown_rate: float = ModelConfig.false_unknown_rate,
-                 random_state: int = ModelConfig.seed, temperature: float = ModelConfig.open_temperature):
+    def __init__(
+        self,
+        *,
+        method: str = ModelConfig.open_scorer,
+        false_unknown_rate: float = ModelConfig.false_unknown_rate,
+        random_state: int = ModelConfig.seed,
+        temperature: float = ModelConfig.open_temperature,
+    ):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
         self.temperature = temperature
 
@@ -294,13 +339,14 @@ class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
         t = float(self.temperature or 0.0)
         return z.min(0) if t <= 0 or len(z) == 1 else -t * logsumexp(-z / t, axis=0)
 
-    def set_threshold(self, val_blocks: dict, false_unknown_rate: float | None = None) -> "OpenSetScorer":
+    def set_threshold(self, val_blocks: dict, false_unknown_rate: float | None = None) -> OpenSetScorer:
         super().set_threshold(val_blocks, false_unknown_rate)
         self.val_flagged_ = float((self.score_samples(val_blocks) < self.offset_).mean())
         return self
 
-    def set_image_threshold(self, val_blocks: dict, image: np.ndarray,
-                            false_unknown_rate: float | None = None) -> "OpenSetScorer":
+    def set_image_threshold(
+        self, val_blocks: dict, image: np.ndarray, false_unknown_rate: float | None = None
+    ) -> OpenSetScorer:
         """For models trained on crops: the threshold on an image's mean crop score, at the
         false-unknown rate over validation *images* (`image` (N,): the image of each row). A mean
         over crops spreads less than one crop's score, so the row threshold would flag too few."""

@@ -12,6 +12,7 @@ groups (a known validation image's copy would teach the scorer about the rows th
 never one made from a generator held out as unknown (in a leave-one-generator-out fold, that
 generator's copies would be its fingerprint in the "other" classes).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,7 @@ import numpy as np
 from leakstore.errors import InputError
 from leakstore.store import DONE, FeatureStore
 
-
-MAX_ROWS = 20000    # a seeded sample above this many (the scorers' fit rows are capped alike: model/train.py)
+MAX_ROWS = 20000  # a seeded sample above this many (the scorers' fit rows are capped alike: model/train.py)
 
 
 def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 0) -> tuple[FeatureStore, np.ndarray]:
@@ -30,22 +30,30 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
     generators in `exclude`; a seeded sample of MAX_ROWS of them when there are more)."""
     ost = FeatureStore.open(path)
     if ost.config.hash != store.config.hash:
-        raise InputError(f"--outliers {ost.path} was featurized with other settings than {store.path} (config "
-                         f"{ost.config.hash} vs {store.config.hash}): featurize its manifest with the same options "
-                         "(leakstore inspect shows them)")
+        raise InputError(
+            f"--outliers {ost.path} was featurized with other settings than {store.path} (config "
+            f"{ost.config.hash} vs {store.config.hash}): featurize its manifest with the same options "
+            "(leakstore inspect shows them)"
+        )
     # a copy's group is its source's group, or sha:<the source file's SHA-256> for a source without one
     judged = np.isin(store.read("split"), (1, 2))
-    held_groups = ({str(g) for g in store.read("group")[judged] if str(g)}
-                   | {f"sha:{h}" for h in store.read("sha256")[judged] if str(h)})
+    held_groups = {str(g) for g in store.read("group")[judged] if str(g)} | {
+        f"sha:{h}" for h in store.read("sha256")[judged] if str(h)
+    }
     names = ost.class_names
     labels = ost.read("label")
     sources = np.array([outlier_source(names[v]) if v >= 0 else "" for v in labels], dtype=object)
-    ok = ((ost.read("status") == DONE) & ~np.isin(sources, list(exclude))
-          & ~np.isin(np.array([str(g) for g in ost.read("group")], dtype=object), list(held_groups)))
+    ok = (
+        (ost.read("status") == DONE)
+        & ~np.isin(sources, list(exclude))
+        & ~np.isin(np.array([str(g) for g in ost.read("group")], dtype=object), list(held_groups))
+    )
     rows = np.flatnonzero(ok)
     if not len(rows):
-        raise InputError(f"--outliers {ost.path} has no row that may fit this model (every row failed, or was made "
-                         f"from a validation or test image of {store.path} or from a held-out generator)")
+        raise InputError(
+            f"--outliers {ost.path} has no row that may fit this model (every row failed, or was made "
+            f"from a validation or test image of {store.path} or from a held-out generator)"
+        )
     if len(rows) > MAX_ROWS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_ROWS, replace=False))
     return ost, rows
@@ -83,6 +91,7 @@ def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray, load=None) -> dict:
     folds take different rows of one store): the rows are then cut from it instead of read again."""
     from leakstore.model.openset import stored_blocks
     from leakstore.model.predict import feature_blocks
+
     names = ("latents",) + stored_blocks(("features",), net.cfg)
     if load is None:
         blocks = feature_blocks(net, ost.load(names, rows=rows))

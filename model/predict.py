@@ -1,13 +1,14 @@
 """Apply a trained bundle to features: embeddings, attribution, unknown-generator flag, explanations.
 Inference only: nothing here imports training."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from scipy.special import softmax
 
-from leakstore.features import FeatureBatch
 from leakstore.device import resolve_device
+from leakstore.features import FeatureBatch
 from leakstore.model.checkpoint import Bundle
 from leakstore.model.net import ProtoLeakNet, read_input
 
@@ -74,12 +75,20 @@ def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarr
     """The open-set blocks read from the features themselves (channel statistics of the least noised
     latent, and the stored features the scorers read), for every row of `feats` (on the CPU)."""
     from leakstore.model.openset import FEATURE_PARTS, STORED_BLOCKS, channel_stats
-    out = {"stats": channel_stats(feats["latents"]),
-           **{k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
-              for k in STORED_BLOCKS}}
+
+    out = {
+        "stats": channel_stats(feats["latents"]),
+        **{
+            k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
+            for k in STORED_BLOCKS
+        },
+    }
     # the parts the model reads (not e.g. the residual of a --no-residual model, which its scoring never loads)
-    parts = [out[k].reshape(len(out[k]), -1) for k in FEATURE_PARTS
-             if out.get(k) is not None and (k == "stats" or net.cfg.uses(k))]
+    parts = [
+        out[k].reshape(len(out[k]), -1)
+        for k in FEATURE_PARTS
+        if out.get(k) is not None and (k == "stats" or net.cfg.uses(k))
+    ]
     out["features"] = np.concatenate(parts, axis=1)
     return out
 
@@ -91,14 +100,24 @@ def prototype_distances(net: ProtoLeakNet, emb: dict) -> torch.Tensor:
         return net.distances(torch.as_tensor(emb["z"], device=dev), torch.as_tensor(emb["g"], device=dev))
 
 
-def open_blocks(net: ProtoLeakNet, emb: dict, proba: np.ndarray, feats: FeatureBatch | None = None,
-                dist: torch.Tensor | None = None, fblocks: dict | None = None) -> dict[str, np.ndarray]:
+def open_blocks(
+    net: ProtoLeakNet,
+    emb: dict,
+    proba: np.ndarray,
+    feats: FeatureBatch | None = None,
+    dist: torch.Tensor | None = None,
+    fblocks: dict | None = None,
+) -> dict[str, np.ndarray]:
     """The inputs of the open-set scorers (model/openset.py), for every row of `feats` (or of the
     precomputed `fblocks`, from `embed_rows`)."""
     d = prototype_distances(net, emb) if dist is None else dist
     mask = net.proto_mask.bool()
-    return {"embedding": emb["e"], "proba": proba, "prototypes": d[:, mask].double().cpu().numpy(),
-            **(fblocks if fblocks is not None else feature_blocks(net, feats))}
+    return {
+        "embedding": emb["e"],
+        "proba": proba,
+        "prototypes": d[:, mask].double().cpu().numpy(),
+        **(fblocks if fblocks is not None else feature_blocks(net, feats)),
+    }
 
 
 @torch.inference_mode()
@@ -110,7 +129,7 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
     proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)
-    d = prototype_distances(net, emb)                                               # (N, K, M)
+    d = prototype_distances(net, emb)  # (N, K, M)
     blocks = open_blocks(net, emb, proba, feats, d)
     if bundle.open is None:
         score, thr = np.full(len(feats), np.nan), -np.inf
@@ -121,14 +140,28 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     nd, ni = flat.topk(k, dim=1, largest=False)
     m = d.shape[2]
     names = bundle.class_names
-    nearest = [[f"{names[int(i) // m]}#{int(i) % m}:{float(v):.3g}" for v, i in zip(dr, ir)]
-               for dr, ir in zip(nd.cpu(), ni.cpu())]
+    nearest = [
+        [f"{names[int(i) // m]}#{int(i) % m}:{float(v):.3g}" for v, i in zip(dr, ir)]
+        for dr, ir in zip(nd.cpu(), ni.cpu())
+    ]
     gates = np.argsort(-emb["g"], axis=1)[:, :5]
     pred = proba.argmax(1)
-    return {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
-            "confidence": proba.max(1), "open_score": score, "is_unknown": score < thr,
-            "nearest_prototypes": nearest, "attention": emb["a"], "top_gates": gates, "embedding": emb["e"],
-            "z": emb["z"], "g": emb["g"], "logits": emb["logits"], "blocks": blocks}
+    return {
+        "proba": proba,
+        "pred": pred,
+        "pred_name": np.array([names[i] for i in pred], dtype=object),
+        "confidence": proba.max(1),
+        "open_score": score,
+        "is_unknown": score < thr,
+        "nearest_prototypes": nearest,
+        "attention": emb["a"],
+        "top_gates": gates,
+        "embedding": emb["e"],
+        "z": emb["z"],
+        "g": emb["g"],
+        "logits": emb["logits"],
+        "blocks": blocks,
+    }
 
 
 def image_threshold(bundle: Bundle) -> float:
@@ -156,14 +189,26 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
     the nearest prototypes its first crop's; `first_row` is the position of its first crop.
     -> (the image ids in first-seen order, the dict)."""
     from leakstore.model.images import ImageGroups
+
     groups = ImageGroups(image)
     mean, first = groups.mean, groups.first
     logp = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
     proba = softmax(logp, axis=1)
     score = mean(p["open_score"])
-    spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score ** 2, 0.0))
+    spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score**2, 0.0))
     pred = proba.argmax(1)
-    return groups.ids, {"proba": proba, "pred": pred, "pred_name": np.array([names[i] for i in pred], dtype=object),
-                 "confidence": proba.max(1), "open_score": score, "open_spread": spread, "is_unknown": score < threshold,
-                 "crops": groups.count.astype(int), "first_row": first, "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
-                 "attention": mean(p["attention"]), "embedding": mean(p["embedding"]), "g": mean(p["g"])}
+    return groups.ids, {
+        "proba": proba,
+        "pred": pred,
+        "pred_name": np.array([names[i] for i in pred], dtype=object),
+        "confidence": proba.max(1),
+        "open_score": score,
+        "open_spread": spread,
+        "is_unknown": score < threshold,
+        "crops": groups.count.astype(int),
+        "first_row": first,
+        "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
+        "attention": mean(p["attention"]),
+        "embedding": mean(p["embedding"]),
+        "g": mean(p["g"]),
+    }

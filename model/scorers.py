@@ -4,6 +4,7 @@ returns self, learned state ends in `_`, `score_samples` gives a log density).
 They consume the model's gated embedding `z * sqrt(g)` (see `model.train.gated`), computed
 the same way for every image, known or unknown.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,7 @@ class _ClassDensity(ClassifierMixin, BaseEstimator):
     def class_log_density(self, X) -> np.ndarray:  # (N, K)
         raise NotImplementedError
 
-    def calibrate(self, X, y) -> "_ClassDensity":
+    def calibrate(self, X, y) -> _ClassDensity:
         s = self.class_log_density(X)
         y = np.searchsorted(self.classes_, y)
         self.calib_mu_, self.calib_sd_ = s.mean(0), s.std(0) + 1e-6
@@ -79,8 +80,15 @@ class DiagonalMahalanobis(_ClassDensity):
         self.classes_idx_ = np.arange(len(self.classes_))
         pooled = X.var(0) + 1e-6
         self.means_ = np.stack([X[y == c].mean(0) for c in self.classes_idx_])
-        self.vars_ = np.stack([(1 - self.reg) * (X[y == c].var(0) if (y == c).sum() > 1 else pooled) + self.reg * pooled
-                               for c in self.classes_idx_]) + 1e-6
+        self.vars_ = (
+            np.stack(
+                [
+                    (1 - self.reg) * (X[y == c].var(0) if (y == c).sum() > 1 else pooled) + self.reg * pooled
+                    for c in self.classes_idx_
+                ]
+            )
+            + 1e-6
+        )
         return self
 
     def class_log_density(self, X):
@@ -107,8 +115,12 @@ class ClassGMM(_ClassDensity):
         self.mix_log_weights_ = np.full((k, m), -np.inf)
         self.mix_means_, self.mix_vars_ = np.zeros((k, m, d)), np.ones((k, m, d))
         for c in range(k):
-            g = GaussianMixture(n_components=max(1, min(m, int((y == c).sum()) // 2)), covariance_type="diag",
-                                reg_covar=self.reg_covar, random_state=self.random_state).fit(X[y == c])
+            g = GaussianMixture(
+                n_components=max(1, min(m, int((y == c).sum()) // 2)),
+                covariance_type="diag",
+                reg_covar=self.reg_covar,
+                random_state=self.random_state,
+            ).fit(X[y == c])
             put_mixture(self, c, g.weights_, g.means_, g.covariances_)
         return self
 
@@ -118,8 +130,9 @@ class ClassGMM(_ClassDensity):
         X = validate_data(self, X, reset=False)
         out = np.empty((len(X), len(self.mix_means_)))
         for c, (lw, mu, var) in enumerate(zip(self.mix_log_weights_, self.mix_means_, self.mix_vars_)):
-            log_n = -0.5 * ((((X[:, None, :] - mu[None]) ** 2) / var[None]).sum(-1)
-                            + np.log(2 * np.pi * var).sum(-1)[None])                 # (N, M)
+            log_n = -0.5 * (
+                (((X[:, None, :] - mu[None]) ** 2) / var[None]).sum(-1) + np.log(2 * np.pi * var).sum(-1)[None]
+            )  # (N, M)
             out[:, c] = logsumexp(log_n + lw[None], axis=1)
         return out
 
@@ -182,8 +195,16 @@ class OpenSetKDE(ThresholdMixin, OutlierMixin, BaseEstimator):
     share `false_unknown_rate` of known validation images would be.
     """
 
-    def __init__(self, *, n_components: int = 16, bandwidths=None, cv: int = 5, max_points: int = 4000,
-                 false_unknown_rate: float = 0.05, random_state: int = 0):
+    def __init__(
+        self,
+        *,
+        n_components: int = 16,
+        bandwidths=None,
+        cv: int = 5,
+        max_points: int = 4000,
+        false_unknown_rate: float = 0.05,
+        random_state: int = 0,
+    ):
         self.n_components, self.bandwidths, self.cv = n_components, bandwidths, cv
         self.max_points, self.false_unknown_rate, self.random_state = max_points, false_unknown_rate, random_state
 

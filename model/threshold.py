@@ -13,6 +13,7 @@ Scorers that read the network's embedding keep the validation threshold: the net
 training rows, so their scores there are not out-of-fold (refitting the network per fold is what
 `leakstore openset-study` does).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,9 @@ import numpy as np
 from leakstore.model.images import ImageGroups
 from leakstore.model.openset import BASE_SCORERS, FEATURE_PARTS, OpenSetScorer, select_rows
 
-NETWORK_FREE_BLOCKS = FEATURE_PARTS + ("features",)   # blocks read from the store, not from the network
+NETWORK_FREE_BLOCKS = FEATURE_PARTS + ("features",)  # blocks read from the store, not from the network
 DEFAULT_FOLDS = 5
-MIN_GROUPS = 4                                        # fewer groups than this: keep the validation threshold
+MIN_GROUPS = 4  # fewer groups than this: keep the validation threshold
 
 
 def takes_out_of_fold(opn: OpenSetScorer) -> bool:
@@ -33,15 +34,23 @@ def takes_out_of_fold(opn: OpenSetScorer) -> bool:
 def fold_of_groups(groups: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     """(N,) fold index 0..folds-1 of each row: whole groups per fold, seeded, sizes within one group."""
     uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    order = np.random.default_rng([seed, 0x6f6f66]).permutation(len(uniq))
+    order = np.random.default_rng([seed, 0x6F6F66]).permutation(len(uniq))
     fold = np.empty(len(uniq), np.int64)
     fold[order] = np.arange(len(uniq)) % folds
     return fold[inv]
 
 
-def out_of_fold_scores(opn: OpenSetScorer, blocks: dict, y: np.ndarray, fit: np.ndarray, groups: np.ndarray,
-                       outliers: dict | None = None, outlier_groups: np.ndarray | None = None,
-                       folds: int = DEFAULT_FOLDS, seed: int = 0) -> np.ndarray:
+def out_of_fold_scores(
+    opn: OpenSetScorer,
+    blocks: dict,
+    y: np.ndarray,
+    fit: np.ndarray,
+    groups: np.ndarray,
+    outliers: dict | None = None,
+    outlier_groups: np.ndarray | None = None,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> np.ndarray:
     """(N,) each row's open score (in `opn`'s units: its component centres, scales and soft minimum)
     from a copy of `opn` fitted on the `fit` rows of the other folds, and on the outlier rows not
     made from an image of this fold's groups. `groups` (N,): each row's group (its prompt)."""
@@ -61,8 +70,9 @@ def out_of_fold_scores(opn: OpenSetScorer, blocks: dict, y: np.ndarray, fit: np.
     return out
 
 
-def flag_rate_interval(scores: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int = 1000,
-                       seed: int = 0) -> tuple[float, float]:
+def flag_rate_interval(
+    scores: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95 % bootstrap interval, over groups, of the share of rows scoring below `threshold`."""
     uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
     below = np.bincount(inv, weights=(scores < threshold).astype(float), minlength=len(uniq))
@@ -73,10 +83,19 @@ def flag_rate_interval(scores: np.ndarray, threshold: float, groups: np.ndarray,
     return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))
 
 
-def set_out_of_fold_threshold(opn: OpenSetScorer, blocks: dict, y: np.ndarray, fit: np.ndarray,
-                              judged: np.ndarray, groups: np.ndarray, image: np.ndarray | None = None,
-                              outliers: dict | None = None, outlier_groups: np.ndarray | None = None,
-                              folds: int = DEFAULT_FOLDS, seed: int = 0) -> dict | None:
+def set_out_of_fold_threshold(
+    opn: OpenSetScorer,
+    blocks: dict,
+    y: np.ndarray,
+    fit: np.ndarray,
+    judged: np.ndarray,
+    groups: np.ndarray,
+    image: np.ndarray | None = None,
+    outliers: dict | None = None,
+    outlier_groups: np.ndarray | None = None,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> dict | None:
     """Set `opn`'s threshold (and, with `image` (N,), its per-image threshold on the mean crop score)
     at its false-unknown rate over the out-of-fold scores of the `judged` rows. Returns what was
     done (for the training summary), or None when the scorer reads the network or there are fewer
@@ -91,8 +110,14 @@ def set_out_of_fold_threshold(opn: OpenSetScorer, blocks: dict, y: np.ndarray, f
     rate = opn.false_unknown_rate
     opn.offset_ = float(np.quantile(z, rate))
     lo, hi = flag_rate_interval(z, opn.offset_, g, seed=seed)
-    info = {"source": "out-of-fold", "folds": int(n_folds), "groups": int(len(np.unique(g))), "rows": int(rows.sum()),
-            "threshold": opn.offset_, "flag_rate_ci": [lo, hi]}
+    info = {
+        "source": "out-of-fold",
+        "folds": int(n_folds),
+        "groups": int(len(np.unique(g))),
+        "rows": int(rows.sum()),
+        "threshold": opn.offset_,
+        "flag_rate_ci": [lo, hi],
+    }
     if image is not None:
         per = ImageGroups(np.asarray(image)[rows])
         zi = per.mean(z)

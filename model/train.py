@@ -6,6 +6,7 @@ Classes named in `unknown_labels` are held out of training entirely (their rows 
 unseen generators of the open-set evaluation). Early stopping on validation loss; the last
 epoch is checkpointed every epoch, so an interrupted run continues with `resume=True`.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,25 +24,34 @@ from leakstore.device import resolve_device
 from leakstore.errors import ConfigMismatchError, InputError, LeakstoreError
 from leakstore.features import BY_NAME, Context, FeatureBatch, compute
 from leakstore.features.noising import noise_coefficients
-from leakstore.store import FeatureStore
-from leakstore.model.checkpoint import (Bundle, build_member, load_train_state, model_inputs, read_train_state_meta, save_bundle, save_train_state,
-                              scorer_features, train_state_name)
+from leakstore.model.checkpoint import (
+    Bundle,
+    build_member,
+    load_train_state,
+    model_inputs,
+    read_train_state_meta,
+    save_bundle,
+    save_train_state,
+    scorer_features,
+    train_state_name,
+)
 from leakstore.model.config import ModelConfig, default_open_scorer
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
 from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
-from leakstore.model.threshold import set_out_of_fold_threshold
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
+from leakstore.model.threshold import set_out_of_fold_threshold
+from leakstore.store import FeatureStore
 
 MIN_TRAIN_PER_CLASS = 4
 # Above these sizes a run reads a seeded sample of whole store chunks instead of every row (a chunk is
 # read whole anyway, and an image's crops share one), so that a store of millions of rows costs no more:
-NORM_ROWS = 20_000     # training rows the input statistics come from
-VAL_ROWS = 4_096       # validation rows of the per-epoch validation (early stopping), kept in memory
-FIT_ROWS = 20_000      # training rows the scorers are fitted on (kNN and KDE keep every one)
-CAL_ROWS = 10_000      # validation rows they are calibrated on (the unknown threshold among them)
+NORM_ROWS = 20_000  # training rows the input statistics come from
+VAL_ROWS = 4_096  # validation rows of the per-epoch validation (early stopping), kept in memory
+FIT_ROWS = 20_000  # training rows the scorers are fitted on (kNN and KDE keep every one)
+CAL_ROWS = 10_000  # validation rows they are calibrated on (the unknown threshold among them)
 
 
 def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -> np.ndarray:
@@ -51,7 +61,7 @@ def _sample_groups(mask: np.ndarray, group: np.ndarray, seed: int, limit: int) -
         return mask
     ids, counts = np.unique(group[mask], return_counts=True)
     perm = np.random.default_rng(seed).permutation(len(ids))
-    keep = ids[perm[:max(1, int(np.searchsorted(np.cumsum(counts[perm]), limit, side="right")))]]
+    keep = ids[perm[: max(1, int(np.searchsorted(np.cumsum(counts[perm]), limit, side="right")))]]
     return mask & np.isin(group, keep)
 
 
@@ -62,14 +72,15 @@ def _sample_positions(pos: np.ndarray, group: np.ndarray, seed: int, limit: int)
     return np.flatnonzero(_sample_groups(mask, group, seed, limit))
 
 
-def _capped(fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS,
-            cal_limit: int = CAL_ROWS) -> dict[str, np.ndarray]:
+def _capped(
+    fit: dict[str, np.ndarray], group: np.ndarray, seed: int, limit: int = FIT_ROWS, cal_limit: int = CAL_ROWS
+) -> dict[str, np.ndarray]:
     """`fit`'s masks with the training part cut to at most `limit` rows, and the validation and
     calibration parts together to at most `cal_limit`, by `_sample_groups`."""
     out = dict(fit)
-    for parts, limit in ((("train",), limit), (("val", "calibration"), cal_limit)):
+    for parts, cap in ((("train",), limit), (("val", "calibration"), cal_limit)):
         union = np.logical_or.reduce([fit[p] for p in parts])
-        chosen = _sample_groups(union, group, seed, limit)
+        chosen = _sample_groups(union, group, seed, cap)
         for p in parts:
             out[p] = fit[p] & chosen
     return out
@@ -83,22 +94,32 @@ def _roll(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dy = torch.randint(0, h, (b,), generator=gen).to(x.device)
     dx = torch.randint(0, w, (b,), generator=gen).to(x.device)
     flat = x.reshape(b, -1, h, w)
-    iy = (torch.arange(h, device=x.device)[None, :] - dy[:, None]) % h          # (B, h): out row <- in row
+    iy = (torch.arange(h, device=x.device)[None, :] - dy[:, None]) % h  # (B, h): out row <- in row
     ix = (torch.arange(w, device=x.device)[None, :] - dx[:, None]) % w
     flat = flat.gather(2, iy[:, None, :, None].expand(b, flat.shape[1], h, w))
     flat = flat.gather(3, ix[:, None, None, :].expand(b, flat.shape[1], h, w))
     return flat.reshape(x.shape)
 
 
-def _renoised(feats: FeatureBatch, idx: torch.Tensor, names, fcfg: FeaturizeConfig, gen: torch.Generator, device,
-              roll: bool = False, noise_gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def _renoised(
+    feats: FeatureBatch,
+    idx: torch.Tensor,
+    names,
+    fcfg: FeaturizeConfig,
+    gen: torch.Generator,
+    device,
+    roll: bool = False,
+    noise_gen: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Fresh forward diffusion of latent0 for rows idx: the noise-derived features among `names`
     (latents (B, T, C, h, w), spectra (B, T, C, k, k), ...), computed by the feature table.
     The noise is drawn on the device from `noise_gen` (on CPU that is `gen` itself)."""
     z0 = feats["latent0"][idx.to(feats["latent0"].device)].to(device).float()
     if roll:
         z0 = _roll(z0, gen)
-    a, s = (torch.tensor(v, dtype=torch.float32, device=device) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps))
+    a, s = (
+        torch.tensor(v, dtype=torch.float32, device=device) for v in noise_coefficients(fcfg.schedule, fcfg.timesteps)
+    )
     eps = torch.randn((len(idx), len(fcfg.timesteps)) + tuple(z0.shape[1:]), generator=noise_gen or gen, device=device)
     return compute(Context(fcfg, len(idx), z0, eps, a, s), names)
 
@@ -111,11 +132,11 @@ def _view_table(store: FeatureStore, feats: FeatureBatch, tr: np.ndarray) -> tup
     vi = store.view_index()[feats.rows]
     src = store.source_rows()[feats.rows]
     clean = tr[vi[tr] == 0]
-    slot = {int(feats.rows[i]): j for j, i in enumerate(clean)}          # store row of a clean row -> its position
+    slot = {int(feats.rows[i]): j for j, i in enumerate(clean)}  # store row of a clean row -> its position
     table = np.full((len(clean), max(1, int(vi.max()))), -1, dtype=np.int64)
     for i in tr[vi[tr] > 0]:
         j = slot.get(int(src[i]))
-        if j is not None:                                                 # a view whose clean source failed is unused
+        if j is not None:  # a view whose clean source failed is unused
             table[j, vi[i] - 1] = i
     return torch.from_numpy(clean), torch.from_numpy(table)
 
@@ -142,8 +163,11 @@ def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, part: s
     --scorer-rows clean; their fit, not the open-set calibration, under clean-fit."""
     if part not in ("network", "fit", "calibration"):
         raise ValueError(f"part {part!r}")
-    clean_only = store.has_views and (cfg.view_prob <= 0 or (part != "network" and cfg.scorer_rows == "clean")
-                                      or (part == "fit" and cfg.scorer_rows == "clean-fit"))
+    clean_only = store.has_views and (
+        cfg.view_prob <= 0
+        or (part != "network" and cfg.scorer_rows == "clean")
+        or (part == "fit" and cfg.scorer_rows == "clean-fit")
+    )
     return store.view_index()[rows] == 0 if clean_only else np.ones(len(rows), bool)
 
 
@@ -162,7 +186,7 @@ def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tu
     for i, n in enumerate(names):
         if n in known:
             remap[i] = known.index(n)
-    y = remap[feats.labels]                      # -1 for unlabelled and unknown rows
+    y = remap[feats.labels]  # -1 for unlabelled and unknown rows
     return known, y
 
 
@@ -170,9 +194,11 @@ def _check_enough(known, y, splits, store):
     for k, name in enumerate(known):
         n_tr, n_va = int(((y == k) & (splits == 0)).sum()), int(((y == k) & (splits == 1)).sum())
         if n_tr < MIN_TRAIN_PER_CLASS or n_va < 1:
-            raise InputError(f"class {name!r} of {store.path} has {n_tr} training and {n_va} validation rows; "
-                             f"training needs at least {MIN_TRAIN_PER_CLASS} and 1: add images, or hold the class "
-                             "out with --unknown-labels")
+            raise InputError(
+                f"class {name!r} of {store.path} has {n_tr} training and {n_va} validation rows; "
+                f"training needs at least {MIN_TRAIN_PER_CLASS} and 1: add images, or hold the class "
+                "out with --unknown-labels"
+            )
     if len(known) < 2:
         raise InputError("training needs at least two known classes")
 
@@ -216,6 +242,7 @@ def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise
 def _validate(net, source, y, idx, device, batch=256) -> tuple[float, float, float]:
     """Validation loss, top-1 and macro one-vs-rest AUC of the prototype logits."""
     from leakstore.model.metrics import closed_set
+
     net.eval()
     logits, seen = [], []
     for pos, feats, local in source.batches(idx, batch):
@@ -232,6 +259,7 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
     """Give weak classes (validation recall < cfg.weak_recall) extra prototypes at k-means
     centres of their training embeddings; keep them only if validation accuracy does not drop."""
     from sklearn.cluster import KMeans
+
     if cfg.extra_protos <= 0:
         return []
     dev = net.prototypes.device
@@ -240,6 +268,7 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
         with torch.inference_mode():
             z, g = (torch.as_tensor(emb_va[k], device=dev) for k in ("z", "g"))
             return float((net.logits(z, g).argmax(1).cpu().numpy() == y_va).mean())
+
     pred = emb_va["logits"].argmax(1)
     base, added = val_acc(), []
     for k in range(net.n_classes):
@@ -250,7 +279,9 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
         n = min(cfg.extra_protos, len(zk))
         if n < 1:
             continue
-        saved = {n: v.clone() for n, v in net.state_dict().items() if n.rsplit(".", 1)[-1] in ("prototypes", "proto_mask")}
+        saved = {
+            n: v.clone() for n, v in net.state_dict().items() if n.rsplit(".", 1)[-1] in ("prototypes", "proto_mask")
+        }
         centres = KMeans(n_clusters=n, n_init=4, random_state=cfg.seed).fit(zk).cluster_centers_
         net.add_prototypes(k, torch.as_tensor(centres, dtype=torch.float32))
         acc = val_acc()
@@ -261,10 +292,21 @@ def _post_hoc_prototypes(net, emb_tr, y_tr, emb_va, y_va, cfg) -> list[str]:
     return added
 
 
-def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None = None, *,
-          unknown_labels=(), device: str = DEFAULT_DEVICE, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, expect: FeaturizeConfig | None = None, stream: str = DEFAULT_STREAM,
-          buffer: int = DEFAULT_STREAM_BUFFER, outliers: str | Path | None = None) -> dict:
+def train(
+    store_path: str | Path,
+    out_dir: str | Path,
+    cfg: ModelConfig | None = None,
+    *,
+    unknown_labels=(),
+    device: str = DEFAULT_DEVICE,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    expect: FeaturizeConfig | None = None,
+    stream: str = DEFAULT_STREAM,
+    buffer: int = DEFAULT_STREAM_BUFFER,
+    outliers: str | Path | None = None,
+) -> dict:
     """Train, fit scorers, save the bundle in out_dir. Returns the training summary.
 
     `outliers`: a store of images no known generator made (model/outliers.py), featurized like
@@ -287,27 +329,50 @@ def train(store_path: str | Path, out_dir: str | Path, cfg: ModelConfig | None =
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
     # and the features only they read (the pixel spectrum)
-    feats = open_rows(store, inputs + (("latent0",) if cfg.renoise else ())
-                      + (("residual",) if cfg.uses("residual") else ()) + scorer_features(fcfg), stream, buffer)
+    feats = open_rows(
+        store,
+        inputs
+        + (("latent0",) if cfg.renoise else ())
+        + (("residual",) if cfg.uses("residual") else ())
+        + scorer_features(fcfg),
+        stream,
+        buffer,
+    )
     try:
         return _train(store, fcfg, feats, cfg, inputs, out_dir, unknown_labels, dev, resume, progress, outliers)
     finally:
-        feats.close()         # the streamed store's reader thread
+        feats.close()  # the streamed store's reader thread
 
 
-def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, inputs, out_dir: Path, unknown_labels,
-           dev, resume: bool, progress: bool, outliers=None) -> dict:
+def _train(
+    store: FeatureStore,
+    fcfg: FeaturizeConfig,
+    feats,
+    cfg: ModelConfig,
+    inputs,
+    out_dir: Path,
+    unknown_labels,
+    dev,
+    resume: bool,
+    progress: bool,
+    outliers=None,
+) -> dict:
     """train() once its rows are open: the networks, then the scorers (_finish)."""
     from tqdm.auto import tqdm
+
     known, y = _split_known(store, feats, list(unknown_labels))
     _check_enough(known, y, feats.splits, store)
-    rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)                     # views included unless --view-prob 0
+    rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)  # views included unless --view-prob 0
     tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))
     va = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 1)))
     clean, views = _view_table(store, feats, tr.numpy())
     # what a resume must match: the features, the list of images and the classes the run started on
-    origin = {"featurize_hash": fcfg.hash, "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
-              "classes": known, "model_config": _resumable(cfg.to_dict())}
+    origin = {
+        "featurize_hash": fcfg.hash,
+        "catalog_fingerprint": store.attrs.get("catalog_fingerprint"),
+        "classes": known,
+        "model_config": _resumable(cfg.to_dict()),
+    }
     if resume and (out_dir / f"{train_state_name(0)}.safetensors").exists():
         _check_resume(out_dir, origin, store)
     chunk_of = feats.rows // store.chunk_size
@@ -318,14 +383,32 @@ def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, 
     epoch_rows = min(len(clean), cfg.epoch_samples) if cfg.epoch_samples > 0 else len(clean)
     # a terminal gets a bar; a log file (not a terminal) one line per epoch instead of its carriage returns
     log_epochs = progress and not _tty()
-    bar = tqdm(total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress or log_epochs,
-               desc="train")
+    bar = tqdm(
+        total=cfg.members * cfg.epochs * epoch_rows, unit="sample", disable=not progress or log_epochs, desc="train"
+    )
     members, states = [], []
     for k in range(cfg.members):
         if cfg.members > 1:
             bar.set_description(f"train {k + 1}/{cfg.members}")
-        net, state = _train_member(k, cfg, fcfg, len(known), norm, dfeats, y, clean, views, val, dev, out_dir,
-                                   origin, resume, bar, epoch_rows, log_epochs)
+        net, state = _train_member(
+            k,
+            cfg,
+            fcfg,
+            len(known),
+            norm,
+            dfeats,
+            y,
+            clean,
+            views,
+            val,
+            dev,
+            out_dir,
+            origin,
+            resume,
+            bar,
+            epoch_rows,
+            log_epochs,
+        )
         members.append(net)
         states.append(state)
     bar.close()
@@ -333,10 +416,28 @@ def _train(store: FeatureStore, fcfg: FeaturizeConfig, feats, cfg: ModelConfig, 
     train_seconds = time.perf_counter() - t0
     net = joined(members)
     use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
-    fit = {"train": use & (feats.splits == 0), "val": use & (feats.splits == 1),
-           "calibration": cal & (feats.splits == 1)}
-    return _finish(net, cfg, fcfg, store, feats, known, y, fit, dev, out_dir, states, train_seconds,
-                   list(unknown_labels), epoch_rows, outliers)
+    fit = {
+        "train": use & (feats.splits == 0),
+        "val": use & (feats.splits == 1),
+        "calibration": cal & (feats.splits == 1),
+    }
+    return _finish(
+        net,
+        cfg,
+        fcfg,
+        store,
+        feats,
+        known,
+        y,
+        fit,
+        dev,
+        out_dir,
+        states,
+        train_seconds,
+        list(unknown_labels),
+        epoch_rows,
+        outliers,
+    )
 
 
 def _validation_rows(feats, dfeats, y: np.ndarray, va: np.ndarray, chunk_of: np.ndarray, seed: int):
@@ -348,11 +449,13 @@ def _validation_rows(feats, dfeats, y: np.ndarray, va: np.ndarray, chunk_of: np.
     return MemoryRows(feats.fetch(va)), y[va], torch.arange(len(va))
 
 
-def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, source, tr: np.ndarray,
-                   chunk_of: np.ndarray) -> dict:
+def _normalisation(
+    cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, source, tr: np.ndarray, chunk_of: np.ndarray
+) -> dict:
     """The network's input statistics (its *_mean / *_std buffers) from the training rows: all of
     them, or those of a seeded sample of whole chunks above NORM_ROWS, read in one pass (streamed or not)."""
     from leakstore.model.net import NormStats
+
     tr = _sample_positions(tr, chunk_of, cfg.seed, NORM_ROWS)
     net = build_member(cfg, fcfg, n_classes)
     stats = NormStats(net)
@@ -362,9 +465,25 @@ def _normalisation(cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, sour
     return {k: v for k, v in net.state_dict().items() if k.endswith(("_mean", "_std"))}
 
 
-def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: int, norm: dict, dfeats, y,
-                  clean, views, val, dev, out_dir: Path, origin: dict, resume: bool, bar, epoch_rows: int,
-                  log_epochs: bool = False):
+def _train_member(
+    k: int,
+    cfg: ModelConfig,
+    fcfg: FeaturizeConfig,
+    n_classes: int,
+    norm: dict,
+    dfeats,
+    y,
+    clean,
+    views,
+    val,
+    dev,
+    out_dir: Path,
+    origin: dict,
+    resume: bool,
+    bar,
+    epoch_rows: int,
+    log_epochs: bool = False,
+):
     """Train member k of the model (seed cfg.seed + k; the only member of a single network) and
     return it at its best epoch, with its training state. Each epoch's state is saved under its
     own name, so an interrupted ensemble resumes at the member and epoch it reached."""
@@ -376,27 +495,47 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
     net.to(dev)
     noise_gen = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"epoch": 0, "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
-             "best_epoch": -1, "bad_epochs": 0, "history": [], "origin": origin, "seed": seed}
+    state = {
+        "epoch": 0,
+        "best_loss": [math.inf, math.inf],  # the selection criterion, lower is better
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+        "origin": origin,
+        "seed": seed,
+    }
     best = None
     if resume and (out_dir / f"{train_state_name(k)}.safetensors").exists():
         state, best, rng = load_train_state(out_dir, net, opt, k)
-        _set_rng(rng, gen, noise_gen, dev)    # the generators as they were: the run goes on as if never stopped
+        _set_rng(rng, gen, noise_gen, dev)  # the generators as they were: the run goes on as if never stopped
         bar.update(state["epoch"] * epoch_rows)
     if not best:
         best = {n: v.detach().clone() for n, v in net.state_dict().items()}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
-        tl = _epoch(net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen)
+        tl = _epoch(
+            net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen
+        )
         vl, vacc, vauc = _validate(net, *val, dev)
         state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "train_loss": tl, "val_loss": vl, "val_top1": vacc,
-                                 "val_auc": vauc, "seconds": time.perf_counter() - te})
+        state["history"].append(
+            {
+                "epoch": state["epoch"],
+                "train_loss": tl,
+                "val_loss": vl,
+                "val_top1": vacc,
+                "val_auc": vauc,
+                "seconds": time.perf_counter() - te,
+            }
+        )
         bar.set_postfix(val_loss=f"{vl:.3f}", val_top1=f"{vacc:.3f}", val_auc=f"{vauc:.3f}", refresh=False)
         if log_epochs:
-            print(f"train {k + 1}/{cfg.members} epoch {state['epoch']}/{cfg.epochs}: train loss {tl:.3f}, val loss "
-                  f"{vl:.3f}, val top-1 {vacc:.3f}, val AUC {vauc:.3f} ({time.perf_counter() - te:.1f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"train {k + 1}/{cfg.members} epoch {state['epoch']}/{cfg.epochs}: train loss {tl:.3f}, val loss "
+                f"{vl:.3f}, val top-1 {vacc:.3f}, val AUC {vauc:.3f} ({time.perf_counter() - te:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         # lower is better; on "val_auc" a tie (AUC saturates at 1) is broken by the validation loss
         crit = [-round(vauc, 4), vl] if cfg.select_on == "val_auc" else [vl, 0.0]
         prev = state["best_loss"] if isinstance(state["best_loss"], list) else [math.inf, math.inf]
@@ -406,7 +545,7 @@ def _train_member(k: int, cfg: ModelConfig, fcfg: FeaturizeConfig, n_classes: in
         else:
             state["bad_epochs"] += 1
         save_train_state(out_dir, net, opt, state, best, k, rng=_rng_states(gen, noise_gen, dev))
-    bar.update(max(0, (cfg.epochs - state["epoch"]) * epoch_rows))          # stopped early: the bar ends full
+    bar.update(max(0, (cfg.epochs - state["epoch"]) * epoch_rows))  # stopped early: the bar ends full
     net.load_state_dict(best)
     return net, state
 
@@ -438,16 +577,24 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
     except (OSError, ValueError, LeakstoreError):
         prev = None
     if prev is None:
-        raise ConfigMismatchError(f"{out_dir}: its training state does not record which store it was trained on "
-                                  "(written by an older leakstore or damaged): train into a new --out")
-    what = {"featurize_hash": "features (featurize config)", "catalog_fingerprint": "list of images",
-            "classes": "known classes (--unknown-labels)", "model_config": "model settings"}
+        raise ConfigMismatchError(
+            f"{out_dir}: its training state does not record which store it was trained on "
+            "(written by an older leakstore or damaged): train into a new --out"
+        )
+    what = {
+        "featurize_hash": "features (featurize config)",
+        "catalog_fingerprint": "list of images",
+        "classes": "known classes (--unknown-labels)",
+        "model_config": "model settings",
+    }
     if isinstance(prev.get("model_config"), dict):
         prev = {**prev, "model_config": _resumable(prev["model_config"])}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
-        raise ConfigMismatchError(f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "
-                                  "run's; resume with the same store and options, or train into a new --out")
+        raise ConfigMismatchError(
+            f"cannot resume {out_dir} on {store.path}: its {', '.join(diff)} differ from the "
+            "run's; resume with the same store and options, or train into a new --out"
+        )
 
 
 def _best_val(state: dict) -> dict:
@@ -461,13 +608,28 @@ def _row_groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     return np.where(g != "", g, np.char.add("sha:", sha))
 
 
-def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], dev, out_dir, states: list[dict],
-            train_seconds, unknown, epoch_rows: int, outliers=None) -> dict:
+def _finish(
+    net,
+    cfg,
+    fcfg,
+    store,
+    feats,
+    known,
+    y,
+    fit: dict[str, np.ndarray],
+    dev,
+    out_dir,
+    states: list[dict],
+    train_seconds,
+    unknown,
+    epoch_rows: int,
+    outliers=None,
+) -> dict:
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
     (and choose post-hoc prototypes), "calibration" rows set the open-set scales and threshold."""
     fit = _capped(fit, feats.rows // store.chunk_size, cfg.seed)
-    order = np.flatnonzero(fit["train"] | fit["val"] | fit["calibration"])   # in store order
+    order = np.flatnonzero(fit["train"] | fit["val"] | fit["calibration"])  # in store order
     emb, fblocks = embed_rows(net, feats, order, dev)
     sub_rows = feats.rows[order]
     tr, va, cal = (fit[k][order] for k in ("train", "val", "calibration"))
@@ -478,46 +640,85 @@ def _finish(net, cfg, fcfg, store, feats, known, y, fit: dict[str, np.ndarray], 
     added = _post_hoc_prototypes(net, e_tr, y_tr, e_va, y_va, cfg)
     closed = CLOSED_SCORERS.get(cfg.scorer)
     closed = closed().fit(e_tr["e"], y_tr).calibrate(e_va["e"], y_va) if closed else None
-    blocks = open_blocks(net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1),
-                         fblocks=fblocks)
+    blocks = open_blocks(
+        net, emb, closed.predict_proba(emb["e"]) if closed else softmax(emb["logits"], axis=1), fblocks=fblocks
+    )
     # read only for a scorer that takes them (the summary says when they went unused)
     oblocks = outlier_blocks(net, *outliers) if outliers is not None and takes_outliers(cfg.open_scorer) else None
-    opn = OpenSetScorer(method=cfg.open_scorer, false_unknown_rate=cfg.false_unknown_rate, random_state=cfg.seed,
-                        temperature=cfg.open_temperature).fit(
-        select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
-    if store.has_crops:              # images are judged on their crops' mean score: a threshold of their own
+    opn = OpenSetScorer(
+        method=cfg.open_scorer,
+        false_unknown_rate=cfg.false_unknown_rate,
+        random_state=cfg.seed,
+        temperature=cfg.open_temperature,
+    ).fit(select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
+    if store.has_crops:  # images are judged on their crops' mean score: a threshold of their own
         opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub_rows[cal]])
     # a scorer on stored features only: the threshold from out-of-fold scores over every training prompt
     oof = set_out_of_fold_threshold(
-        opn, blocks, y_sub, tr, cal, _row_groups(store, sub_rows),
-        image=store.image_rows()[sub_rows] if store.has_crops else None, outliers=oblocks,
-        outlier_groups=None if oblocks is None else outlier_groups(*outliers), seed=cfg.seed)
+        opn,
+        blocks,
+        y_sub,
+        tr,
+        cal,
+        _row_groups(store, sub_rows),
+        image=store.image_rows()[sub_rows] if store.has_crops else None,
+        outliers=oblocks,
+        outlier_groups=None if oblocks is None else outlier_groups(*outliers),
+        seed=cfg.seed,
+    )
     state = states[0]
-    summary = {"epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "selected_on": cfg.select_on,
-               "best_val": _best_val(state), "history": state["history"],
-               "train_rows": int(tr.sum()), "val_rows": int(va.sum()),
-               "calibration_rows": int(cal.sum()),
-               "train_views": store.attrs.get("train_views"), "view_prob": cfg.view_prob if store.has_views else None,
-               "scorer_rows": cfg.scorer_rows if store.has_views else None,
-               "train_seconds": round(train_seconds, 2), "streamed": bool(feats.streaming),
-               "fit_rows": {k: int(v.sum()) for k, v in fit.items()},
-               "samples_per_s": round(epoch_rows * sum(len(st["history"]) for st in states)
-                                      / max(sum(h["seconds"] for st in states for h in st["history"]), 1e-9), 1),
-               "post_hoc_prototypes": [known[k] for k in added], "unknown_labels": unknown,
-               "store": str(store.path), "store_id": store.attrs.get("store_id"),
-               "builtin_encoder": bool(fcfg.vae.builtin), "device": str(dev),
-               "open_scorer": {"method": cfg.open_scorer, "components": list(opn.components_),
-                               "temperature": cfg.open_temperature, "threshold": opn.threshold_,
-                               "false_unknown_rate": cfg.false_unknown_rate, "val_flagged": opn.val_flagged_,
-                               "image_threshold": getattr(opn, "image_threshold_", None),
-                               "fallback": opn.fallback_ or None,
-                               "threshold_from": oof or {"source": "validation"}},
-               "outliers": None if outliers is None else {"store": str(outliers[0].path), "rows": len(outliers[1]),
-                                                          "used": int(opn.n_outliers_),
-                                                          "classes": int(opn.n_outlier_classes_),
-                                                          "views": outliers[0].has_views}}
-    if len(states) > 1:   # an ensemble: the fields above are its first member's, these every member's
-        summary["members"] = [{"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"],
-                               "best_val": _best_val(st)} for st in states]
+    summary = {
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "selected_on": cfg.select_on,
+        "best_val": _best_val(state),
+        "history": state["history"],
+        "train_rows": int(tr.sum()),
+        "val_rows": int(va.sum()),
+        "calibration_rows": int(cal.sum()),
+        "train_views": store.attrs.get("train_views"),
+        "view_prob": cfg.view_prob if store.has_views else None,
+        "scorer_rows": cfg.scorer_rows if store.has_views else None,
+        "train_seconds": round(train_seconds, 2),
+        "streamed": bool(feats.streaming),
+        "fit_rows": {k: int(v.sum()) for k, v in fit.items()},
+        "samples_per_s": round(
+            epoch_rows
+            * sum(len(st["history"]) for st in states)
+            / max(sum(h["seconds"] for st in states for h in st["history"]), 1e-9),
+            1,
+        ),
+        "post_hoc_prototypes": [known[k] for k in added],
+        "unknown_labels": unknown,
+        "store": str(store.path),
+        "store_id": store.attrs.get("store_id"),
+        "builtin_encoder": bool(fcfg.vae.builtin),
+        "device": str(dev),
+        "open_scorer": {
+            "method": cfg.open_scorer,
+            "components": list(opn.components_),
+            "temperature": cfg.open_temperature,
+            "threshold": opn.threshold_,
+            "false_unknown_rate": cfg.false_unknown_rate,
+            "val_flagged": opn.val_flagged_,
+            "image_threshold": getattr(opn, "image_threshold_", None),
+            "fallback": opn.fallback_ or None,
+            "threshold_from": oof or {"source": "validation"},
+        },
+        "outliers": None
+        if outliers is None
+        else {
+            "store": str(outliers[0].path),
+            "rows": len(outliers[1]),
+            "used": int(opn.n_outliers_),
+            "classes": int(opn.n_outlier_classes_),
+            "views": outliers[0].has_views,
+        },
+    }
+    if len(states) > 1:  # an ensemble: the fields above are its first member's, these every member's
+        summary["members"] = [
+            {"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"], "best_val": _best_val(st)}
+            for st in states
+        ]
     save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn))
     return summary

@@ -1,6 +1,7 @@
 """Dask clusters for the pipelines: a local cluster of worker processes, or a running scheduler.
 
 Shared by scoring and featurizing (`leakstore.pipelines.score`, `leakstore.pipelines.featurize_dask`)."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,9 @@ def local_cluster(n_workers: int):
 
     import dask
     from distributed import LocalCluster
+
     logging.getLogger("distributed").setLevel(logging.ERROR)
+
     class Cluster(LocalCluster):
         """Puts the caller's environment back when it closes: a LocalCluster's nannies run in this
         process and write their workers' environment (OMP_NUM_THREADS=1, ...) into it at every spawn,
@@ -40,13 +43,17 @@ def local_cluster(n_workers: int):
     # the cluster, from this environment) would say so in two lines after leakstore's one
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                              "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
-                              f"distributed.nanny.pre-spawn-environ.{LOCAL_WORKERS}": str(n_workers),
-                              "logging.distributed": "error"}):
+        with dask.config.set(
+            {
+                "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "error",
+                f"distributed.nanny.pre-spawn-environ.{LOCAL_WORKERS}": str(n_workers),
+                "logging.distributed": "error",
+            }
+        ):
             return Cluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
     finally:
-        _restore_environ(environ)     # also right after the first spawn (a restarted worker gets its own again)
+        _restore_environ(environ)  # also right after the first spawn (a restarted worker gets its own again)
 
 
 def _restore_environ(environ: dict) -> None:
@@ -59,11 +66,14 @@ def connect(scheduler, workers):
     """(client, local cluster or None): on the scheduler at `scheduler`, else on a new local cluster
     of `workers` processes (default one per core). Shared by scoring and featurizing."""
     from distributed import Client
+
     if scheduler:
         try:
             return Client(scheduler, timeout="10s"), None
         except (OSError, TimeoutError) as e:
-            raise InputError(f"cannot reach the dask scheduler at {scheduler} within 10 s ({type(e).__name__}): "
-                             "start it (dask scheduler) or drop --scheduler to use local workers") from None
+            raise InputError(
+                f"cannot reach the dask scheduler at {scheduler} within 10 s ({type(e).__name__}): "
+                "start it (dask scheduler) or drop --scheduler to use local workers"
+            ) from None
     cluster = local_cluster(workers or max(1, (os.cpu_count() or 2)))
     return Client(cluster), cluster

@@ -11,6 +11,7 @@ model's config) are scored the same way: each label's rows (of `split` when the 
 splits, all rows otherwise) against the first store's known rows. A label the model knows
 (real photographs from elsewhere, say) reports how often it is still called what it is.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,19 +20,20 @@ import numpy as np
 
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
-from leakstore.pipelines.predictor import Predictor
-from leakstore.store import SPLIT_NAMES, FeatureStore
+from leakstore.fsio import atomic_path, write_json
 from leakstore.model.metrics import closed_set, open_set
 from leakstore.model.predict import image_threshold, validation_flagged
-from leakstore.fsio import atomic_path, write_json
+from leakstore.pipelines.predictor import Predictor
+from leakstore.store import SPLIT_NAMES, FeatureStore
 
 
-def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, "object", dict]:
+def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:
     import pandas as pd
+
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
-    feats = store.load(())                   # labels and splits only: the features of the rows judged are read below
+    feats = store.load(())  # labels and splits only: the features of the rows judged are read below
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
@@ -44,35 +46,62 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     y, unknown = y[keep], unknown[keep]
     p = predictor.predict(sub)
     per_crop = None
-    if store.has_crops:          # judge images, not crops: every figure below is per image
+    if store.has_crops:  # judge images, not crops: every figure below is per image
         per_crop = closed_set(y[y >= 0], p["proba"][y >= 0], bundle.class_names)
         sub, p, (y, unknown) = per_image(predictor, store, sub, p, y, unknown)
     known = y >= 0
-    metrics = {"view": store.config.view, "store": str(store_path), "split": split,
-               "unit": "image" if per_crop is not None else "row", "crops": store.config.crops,
-               "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
-               "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known])}
-    true = np.array([names[l] for l in sub.labels], dtype=object)
+    metrics = {
+        "view": store.config.view,
+        "store": str(store_path),
+        "split": split,
+        "unit": "image" if per_crop is not None else "row",
+        "crops": store.config.crops,
+        "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
+        "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known]),
+    }
+    true = np.array([names[lab] for lab in sub.labels], dtype=object)
     o = metrics["open"]
-    o["per_generator_auroc"] = {str(g): open_set(p["open_score"][known], p["open_score"][true == g]).get("auroc")
-                                for g in sorted(set(true[unknown]))}
+    o["per_generator_auroc"] = {
+        str(g): open_set(p["open_score"][known], p["open_score"][true == g]).get("auroc")
+        for g in sorted(set(true[unknown]))
+    }
     if per_crop is not None:
-        metrics["closed_per_crop"] = {k: per_crop[k] for k in ("macro_auc", "top1", "balanced_accuracy") if k in per_crop}
+        metrics["closed_per_crop"] = {
+            k: per_crop[k] for k in ("macro_auc", "top1", "balanced_accuracy") if k in per_crop
+        }
         metrics["open_spread"] = float(np.mean(p["open_spread"]))
     o["unknown_flagged"] = float(p["is_unknown"][unknown].mean()) if unknown.any() else None
     o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
-    # the threshold was set on validation data: the asked false-unknown rate, what validation gave, what this split gives
-    o["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate,
-                               "validation": validation_flagged(bundle), split: o["known_flagged"]}
-    df = pd.DataFrame({"path": sub.paths, "view": store.config.view, "true": true,
-                       "true_is_unknown": unknown, "pred": p["pred_name"], "confidence": p["confidence"],
-                       "open_score": p["open_score"], "is_unknown": p["is_unknown"],
-                       "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]]})
+    # the threshold was set on validation data: the asked false-unknown rate, what validation gave, and what
+    # this split gives
+    o["false_unknown_rate"] = {
+        "asked": bundle.cfg.false_unknown_rate,
+        "validation": validation_flagged(bundle),
+        split: o["known_flagged"],
+    }
+    df = pd.DataFrame(
+        {
+            "path": sub.paths,
+            "view": store.config.view,
+            "true": true,
+            "true_is_unknown": unknown,
+            "pred": p["pred_name"],
+            "confidence": p["confidence"],
+            "open_score": p["open_score"],
+            "is_unknown": p["is_unknown"],
+            "nearest_prototypes": [";".join(n) for n in p["nearest_prototypes"]],
+        }
+    )
     for i, c in enumerate(bundle.class_names):
         df[f"p_{c}"] = p["proba"][:, i]
     thr = image_threshold(bundle) if per_crop is not None else getattr(bundle.open, "threshold_", None)
-    extras = {"y": y, "unknown": unknown, "true": true, "threshold": thr,
-              **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")}}
+    extras = {
+        "y": y,
+        "unknown": unknown,
+        "true": true,
+        "threshold": thr,
+        **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")},
+    }
     return metrics, df, extras
 
 
@@ -80,13 +109,16 @@ def per_image(predictor: Predictor, store: FeatureStore, sub, p: dict, *row_arra
     """Crop rows -> images: (the batch's rows of each image's first crop, the per-image predictions,
     `row_arrays` taken at those rows)."""
     from leakstore.model.predict import aggregate_images
+
     image = store.image_rows()[sub.rows]
     _, pi = aggregate_images(p, image, predictor.bundle.class_names, image_threshold(predictor.bundle))
     first = pi.pop("first_row")
     return sub.subset(first), pi, tuple(a[first] for a in row_arrays)
 
 
-def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test") -> tuple[dict, dict]:
+def evaluate_unseen(
+    predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test"
+) -> tuple[dict, dict]:
     """Rows of a store of other images, per label, against `known_score` (the known rows' open-set
     scores): -> ({label: metrics}, {label: scores}). Every row of an outside store counts; of the
     training store itself, the `split` rows only."""
@@ -97,25 +129,34 @@ def evaluate_unseen(predictor: Predictor, store_path, known_score: np.ndarray, s
     # a store of outside images is judged on all its rows; the training store itself (a generator held
     # out with --unknown-labels) on `split`, since its other rows trained the model
     own = store.attrs.get("store_id") is not None and store.attrs.get("store_id") == bundle.meta.get(
-        "training", {}).get("store_id")
+        "training", {}
+    ).get("store_id")
     has_splits = (feats.splits >= 0).any()
-    sel = ((feats.splits == SPLIT_NAMES.index(split)) if own and has_splits and split != "all"
-           else np.ones(len(feats), bool))
+    sel = (
+        (feats.splits == SPLIT_NAMES.index(split))
+        if own and has_splits and split != "all"
+        else np.ones(len(feats), bool)
+    )
     if not sel.any():
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)
     p = predictor.predict(sub)
     if store.has_crops:
         sub, p, _ = per_image(predictor, store, sub, p)
-    names = np.array([store.class_names[l] if l >= 0 else "(unlabelled)" for l in sub.labels], dtype=object)
+    names = np.array([store.class_names[lab] if lab >= 0 else "(unlabelled)" for lab in sub.labels], dtype=object)
     per, scores = {}, {}
     for g in sorted(set(names)):
         m = names == g
         called = p["pred_name"][m]
         top, count = np.unique(called, return_counts=True)
-        row = {"store": str(store_path), "n": int(m.sum()), "known_class": g in bundle.class_names,
-               "flagged": float(p["is_unknown"][m].mean()), "called_most": str(top[count.argmax()]),
-               "called_most_share": float(count.max() / m.sum())}
+        row = {
+            "store": str(store_path),
+            "n": int(m.sum()),
+            "known_class": g in bundle.class_names,
+            "flagged": float(p["is_unknown"][m].mean()),
+            "called_most": str(top[count.argmax()]),
+            "called_most_share": float(count.max() / m.sum()),
+        }
         if g in bundle.class_names:
             row["called_correctly"] = float((called == g).mean())
         else:
@@ -130,6 +171,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
     import pandas as pd
 
     from leakstore.pipelines.report import write_report
+
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -141,36 +183,50 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         results.append(m)
         frames.append(df)
         extras.append(ex)
-    summary = {"model": str(run_dir), "classes": bundle.class_names,
-               "unknown_labels": bundle.meta.get("training", {}).get("unknown_labels", []),
-               "builtin_encoder": bool(bundle.featurize.vae.builtin),
-               "encoder": bundle.featurize.vae.name + (" (BUILT-IN DEMO ENCODER: random weights, not a real VAE)"
-                                                       if bundle.featurize.vae.builtin else ""),
-               "inputs": [f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n
-                          for n in predictor.inputs],
-               "networks": bundle.cfg.members,
-               "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
-               "open_scorer": bundle.cfg.open_scorer,
-               "open_components": list(bundle.open.components_) if bundle.open is not None else [],
-               "open_fallback": getattr(bundle.open, "fallback_", "") or None,
-               "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
-               "views": results,
-               "robustness": [{"view": r["view"], "macro_auc": r["closed"]["macro_auc"], "top1": r["closed"]["top1"],
-                               "open_auroc": r["open"].get("auroc"), "known_flagged": r["open"].get("known_flagged")}
-                              for r in results]}
+    summary = {
+        "model": str(run_dir),
+        "classes": bundle.class_names,
+        "unknown_labels": bundle.meta.get("training", {}).get("unknown_labels", []),
+        "builtin_encoder": bool(bundle.featurize.vae.builtin),
+        "encoder": bundle.featurize.vae.name
+        + (" (BUILT-IN DEMO ENCODER: random weights, not a real VAE)" if bundle.featurize.vae.builtin else ""),
+        "inputs": [
+            f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n for n in predictor.inputs
+        ],
+        "networks": bundle.cfg.members,
+        "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
+        "open_scorer": bundle.cfg.open_scorer,
+        "open_components": list(bundle.open.components_) if bundle.open is not None else [],
+        "open_fallback": getattr(bundle.open, "fallback_", "") or None,
+        "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
+        "views": results,
+        "robustness": [
+            {
+                "view": r["view"],
+                "macro_auc": r["closed"]["macro_auc"],
+                "top1": r["closed"]["top1"],
+                "open_auroc": r["open"].get("auroc"),
+                "known_flagged": r["open"].get("known_flagged"),
+            }
+            for r in results
+        ],
+    }
     if unseen:
         first = extras[0]
         known_score = first["open_score"][first["y"] >= 0]
         per, scores = {}, {}
         for u in unseen:
             pu, su = evaluate_unseen(predictor, u, known_score, split)
-            for g in pu:   # the same label in two stores: keep both, named by store
+            for g in pu:  # the same label in two stores: keep both, named by store
                 key = g if g not in per else f"{g} ({Path(u).name})"
                 per[key], scores[key] = pu[g], su[g]
         aucs = [v["auroc"] for v in per.values() if v.get("auroc") is not None]
-        summary["unseen"] = {"known_rows": f"{split} rows of the model's classes in {stores[0]}",
-                             "per_generator": per, "mean_auroc": float(np.mean(aucs)) if aucs else None,
-                             "min_auroc": float(np.min(aucs)) if aucs else None}
+        summary["unseen"] = {
+            "known_rows": f"{split} rows of the model's classes in {stores[0]}",
+            "per_generator": per,
+            "mean_auroc": float(np.mean(aucs)) if aucs else None,
+            "min_auroc": float(np.min(aucs)) if aucs else None,
+        }
         extras[0]["unseen_scores"] = scores
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)

@@ -11,6 +11,7 @@ again after a lost worker is rewritten with the same bytes, and the finished sto
 single-process run. GPU nodes: one worker per GPU (`dask worker ADDR --nworkers 1 --nthreads 1`
 with CUDA_VISIBLE_DEVICES set per worker, or dask-cuda's `dask cuda worker` where installed).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,18 +36,24 @@ except ImportError:  # pragma: no cover - distributed is a dependency
 def _runner(store: FeatureStore, device: str, batch: int, worker_number: int | None = None):
     """The encoder and its DeviceFeaturizer for this store's config, built once per worker process
     (`worker_number`: the dask worker's number, which picks its GPU on a local cluster)."""
+    from leakstore.device import resolve_device, worker_process_device
     from leakstore.featurize.runner import DeviceFeaturizer
     from leakstore.featurize.vae import encoder_for_config
-    from leakstore.device import resolve_device, worker_process_device
+
     key = f"{store.config.hash}|{store.config.decoder}|{device}|{batch}"
     with _LOCK:
         if key not in _CACHE:
             # in a worker: a local cluster's GPU workers spread over the GPUs, one CPU thread per process
-            dev = (worker_process_device(device, worker_number) if os.environ.get("LEAKSTORE_WORKER")
-                   else resolve_device(device))
+            dev = (
+                worker_process_device(device, worker_number)
+                if os.environ.get("LEAKSTORE_WORKER")
+                else resolve_device(device)
+            )
             enc = encoder_for_config(store.config)
-            _CACHE[key] = (enc, DeviceFeaturizer(enc, store.config, dev, batch, use_compile=dev.type == "cuda",
-                                                            pad=True))
+            _CACHE[key] = (
+                enc,
+                DeviceFeaturizer(enc, store.config, dev, batch, use_compile=dev.type == "cuda", pad=True),
+            )
         return _CACHE[key]
 
 
@@ -59,6 +66,7 @@ class LoadEncoder(WorkerPlugin):
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
         from leakstore.device import number_of
+
         _runner(FeatureStore.open(self.store_path), self.device, self.batch, number_of(worker))
 
 
@@ -75,26 +83,49 @@ def _catalog(store: FeatureStore):
 def featurize_chunk(store_path: str, k: int, device: str, batch: int, max_pixels: int) -> dict:
     """Featurize and write chunk k of the store (skipped when already done)."""
     from leakstore.featurize.runner import featurize_store
+
     store = FeatureStore.open(store_path)
     enc, runner = _runner(store, device, batch)
     t = time.perf_counter()
-    rep = featurize_store(_catalog(store), store_path, store.config, enc,
-                          RunOptions(device=device, batch_size=batch, workers=0, progress=False, chunks=(k,),
-                                     max_pixels=max_pixels), runner=runner)
-    return {"chunk": k, "processed": rep.processed, "done": rep.done, "failed": rep.failed,
-            "failures": rep.failures, "seconds": time.perf_counter() - t}
+    rep = featurize_store(
+        _catalog(store),
+        store_path,
+        store.config,
+        enc,
+        RunOptions(device=device, batch_size=batch, workers=0, progress=False, chunks=(k,), max_pixels=max_pixels),
+        runner=runner,
+    )
+    return {
+        "chunk": k,
+        "processed": rep.processed,
+        "done": rep.done,
+        "failed": rep.failed,
+        "failures": rep.failures,
+        "seconds": time.perf_counter() - t,
+    }
 
 
-def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cluster: int | None = None,
-                      scheduler: str | None = None, client=None) -> FeaturizeReport:
+def featurize_on_dask(
+    catalog,
+    store_path,
+    cfg,
+    encoder,
+    opts: RunOptions,
+    *,
+    cluster: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+) -> FeaturizeReport:
     """Featurize `catalog` into the store with one dask task per pending chunk."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
     from leakstore.device import featurize_workers, resolve_device
     from leakstore.pipelines.cluster import connect
-    store = FeatureStore.create(store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec,
-                                overwrite=opts.overwrite)
+
+    store = FeatureStore.create(
+        store_path, cfg, catalog, chunk_size=opts.chunk_size, codec=opts.codec, overwrite=opts.overwrite
+    )
     todo = store.todo_chunks()
     dev = str(resolve_device(opts.device)) if opts.device != "auto" else opts.device
     batch = opts.batch_size or BATCH_CPU
@@ -112,11 +143,27 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
             client, local = connect(scheduler, cluster)
         try:
             client.register_plugin(LoadEncoder(str(Path(store_path).resolve()), dev, batch), name="leakstore-encoder")
-            futures = [client.submit(featurize_chunk, str(Path(store_path).resolve()), k, dev, batch, opts.max_pixels,
-                                     key=f"featurize-{store.attrs['store_id']}-{k}", pure=False) for k in todo]
+            futures = [
+                client.submit(
+                    featurize_chunk,
+                    str(Path(store_path).resolve()),
+                    k,
+                    dev,
+                    batch,
+                    opts.max_pixels,
+                    key=f"featurize-{store.attrs['store_id']}-{k}",
+                    pure=False,
+                )
+                for k in todo
+            ]
             n_rows = sum(len(store.chunk_rows(k)) for k in todo)
-            bar = tqdm(total=n_rows, unit="img", desc=f"featurize {Path(store_path).name} ({len(todo)} chunks)",
-                       disable=not opts.progress, dynamic_ncols=True)
+            bar = tqdm(
+                total=n_rows,
+                unit="img",
+                desc=f"featurize {Path(store_path).name} ({len(todo)} chunks)",
+                disable=not opts.progress,
+                dynamic_ncols=True,
+            )
             try:
                 for fut in as_completed(futures):
                     r = fut.result()
@@ -134,8 +181,18 @@ def featurize_on_dask(catalog, store_path, cfg, encoder, opts: RunOptions, *, cl
     seconds = time.perf_counter() - t0
     st = store.status()
     return FeaturizeReport(
-        store=str(store_path), config_hash=cfg.hash, shard="dask", n_images=len(catalog),
-        already_done=len(catalog) - processed, processed=processed, done=done, failed=failed,
-        failed_in_store=int((st == FAILED).sum()), seconds=round(seconds, 3),
+        store=str(store_path),
+        config_hash=cfg.hash,
+        shard="dask",
+        n_images=len(catalog),
+        already_done=len(catalog) - processed,
+        processed=processed,
+        done=done,
+        failed=failed,
+        failed_in_store=int((st == FAILED).sum()),
+        seconds=round(seconds, 3),
         images_per_s=round(processed / seconds, 1) if processed and seconds > 0 else 0.0,
-        device=dev, builtin_encoder=cfg.vae.builtin, failures=failures)
+        device=dev,
+        builtin_encoder=cfg.vae.builtin,
+        failures=failures,
+    )

@@ -2,6 +2,7 @@
 
 A report is one self-contained file (images as data URIs), so it can be mailed or attached to case
 notes as it is."""
+
 from __future__ import annotations
 
 import base64
@@ -23,5 +24,7 @@ def img(path: Path) -> str:
 def page(title: str, body: str) -> str:
     """A whole HTML document: `title` (plain text) as its title and first heading, `body` (HTML) after it."""
     t = html.escape(title)
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{t}</title>\n<style>{STYLE}</style>\n'
-            f"</head><body><h1>{t}</h1>{body}</body></html>\n")
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{t}</title>\n<style>{STYLE}</style>\n'
+        f"</head><body><h1>{t}</h1>{body}</body></html>\n"
+    )

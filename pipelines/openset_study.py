@@ -4,7 +4,8 @@
 
 For each known non-real generator g: train without g (a short schedule, `--epochs`), then score
 g's rows as unknown against the other classes' rows with every open-set scorer (model/openset.py),
-each fitted on the fold's training rows, scaled and thresholded on its known validation rows. The validation AUROC (g's validation rows vs known validation rows) chooses the scorer; the
+each fitted on the fold's training rows, scaled and thresholded on its known validation rows. The validation
+AUROC (g's validation rows vs known validation rows) chooses the scorer; the
 test AUROC (test rows, never used for a choice) is what it is worth. Writes study.json,
 study.parquet (one row per generator and scorer), histograms and report.html in --out.
 Folds are kept in --out/folds/<g>: a rerun reuses every finished fold.
@@ -23,6 +24,7 @@ Two yardsticks come with the numbers:
   test split: crops of one photograph are not independent, so rows are resampled by group, and
   the same draw serves every fold (the interval of the mean holds the folds' correlation).
 """
+
 from __future__ import annotations
 
 import html
@@ -35,18 +37,16 @@ import numpy as np
 
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_STUDY_EPOCHS
 from leakstore.errors import InputError
-from leakstore.store import FeatureStore
+from leakstore.fsio import atomic_path, write_json, write_text
 from leakstore.model.checkpoint import load_bundle, scorer_features
-from leakstore.model.config import ModelConfig
+from leakstore.model.config import OPEN_SCORERS, ModelConfig
+from leakstore.model.images import ImageGroups
 from leakstore.model.metrics import open_set
-from leakstore.model.config import OPEN_SCORERS
 from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, select_rows
 from leakstore.model.outliers import outlier_blocks, outlier_rows
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
-from leakstore.fsio import atomic_path, write_json, write_text
-from leakstore.model.images import ImageGroups
-
+from leakstore.store import FeatureStore
 
 # settings that change only the open-set scorer, which the study refits on every fold itself
 SCORER_ONLY = ("open_scorer", "open_temperature", "false_unknown_rate")
@@ -62,10 +62,11 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
     meta = run / "model.json"
     if meta.exists():
         m = json.loads(meta.read_text())
-        if (m.get("training", {}).get("unknown_labels") == held
-                and _network_settings(m.get("model_config", {}))
-                == _network_settings(cfg.to_dict())
-                and m.get("featurize_hash") == store.config.hash):
+        if (
+            m.get("training", {}).get("unknown_labels") == held
+            and _network_settings(m.get("model_config", {})) == _network_settings(cfg.to_dict())
+            and m.get("featurize_hash") == store.config.hash
+        ):
             return run
     train(store.path, run, cfg, unknown_labels=held, device=device, overwrite=True, progress=progress)
     return run
@@ -74,8 +75,7 @@ def _fold(store: FeatureStore, run: Path, cfg: ModelConfig, held: list[str], dev
 def _scorers_for(blocks: dict) -> list[str]:
     """The offered open-set scorers (OPEN_SCORERS) that run as named on these blocks."""
     have = [b for b in BLOCKS if blocks.get(b) is not None]
-    return [n for n in OPEN_SCORERS
-            if all(BASE_SCORERS[c][0] in have for c in FUSED.get(n, (n,)))]
+    return [n for n in OPEN_SCORERS if all(BASE_SCORERS[c][0] in have for c in FUSED.get(n, (n,)))]
 
 
 BOOTSTRAP = 1000
@@ -90,9 +90,11 @@ def _groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
 def _unseen_rows(store: FeatureStore, study_store: FeatureStore) -> tuple[FeatureStore, np.ndarray]:
     """(store, rows) of an --unseen store: its test rows, every row when it has no splits."""
     if store.config.hash != study_store.config.hash:
-        raise InputError(f"--unseen {store.path} was featurized with other settings than {study_store.path} "
-                         f"(config {store.config.hash} vs {study_store.config.hash}): featurize it with the same "
-                         "options (leakstore inspect shows them)")
+        raise InputError(
+            f"--unseen {store.path} was featurized with other settings than {study_store.path} "
+            f"(config {store.config.hash} vs {study_store.config.hash}): featurize it with the same "
+            "options (leakstore inspect shows them)"
+        )
     splits = store.read("split")
     rows = np.flatnonzero((splits == 2) if (splits >= 0).any() else np.ones(len(splits), bool))
     if not len(rows):
@@ -113,6 +115,7 @@ def _unseen_keys(labels_per_store: list, paths: list) -> list:
 def _loader(cache: dict | None):
     """store.load(names, rows=...) that remembers what it read in `cache` (None: no memory): every
     fold of a study reads the same features of the same stores."""
+
     def load(st: FeatureStore, names: tuple, rows=None):
         if cache is None:
             return st.load(names, rows=rows)
@@ -120,11 +123,21 @@ def _loader(cache: dict | None):
         if key not in cache:
             cache[key] = st.load(names, rows=rows)
         return cache[key]
+
     return load
 
 
-def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str], device: str = DEFAULT_DEVICE,
-               cfg: ModelConfig | None = None, unseen=(), cache: dict | None = None, outliers=None) -> list[dict]:
+def study_fold(
+    store: FeatureStore,
+    run: Path,
+    g: str,
+    extra_unknown: list[str],
+    device: str = DEFAULT_DEVICE,
+    cfg: ModelConfig | None = None,
+    unseen=(),
+    cache: dict | None = None,
+    outliers=None,
+) -> list[dict]:
     """Every open-set scorer on one fold: AUROC etc. on validation and test rows, with the
     scorer settings of `cfg` (default: the fold model's own); `unseen`: `_unseen_rows` of outside
     stores, whose labels get a column `unseen:<label>` each (AUROC against the known test rows);
@@ -133,20 +146,27 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     b = load_bundle(run, device)
     cfg = cfg or b.cfg
     load = _loader(cache)
-    oblocks = (outlier_blocks(b.net, *outlier_rows(outliers, store, [g] + list(extra_unknown)), load=load)
-               if outliers else None)
+    oblocks = (
+        outlier_blocks(b.net, *outlier_rows(outliers, store, [g] + list(extra_unknown)), load=load)
+        if outliers
+        else None
+    )
     # every scorer is compared, so every block the store can give them
     names_in = tuple(dict.fromkeys(b.feature_names + scorer_features(store.config)))
     feats = load(store, names_in)
     outside = []
     for st, rows in unseen:
         f = load(st, names_in, rows)
-        outside.append((predict(b, f, device)["blocks"],
-                        np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object),
-                        st.image_rows()[f.rows]))
+        outside.append(
+            (
+                predict(b, f, device)["blocks"],
+                np.array([st.class_names[v] if v >= 0 else "(unlabelled)" for v in f.labels], dtype=object),
+                st.image_rows()[f.rows],
+            )
+        )
     keys = _unseen_keys([lab for _, lab, _ in outside], [st.path for st, _ in unseen])
     groups = _groups(store, feats.rows)
-    image = store.image_rows()[feats.rows]      # with crops, every figure is per image: its crops' mean score
+    image = store.image_rows()[feats.rows]  # with crops, every figure is per image: its crops' mean score
     p = predict(b, feats, device)
     names = store.class_names
     to_model = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in names])
@@ -154,29 +174,40 @@ def study_fold(store: FeatureStore, run: Path, g: str, extra_unknown: list[str],
     held = feats.labels == names.index(g)
     other_unknown = np.isin(feats.labels, [names.index(u) for u in extra_unknown])
     # the rows the fold's own open-set scorer was fitted (training) and calibrated (validation) on
-    use = np.where(feats.splits == 0, rows_in_use(store, feats.rows, b.cfg, "fit"),
-                   rows_in_use(store, feats.rows, b.cfg, "calibration"))
+    use = np.where(
+        feats.splits == 0,
+        rows_in_use(store, feats.rows, b.cfg, "fit"),
+        rows_in_use(store, feats.rows, b.cfg, "calibration"),
+    )
     known = (y >= 0) & ~other_unknown & use
     held &= use
     rows, blocks = [], p["blocks"]
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
-        sc = OpenSetScorer(method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature).fit(
-            select_rows(blocks, tr), y[tr], select_rows(blocks, va), outliers=oblocks)
+        sc = OpenSetScorer(
+            method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature
+        ).fit(select_rows(blocks, tr), y[tr], select_rows(blocks, va), outliers=oblocks)
         thr = sc.threshold_
         if store.has_crops:
             thr = sc.set_image_threshold(select_rows(blocks, va), image[va]).image_threshold_
         s = sc.score_samples(blocks)
         row = {"generator": g, "scorer": name, "components": "+".join(sc.components_)}
         for split, code in (("val", 1), ("test", 2)):
-            (sk, gk), (su, gu) = (_image_means(s, image, m, groups) for m in (known & (feats.splits == code),
-                                                                               held & (feats.splits == code)))
+            (sk, gk), (su, gu) = (
+                _image_means(s, image, m, groups)
+                for m in (known & (feats.splits == code), held & (feats.splits == code))
+            )
             o = open_set(sk, su)
-            row.update({f"{split}_auroc": o.get("auroc", np.nan), f"{split}_fpr95": o.get("fpr_at_95tpr", np.nan),
-                        f"{split}_known_flagged": float((sk < thr).mean()) if len(sk) else np.nan,
-                        f"{split}_unknown_flagged": float((su < thr).mean()) if len(su) else np.nan,
-                        f"n_{split}_unknown": int(len(su))})
-            row[f"_{split}_scores"] = (sk, su, gk, gu)   # for the bootstraps; popped by the study
+            row.update(
+                {
+                    f"{split}_auroc": o.get("auroc", np.nan),
+                    f"{split}_fpr95": o.get("fpr_at_95tpr", np.nan),
+                    f"{split}_known_flagged": float((sk < thr).mean()) if len(sk) else np.nan,
+                    f"{split}_unknown_flagged": float((su < thr).mean()) if len(su) else np.nan,
+                    f"n_{split}_unknown": int(len(su)),
+                }
+            )
+            row[f"_{split}_scores"] = (sk, su, gk, gu)  # for the bootstraps; popped by the study
         s_te = _image_means(s, image, te, groups)[0]
         for (blocks_u, labels_u, image_u), key in zip(outside, keys):
             su = sc.score_samples(blocks_u)
@@ -196,8 +227,9 @@ def _image_means(s: np.ndarray, image: np.ndarray, mask: np.ndarray, groups: np.
     return g.mean(s[mask]), groups[mask][g.first]
 
 
-def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str],
-                       device: str = DEFAULT_DEVICE) -> dict:
+def supervised_ceiling(
+    store: FeatureStore, run: Path, gens: list[str], extra_unknown: list[str], device: str = DEFAULT_DEVICE
+) -> dict:
     """For each g, the model trained with g: AUROC of its probability of g, g's rows against the
     rows of every other known class (the same rows the open-set folds score), on val and test."""
     b = load_bundle(run, device)
@@ -215,8 +247,9 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
         for split, code in (("val", 1), ("test", 2)):
             k, u = known & ~mine & (feats.splits == code), mine & (feats.splits == code)
             # known-ness = -p(g), so that the same open_set() (and bootstrap) read it like an open-set score
-            row[f"{split}_auroc"] = open_set(_image_means(-p[:, col], image, k, groups)[0],
-                                             _image_means(-p[:, col], image, u, groups)[0]).get("auroc", np.nan)
+            row[f"{split}_auroc"] = open_set(
+                _image_means(-p[:, col], image, k, groups)[0], _image_means(-p[:, col], image, u, groups)[0]
+            ).get("auroc", np.nan)
         k, u = known & ~mine & (feats.splits == 2), mine & (feats.splits == 2)
         (sk, gk), (su, gu) = (_image_means(-p[:, col], image, m, groups) for m in (k, u))
         row["_scores"] = (sk, su, gk, gu)
@@ -227,12 +260,12 @@ def supervised_ceiling(store: FeatureStore, run: Path, gens: list[str], extra_un
 def _weighted_auroc(known, unknown, wk, wu) -> float:
     """AUROC (known scored above unknown, ties half) with row weights: a bootstrap draw as counts."""
     s = np.r_[known, unknown]
-    w = np.r_[wk, -wu].astype(float)              # sign marks the side
+    w = np.r_[wk, -wu].astype(float)  # sign marks the side
     order = np.argsort(s, kind="mergesort")
     s, w = s[order], w[order]
     _, start = np.unique(s, return_index=True)
     tie = np.add.reduceat(np.abs(w) * (w < 0), start), np.add.reduceat(w * (w > 0), start)
-    below_u = np.r_[0, np.cumsum(tie[0])[:-1]]    # unknown weight strictly below each distinct score
+    below_u = np.r_[0, np.cumsum(tie[0])[:-1]]  # unknown weight strictly below each distinct score
     num = float((tie[1] * (below_u + 0.5 * tie[0])).sum())
     den = float(wk.sum() * wu.sum())
     return num / den if den > 0 else np.nan
@@ -248,10 +281,17 @@ def _bootstrap_aurocs(per_key: dict, n: int, seed: int):
     index = {gr: i for i, gr in enumerate(all_groups)}
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
-    at = {k: (np.array([index[str(x)] for x in gk], dtype=np.int64), np.array([index[str(x)] for x in gu], dtype=np.int64))
-          for k, (_, _, gk, gu) in per_key.items()}
+    at = {
+        k: (
+            np.array([index[str(x)] for x in gk], dtype=np.int64),
+            np.array([index[str(x)] for x in gu], dtype=np.int64),
+        )
+        for k, (_, _, gk, gu) in per_key.items()
+    }
     keys = list(per_key)
-    a = np.array([[_weighted_auroc(per_key[k][0], per_key[k][1], c[at[k][0]], c[at[k][1]]) for c in counts] for k in keys])
+    a = np.array(
+        [[_weighted_auroc(per_key[k][0], per_key[k][1], c[at[k][0]], c[at[k][1]]) for c in counts] for k in keys]
+    )
     return keys, a
 
 
@@ -262,7 +302,7 @@ def group_bootstrap(per_gen: dict, n: int = BOOTSTRAP, seed: int = 0) -> tuple[d
     drawn = _bootstrap_aurocs(per_gen, n, seed)
     if drawn is None:
         return {g: [np.nan, np.nan] for g in per_gen}, [np.nan, np.nan]
-    _, a = drawn                                        # (G, n)
+    _, a = drawn  # (G, n)
     ci = lambda v: [float(x) for x in np.nanpercentile(v, [2.5, 97.5])] if np.isfinite(v).any() else [np.nan, np.nan]  # noqa: E731
     return {g: ci(a[i]) for i, g in enumerate(per_gen)}, ci(np.nanmean(a, 0) if np.isfinite(a).any() else a[0])
 
@@ -279,19 +319,31 @@ def choice_support(per_scorer: dict, n: int = BOOTSTRAP, seed: int = 0) -> dict:
     order, a = drawn
     scorers = list(per_scorer)
     with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)          # a scorer without a finite AUROC in a draw
+        warnings.simplefilter("ignore", RuntimeWarning)  # a scorer without a finite AUROC in a draw
         means = np.array([np.nanmean(a[[i for i, (sc, _) in enumerate(order) if sc == name]], 0) for name in scorers])
     means = np.where(np.isfinite(means), means, -np.inf)
-    top = means >= means.max(0) - 1e-12                          # (S, n): the best in each draw; a tie shares it
+    top = means >= means.max(0) - 1e-12  # (S, n): the best in each draw; a tie shares it
     return {name: float((top[i] / top.sum(0)).mean()) for i, name in enumerate(scorers)}
 
 
-def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: int = DEFAULT_STUDY_EPOCHS, generators=None,
-                  unknown_labels=(), device: str = DEFAULT_DEVICE, progress: bool = True, ceiling: bool = True,
-                  unseen=(), outliers=None) -> dict:
+def openset_study(
+    store_path,
+    out,
+    cfg: ModelConfig | None = None,
+    *,
+    epochs: int = DEFAULT_STUDY_EPOCHS,
+    generators=None,
+    unknown_labels=(),
+    device: str = DEFAULT_DEVICE,
+    progress: bool = True,
+    ceiling: bool = True,
+    unseen=(),
+    outliers=None,
+) -> dict:
     import pandas as pd
 
     from leakstore.device import resolve_device
+
     device = str(resolve_device(device))
     store = FeatureStore.open(store_path)
     cfg = (cfg or ModelConfig()).replace(epochs=epochs)
@@ -300,66 +352,100 @@ def openset_study(store_path, out, cfg: ModelConfig | None = None, *, epochs: in
     gens = list(generators) if generators else [n for n in store.class_names if n != real and n not in extra]
     bad = [g for g in gens if g not in store.class_names or g == real]
     if bad or len(gens) < 1:
-        raise InputError(f"--generators {bad or gens}: give non-real classes of {store.path} "
-                         f"({', '.join(n for n in store.class_names if n != real)})")
+        raise InputError(
+            f"--generators {bad or gens}: give non-real classes of {store.path} "
+            f"({', '.join(n for n in store.class_names if n != real)})"
+        )
     outside = [_unseen_rows(FeatureStore.open(u), store) for u in unseen]
     if outliers is not None:
-        outlier_rows(outliers, store)            # a store that cannot serve fails now, not after the first fold
+        outlier_rows(outliers, store)  # a store that cannot serve fails now, not after the first fold
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0, rows, cache = time.perf_counter(), [], {}
     for i, g in enumerate(gens):
         if progress:
             print(f"[{i + 1}/{len(gens)}] without {g}", flush=True)
-        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)   # outliers: scorers only
+        run = _fold(store, out / "folds" / g, cfg, [g] + extra, device, progress)  # outliers: scorers only
         rows += study_fold(store, run, g, extra, device, cfg, outside, cache, outliers)
     sup = {}
     if ceiling:
         if progress:
             print("[supervised] every generator known: the ceiling", flush=True)
-        sup = supervised_ceiling(store, _fold(store, out / "supervised", cfg, extra, device, progress), gens, extra, device)
+        sup = supervised_ceiling(
+            store, _fold(store, out / "supervised", cfg, extra, device, progress), gens, extra, device
+        )
     scores = {(r["generator"], r["scorer"]): r.pop("_test_scores") for r in rows}
     val_scores: dict = {}
     for r in rows:
         val_scores.setdefault(r["scorer"], {})[r["generator"]] = r.pop("_val_scores")
     df = pd.DataFrame(rows)
-    table = (df.groupby("scorer", sort=False)
-               .agg(mean_val_auroc=("val_auroc", "mean"), min_val_auroc=("val_auroc", "min"),
-                    mean_test_auroc=("test_auroc", "mean"), min_test_auroc=("test_auroc", "min"),
-                    mean_test_fpr95=("test_fpr95", "mean"), test_known_flagged=("test_known_flagged", "mean"))
-               .reset_index())
+    table = (
+        df.groupby("scorer", sort=False)
+        .agg(
+            mean_val_auroc=("val_auroc", "mean"),
+            min_val_auroc=("val_auroc", "min"),
+            mean_test_auroc=("test_auroc", "mean"),
+            min_test_auroc=("test_auroc", "min"),
+            mean_test_fpr95=("test_fpr95", "mean"),
+            test_known_flagged=("test_known_flagged", "mean"),
+        )
+        .reset_index()
+    )
     unseen_cols = [c for c in df.columns if c.startswith("unseen:")]
     unseen_out = None
-    if unseen_cols:     # reported beside the table, never part of the choice
+    if unseen_cols:  # reported beside the table, never part of the choice
         means = df.groupby("scorer", sort=False)[unseen_cols].mean()
-        unseen_out = {"stores": [str(st.path) for st, _ in outside],
-                      "note": "mean over folds of each scorer's AUROC, each label's test rows against the fold's "
-                              "known test rows; not used for the choice",
-                      "per_scorer": {sc: {c.split(":", 1)[1]: float(v) for c, v in r.items()}
-                                     for sc, r in means.iterrows()}}
+        unseen_out = {
+            "stores": [str(st.path) for st, _ in outside],
+            "note": "mean over folds of each scorer's AUROC, each label's test rows against the fold's "
+            "known test rows; not used for the choice",
+            "per_scorer": {sc: {c.split(":", 1)[1]: float(v) for c, v in r.items()} for sc, r in means.iterrows()},
+        }
     # the choice: best mean validation AUROC, ties broken by the minimum; never the test split
     best = table.sort_values(["mean_val_auroc", "min_val_auroc"], ascending=False).iloc[0]["scorer"]
     ci, mean_ci = group_bootstrap({g: scores[(g, best)] for g in gens})
-    chosen = {"per_generator": {g: {"test_auroc": float(df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0]),
-                                    "test_ci95": ci[g]} for g in gens},
-              "mean_test_auroc": float(table.set_index("scorer").loc[best, "mean_test_auroc"]), "mean_test_ci95": mean_ci}
+    chosen = {
+        "per_generator": {
+            g: {
+                "test_auroc": float(df[(df.generator == g) & (df.scorer == best)].test_auroc.iloc[0]),
+                "test_ci95": ci[g],
+            }
+            for g in gens
+        },
+        "mean_test_auroc": float(table.set_index("scorer").loc[best, "mean_test_auroc"]),
+        "mean_test_ci95": mean_ci,
+    }
     ceiling_out = None
     if sup:
         sci, smean = group_bootstrap({g: sup[g].pop("_scores") for g in gens})
-        ceiling_out = {"run": str(out / "supervised"),
-                       "per_generator": {g: {**sup[g], "test_ci95": sci[g]} for g in gens},
-                       "mean_test_auroc": float(np.mean([sup[g]["test_auroc"] for g in gens])),
-                       "mean_test_ci95": smean}
-    summary = {"store": str(store.path), "generators": gens, "also_held_out": extra, "epochs": epochs,
-               "model_config": cfg.to_dict(), "chosen_on": "mean validation AUROC", "chosen": best,
-               "scorers": table.to_dict(orient="records"), "chosen_test": chosen,
-               "confidence_intervals": f"95 % group bootstrap over test source groups, {BOOTSTRAP} draws",
-               "choice_support": {"note": f"share of {BOOTSTRAP} draws of the validation source groups in which each "
-                                          "scorer has the best mean validation AUROC",
-                                  "per_scorer": choice_support(val_scores)},
-               "supervised_ceiling": ceiling_out, "unseen": unseen_out,
-               "outliers": None if outliers is None else str(outliers), "seconds": round(time.perf_counter() - t0, 1),
-               "builtin_encoder": bool(store.config.vae.builtin)}
+        ceiling_out = {
+            "run": str(out / "supervised"),
+            "per_generator": {g: {**sup[g], "test_ci95": sci[g]} for g in gens},
+            "mean_test_auroc": float(np.mean([sup[g]["test_auroc"] for g in gens])),
+            "mean_test_ci95": smean,
+        }
+    summary = {
+        "store": str(store.path),
+        "generators": gens,
+        "also_held_out": extra,
+        "epochs": epochs,
+        "model_config": cfg.to_dict(),
+        "chosen_on": "mean validation AUROC",
+        "chosen": best,
+        "scorers": table.to_dict(orient="records"),
+        "chosen_test": chosen,
+        "confidence_intervals": f"95 % group bootstrap over test source groups, {BOOTSTRAP} draws",
+        "choice_support": {
+            "note": f"share of {BOOTSTRAP} draws of the validation source groups in which each "
+            "scorer has the best mean validation AUROC",
+            "per_scorer": choice_support(val_scores),
+        },
+        "supervised_ceiling": ceiling_out,
+        "unseen": unseen_out,
+        "outliers": None if outliers is None else str(outliers),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "builtin_encoder": bool(store.config.vae.builtin),
+    }
     with atomic_path(out / "study.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     write_json(out / "study.json", summary, indent=2, default=float)
@@ -375,57 +461,89 @@ def _f3(x) -> str:
 def _report(out: Path, summary: dict, df, scores: dict, best: str) -> None:
     from leakstore.pipelines.html import img, page
     from leakstore.pipelines.report import plot_open_scores
+
     gens = summary["generators"]
     chosen, sup = summary["chosen_test"]["per_generator"], summary["supervised_ceiling"]
-    title = lambda g: (f"without {g}: AUROC {chosen[g]['test_auroc']:.3f}"  # noqa: E731
-                       + (f" (supervised {sup['per_generator'][g]['test_auroc']:.3f})" if sup else ""))
-    plot_open_scores(out / "histograms.png", {title(g): scores[(g, best)][:2] for g in gens},
-                     best, known_label="known (test)")
+    title = lambda g: (
+        f"without {g}: AUROC {chosen[g]['test_auroc']:.3f}"  # noqa: E731
+        + (f" (supervised {sup['per_generator'][g]['test_auroc']:.3f})" if sup else "")
+    )
+    plot_open_scores(
+        out / "histograms.png", {title(g): scores[(g, best)][:2] for g in gens}, best, known_label="known (test)"
+    )
     ci = lambda c: f"{_f3(c[0])}&ndash;{_f3(c[1])}"  # noqa: E731
     head = "".join(f"<th>{html.escape(g)}</th>" for g in gens)
     body = ""
     for r in summary["scorers"]:
-        per = "".join(f"<td>{_f3(df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0])}</td>" for g in gens)
+        per = "".join(
+            f"<td>{_f3(df[(df.generator == g) & (df.scorer == r['scorer'])].test_auroc.iloc[0])}</td>" for g in gens
+        )
         mark = ' style="font-weight:bold"' if r["scorer"] == best else ""
-        body += (f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{_f3(r['mean_val_auroc'])}</td><td>{_f3(r['min_val_auroc'])}</td>"
-                 f"<td>{_f3(r['mean_test_auroc'])}</td><td>{_f3(r['min_test_auroc'])}</td><td>{_f3(r['mean_test_fpr95'])}</td>"
-                 f"<td>{_f3(r['test_known_flagged'])}</td>{per}</tr>")
+        body += (
+            f"<tr{mark}><td>{html.escape(r['scorer'])}</td><td>{_f3(r['mean_val_auroc'])}</td><td>{_f3(r['min_val_auroc'])}</td>"
+            f"<td>{_f3(r['mean_test_auroc'])}</td><td>{_f3(r['min_test_auroc'])}</td><td>{_f3(r['mean_test_fpr95'])}</td>"
+            f"<td>{_f3(r['test_known_flagged'])}</td>{per}</tr>"
+        )
     ct = summary["chosen_test"]
-    body += (f'<tr class="ci"><td>{html.escape(best)}: 95 % CI</td><td></td><td></td><td>{ci(ct["mean_test_ci95"])}</td>'
-             f'<td></td><td></td><td></td>' + "".join(f"<td>{ci(chosen[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
+    body += (
+        f'<tr class="ci"><td>{html.escape(best)}: 95 % CI</td><td></td><td></td><td>{ci(ct["mean_test_ci95"])}</td>'
+        f"<td></td><td></td><td></td>" + "".join(f"<td>{ci(chosen[g]['test_ci95'])}</td>" for g in gens) + "</tr>"
+    )
     if sup:
         sp = sup["per_generator"]
-        body += (f'<tr class="sup"><td>supervised ceiling (trained with g)</td><td>{_f3(np.mean([sp[g]["val_auroc"] for g in gens]))}</td>'
-                 f'<td>{_f3(min(sp[g]["val_auroc"] for g in gens))}</td><td>{_f3(sup["mean_test_auroc"])}</td>'
-                 f'<td>{_f3(min(sp[g]["test_auroc"] for g in gens))}</td><td></td><td></td>'
-                 + "".join(f"<td>{_f3(sp[g]['test_auroc'])}</td>" for g in gens) + "</tr>")
-        body += (f'<tr class="sup"><td>supervised: 95 % CI</td><td></td><td></td><td>{ci(sup["mean_test_ci95"])}</td><td></td><td></td><td></td>'
-                 + "".join(f"<td>{ci(sp[g]['test_ci95'])}</td>" for g in gens) + "</tr>")
-    sup_text = ("" if not sup else
-                "<p><b>Supervised ceiling</b>: a model trained <i>with</i> every generator, scored by its probability of g "
-                "on the same rows (g against every other known class). It says how separable g is at all with these "
-                "features and this much data; a score that never saw g is not expected to reach it.</p>")
-    warn = ('<p class="warn">BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers show the pipeline '
-            'runs, not how well generators are told apart.</p>' if summary["builtin_encoder"] else "")
+        body += (
+            '<tr class="sup"><td>supervised ceiling (trained with '
+            f"g)</td><td>{_f3(np.mean([sp[g]['val_auroc'] for g in gens]))}</td>"
+            f"<td>{_f3(min(sp[g]['val_auroc'] for g in gens))}</td><td>{_f3(sup['mean_test_auroc'])}</td>"
+            f"<td>{_f3(min(sp[g]['test_auroc'] for g in gens))}</td><td></td><td></td>"
+            + "".join(f"<td>{_f3(sp[g]['test_auroc'])}</td>" for g in gens)
+            + "</tr>"
+        )
+        body += (
+            '<tr class="sup"><td>supervised: 95 % '
+            f"CI</td><td></td><td></td><td>{ci(sup['mean_test_ci95'])}</td><td></td><td></td><td></td>"
+            + "".join(f"<td>{ci(sp[g]['test_ci95'])}</td>" for g in gens)
+            + "</tr>"
+        )
+    sup_text = (
+        ""
+        if not sup
+        else "<p><b>Supervised ceiling</b>: a model trained <i>with</i> every generator, scored by its probability "
+        "of g "
+        "on the same rows (g against every other known class). It says how separable g is at all with these "
+        "features and this much data; a score that never saw g is not expected to reach it.</p>"
+    )
+    warn = (
+        '<p class="warn">BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers show the pipeline '
+        "runs, not how well generators are told apart.</p>"
+        if summary["builtin_encoder"]
+        else ""
+    )
     body = f"""{warn}
-<p>Store <code>{html.escape(summary['store'])}</code>; each generator held out in turn, a model trained for
-{summary['epochs']} epochs without it; its rows scored as unknown against the known classes' rows.{_outliers_line(summary)}
+<p>Store <code>{html.escape(summary["store"])}</code>; each generator held out in turn, a model trained for
+{summary["epochs"]} epochs without it; its rows scored as unknown against the known classes' rows.
+{_outliers_line(summary)}
 Chosen on the mean <b>validation</b> AUROC: <b>{html.escape(best)}</b>. Test columns are never used for a choice.
 {html.escape(support_line(summary))}</p>
 <table><tr><th>scorer</th><th>mean val AUROC</th><th>min val</th><th>mean test AUROC</th><th>min test</th>
 <th>test FPR@95%TPR</th><th>known test flagged</th>{head}</tr>{body}</table>
-<p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold (called unknown),
-calibrated on validation data (asked: {summary['model_config']['false_unknown_rate']:.0%}).
-Intervals: {html.escape(summary['confidence_intervals'])} (crops of one photograph move together).</p>
+<p>Per-generator columns: test AUROC. Known test flagged: share of known test images below the unknown threshold
+(called unknown),
+calibrated on validation data (asked: {summary["model_config"]["false_unknown_rate"]:.0%}).
+Intervals: {html.escape(summary["confidence_intervals"])} (crops of one photograph move together).</p>
 {sup_text}{_unseen_table(summary, best)}
-{img(out / 'histograms.png')}"""
+{img(out / "histograms.png")}"""
     write_text(out / "report.html", page("Leave-one-generator-out open-set study", body))
 
 
 def _outliers_line(summary: dict) -> str:
     o = summary.get("outliers")
-    return ("" if not o else f" Outlier exposure from <code>{html.escape(o)}</code> (the scorers that take an 'other' "
-            "class; each fold without the copies of its held-out generator).")
+    return (
+        ""
+        if not o
+        else f" Outlier exposure from <code>{html.escape(o)}</code> (the scorers that take an 'other' "
+        "class; each fold without the copies of its held-out generator)."
+    )
 
 
 def support_line(summary: dict) -> str:
@@ -434,10 +552,13 @@ def support_line(summary: dict) -> str:
     per = (summary.get("choice_support") or {}).get("per_scorer") or {}
     if not per:
         return ""
-    ranked = sorted(((v, k) for k, v in per.items() if v >= 0.005), reverse=True)   # what rounds to 1 % or more
+    ranked = sorted(((v, k) for k, v in per.items() if v >= 0.005), reverse=True)  # what rounds to 1 % or more
     others = ", ".join(f"{k} {v:.0%}" for v, k in ranked if k != summary["chosen"])
-    return (f"Drawing the validation source groups (photographs, prompts) again ({BOOTSTRAP} bootstrap draws), {summary['chosen']} comes out best "
-            f"in {per.get(summary['chosen'], 0.0):.0%} of them" + (f"; {others}." if others else "."))
+    return (
+        f"Drawing the validation source groups (photographs, prompts) again ({BOOTSTRAP} bootstrap draws), "
+        f"{summary['chosen']} comes out best "
+        f"in {per.get(summary['chosen'], 0.0):.0%} of them" + (f"; {others}." if others else ".")
+    )
 
 
 def _unseen_table(summary: dict, best: str) -> str:
@@ -449,11 +570,16 @@ def _unseen_table(summary: dict, best: str) -> str:
     bold = ' style="font-weight:bold"'
     rows = "".join(
         f"<tr{bold if sc == best else ''}><td>{html.escape(sc)}</td>"
-        + "".join(f"<td>{_f3(v.get(lab))}</td>" for lab in labels) + "</tr>"
-        for sc, v in u["per_scorer"].items())
+        + "".join(f"<td>{_f3(v.get(lab))}</td>" for lab in labels)
+        + "</tr>"
+        for sc, v in u["per_scorer"].items()
+    )
     stores = ", ".join(f"<code>{html.escape(x)}</code>" for x in u["stores"])
-    return (f"<h2>Generators outside the study's store</h2><p>{stores}: each label's rows scored by every fold's "
-            "scorers against that fold's known test rows, AUROC averaged over folds. <b>Not used for the choice</b>: "
-            "a check on generators no decision was made on.</p>"
-            "<table><tr><th>scorer</th>" + "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
-            + f"</tr>{rows}</table>")
+    return (
+        f"<h2>Generators outside the study's store</h2><p>{stores}: each label's rows scored by every fold's "
+        "scorers against that fold's known test rows, AUROC averaged over folds. <b>Not used for the choice</b>: "
+        "a check on generators no decision was made on.</p>"
+        "<table><tr><th>scorer</th>"
+        + "".join(f"<th>{html.escape(lab)}</th>" for lab in labels)
+        + f"</tr>{rows}</table>"
+    )

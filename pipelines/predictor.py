@@ -5,6 +5,7 @@ row per input. `Attributor`, dask scoring and evaluation all go through it.
     p.score_paths(["a.png", "b.jpg"])            # featurize in memory, then predict
     p.score_store("store.zarr", 0, 256)          # rows of a featurized store (no VAE needed)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,16 @@ from leakstore.store import DONE, STATUS_NAMES, FeatureStore
 # The re-encodings `score --stability K` tries, in order: what sharing, messaging and screenshots do.
 STABILITY_VIEWS = ("jpeg:90", "jpeg:75", "resize:0.5", "webp:80", "jpeg:60", "resize:0.75+jpeg:85")
 STABILITY_COLUMNS = {"stability": float, "unsure": "boolean"}
-BASE_COLUMNS = {"path": object, "status": object, "error": object, "pred": object, "confidence": float,
-                "is_unknown": "boolean", "open_score": float, "nearest_prototypes": object}
+BASE_COLUMNS = {
+    "path": object,
+    "status": object,
+    "error": object,
+    "pred": object,
+    "confidence": float,
+    "is_unknown": "boolean",
+    "open_score": float,
+    "nearest_prototypes": object,
+}
 
 
 class Predictor:
@@ -32,8 +41,9 @@ class Predictor:
         self._encoder = self._runner = None
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = DEFAULT_DEVICE) -> "Predictor":
+    def load(cls, run_dir: str | Path, device: str = DEFAULT_DEVICE) -> Predictor:
         from leakstore.model.checkpoint import load_bundle
+
         dev = str(resolve_device(device))
         return cls(load_bundle(run_dir, dev), dev)
 
@@ -55,40 +65,60 @@ class Predictor:
         against the weights revision recorded in the model."""
         if self._encoder is None:
             from leakstore.featurize.vae import encoder_for_config
+
             self._encoder = encoder_for_config(self.featurize_config)
         return self._encoder
 
     def _featurizer(self):
         if self._runner is None:
             from leakstore.featurize.runner import DeviceFeaturizer
-            self._runner = DeviceFeaturizer(self.encoder, self.featurize_config, resolve_device(self.device), DEFAULT_SCORE_BATCH,
-                                            use_compile=False)
+
+            self._runner = DeviceFeaturizer(
+                self.encoder, self.featurize_config, resolve_device(self.device), DEFAULT_SCORE_BATCH, use_compile=False
+            )
         return self._runner
 
     # ------------------------------------------------------------------ predictions
     def predict(self, batch: FeatureBatch) -> dict:
         from leakstore.model.predict import predict
+
         return predict(self.bundle, batch, self.device)
 
     def meta(self, extra: dict | None = None) -> pd.DataFrame:
         """The empty output frame: column names and dtypes (dask's `meta`)."""
         crops = {"crops": np.int64, "open_spread": float} if self.bundle.featurize.crops > 1 else {}
-        cols = {**BASE_COLUMNS, **{f"p_{c}": float for c in self.bundle.class_names}, "nearest_generator": object,
-                **crops, **(extra or {})}
+        cols = {
+            **BASE_COLUMNS,
+            **{f"p_{c}": float for c in self.bundle.class_names},
+            "nearest_generator": object,
+            **crops,
+            **(extra or {}),
+        }
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
 
-    def frame(self, paths, batch: FeatureBatch, ok_index: np.ndarray, errors: dict[int, str],
-              extra: dict | None = None) -> pd.DataFrame:
+    def frame(
+        self, paths, batch: FeatureBatch, ok_index: np.ndarray, errors: dict[int, str], extra: dict | None = None
+    ) -> pd.DataFrame:
         """One row per input path: predictions where `batch` has features (at positions ok_index),
         the error otherwise. With crops (the model's featurize config), several batch rows share one
         position of ok_index: they are one image's crops, judged together (model.predict.aggregate_images)."""
         names = self.bundle.class_names
-        df = pd.DataFrame({"path": [str(p) for p in paths], "status": "failed", "error": "", "pred": None,
-                           "confidence": np.nan, "is_unknown": None, "open_score": np.nan, "nearest_prototypes": ""})
+        df = pd.DataFrame(
+            {
+                "path": [str(p) for p in paths],
+                "status": "failed",
+                "error": "",
+                "pred": None,
+                "confidence": np.nan,
+                "is_unknown": None,
+                "open_score": np.nan,
+                "nearest_prototypes": "",
+            }
+        )
         for c in names:
             df[f"p_{c}"] = np.nan
         df["nearest_generator"] = None
-        if self.bundle.featurize.crops > 1:      # how many crops an image was judged on, and how they disagreed
+        if self.bundle.featurize.crops > 1:  # how many crops an image was judged on, and how they disagreed
             df["crops"], df["open_spread"] = 0, np.nan
         for i, e in errors.items():
             df.loc[i, "error"] = e
@@ -96,8 +126,9 @@ class Predictor:
             p = self.predict(batch)
             if self.bundle.featurize.crops > 1:
                 from leakstore.model.predict import aggregate_images, image_threshold
+
                 ok_index, p = aggregate_images(p, np.asarray(ok_index), names, image_threshold(self.bundle))
-                keep = np.array([i not in errors for i in ok_index], dtype=bool)   # a failed crop fails its image
+                keep = np.array([i not in errors for i in ok_index], dtype=bool)  # a failed crop fails its image
                 ok_index, p = ok_index[keep], {k: _take(v, keep) for k, v in p.items()}
                 df.loc[ok_index, "crops"] = p["crops"]
                 df.loc[ok_index, "open_spread"] = p["open_spread"]
@@ -115,8 +146,9 @@ class Predictor:
         df["is_unknown"] = df["is_unknown"].astype("boolean")
         return df
 
-    def score_paths(self, paths: list[str], first_row: int = 0, batch_size: int = DEFAULT_SCORE_BATCH,
-                    stability: int = 0) -> pd.DataFrame:
+    def score_paths(
+        self, paths: list[str], first_row: int = 0, batch_size: int = DEFAULT_SCORE_BATCH, stability: int = 0
+    ) -> pd.DataFrame:
         """Featurize image files in memory with the model's featurize config, then predict. With
         `stability` K > 0, each image is also scored under the first K re-encodings of
         STABILITY_VIEWS: `stability` is the share of them whose verdict (`pred`, "unknown" included)
@@ -128,17 +160,24 @@ class Predictor:
 
     def _score_view(self, paths, first_row: int, batch_size: int, view: str | None = None) -> pd.DataFrame:
         from leakstore.featurize.inmemory import featurize_paths
+
         cfg = self.featurize_config if view is None else self.featurize_config.replace(view=view)
-        batch, sha, errors = featurize_paths(paths, cfg, self.encoder, device=self.device,
-                                             batch_size=batch_size, runner=self._featurizer())
-        return self.frame(paths, batch, batch.rows // cfg.crops, errors,
-                          {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha})
+        batch, sha, errors = featurize_paths(
+            paths, cfg, self.encoder, device=self.device, batch_size=batch_size, runner=self._featurizer()
+        )
+        return self.frame(
+            paths,
+            batch,
+            batch.rows // cfg.crops,
+            errors,
+            {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha},
+        )
 
     def _stability(self, paths, df: pd.DataFrame, first_row: int, batch_size: int, k: int):
         if not 1 <= k <= len(STABILITY_VIEWS):
             raise InputError(f"stability must lie in [1, {len(STABILITY_VIEWS)}], got {k}")
         same, tried = np.zeros(len(paths)), np.zeros(len(paths))
-        for view in STABILITY_VIEWS[:k]:      # a re-encoding that cannot be featurized (too small) is not counted
+        for view in STABILITY_VIEWS[:k]:  # a re-encoding that cannot be featurized (too small) is not counted
             v = self._score_view(paths, first_row, batch_size, view)
             ok_v = (v["status"] == "ok").to_numpy()
             tried += ok_v
@@ -159,15 +198,20 @@ class Predictor:
         paths = store.read("path", slice(start, stop))
         err = store.read("error", slice(start, stop))
         ok = np.flatnonzero(st == DONE)
-        errors = {int(i): (str(err[i]) or f"not featurized ({STATUS_NAMES[int(st[i])]})") for i in np.flatnonzero(st != DONE)}
-        batch = (store.load(self.inputs, rows=np.arange(start, stop)) if len(ok)
-                 else FeatureBatch.empty(self.bundle.featurize, self.inputs))
+        errors = {
+            int(i): (str(err[i]) or f"not featurized ({STATUS_NAMES[int(st[i])]})") for i in np.flatnonzero(st != DONE)
+        }
+        batch = (
+            store.load(self.inputs, rows=np.arange(start, stop))
+            if len(ok)
+            else FeatureBatch.empty(self.bundle.featurize, self.inputs)
+        )
         if not store.has_crops:
             return self.frame(paths, batch, ok, errors, {"row": np.arange(start, stop)})
         # one output row per image: its crops are whole in this chunk (chunks hold whole images)
-        image = store.read("image", slice(start, stop)) - start           # its crop 0, as a chunk position
+        image = store.read("image", slice(start, stop)) - start  # its crop 0, as a chunk position
         heads = np.flatnonzero(image == np.arange(len(image)))
-        out = np.searchsorted(heads, image)                               # chunk row -> output row
+        out = np.searchsorted(heads, image)  # chunk row -> output row
         img_errors = {}
         for i, e in errors.items():
             img_errors.setdefault(int(out[i]), e)

@@ -1,4 +1,5 @@
 """Plots and one self-contained HTML report a reviewer can open."""
+
 from __future__ import annotations
 
 import html
@@ -13,8 +14,10 @@ from leakstore.pipelines.html import img, page
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -26,7 +29,7 @@ def plot_confusion(path, cm, names, title):
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > .5 else "black")
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
@@ -39,9 +42,11 @@ def plot_confusion(path, cm, names, title):
 
 def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
     from sklearn.metrics import roc_curve
+
     plt = _plt()
-    fig, axes = plt.subplots(1, 2 if unknown_score is not None and len(unknown_score) else 1, figsize=(11, 4.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if unknown_score is not None and len(unknown_score) else 1, figsize=(11, 4.6), squeeze=False
+    )
     ax = axes[0, 0]
     for c, n in enumerate(names):
         if (y == c).any() and (y != c).any():
@@ -55,16 +60,20 @@ def plot_roc(path, y, proba, names, known_score=None, unknown_score=None):
         lo = min(known_score.min(), unknown_score.min())
         hi = max(known_score.max(), unknown_score.max())
         bins = np.linspace(lo, hi, 40)
-        ax.hist(known_score, bins, alpha=.6, density=True, label="known generators")
-        ax.hist(unknown_score, bins, alpha=.6, density=True, label="unknown generators")
-        ax.set(xlabel="open-set score (higher: more like a known generator)", ylabel="density", title="open set: known vs unseen")
+        ax.hist(known_score, bins, alpha=0.6, density=True, label="known generators")
+        ax.hist(unknown_score, bins, alpha=0.6, density=True, label="unknown generators")
+        ax.set(
+            xlabel="open-set score (higher: more like a known generator)",
+            ylabel="density",
+            title="open set: known vs unseen",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, 110)
     plt.close(fig)
 
 
-REACH = 3.0   # a histogram shows at most this many known spreads below the known images' 1st percentile
+REACH = 3.0  # a histogram shows at most this many known spreads below the known images' 1st percentile
 
 
 def score_range(known, unseen) -> tuple[float, float]:
@@ -94,15 +103,15 @@ def plot_open_scores(path, panels: dict, scorer: str, threshold=None, known_labe
         both = np.r_[known, unseen]
         lo, hi = score_range(known, unseen)
         bins = np.linspace(lo, hi, 35)
-        ax.hist(np.clip(known, lo, hi), bins, alpha=.6, density=True, label=known_label)
-        ax.hist(np.clip(unseen, lo, hi), bins, alpha=.6, density=True, label="unseen generator")
+        ax.hist(np.clip(known, lo, hi), bins, alpha=0.6, density=True, label=known_label)
+        ax.hist(np.clip(unseen, lo, hi), bins, alpha=0.6, density=True, label="unseen generator")
         if (both < lo).any():
             ax.set_xlabel(f"first bin also holds {int((both < lo).sum())} lower scores", fontsize=7)
         if threshold is not None:
             ax.axvline(threshold, color="k", ls="--", lw=1, label="unknown below")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"open-set score '{scorer}' per unseen generator\n(higher: more like a known generator)", fontsize=9)
     fig.tight_layout()
@@ -120,14 +129,22 @@ def plot_embedding(path, emb, y, unknown, names, protos=None, proto_class=None):
     colour = lambda c: f"C{c % 10}"  # noqa: E731
     for c, n in enumerate(names):
         m = y == c
-        ax.scatter(p2[m, 0], p2[m, 1], s=8, alpha=.6, label=n, color=colour(c))
+        ax.scatter(p2[m, 0], p2[m, 1], s=8, alpha=0.6, label=n, color=colour(c))
     if unknown.any():
-        ax.scatter(p2[unknown, 0], p2[unknown, 1], s=10, marker="x", c="k", alpha=.5, label="unknown")
+        ax.scatter(p2[unknown, 0], p2[unknown, 1], s=10, marker="x", c="k", alpha=0.5, label="unknown")
     if protos is not None:
         q = (protos - mu) @ vt[:2].T
         cls = np.zeros(len(q), int) if proto_class is None else np.asarray(proto_class)
-        ax.scatter(q[:, 0], q[:, 1], s=110, marker="*", c=[colour(c) for c in cls], edgecolor="k", linewidths=.8,
-                   label="prototypes (class colour)")
+        ax.scatter(
+            q[:, 0],
+            q[:, 1],
+            s=110,
+            marker="*",
+            c=[colour(c) for c in cls],
+            edgecolor="k",
+            linewidths=0.8,
+            label="prototypes (class colour)",
+        )
     ax.set(title="embedding map (PCA of gated embeddings)", xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
@@ -163,7 +180,7 @@ def plot_robustness(path, rows):
             ax.plot(x, vals, marker="o", label=label)
     ax.set_xticks(x, [r["view"] for r in rows], rotation=30, ha="right")
     ax.set(ylim=(0, 1.02), title="robustness to post-processing")
-    ax.grid(alpha=.3)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, 110)
@@ -179,10 +196,12 @@ def _prototype_note(emb, y, protos, proto_class) -> str:
     centre = {c: emb[y == c].mean(0) for c in have}
     spread = np.mean([np.linalg.norm(emb[y == c] - centre[c], axis=1).mean() for c in have])
     away = np.mean([np.linalg.norm(protos[proto_class == c] - centre[c], axis=1).mean() for c in have])
-    return (f"Prototypes (stars) lie {away:.1f} on average from the centre of their class's test images in the full "
-            f"embedding, where images lie {spread:.1f} from theirs: the head ranks classes by relative, gate-weighted "
-            "distances, so prototypes need not sit inside their clusters, and the map's two axes, fitted to the "
-            "images, draw them where they project, not where they are.")
+    return (
+        f"Prototypes (stars) lie {away:.1f} on average from the centre of their class's test images in the full "
+        f"embedding, where images lie {spread:.1f} from theirs: the head ranks classes by relative, gate-weighted "
+        "distances, so prototypes need not sit inside their clusters, and the map's two axes, fitted to the "
+        "images, draw them where they project, not where they are."
+    )
 
 
 def _fusion(summary: dict) -> str:
@@ -194,9 +213,11 @@ def _fusion(summary: dict) -> str:
 
 
 def _sweep_hint(model: str) -> str:
-    return ("<p>One view evaluated. How the model holds up under JPEG, resizing and blur: "
-            f"<code>leakstore sweep {html.escape(model)}</code> featurizes the test split under each and "
-            "evaluates them together (leakstore docs: Robustness to post-processing).</p>")
+    return (
+        "<p>One view evaluated. How the model holds up under JPEG, resizing and blur: "
+        f"<code>leakstore sweep {html.escape(model)}</code> featurizes the test split under each and "
+        "evaluates them together (leakstore docs: Robustness to post-processing).</p>"
+    )
 
 
 def _networks(n: int) -> str:
@@ -218,44 +239,73 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     emb_note = _prototype_note(ex["embedding"], y, protos[mask].numpy(), proto_class)
     plot_attention(out / "attention.png", ex["attention"], y, names, bundle.featurize.timesteps)
     several = len(summary["robustness"]) > 1
-    if several:                     # one view: the table says it all; a chart of one point says nothing more
+    if several:  # one view: the table says it all; a chart of one point says nothing more
         plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))
     if unseen:
         known = ex["open_score"][y >= 0]
-        plot_open_scores(out / "open_scores.png", {g: (known, ex["open_score"][ex["true"] == g]) for g in unseen},
-                         summary["open_scorer"], ex["threshold"])
+        plot_open_scores(
+            out / "open_scores.png",
+            {g: (known, ex["open_score"][ex["true"] == g]) for g in unseen},
+            summary["open_scorer"],
+            ex["threshold"],
+        )
     unseen_html = _unseen_section(out, summary, ex)
-    rob = "".join(f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
-                  f"<td>{_fmt(r['open_auroc'])}</td><td>{_pct(r.get('known_flagged'))}</td></tr>"
-                  for r in summary["robustness"])
-    per = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items())
+    rob = "".join(
+        f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
+        f"<td>{_fmt(r['open_auroc'])}</td><td>{_pct(r.get('known_flagged'))}</td></tr>"
+        for r in summary["robustness"]
+    )
+    per = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in first["closed"]["per_class_auc"].items()
+    )
     o = first["open"]
     if o.get("n_unknown"):
-        label = {"auroc": "AUROC", "eer": "EER", "fpr_at_95tpr": "FPR@95%TPR", "overlap": "histogram overlap",
-                 "oscr": "OSCR", "unknown_flagged": "unseen flagged", "known_flagged": "known flagged"}
-        ostr = (f"{o['n_known']} known and {o['n_unknown']} unseen images: "
-                + ", ".join(f"{label[k]} {o[k]:.4f}" for k in label if isinstance(o.get(k), float))
-                + "; per unseen generator: " + ", ".join(f"{g} {_fmt(v)}" for g, v in o.get("per_generator_auroc", {}).items()))
+        label = {
+            "auroc": "AUROC",
+            "eer": "EER",
+            "fpr_at_95tpr": "FPR@95%TPR",
+            "overlap": "histogram overlap",
+            "oscr": "OSCR",
+            "unknown_flagged": "unseen flagged",
+            "known_flagged": "known flagged",
+        }
+        ostr = (
+            f"{o['n_known']} known and {o['n_unknown']} unseen images: "
+            + ", ".join(f"{label[k]} {o[k]:.4f}" for k in label if isinstance(o.get(k), float))
+            + "; per unseen generator: "
+            + ", ".join(f"{g} {_fmt(v)}" for g, v in o.get("per_generator_auroc", {}).items())
+        )
     else:
         ostr = f"{o.get('n_known', 0)} known images; no generator held out of training in this split."
-    warn = ('<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
-            'show the pipeline runs, not how well any generator can be attributed.</p>' if summary["builtin_encoder"] else "")
+    warn = (
+        '<p class="warn">Features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE): these numbers '
+        "show the pipeline runs, not how well any generator can be attributed.</p>"
+        if summary["builtin_encoder"]
+        else ""
+    )
     body = f"""{warn}
-<p>Model <code>{html.escape(summary['model'])}</code>; encoder {html.escape(summary['encoder'])};
-{_networks(summary.get('networks', 1))}inputs: {html.escape(', '.join(summary.get('inputs', [])))};
-known classes: {html.escape(', '.join(names))}; held out as unknown: {html.escape(', '.join(summary['unknown_labels']) or 'none')}.</p>
-<h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th><th>known flagged unknown</th></tr>{rob}</table>
-<p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked {first['open']['false_unknown_rate']['asked']:.0%}.</p>
-{img(out / 'robustness.png') if several else _sweep_hint(summary['model'])}
-<h2>Closed set ({html.escape(first['view'])}, {first['closed']['n']} test images)</h2>
-<p>macro AUC {first['closed']['macro_auc']:.4f}, top-1 {first['closed']['top1']:.4f}, balanced accuracy {first['closed']['balanced_accuracy']:.4f}</p>
-<table><tr><th>class</th><th>AUC</th></tr>{per}</table>{img(out / 'confusion.png')}{img(out / 'roc.png')}
+<p>Model <code>{html.escape(summary["model"])}</code>; encoder {html.escape(summary["encoder"])};
+{_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
+known classes: {html.escape(", ".join(names))};
+held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none")}.</p>
+<h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
+<th>known flagged unknown</th></tr>{rob}</table>
+<p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked
+{first["open"]["false_unknown_rate"]["asked"]:.0%}.</p>
+{img(out / "robustness.png") if several else _sweep_hint(summary["model"])}
+<h2>Closed set ({html.escape(first["view"])}, {first["closed"]["n"]} test images)</h2>
+<p>macro AUC {first["closed"]["macro_auc"]:.4f}, top-1 {first["closed"]["top1"]:.4f},
+balanced accuracy {first["closed"]["balanced_accuracy"]:.4f}</p>
+<table><tr><th>class</th><th>AUC</th></tr>{per}</table>{img(out / "confusion.png")}{img(out / "roc.png")}
 <h2>Open set: unseen generators</h2>
-<p>Scorer <b>{html.escape(summary['open_scorer'])}</b> ({html.escape(' + '.join(summary['open_components']))}{_fusion(summary)}).
-{_rate_line(o.get('false_unknown_rate'))}</p>
-<p>{html.escape(ostr)}</p>{img(out / 'open_scores.png') if unseen else '<p>No held-out generator in this store: nothing to flag.</p>'}
-{unseen_html}<h2>Embedding and attention</h2>{img(out / 'embedding.png')}<p>{html.escape(emb_note)}</p>{img(out / 'attention.png')}
+<p>Scorer <b>{html.escape(summary["open_scorer"])}</b>
+({html.escape(" + ".join(summary["open_components"]))}{_fusion(summary)}).
+{_rate_line(o.get("false_unknown_rate"))}</p>
+<p>{html.escape(ostr)}</p>
+{img(out / "open_scores.png") if unseen else "<p>No held-out generator in this store: nothing to flag.</p>"}
+{unseen_html}<h2>Embedding and attention</h2>{img(out / "embedding.png")}<p>{html.escape(emb_note)}</p>
+{img(out / "attention.png")}
 """
     write_text(out / "report.html", page("leakstore evaluation", body))
     return out / "report.html"
@@ -269,21 +319,30 @@ def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
     known = ex["open_score"][ex["y"] >= 0]
     new = {g: v for g, v in u["per_generator"].items() if not v["known_class"]}
     if new:
-        plot_open_scores(out / "unseen_scores.png",
-                         {f"{g}: AUROC {_fmt(v['auroc'])}": (known, ex["unseen_scores"][g]) for g, v in new.items()},
-                         summary["open_scorer"], ex["threshold"], known_label="known (this split)")
+        plot_open_scores(
+            out / "unseen_scores.png",
+            {f"{g}: AUROC {_fmt(v['auroc'])}": (known, ex["unseen_scores"][g]) for g, v in new.items()},
+            summary["open_scorer"],
+            ex["threshold"],
+            known_label="known (this split)",
+        )
     rows = "".join(
         f"<tr><td>{html.escape(g)}</td><td>{html.escape(Path(v['store']).name)}</td><td>{v['n']}</td>"
         f"<td>{_fmt(v.get('auroc'))}</td><td>{_fmt(v.get('fpr_at_95tpr'))}</td><td>{v['flagged']:.1%}</td>"
         f"<td>{html.escape(v['called_most'])} ({v['called_most_share']:.0%})</td>"
         f"<td>{'' if v.get('called_correctly') is None else format(v['called_correctly'], '.1%')}</td></tr>"
-        for g, v in u["per_generator"].items())
+        for g, v in u["per_generator"].items()
+    )
     mean = "" if u["mean_auroc"] is None else f" Mean AUROC {u['mean_auroc']:.4f}, minimum {u['min_auroc']:.4f}."
-    return (f"<h3>Images from outside the training store</h3><p>Each label's rows scored against the {html.escape(u['known_rows'])}."
-            f"{mean} A label the model knows reports how often it is still called so.</p>"
-            "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th><th>FPR@95%TPR</th><th>flagged unknown</th>"
-            f"<th>called most</th><th>called correctly</th></tr>{rows}</table>"
-            + (img(out / "unseen_scores.png") if new else ""))
+    return (
+        "<h3>Images from outside the training store</h3><p>Each label's rows scored against the "
+        f"{html.escape(u['known_rows'])}."
+        f"{mean} A label the model knows reports how often it is still called so.</p>"
+        "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th><th>FPR@95%TPR</th><th>flagged "
+        "unknown</th>"
+        f"<th>called most</th><th>called correctly</th></tr>{rows}</table>"
+        + (img(out / "unseen_scores.png") if new else "")
+    )
 
 
 def _rate_line(r) -> str:
@@ -291,7 +350,7 @@ def _rate_line(r) -> str:
         return ""
     got = [f"{k} {v:.1%}" for k, v in r.items() if k not in ("asked", "validation") and v is not None]
     val = "" if r.get("validation") is None else f", on validation {r['validation']:.1%}"
-    return (f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + ".")
+    return f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + "."
 
 
 def _pct(v) -> str:

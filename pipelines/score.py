@@ -8,6 +8,7 @@ Each worker loads the model once, through `LoadModel` (a WorkerPlugin); tasks ar
 functions of (model path, partition), so a worker lost mid-job only means its partitions
 are recomputed elsewhere: no row is lost or written twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,11 @@ import numpy as np
 import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_CHUNK
-from leakstore.pipelines.predictor import STABILITY_COLUMNS
+from leakstore.errors import InputError, Interrupted
 from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
-from leakstore.device import LOCAL_WORKERS
-from leakstore.errors import InputError, Interrupted
 from leakstore.pipelines.cluster import connect
+from leakstore.pipelines.predictor import STABILITY_COLUMNS
 
 _PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -32,18 +32,21 @@ PARTITION_IMAGES = DEFAULT_SCORE_CHUNK
 
 
 # ---------------------------------------------------------------------------- model, once per process
-def get_predictor(run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int | None = None,
-                  threads: int | None = None):
+def get_predictor(
+    run_dir: str, device: str = DEFAULT_DEVICE, worker_number: int | None = None, threads: int | None = None
+):
     """The Predictor for run_dir, loaded once per process (keyed by path, device and file time);
     its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
     worker's number, which picks its GPU on a local cluster; `threads`: torch's CPU threads in a worker
     (default $LEAKSTORE_THREADS, else one)."""
     from leakstore.pipelines.predictor import Predictor
+
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
         if key not in _PREDICTORS:
             if os.environ.get("LEAKSTORE_WORKER"):
                 from leakstore.device import set_threads, worker_process_device
+
                 # local GPU workers spread over the GPUs, one CPU thread per process unless told otherwise
                 device = str(worker_process_device(device, worker_number))
                 set_threads(threads)
@@ -66,17 +69,21 @@ class LoadModel(WorkerPlugin):
     def setup(self, worker):
         os.environ["LEAKSTORE_WORKER"] = "1"
         from leakstore.device import number_of
+
         get_predictor(self.run_dir, self.device, number_of(worker), getattr(self, "threads", None))
 
 
 # ---------------------------------------------------------------------------- one partition
-def score_store_rows(run_dir: str, store_path: str, start: int, stop: int, device: str = DEFAULT_DEVICE) -> pd.DataFrame:
+def score_store_rows(
+    run_dir: str, store_path: str, start: int, stop: int, device: str = DEFAULT_DEVICE
+) -> pd.DataFrame:
     """Score rows [start, stop) of a store (one chunk)."""
     return get_predictor(run_dir, device).score_store(store_path, start, stop)
 
 
-def score_image_paths(run_dir: str, paths: list[str], first_row: int, device: str = DEFAULT_DEVICE,
-                      stability: int = 0) -> pd.DataFrame:
+def score_image_paths(
+    run_dir: str, paths: list[str], first_row: int, device: str = DEFAULT_DEVICE, stability: int = 0
+) -> pd.DataFrame:
     """Featurize and score one partition of image files (and, with `stability`, their re-encodings)."""
     return get_predictor(run_dir, device).score_paths(paths, first_row, stability=stability)
 
@@ -86,29 +93,47 @@ def is_store(inp) -> bool:
 
 
 # ---------------------------------------------------------------------------- the lazy graph
-def scoring_frame(run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None,
-                  stability: int = 0):
+def scoring_frame(
+    run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None, stability: int = 0
+):
     """A lazy dask DataFrame of predictions, one partition per store chunk (or per `partition`
     images). Nothing runs until it is computed. `stability`: raw images only (Predictor.score_paths)."""
     import dask.dataframe as dd
 
     from leakstore.pipelines.predictor import Predictor
+
     run_dir = str(Path(run_dir).resolve())
     pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
     if is_store(inp):
         from leakstore.store import FeatureStore
+
         if stability:
             raise InputError(f"stability re-encodes images: {inp} is a feature store; score the image files instead")
         store = FeatureStore.open(inp)
         pred.check_store(store)
         parts = [(r.start, r.stop) for r in (store.chunk_rows(k) for k in range(store.n_chunks))]
-        return dd.from_map(_store_part, parts, run_dir=run_dir, store_path=str(Path(inp).resolve()), device=device,
-                           meta=pred.meta({"row": np.int64}), divisions=None, enforce_metadata=False)
+        return dd.from_map(
+            _store_part,
+            parts,
+            run_dir=run_dir,
+            store_path=str(Path(inp).resolve()),
+            device=device,
+            meta=pred.meta({"row": np.int64}),
+            divisions=None,
+            enforce_metadata=False,
+        )
     paths = list_inputs(inp)
-    parts = [(s, paths[s:s + partition]) for s in range(0, len(paths), partition)]
+    parts = [(s, paths[s : s + partition]) for s in range(0, len(paths), partition)]
     extra = {"row": np.int64, "sha256": object, **(STABILITY_COLUMNS if stability else {})}
-    return dd.from_map(_image_part, parts, run_dir=run_dir, device=device, stability=stability,
-                       meta=pred.meta(extra), enforce_metadata=False)
+    return dd.from_map(
+        _image_part,
+        parts,
+        run_dir=run_dir,
+        device=device,
+        stability=stability,
+        meta=pred.meta(extra),
+        enforce_metadata=False,
+    )
 
 
 def _store_part(part, run_dir, store_path, device):
@@ -131,12 +156,16 @@ def check_out(out: Path) -> None:
     if not os.access(parent, os.W_OK):
         raise InputError(f"--out {out}: {parent} is not writable; choose a writable place")
     if out.is_file() and not _is_parquet(out):
-        raise InputError(f"--out {out} exists and is not a Parquet file: scoring replaces only its own output, "
-                         "so nothing was written; choose another --out")
+        raise InputError(
+            f"--out {out} exists and is not a Parquet file: scoring replaces only its own output, "
+            "so nothing was written; choose another --out"
+        )
     parts = out.with_name(out.name + ".parts")
     if parts.exists() and not _is_parts_dir(parts):
-        raise InputError(f"{parts} exists and was not made by leakstore score: it keeps its partial results there, "
-                         "so nothing was written; move that folder or choose another --out")
+        raise InputError(
+            f"{parts} exists and was not made by leakstore score: it keeps its partial results there, "
+            "so nothing was written; move that folder or choose another --out"
+        )
 
 
 def _is_parquet(path: Path) -> bool:
@@ -151,18 +180,28 @@ def _is_parts_dir(path: Path) -> bool:
     """A folder of finished partitions that scoring made: job.json and part files only (or empty)."""
     if not path.is_dir():
         return False
-    return all(p.name == "job.json" or (p.name.startswith("part-") and p.suffix in (".parquet", ".tmp"))
-               or p.name.startswith(".part-") for p in path.iterdir())
+    return all(
+        p.name == "job.json"
+        or (p.name.startswith("part-") and p.suffix in (".parquet", ".tmp"))
+        or p.name.startswith(".part-")
+        for p in path.iterdir()
+    )
 
 
 def _job(run_dir: str, inp, part: int, stability: int = 0) -> dict:
     """What a set of finished partitions belongs to: the model, the input, the partitioning."""
     import hashlib
+
     model = Path(run_dir) / "model.json"
-    key = {"model": str(Path(run_dir).resolve()), "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-           "partition": part, "stability": stability}
+    key = {
+        "model": str(Path(run_dir).resolve()),
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "partition": part,
+        "stability": stability,
+    }
     if is_store(inp):
         from leakstore.store import FeatureStore
+
         st = FeatureStore.open(inp)
         key["input"] = {"store": str(Path(inp).resolve()), "store_id": st.attrs.get("store_id"), "n": st.n}
     else:
@@ -174,9 +213,19 @@ class ScoringInterrupted(Interrupted):
     """Ctrl-C during `score`: finished partitions are kept for the rerun."""
 
 
-def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = None, scheduler: str | None = None,
-          device: str = DEFAULT_DEVICE, progress: bool = True, client=None, threads: int | None = None,
-          stability: int = 0) -> pd.DataFrame | dict:
+def score(
+    run_dir,
+    inp,
+    out: str | Path | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    device: str = DEFAULT_DEVICE,
+    progress: bool = True,
+    client=None,
+    threads: int | None = None,
+    stability: int = 0,
+) -> pd.DataFrame | dict:
     """Score INPUT with the model in run_dir on a dask.distributed cluster; write Parquet to `out`.
 
     Without `out`, returns the predictions as one DataFrame (gathered in this process). With `out`, the
@@ -186,12 +235,13 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
     (`summarise`'s fields); read the predictions with pandas.read_parquet(out). `stability` K: raw
     images are also scored under K re-encodings (columns `stability`, `unsure`: Predictor.score_paths)."""
     from leakstore.pipelines.predictor import Predictor
-    out = Path(out).absolute() if out is not None else None      # the workers write its parts: one path for all
+
+    out = Path(out).absolute() if out is not None else None  # the workers write its parts: one path for all
     if out is not None:
         check_out(out)
-    pred = Predictor.load(run_dir)                   # a broken or missing model fails here, before any cluster
+    pred = Predictor.load(run_dir)  # a broken or missing model fails here, before any cluster
     if not is_store(inp):
-        inp = list_inputs(inp)                       # listed once, here
+        inp = list_inputs(inp)  # listed once, here
     own = client is None
     cluster = None
     if own:
@@ -211,6 +261,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
             print(f"dask dashboard: {client.dashboard_link}", flush=True)
         if out is None:
             from distributed import progress as dask_progress
+
             fut = client.compute(ddf)
             if progress:
                 dask_progress(fut)
@@ -224,6 +275,7 @@ def score(run_dir, inp, out: str | Path | None = None, *, workers: int | None = 
                 cluster.close()
     counts = assemble(parts_dir, ddf.npartitions, out)
     import shutil
+
     shutil.rmtree(parts_dir, ignore_errors=True)
     return counts
 
@@ -254,7 +306,8 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
 
     import dask
     from distributed import as_completed
-    if saved != job:                                  # another model, input or partitioning: start afresh
+
+    if saved != job:  # another model, input or partitioning: start afresh
         shutil.rmtree(parts_dir, ignore_errors=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
     write_json(parts_dir / "job.json", job)
@@ -263,18 +316,21 @@ def _compute_parts(client, ddf, parts_dir: Path, job: dict, saved: dict | None, 
     todo = [i for i in range(len(delayed)) if not path(i).is_file()]
     futures = {client.compute(dask.delayed(write_part)(delayed[i], str(path(i)))): i for i in todo}
     from tqdm.auto import tqdm
+
     bar = tqdm(total=len(delayed), initial=len(delayed) - len(todo), unit="part", desc="score", disable=not progress)
     try:
         for fut in as_completed(futures):
-            fut.result()                        # a worker's error is raised here; its part file is not there
+            fut.result()  # a worker's error is raised here; its part file is not there
             bar.update(1)
     except KeyboardInterrupt:
         done = sum(path(i).is_file() for i in range(len(delayed)))
-        raise ScoringInterrupted(f"interrupted: {done} of {len(delayed)} partitions are kept in {parts_dir}; "
-                                 "rerun the same command to score only the rest") from None
+        raise ScoringInterrupted(
+            f"interrupted: {done} of {len(delayed)} partitions are kept in {parts_dir}; "
+            "rerun the same command to score only the rest"
+        ) from None
     finally:
         bar.close()
-        client.cancel(list(futures))      # release every task, erred ones too, so a rerun recomputes them
+        client.cancel(list(futures))  # release every task, erred ones too, so a rerun recomputes them
 
 
 def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
@@ -283,6 +339,7 @@ def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
     Partitions hold consecutive rows, so the file is in input order. -> the counts of `summarise`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     paths = [part_path(parts_dir, i) for i in range(n_parts)]
     schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
     counts = _counts(None)
@@ -292,8 +349,12 @@ def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
                 table = pq.read_table(p)
                 table = table.select(schema.names).cast(schema) if table.schema != schema else table
                 writer.write_table(table)
-                _counts(table.select([c for c in ("status", "is_unknown", "pred", "unsure") if c in schema.names])
-                        .to_pandas(), counts)
+                _counts(
+                    table.select(
+                        [c for c in ("status", "is_unknown", "pred", "unsure") if c in schema.names]
+                    ).to_pandas(),
+                    counts,
+                )
     return counts
 
 
@@ -309,7 +370,7 @@ def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
     c["unknown"] += int(ok.is_unknown.astype(bool).sum()) if len(ok) else 0
     for k, v in ok.pred.value_counts().items():
         c["predicted"][str(k)] = c["predicted"].get(str(k), 0) + int(v)
-    if "unsure" in df:          # score --stability: verdicts that a re-encoding changed
+    if "unsure" in df:  # score --stability: verdicts that a re-encoding changed
         c["unsure"] = c.get("unsure", 0) + (int(ok.unsure.fillna(False).astype(bool).sum()) if len(ok) else 0)
     return c
 
@@ -317,10 +378,15 @@ def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
 def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
     """Counts (of a DataFrame of predictions, or the counts `score` returned); with the model, how its
     unknown threshold was set (asked rate, rate on validation)."""
-    out = _counts(df) if isinstance(df, pd.DataFrame) else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted", "unsure") if k in df}
+    out = (
+        _counts(df)
+        if isinstance(df, pd.DataFrame)
+        else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted", "unsure") if k in df}
+    )
     out["predicted"] = dict(sorted(out["predicted"].items(), key=lambda kv: -kv[1]))
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
         from leakstore.model.predict import validation_flagged
+
         out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate, "validation": validation_flagged(bundle)}
     return out

@@ -8,6 +8,7 @@ config recorded in the model (only the view differs), one store per view in OUT/
 evaluated together: metrics.json with the robustness table, predictions, the robustness curve
 and report.html in OUT. Featurizing resumes: a rerun computes only what is missing.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,52 +21,76 @@ from leakstore.errors import InputError
 from leakstore.store import Catalog, FeatureStore
 
 
-
 def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
     """The labelled clean test rows of a store (and the store, to evaluate the clean view from),
     or of image data (its test split when it has one, else every labelled image)."""
     from leakstore.featurize.datasets import build_catalog
+
     if (Path(str(data)) / "zarr.json").is_file():
         s = FeatureStore.open(data)
         keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0))
         if not len(keep):
             raise InputError(f"store {data} has no labelled test rows to sweep")
         paths, groups = s.read("path")[keep], s.read("group")[keep]
-        cat = Catalog(tuple(str(p) for p in paths), s.read("label")[keep].astype(np.int16), np.full(len(keep), 2, np.int8),
-                      tuple(str(g) for g in groups), tuple(s.class_names), s.attrs.get("real_class"),
-                      f"test split of {data}", str(data))
+        cat = Catalog(
+            tuple(str(p) for p in paths),
+            s.read("label")[keep].astype(np.int16),
+            np.full(len(keep), 2, np.int8),
+            tuple(str(g) for g in groups),
+            tuple(s.class_names),
+            s.attrs.get("real_class"),
+            f"test split of {data}",
+            str(data),
+        )
         return cat, str(data)
     cat = build_catalog(data)
     keep = (cat.labels >= 0) & ((cat.splits == 2) if (cat.splits == 2).any() else True)
     idx = np.flatnonzero(keep)
-    return Catalog(tuple(cat.paths[i] for i in idx), cat.labels[idx], np.full(len(idx), 2, np.int8),
-                   tuple(cat.groups[i] for i in idx), cat.class_names, cat.real_class,
-                   "test split" if (cat.splits == 2).any() else "every labelled image", str(data)), None
+    return Catalog(
+        tuple(cat.paths[i] for i in idx),
+        cat.labels[idx],
+        np.full(len(idx), 2, np.int8),
+        tuple(cat.groups[i] for i in idx),
+        cat.class_names,
+        cat.real_class,
+        "test split" if (cat.splits == 2).any() else "every labelled image",
+        str(data),
+    ), None
 
 
 def _slug(view: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", view).strip("-") or "none"
 
 
-def sweep(run_dir, data=None, views=DEFAULT_SWEEP_VIEWS, out=None, *, device: str = DEFAULT_DEVICE, workers: int = -1,
-          progress: bool = True) -> dict:
+def sweep(
+    run_dir,
+    data=None,
+    views=DEFAULT_SWEEP_VIEWS,
+    out=None,
+    *,
+    device: str = DEFAULT_DEVICE,
+    workers: int = -1,
+    progress: bool = True,
+) -> dict:
     from leakstore.config import RunOptions
     from leakstore.featurize.runner import featurize_store
     from leakstore.featurize.vae import encoder_for_config
     from leakstore.featurize.views import parse_view, view_name
     from leakstore.model.checkpoint import load_bundle
     from leakstore.pipelines.evaluate import evaluate
+
     run_dir = Path(run_dir)
     bundle = load_bundle(run_dir)
     data = data or bundle.meta.get("training", {}).get("store")
     if not data:
         raise InputError(f"{run_dir}: the model does not name its training store; give the test images as DATA")
-    names = [view_name(parse_view(v)) for v in views]           # validates every view before any work
+    names = [view_name(parse_view(v)) for v in views]  # validates every view before any work
     if not names:
         raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_SWEEP_VIEWS))
     cat, clean_store = test_catalog(data)
     out = Path(out) if out else run_dir / "sweep"
     from leakstore.device import resolve_device
+
     encoder = encoder_for_config(bundle.featurize)
     # precision is not part of a feature's identity (rounding level): the CPU path runs fp32
     cpu = resolve_device(device).type == "cpu"
@@ -78,7 +103,8 @@ def sweep(run_dir, data=None, views=DEFAULT_SWEEP_VIEWS, out=None, *, device: st
         path = out / "views" / f"{_slug(v)}.zarr"
         if progress:
             print(f"featurize {len(cat)} test images, view {v}", flush=True)
-        featurize_store(cat, path, fcfg.replace(view=v), encoder,
-                        RunOptions(device=device, workers=workers, progress=progress))
+        featurize_store(
+            cat, path, fcfg.replace(view=v), encoder, RunOptions(device=device, workers=workers, progress=progress)
+        )
         stores.append(str(path))
     return evaluate(run_dir, stores, out, device=device, split="test")

@@ -1,10 +1,11 @@
 """Shared fixtures: everything offline, tiny and fast on 2 CPU cores."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"          # never touch the network in tests
+os.environ["HF_HUB_OFFLINE"] = "1"  # never touch the network in tests
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
@@ -27,8 +28,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def taef2_dir() -> Path:
     if not (SHARED_WEIGHTS / "taef2_encoder.pth").is_file():
-        pytest.skip(f"TAEF2 weights not found at {SHARED_WEIGHTS} (they sit in ../shared beside the repository "
-                    "in this project's setup); the tests that need a real pretrained encoder are skipped")
+        pytest.skip(
+            f"TAEF2 weights not found at {SHARED_WEIGHTS} (they sit in ../shared beside the repository "
+            "in this project's setup); the tests that need a real pretrained encoder are skipped"
+        )
     return SHARED_WEIGHTS
 
 
@@ -36,9 +39,16 @@ def taef2_dir() -> Path:
 def tiny_vae_dir(tmp_path_factory) -> Path:
     """A tiny random AutoencoderKL saved as a local diffusers folder (downsample 2, 4 latent channels)."""
     from diffusers import AutoencoderKL
+
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=[32, 64], layers_per_block=1, latent_channels=4, norm_num_groups=32,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+    )
     d = tmp_path_factory.mktemp("vae") / "tiny-vae"
     vae.save_pretrained(d)
     return d

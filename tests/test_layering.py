@@ -7,6 +7,7 @@
 
 A module may import its own layer and the layers below it, never one above; no module imports
 another module's private (underscored) name. docs/layout.md draws the same graph."""
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"leakstore": "leakstore", "featurize": "leakstore.featurize", "model": "leakstore.model",
-           "pipelines": "leakstore.pipelines"}
+FOLDERS = {
+    "leakstore": "leakstore",
+    "featurize": "leakstore.featurize",
+    "model": "leakstore.model",
+    "pipelines": "leakstore.pipelines",
+}
 LAYERS = ("core", "stage", "pipelines", "interfaces")
 
 
@@ -49,7 +54,7 @@ def imports(path: Path, module: str) -> list[tuple[int, str, list[str]]]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:   # relative: resolve against this module's package
+            if node.level:  # relative: resolve against this module's package
                 pkg = module.split(".")
                 keep = pkg if path.name == "__init__.py" else pkg[:-1]
                 base = ".".join(keep[: len(keep) - node.level + 1] + ([base] if base else []))
@@ -86,20 +91,29 @@ def test_the_package_keeps_its_layers():
 
 def test_every_module_is_read():
     found = modules(ROOT)
-    for mod in ("leakstore.config", "leakstore.app.cli", "leakstore.featurize.runner", "leakstore.model.train",
-                "leakstore.pipelines.score", "leakstore.features.periodicity"):
+    for mod in (
+        "leakstore.config",
+        "leakstore.app.cli",
+        "leakstore.featurize.runner",
+        "leakstore.model.train",
+        "leakstore.pipelines.score",
+        "leakstore.features.periodicity",
+    ):
         assert mod in found
 
 
-@pytest.mark.parametrize("folder, file, planted, expect", [
-    ("leakstore", "config.py", "from leakstore.model.config import ModelConfig", "a layer above"),
-    ("leakstore", "store.py", "import leakstore.pipelines.score", "a layer above"),
-    ("featurize", "vae.py", "from leakstore.pipelines.cluster import connect", "a layer above"),
-    ("model", "train.py", "from leakstore.featurize import views", "the other stage"),
-    ("pipelines", "score.py", "from leakstore.app.cli import app", "a layer above"),
-    ("pipelines", "sweep.py", "from leakstore.pipelines.report import _networks", "private name"),
-    ("featurize", "runner.py", "from . import _planted", None),      # a private module of its own package: fine
-])
+@pytest.mark.parametrize(
+    "folder, file, planted, expect",
+    [
+        ("leakstore", "config.py", "from leakstore.model.config import ModelConfig", "a layer above"),
+        ("leakstore", "store.py", "import leakstore.pipelines.score", "a layer above"),
+        ("featurize", "vae.py", "from leakstore.pipelines.cluster import connect", "a layer above"),
+        ("model", "train.py", "from leakstore.featurize import views", "the other stage"),
+        ("pipelines", "score.py", "from leakstore.app.cli import app", "a layer above"),
+        ("pipelines", "sweep.py", "from leakstore.pipelines.report import _networks", "private name"),
+        ("featurize", "runner.py", "from . import _planted", None),  # a private module of its own package: fine
+    ],
+)
 def test_a_planted_import_breaks_the_check(tmp_path, folder, file, planted, expect):
     for f in FOLDERS:
         shutil.copytree(ROOT / f, tmp_path / f, ignore=shutil.ignore_patterns("__pycache__"))
@@ -115,6 +129,9 @@ def test_a_planted_import_breaks_the_check(tmp_path, folder, file, planted, expe
 
 def test_layout_doc_names_every_module():
     doc = (ROOT / "docs" / "layout.md").read_text()
-    missing = [m for m, p in modules(ROOT).items()
-               if p.name != "__init__.py" and p.name not in doc and f"`{p.stem}`" not in doc]
+    missing = [
+        m
+        for m, p in modules(ROOT).items()
+        if p.name != "__init__.py" and p.name not in doc and f"`{p.stem}`" not in doc
+    ]
     assert missing == [], f"docs/layout.md does not name {missing}"

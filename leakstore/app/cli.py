@@ -1,4 +1,5 @@
 """The `leakstore` command line: thin typer commands, each calling one library function."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,22 +8,56 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from leakstore.config import (BATCH_CPU, BATCH_CUDA, BETA_SCHEDULES, CODECS, DEFAULT_DECODER_STEPS, DEFAULT_DEMO_SCENES, DEFAULT_DEMO_WORKERS,
-                              DEFAULT_OUTLIER_DECODERS, DEFAULT_OUTLIER_PER_PHOTO, DEFAULT_OUTLIER_SEED,
-                              DEFAULT_OUTLIER_SIZE, DEFAULT_REAL_LABEL, DEFAULT_STREAM, DEFAULT_STREAM_BUFFER,
-                              DEFAULT_STUDY_EPOCHS, DEFAULT_SWEEP_VIEWS, DEFAULT_VAE, DEFAULT_VIEW_POLICY, PRECISIONS,
-                              RESIZE_POLICIES, STREAM_MODES, FeaturizeConfig, RunOptions, ScheduleConfig, defaults)
+from leakstore.config import (
+    BATCH_CPU,
+    BATCH_CUDA,
+    BETA_SCHEDULES,
+    CODECS,
+    DEFAULT_DECODER_STEPS,
+    DEFAULT_DEMO_SCENES,
+    DEFAULT_DEMO_WORKERS,
+    DEFAULT_OUTLIER_DECODERS,
+    DEFAULT_OUTLIER_PER_PHOTO,
+    DEFAULT_OUTLIER_SEED,
+    DEFAULT_OUTLIER_SIZE,
+    DEFAULT_REAL_LABEL,
+    DEFAULT_STREAM,
+    DEFAULT_STREAM_BUFFER,
+    DEFAULT_STUDY_EPOCHS,
+    DEFAULT_SWEEP_VIEWS,
+    DEFAULT_VAE,
+    DEFAULT_VIEW_POLICY,
+    PRECISIONS,
+    RESIZE_POLICIES,
+    STREAM_MODES,
+    FeaturizeConfig,
+    RunOptions,
+    ScheduleConfig,
+    defaults,
+)
 from leakstore.errors import ConfigFieldError, InputError, Interrupted, LeakstoreError
+from leakstore.model.config import (
+    BACKBONES,
+    OPEN_SCORERS,
+    OUTLIER_OPEN_SCORER,
+    SCORER_ROWS,
+    SCORERS,
+    TEMPORAL,
+    ModelConfig,
+    default_open_scorer,
+)
 from leakstore.pipelines.predictor import STABILITY_VIEWS
-from leakstore.model.config import (BACKBONES, OPEN_SCORERS, OUTLIER_OPEN_SCORER, SCORER_ROWS, SCORERS, TEMPORAL,
-                                   ModelConfig, default_open_scorer)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Attribute AI-generated images to their generator from diffusion signal leaks.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Attribute AI-generated images to their generator from diffusion signal leaks.",
+)
 
 
 def _choices(name: str, values, extra=()) -> type[Enum]:
@@ -37,22 +72,30 @@ Codec = _choices("Codec", CODECS)
 Backbone = _choices("Backbone", BACKBONES)
 Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
-OUTLIERS_HELP = ("A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
-                 "options; training views are optional there): one 'other' class per kind of outlier for the lda "
-                 "open-set scorers (docs: Open set).")
+OUTLIERS_HELP = (
+    "A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
+    "options; training views are optional there): one 'other' class per kind of outlier for the lda "
+    "open-set scorers (docs: Open set)."
+)
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
 Split = _choices("Split", ("test", "val", "train", "all"))
 Stream = _choices("Stream", STREAM_MODES)
 
-FD = defaults(FeaturizeConfig)      # featurize defaults: FeaturizeConfig's fields
-RD = defaults(RunOptions)           # how a featurize run goes
-MD = defaults(ModelConfig)          # training defaults: ModelConfig's fields
+FD = defaults(FeaturizeConfig)  # featurize defaults: FeaturizeConfig's fields
+RD = defaults(RunOptions)  # how a featurize run goes
+MD = defaults(ModelConfig)  # training defaults: ModelConfig's fields
 SD = defaults(ScheduleConfig)
 SHARD_DEFAULT = "/".join(map(str, RD["shard"]))
 # config fields whose command-line flag has another name (every other field's flag is --field-name)
-FLAGS = {"spectrum_bins": "--pixel-spectrum", "noise_bins": "--noise-spectrum", "use_residual": "--residual",
-         "use_periodicity": "--periodicity", "drop_jpeg_grid": "--drop-jpeg-grid", "beta_start": "--beta-start"}
+FLAGS = {
+    "spectrum_bins": "--pixel-spectrum",
+    "noise_bins": "--noise-spectrum",
+    "use_residual": "--residual",
+    "use_periodicity": "--periodicity",
+    "drop_jpeg_grid": "--drop-jpeg-grid",
+    "beta_start": "--beta-start",
+}
 # train and openset-study options named otherwise than the ModelConfig field they set
 MODEL_OPTIONS = {"residual": "use_residual", "periodicity": "use_periodicity", "jpeg_grid": "drop_jpeg_grid"}
 
@@ -72,9 +115,13 @@ def _model_config(options: dict, **override) -> ModelConfig:
         if field in fields and field != "extra":
             kw[field] = value.value if isinstance(value, Enum) else value
     return ModelConfig(**{**kw, **override})
+
+
 DEVICE_HELP = "auto (CUDA when visible, else the CPU), cpu, cuda, cuda:N."
-THREADS_HELP = ("CPU threads for torch in this process (env LEAKSTORE_THREADS; default: one per core, idle threads "
-                "sleeping, so a busy machine slows them without stalling them; docs: Speed).")
+THREADS_HELP = (
+    "CPU threads for torch in this process (env LEAKSTORE_THREADS; default: one per core, idle threads "
+    "sleeping, so a busy machine slows them without stalling them; docs: Speed)."
+)
 # help panels, so that --help reads in groups
 P_IN, P_FEAT, P_VIEW, P_RUN, P_OUT = "Inputs", "Features", "Post-processing views", "Execution", "Output"
 P_MODEL, P_TRAIN, P_OPEN = "Network", "Training", "Scorers and the unknown flag"
@@ -94,31 +141,35 @@ def _guard(on_interrupt: str, kept=None, rerun: str = "rerun the same command"):
         yield
     except Interrupted as e:
         typer.echo(f"{e}", err=True)
-        raise typer.Exit(130)
-    except ConfigFieldError as e:     # a config's field, in the words of the command line: its flag
+        raise typer.Exit(130) from None
+    except ConfigFieldError as e:  # a config's field, in the words of the command line: its flag
         _fail(e.flagged(flag_of(e.field)))
     except LeakstoreError as e:
         _fail(e)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {on_interrupt}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except OSError as e:
         from leakstore.fsio import is_write_error, write_error
+
         if not is_write_error(e):
             _fail(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", 1)
         try:
             note = kept() if kept else ""
-        except Exception:       # the store or folder itself may be what failed
+        except Exception:  # the store or folder itself may be what failed
             note = ""
         _fail(write_error(e, note, rerun), 1)
 
 
 def _store_kept(store: Path):
     """What a featurize run left in STORE, as a sentence (for the one-line error)."""
+
     def kept() -> str:
         from leakstore.store import DONE, FAILED, FeatureStore
+
         st = FeatureStore.open(store).status()
         return f"{int(((st == DONE) | (st == FAILED)).sum()):,} of {len(st):,} images are in the store {store}."
+
     return kept
 
 
@@ -137,9 +188,11 @@ def _print_report(rep, as_json: bool, crops: int = 1) -> None:
         return
     typer.echo(f"store {d['store']}  (config {d['config_hash']}, shard {d['shard']}, {d['device']})")
     what = "images" if crops == 1 else f"rows ({d['processed'] // crops} images x {crops} crops)"
-    typer.echo(f"  {d['processed']} {what} processed in {d['seconds']:.1f} s ({d['images_per_s']} "
-               f"{'img' if crops == 1 else 'rows'}/s); "
-               f"{d['done']} done, {d['failed']} failed, {d['already_done']} already done before this run")
+    typer.echo(
+        f"  {d['processed']} {what} processed in {d['seconds']:.1f} s ({d['images_per_s']} "
+        f"{'img' if crops == 1 else 'rows'}/s); "
+        f"{d['done']} done, {d['failed']} failed, {d['already_done']} already done before this run"
+    )
     if d["builtin_encoder"]:
         typer.echo("  NOTE: built with the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
     if d["failed_in_store"] > d["failed"]:
@@ -152,49 +205,236 @@ def _print_report(rep, as_json: bool, crops: int = 1) -> None:
 
 @app.command()
 def featurize(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA", help="Class folders, a manifest (.csv/.parquet) or a WILD folder with Split.json."
+        ),
+    ],
     store: Annotated[Path, typer.Argument(metavar="STORE", help="Output Zarr store (a folder).")],
-    vae: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Preset (sd15, sd21, sdxl, sd3, flux1, flux2, taesd, taesdxl, taesd3, taef1, taef2), 'demo' (built-in random encoder), a hub id, a local diffusers folder or a weights file.")] = DEFAULT_VAE,
-    vae_subfolder: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Subfolder of a hub id or folder holding the VAE.")] = "",
-    scaling_factor: Annotated[Optional[float], typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent scaling factor.")] = None,
-    shift_factor: Annotated[Optional[float], typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent shift factor.")] = None,
-    real_label: Annotated[str, typer.Option(rich_help_panel=P_IN, help="Name of the real class's folder or label.")] = DEFAULT_REAL_LABEL,
-    min_side: Annotated[int, typer.Option(min=1, rich_help_panel=P_IN, help="Images with a shorter side below this fail.")] = FD["min_side"],
-    max_pixels: Annotated[int, typer.Option(min=1, rich_help_panel=P_IN, help="Images with more pixels fail before decoding (the decompression-bomb guard; PIL's own limit is off).")] = RD["max_pixels"],
-    timesteps: Annotated[str, typer.Option(rich_help_panel=P_FEAT, help="Forward-diffusion timesteps, comma-separated.")] = ",".join(map(str, FD["timesteps"])),
-    resolution: Annotated[int, typer.Option(min=16, rich_help_panel=P_FEAT, help="Square input side in pixels.")] = FD["resolution"],
-    resize_policy: Annotated[ResizePolicy, typer.Option(rich_help_panel=P_FEAT, help="How images reach the resolution.")] = FD["resize_policy"],
-    schedule: Annotated[Schedule, typer.Option(rich_help_panel=P_FEAT, help="Beta schedule (SD: scaled_linear; the reference code: linear).")] = SD["beta_schedule"],
-    beta_start: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="First beta of the noise schedule.")] = SD["beta_start"],
-    beta_end: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="Last beta of the noise schedule.")] = SD["beta_end"],
-    sigma_normalize: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Divide z_t by sigma_t, as the reference's option.")] = FD["sigma_normalize"],
-    fft_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_FEAT, help="Keep the lowest k x k FFT frequencies.")] = FD["fft_size"],
-    residual: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; a decoder and a second encoder pass per image). --no-residual: latents only.")] = FD["residual_bins"] > 0,
-    residual_bins: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum.")] = FD["residual_bins"],
-    period: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong (upsampling and block traces). 0: off.")] = FD["period"],
-    pixel_spectrum: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_FEAT, help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, upsampling decoders; read by the open-set scorers). 0: off.")] = FD["spectrum_bins"],
-    noise_spectrum: Annotated[int, typer.Option(min=0, max=32, rich_help_panel=P_FEAT, help="Also store the noise residual's 2-D power spectrum (image minus its 3x3 mean) in this many bands a side, 4, 8, 16 or 32 (upsampling and decoder fingerprints; read by the network and the lda open-set scorer). 0: off.")] = FD["noise_bins"],
-    crops: Annotated[int, typer.Option(min=1, max=64, rich_help_panel=P_FEAT, help="Crops per image (1, 4, 9, 16, ...: a g x g grid of native-pixel windows of --resolution), one row each; evaluation and scoring judge each image on all of its crops.")] = FD["crops"],
-    seed: Annotated[int, typer.Option(rich_help_panel=P_FEAT, help="Noise seed (combined with each image's SHA-256) and split seed.")] = FD["seed"],
-    view: Annotated[Optional[list[str]], typer.Option(metavar="VIEW", rich_help_panel=P_VIEW, help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.")] = None,
-    train_views: Annotated[int, typer.Option(min=0, max=64, rich_help_panel=P_VIEW, help="Also store this many post-processed views of every training and validation image (extra rows; test rows stay clean). Training samples them (train --view-prob).")] = 0,
-    view_policy: Annotated[str, typer.Option(rich_help_panel=P_VIEW, help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then one compression).")] = DEFAULT_VIEW_POLICY,
+    vae: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=P_IN,
+            help="Preset (sd15, sd21, sdxl, sd3, flux1, flux2, taesd, taesdxl, taesd3, taef1, taef2), 'demo' "
+            "(built-in random encoder), a hub id, a local diffusers folder or a weights file.",
+        ),
+    ] = DEFAULT_VAE,
+    vae_subfolder: Annotated[
+        str, typer.Option(rich_help_panel=P_IN, help="Subfolder of a hub id or folder holding the VAE.")
+    ] = "",
+    scaling_factor: Annotated[
+        float | None, typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent scaling factor.")
+    ] = None,
+    shift_factor: Annotated[
+        float | None, typer.Option(rich_help_panel=P_IN, help="Override the VAE's latent shift factor.")
+    ] = None,
+    real_label: Annotated[
+        str, typer.Option(rich_help_panel=P_IN, help="Name of the real class's folder or label.")
+    ] = DEFAULT_REAL_LABEL,
+    min_side: Annotated[
+        int, typer.Option(min=1, rich_help_panel=P_IN, help="Images with a shorter side below this fail.")
+    ] = FD["min_side"],
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_IN,
+            help="Images with more pixels fail before decoding (the decompression-bomb guard; PIL's own limit is off).",
+        ),
+    ] = RD["max_pixels"],
+    timesteps: Annotated[
+        str, typer.Option(rich_help_panel=P_FEAT, help="Forward-diffusion timesteps, comma-separated.")
+    ] = ",".join(map(str, FD["timesteps"])),
+    resolution: Annotated[int, typer.Option(min=16, rich_help_panel=P_FEAT, help="Square input side in pixels.")] = FD[
+        "resolution"
+    ],
+    resize_policy: Annotated[
+        ResizePolicy, typer.Option(rich_help_panel=P_FEAT, help="How images reach the resolution.")
+    ] = FD["resize_policy"],
+    schedule: Annotated[
+        Schedule,
+        typer.Option(rich_help_panel=P_FEAT, help="Beta schedule (SD: scaled_linear; the reference code: linear)."),
+    ] = SD["beta_schedule"],
+    beta_start: Annotated[
+        float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="First beta of the noise schedule.")
+    ] = SD["beta_start"],
+    beta_end: Annotated[
+        float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_FEAT, help="Last beta of the noise schedule.")
+    ] = SD["beta_end"],
+    sigma_normalize: Annotated[
+        bool, typer.Option(metavar="", rich_help_panel=P_FEAT, help="Divide z_t by sigma_t, as the reference's option.")
+    ] = FD["sigma_normalize"],
+    fft_size: Annotated[
+        int, typer.Option(min=1, rich_help_panel=P_FEAT, help="Keep the lowest k x k FFT frequencies.")
+    ] = FD["fft_size"],
+    residual: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            rich_help_panel=P_FEAT,
+            help="Also store the reconstruction residual x - D(E(x)) (needs the VAE's decoder; a decoder and a "
+            "second encoder pass per image). --no-residual: latents only.",
+        ),
+    ] = FD["residual_bins"] > 0,
+    residual_bins: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, rich_help_panel=P_FEAT, help="Radial frequency bins of the residual's power spectrum."
+        ),
+    ] = FD["residual_bins"],
+    period: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            rich_help_panel=P_FEAT,
+            help="Also store the pixel periodicity profile: where in a P-pixel period pixel gradients are strong "
+            "(upsampling and block traces). 0: off.",
+        ),
+    ] = FD["period"],
+    pixel_spectrum: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            rich_help_panel=P_FEAT,
+            help="Also store the pixel spectrum's shape along each axis in this many bands (resampling kernels, "
+            "upsampling decoders; read by the open-set scorers). 0: off.",
+        ),
+    ] = FD["spectrum_bins"],
+    noise_spectrum: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=32,
+            rich_help_panel=P_FEAT,
+            help="Also store the noise residual's 2-D power spectrum (image minus its 3x3 mean) in this many bands a "
+            "side, 4, 8, 16 or 32 (upsampling and decoder fingerprints; read by the network and the lda "
+            "open-set scorer). 0: off.",
+        ),
+    ] = FD["noise_bins"],
+    crops: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            rich_help_panel=P_FEAT,
+            help="Crops per image (1, 4, 9, 16, ...: a g x g grid of native-pixel windows of --resolution), one row "
+            "each; evaluation and scoring judge each image on all of its crops.",
+        ),
+    ] = FD["crops"],
+    seed: Annotated[
+        int,
+        typer.Option(rich_help_panel=P_FEAT, help="Noise seed (combined with each image's SHA-256) and split seed."),
+    ] = FD["seed"],
+    view: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="VIEW",
+            rich_help_panel=P_VIEW,
+            help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, "
+            "grayscale; repeat or join with '+'.",
+        ),
+    ] = None,
+    train_views: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            rich_help_panel=P_VIEW,
+            help="Also store this many post-processed views of every training and validation image (extra rows; test "
+            "rows stay clean). Training samples them (train --view-prob).",
+        ),
+    ] = 0,
+    view_policy: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=P_VIEW,
+            help="Ranges the training views are drawn from, applied in real-life order (resize, blur, noise, then "
+            "one compression).",
+        ),
+    ] = DEFAULT_VIEW_POLICY,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
-    threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
-    precision: Annotated[Precision, typer.Option(rich_help_panel=P_RUN, help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=0, rich_help_panel=P_RUN, help=f"Images per device batch (0: {BATCH_CUDA} on CUDA, {BATCH_CPU} on a CPU).")] = RD["batch_size"],
-    workers: Annotated[int, typer.Option(min=-1, rich_help_panel=P_RUN, help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).")] = RD["workers"],
-    cluster: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help="Featurize on a local dask cluster of this many worker processes (one task per chunk).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(rich_help_panel=P_RUN, help="Featurize on an existing dask cluster, e.g. tcp://host:8786 (workers: `dask worker`, one per GPU).")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", metavar="", rich_help_panel=P_RUN, help="torch.compile the encoder (default: on CUDA).")] = RD["compile"],
-    compile_mode: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="torch.compile mode (max-autotune-no-cudagraphs compiles for minutes, cached on disk afterwards; see docs, Speed).")] = RD["compile_mode"],
-    shard: Annotated[str, typer.Option(rich_help_panel=P_RUN, help="i/n: this process fills chunks k with k % n == i.")] = SHARD_DEFAULT,
-    chunk_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_OUT, help="Images per Zarr chunk (the unit of writing and resuming).")] = RD["chunk_size"],
-    codec: Annotated[Codec, typer.Option(rich_help_panel=P_OUT, help="Blosc codec for the float arrays.")] = RD["codec"],
-    overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace an existing store made with another config (only a leakstore store is ever removed).")] = RD["overwrite"],
-    strict: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Exit with code 1 when any image failed.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the run report as JSON.")] = False,
-    progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = RD["progress"],
+    threads: Annotated[int | None, typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
+    precision: Annotated[
+        Precision, typer.Option(rich_help_panel=P_RUN, help="Encoder precision; auto: bf16 on CUDA, fp32 on CPU.")
+    ] = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            rich_help_panel=P_RUN,
+            help=f"Images per device batch (0: {BATCH_CUDA} on CUDA, {BATCH_CPU} on a CPU).",
+        ),
+    ] = RD["batch_size"],
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=-1,
+            rich_help_panel=P_RUN,
+            help="Decode processes of this featurizing process (-1: auto, 0: decode in the main process).",
+        ),
+    ] = RD["workers"],
+    cluster: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_RUN,
+            help="Featurize on a local dask cluster of this many worker processes (one task per chunk).",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=P_RUN,
+            help="Featurize on an existing dask cluster, e.g. tcp://host:8786 (workers: `dask worker`, one per GPU).",
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            metavar="",
+            rich_help_panel=P_RUN,
+            help="torch.compile the encoder (default: on CUDA).",
+        ),
+    ] = RD["compile"],
+    compile_mode: Annotated[
+        str,
+        typer.Option(
+            rich_help_panel=P_RUN,
+            help="torch.compile mode (max-autotune-no-cudagraphs compiles for minutes, cached on disk afterwards; "
+            "see docs, Speed).",
+        ),
+    ] = RD["compile_mode"],
+    shard: Annotated[
+        str, typer.Option(rich_help_panel=P_RUN, help="i/n: this process fills chunks k with k % n == i.")
+    ] = SHARD_DEFAULT,
+    chunk_size: Annotated[
+        int,
+        typer.Option(min=1, rich_help_panel=P_OUT, help="Images per Zarr chunk (the unit of writing and resuming)."),
+    ] = RD["chunk_size"],
+    codec: Annotated[Codec, typer.Option(rich_help_panel=P_OUT, help="Blosc codec for the float arrays.")] = RD[
+        "codec"
+    ],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            rich_help_panel=P_OUT,
+            help="Replace an existing store made with another config (only a leakstore store is ever removed).",
+        ),
+    ] = RD["overwrite"],
+    strict: Annotated[
+        bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Exit with code 1 when any image failed.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the run report as JSON.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = RD[
+        "progress"
+    ],
 ):
     """Featurize images once: VAE latents, forward diffusion, FFT spectra, the reconstruction residual
     (unless --no-residual) and pixel cues -> a chunked Zarr store.
@@ -202,14 +442,28 @@ def featurize(
     Rerun the same command to resume an interrupted run."""
     with _guard("finished chunks are in the store; rerun the same command to resume", _store_kept(store)):
         from leakstore.device import set_threads
-        from leakstore.featurize.api import featurize as run, parse_timesteps, prepare
+        from leakstore.featurize.api import featurize as run
+        from leakstore.featurize.api import parse_timesteps, prepare
+
         set_threads(threads)
-        opts = RunOptions(device=device, batch_size=batch_size, workers=workers, compile=compile, compile_mode=compile_mode,
-                          chunk_size=chunk_size, codec=codec.value, shard=_parse_shard(shard),
-                          max_pixels=max_pixels, overwrite=overwrite, progress=progress and not as_json)
+        opts = RunOptions(
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            compile=compile,
+            compile_mode=compile_mode,
+            chunk_size=chunk_size,
+            codec=codec.value,
+            shard=_parse_shard(shard),
+            max_pixels=max_pixels,
+            overwrite=overwrite,
+            progress=progress and not as_json,
+        )
         if (cluster or scheduler) and shard != SHARD_DEFAULT:
-            raise InputError("--shard splits work between processes you start yourself; with --cluster or "
-                             "--scheduler dask does that: drop --shard")
+            raise InputError(
+                "--shard splits work between processes you start yourself; with --cluster or "
+                "--scheduler dask does that: drop --shard"
+            )
         go = run
         if cluster or scheduler:
             from leakstore.pipelines.featurize_dask import featurize_on_dask
@@ -217,15 +471,36 @@ def featurize(
             def go(data, store, opts, **kw):
                 catalog, encoder, cfg = prepare(data, **kw)
                 return featurize_on_dask(catalog, store, cfg, encoder, opts, cluster=cluster, scheduler=scheduler)
-        rep = go(data, store, vae=vae, vae_subfolder=vae_subfolder, scaling_factor=scaling_factor,
-                  shift_factor=shift_factor, real_label=real_label, split_seed=seed, opts=opts,
-                  train_views=train_views, view_policy=view_policy,
-                  resolution=resolution, timesteps=parse_timesteps(timesteps), resize_policy=resize_policy.value,
-                  schedule=ScheduleConfig(schedule.value, beta_start, beta_end), sigma_normalize=sigma_normalize,
-                  fft_size=fft_size, seed=seed, view=view, min_side=min_side,
-                  precision=None if precision.value == "auto" else precision.value,
-                  residual_bins=residual_bins if residual else 0, period=period,
-                  spectrum_bins=pixel_spectrum, noise_bins=noise_spectrum, crops=crops, device=device)
+
+        rep = go(
+            data,
+            store,
+            vae=vae,
+            vae_subfolder=vae_subfolder,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            real_label=real_label,
+            split_seed=seed,
+            opts=opts,
+            train_views=train_views,
+            view_policy=view_policy,
+            resolution=resolution,
+            timesteps=parse_timesteps(timesteps),
+            resize_policy=resize_policy.value,
+            schedule=ScheduleConfig(schedule.value, beta_start, beta_end),
+            sigma_normalize=sigma_normalize,
+            fft_size=fft_size,
+            seed=seed,
+            view=view,
+            min_side=min_side,
+            precision=None if precision.value == "auto" else precision.value,
+            residual_bins=residual_bins if residual else 0,
+            period=period,
+            spectrum_bins=pixel_spectrum,
+            noise_bins=noise_spectrum,
+            crops=crops,
+            device=device,
+        )
     _print_report(rep, as_json, crops)
     if strict and rep.failed_in_store:
         raise typer.Exit(1)
@@ -240,6 +515,7 @@ def inspect(
     """Summarise a store: config, counts per class and split, failures."""
     with _guard("nothing was changed"):
         from leakstore.store import FAILED, FeatureStore
+
         s = FeatureStore.open(store)
         d = s.summary()
         if failures:
@@ -252,16 +528,22 @@ def inspect(
         return
     cfg = d["featurize_config"]
     vae = cfg["vae"]
-    typer.echo(f"{d['path']}: leakstore feature store, schema v{d['schema_version']} (leakstore {d['package_version']})")
+    typer.echo(
+        f"{d['path']}: leakstore feature store, schema v{d['schema_version']} (leakstore {d['package_version']})"
+    )
     if d["builtin_encoder"]:
         typer.echo("  NOTE: BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
-    typer.echo(f"  config {d['config_hash']}: VAE {vae['name']} ({vae['kind']}, {vae['latent_channels']} ch, "
-               f"x{vae['scaling_factor']} -{vae['shift_factor']}, {vae['revision']})")
+    typer.echo(
+        f"  config {d['config_hash']}: VAE {vae['name']} ({vae['kind']}, {vae['latent_channels']} ch, "
+        f"x{vae['scaling_factor']} -{vae['shift_factor']}, {vae['revision']})"
+    )
     sch = cfg["schedule"]
-    typer.echo(f"  {cfg['resolution']} px {cfg['resize_policy']}/{cfg['resample']}, timesteps {cfg['timesteps']} "
-               f"({sch['beta_schedule']} {sch['beta_start']}-{sch['beta_end']}), sigma-normalise "
-               f"{cfg['sigma_normalize']}, FFT {cfg['fft_size']}x{cfg['fft_size']}, seed {cfg['seed']}, view {cfg['view']}, "
-               f"precision {cfg['precision']}")
+    typer.echo(
+        f"  {cfg['resolution']} px {cfg['resize_policy']}/{cfg['resample']}, timesteps {cfg['timesteps']} "
+        f"({sch['beta_schedule']} {sch['beta_start']}-{sch['beta_end']}), sigma-normalise "
+        f"{cfg['sigma_normalize']}, FFT {cfg['fft_size']}x{cfg['fft_size']}, seed {cfg['seed']}, view {cfg['view']}, "
+        f"precision {cfg['precision']}"
+    )
     if cfg.get("residual_bins"):
         typer.echo(f"  reconstruction residual: {cfg['residual_bins']} radial bins, decoder {cfg['decoder']}")
     if cfg.get("period"):
@@ -273,11 +555,15 @@ def inspect(
     if cfg.get("crops", 1) > 1:
         typer.echo(f"  {cfg['crops']} native-pixel crops per image, one row each (counts below are rows)")
     st = d["status"]
-    typer.echo(f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
-               f"(splits: {d['split_source']})")
+    typer.echo(
+        f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
+        f"(splits: {d['split_source']})"
+    )
     if d.get("train_views"):
-        typer.echo(f"  training views: {d['view_rows']} rows, {d['train_views']['n']} per training/validation image, "
-                   f"drawn from {d['train_views']['policy']} (counts below include them)")
+        typer.echo(
+            f"  training views: {d['view_rows']} rows, {d['train_views']['n']} per training/validation image, "
+            f"drawn from {d['train_views']['policy']} (counts below include them)"
+        )
     typer.echo(f"  {'class':<24}{'train':>7}{'val':>7}{'test':>7}{'failed':>8}")
     for name, c in d["per_class"].items():
         typer.echo(f"  {name:<24}{c['train']:>7}{c['val']:>7}{c['test']:>7}{c['failed']:>8}")
@@ -291,89 +577,284 @@ def inspect(
 def train(
     store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory for the model.")],
-    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", rich_help_panel=P_IN, help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.")] = None,
-    residual: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_IN, help="Use the store's reconstruction residual when it has one.")] = MD["use_residual"],
-    periodicity: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_IN, help="Use the store's pixel periodicity profile when it has one.")] = MD["use_periodicity"],
-    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", rich_help_panel=P_IN, help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.")] = MD["drop_jpeg_grid"],
-    backbone: Annotated[Backbone, typer.Option(rich_help_panel=P_MODEL, help="Per-timestep backbone: small CNN, ResNet-18 layout, or latent-patch transformer.")] = MD["backbone"],
-    temporal: Annotated[Temporal, typer.Option(rich_help_panel=P_MODEL, help="Pooling over timesteps: attention pooling (the reference) or a transformer block first.")] = MD["temporal"],
-    embed_dim: Annotated[int, typer.Option(min=4, rich_help_panel=P_MODEL, help="Embedding size (a multiple of 4).")] = MD["embed_dim"],
+    unknown_labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME[,NAME]",
+            rich_help_panel=P_IN,
+            help="Classes held out of training (unseen generators for the open-set test); repeat or comma-separate.",
+        ),
+    ] = None,
+    residual: Annotated[
+        bool,
+        typer.Option(metavar="", rich_help_panel=P_IN, help="Use the store's reconstruction residual when it has one."),
+    ] = MD["use_residual"],
+    periodicity: Annotated[
+        bool,
+        typer.Option(
+            metavar="", rich_help_panel=P_IN, help="Use the store's pixel periodicity profile when it has one."
+        ),
+    ] = MD["use_periodicity"],
+    jpeg_grid: Annotated[
+        bool,
+        typer.Option(
+            "--drop-jpeg-grid/--keep-jpeg-grid",
+            rich_help_panel=P_IN,
+            help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.",
+        ),
+    ] = MD["drop_jpeg_grid"],
+    backbone: Annotated[
+        Backbone,
+        typer.Option(
+            rich_help_panel=P_MODEL,
+            help="Per-timestep backbone: small CNN, ResNet-18 layout, or latent-patch transformer.",
+        ),
+    ] = MD["backbone"],
+    temporal: Annotated[
+        Temporal,
+        typer.Option(
+            rich_help_panel=P_MODEL,
+            help="Pooling over timesteps: attention pooling (the reference) or a transformer block first.",
+        ),
+    ] = MD["temporal"],
+    embed_dim: Annotated[
+        int, typer.Option(min=4, rich_help_panel=P_MODEL, help="Embedding size (a multiple of 4).")
+    ] = MD["embed_dim"],
     width: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Backbone width.")] = MD["width"],
-    protos_per_class: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Prototypes per class in the head.")] = MD["protos_per_class"],
-    members: Annotated[int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many times the training time, better unknown-generator flags (docs: Open set).")] = MD["members"],
-    epochs: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Most training epochs (training stops earlier after --patience epochs without validation gain).")] = MD["epochs"],
-    patience: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Early stopping: stop after this many epochs without a better validation macro AUC.")] = MD["patience"],
-    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Training batch size.")] = MD["batch_size"],
-    epoch_samples: Annotated[int, typer.Option(min=0, rich_help_panel=P_TRAIN, help="Samples per epoch (validation, early stopping and the saved state come once per epoch): 0 for every training row; for stores of millions of rows, e.g. 200000.")] = MD["epoch_samples"],
+    protos_per_class: Annotated[
+        int, typer.Option(min=1, rich_help_panel=P_MODEL, help="Prototypes per class in the head.")
+    ] = MD["protos_per_class"],
+    members: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_MODEL,
+            help="Train this many networks (seeds SEED, SEED+1, ...) and join their embeddings: about that many "
+            "times the training time, better unknown-generator flags (docs: Open set).",
+        ),
+    ] = MD["members"],
+    epochs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_TRAIN,
+            help="Most training epochs (training stops earlier after --patience epochs without validation gain).",
+        ),
+    ] = MD["epochs"],
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_TRAIN,
+            help="Early stopping: stop after this many epochs without a better validation macro AUC.",
+        ),
+    ] = MD["patience"],
+    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=P_TRAIN, help="Training batch size.")] = MD[
+        "batch_size"
+    ],
+    epoch_samples: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            rich_help_panel=P_TRAIN,
+            help="Samples per epoch (validation, early stopping and the saved state come once per epoch): 0 for "
+            "every training row; for stores of millions of rows, e.g. 200000.",
+        ),
+    ] = MD["epoch_samples"],
     lr: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_TRAIN, help="AdamW learning rate.")] = MD["lr"],
-    renoise: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_TRAIN, help="Fresh noise from latent0 every batch (as the reference redraws it).")] = MD["renoise"],
-    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, rich_help_panel=P_TRAIN, help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized with --train-views); 0 trains as if the store had none (scorers and threshold included).")] = MD["view_prob"],
-    seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD["seed"],
-    scorer: Annotated[Scorer, typer.Option(rich_help_panel=P_OPEN, help="Closed-set scorer on embeddings.")] = MD["scorer"],
-    open_scorer: Annotated[Optional[OpenScorer], typer.Option(rich_help_panel=P_OPEN, show_default=False, help=f"Open-set scorer for 'unknown generator' (docs: Open set; compare them with leakstore openset-study). Default: {MD['open_scorer']}; {OUTLIER_OPEN_SCORER} with --outliers.")] = None,
-    scorer_rows: Annotated[ScorerRows, typer.Option(rich_help_panel=P_OPEN, help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training views: all; clean only; or clean-fit: fitted on clean rows, the open-set scales and threshold calibrated on all validation rows, views included (docs: Robustness).")] = MD["scorer_rows"],
-    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, rich_help_panel=P_OPEN, help="Share of known validation images the unknown threshold may reject.")] = MD["false_unknown_rate"],
-    open_temperature: Annotated[float, typer.Option(min=0.0, rich_help_panel=P_OPEN, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
-    outliers: Annotated[Optional[Path], typer.Option(metavar="STORE", rich_help_panel=P_OPEN, help=OUTLIERS_HELP)] = None,
+    renoise: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            rich_help_panel=P_TRAIN,
+            help="Fresh noise from latent0 every batch (as the reference redraws it).",
+        ),
+    ] = MD["renoise"],
+    view_prob: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            rich_help_panel=P_TRAIN,
+            help="Per image and epoch, the chance of training on one of its post-processed views (stores featurized "
+            "with --train-views); 0 trains as if the store had none (scorers and threshold included).",
+        ),
+    ] = MD["view_prob"],
+    seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD[
+        "seed"
+    ],
+    scorer: Annotated[Scorer, typer.Option(rich_help_panel=P_OPEN, help="Closed-set scorer on embeddings.")] = MD[
+        "scorer"
+    ],
+    open_scorer: Annotated[
+        OpenScorer | None,
+        typer.Option(
+            rich_help_panel=P_OPEN,
+            show_default=False,
+            help="Open-set scorer for 'unknown generator' (docs: Open set; compare them with leakstore "
+            f"openset-study). Default: {MD['open_scorer']}; {OUTLIER_OPEN_SCORER} with --outliers.",
+        ),
+    ] = None,
+    scorer_rows: Annotated[
+        ScorerRows,
+        typer.Option(
+            rich_help_panel=P_OPEN,
+            help="Rows the closed- and open-set scorers are fitted and calibrated on, for stores with training "
+            "views: all; clean only; or clean-fit: fitted on clean rows, the open-set scales and threshold "
+            "calibrated on all validation rows, views included (docs: Robustness).",
+        ),
+    ] = MD["scorer_rows"],
+    false_unknown_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            rich_help_panel=P_OPEN,
+            help="Share of known validation images the unknown threshold may reject.",
+        ),
+    ] = MD["false_unknown_rate"],
+    open_temperature: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            rich_help_panel=P_OPEN,
+            help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail "
+            "units; 0 is the plain minimum.",
+        ),
+    ] = MD["open_temperature"],
+    outliers: Annotated[Path | None, typer.Option(metavar="STORE", rich_help_panel=P_OPEN, help=OUTLIERS_HELP)] = None,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
-    threads: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
-    stream: Annotated[Stream, typer.Option(rich_help_panel=P_RUN, help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream when its features would take more than a quarter of the RAM (auto).")] = DEFAULT_STREAM,
-    stream_buffer: Annotated[int, typer.Option(min=1, rich_help_panel=P_RUN, help="Rows of whole chunks shuffled together when streaming: memory against shuffling.")] = DEFAULT_STREAM_BUFFER,
-    resume: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
+    stream: Annotated[
+        Stream,
+        typer.Option(
+            rich_help_panel=P_RUN,
+            help="Read the store chunk by chunk through a shuffle buffer (on), load it into memory (off), or stream "
+            "when its features would take more than a quarter of the RAM (auto).",
+        ),
+    ] = DEFAULT_STREAM,
+    stream_buffer: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_RUN,
+            help="Rows of whole chunks shuffled together when streaming: memory against shuffling.",
+        ),
+    ] = DEFAULT_STREAM_BUFFER,
+    resume: Annotated[
+        bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")
+    ] = False,
     progress: Annotated[bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Show a progress bar.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the training summary as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", rich_help_panel=P_OUT, help="Print the training summary as JSON.")
+    ] = False,
 ):
     """Train the attention encoder, prototypes and density scorers from a store alone."""
-    with _guard("the last finished epoch is saved; rerun the same command with --resume to continue",
-                _train_kept(out), "rerun the same command with --resume"):
+    with _guard(
+        "the last finished epoch is saved; rerun the same command with --resume to continue",
+        _train_kept(out),
+        "rerun the same command with --resume",
+    ):
         from leakstore.device import set_threads
         from leakstore.model.train import train as run
+
         set_threads(threads)
-        cfg = _model_config(locals(), open_scorer=open_scorer.value if open_scorer
-                            else default_open_scorer(outliers is not None))
+        cfg = _model_config(
+            locals(), open_scorer=open_scorer.value if open_scorer else default_open_scorer(outliers is not None)
+        )
         unk = [u for x in (unknown_labels or []) for u in x.split(",") if u]
-        summary = run(store, out, cfg, unknown_labels=unk, device=device, resume=resume, overwrite=overwrite,
-                      progress=progress and not as_json, stream=Stream(stream).value, buffer=stream_buffer,
-                      outliers=outliers)
+        summary = run(
+            store,
+            out,
+            cfg,
+            unknown_labels=unk,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress and not as_json,
+            stream=Stream(stream).value,
+            buffer=stream_buffer,
+            outliers=outliers,
+        )
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
     b = summary["best_val"]
     first = f"network 1 (seed {summary['members'][0]['seed']}): " if summary.get("members") else ""
-    typer.echo(f"{first}trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
-               f"best epoch {summary['best_epoch']}: val loss {b.get('val_loss', float('nan')):.4f}, top-1 "
-               f"{b.get('val_top1', float('nan')):.3f}, macro AUC {b.get('val_auc', float('nan')):.3f}")
+    typer.echo(
+        f"{first}trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
+        f"best epoch {summary['best_epoch']}: val loss {b.get('val_loss', float('nan')):.4f}, top-1 "
+        f"{b.get('val_top1', float('nan')):.3f}, macro AUC {b.get('val_auc', float('nan')):.3f}"
+    )
     for i, m in enumerate(summary.get("members", [])[1:], 2):
-        typer.echo(f"network {i} (seed {m['seed']}): {m['epochs_run']} epochs, best epoch {m['best_epoch']}: "
-                   f"macro AUC {m['best_val'].get('val_auc', float('nan')):.3f}")
+        typer.echo(
+            f"network {i} (seed {m['seed']}): {m['epochs_run']} epochs, best epoch {m['best_epoch']}: "
+            f"macro AUC {m['best_val'].get('val_auc', float('nan')):.3f}"
+        )
     if summary["post_hoc_prototypes"]:
         typer.echo(f"extra prototypes for weak classes: {', '.join(summary['post_hoc_prototypes'])}")
     if (o := summary.get("outliers")) and not o["used"]:
-        typer.echo(f"note: the open scorer {cfg.open_scorer} takes no outliers: the {o['rows']} rows of {o['store']} "
-                   "were not used (lda and fused-lda take them)")
+        typer.echo(
+            f"note: the open scorer {cfg.open_scorer} takes no outliers: the {o['rows']} rows of {o['store']} "
+            "were not used (lda and fused-lda take them)"
+        )
     elif o:
-        typer.echo(f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as "
-                   f"{o['classes']} 'other' classes")
+        typer.echo(
+            f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as {o['classes']} 'other' classes"
+        )
     if fb := summary["open_scorer"].get("fallback"):
         typer.echo(f"note: {fb}")
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
-        typer.echo(f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({t['folds']} folds): "
-                   f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
-                   f"(95 % CI {lo:.1%}-{hi:.1%})")
+        typer.echo(
+            f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({t['folds']} folds): "
+            f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
+            f"(95 % CI {lo:.1%}-{hi:.1%})"
+        )
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 
 
 @app.command("make-outliers")
 def make_outliers(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="The training images: a folder per class or a manifest, as given to featurize.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA", help="The training images: a folder per class or a manifest, as given to featurize."
+        ),
+    ],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for the outlier images and their manifest.csv.")],
-    photos: Annotated[Optional[list[Path]], typer.Option(metavar="DIR", help="Camera photographs (a folder or a file; repeatable): native-pixel crops of them join as label 'photo'.")] = None,
-    vae: Annotated[Optional[str], typer.Option(metavar="VAE", help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's decoder traces, one more outlier class.")] = None,
-    decoders: Annotated[int, typer.Option(min=0, max=64, help="Simulated decoders (small upsampling networks of several families, trained briefly on the training images), each an outlier class.")] = DEFAULT_OUTLIER_DECODERS,
-    decoder_steps: Annotated[int, typer.Option(min=1, help="Training steps of each simulated decoder (about 0.1 s each on a CPU core).")] = DEFAULT_DECODER_STEPS,
+    photos: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="DIR",
+            help="Camera photographs (a folder or a file; repeatable): native-pixel crops of them join as label "
+            "'photo'.",
+        ),
+    ] = None,
+    vae: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VAE",
+            help="Also pass images through this autoencoder and its decoder (e.g. taef2): another generator's "
+            "decoder traces, one more outlier class.",
+        ),
+    ] = None,
+    decoders: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Simulated decoders (small upsampling networks of several families, trained briefly on the training "
+            "images), each an outlier class.",
+        ),
+    ] = DEFAULT_OUTLIER_DECODERS,
+    decoder_steps: Annotated[
+        int, typer.Option(min=1, help="Training steps of each simulated decoder (about 0.1 s each on a CPU core).")
+    ] = DEFAULT_DECODER_STEPS,
     per_photo: Annotated[int, typer.Option(min=1, help="Crops per photograph.")] = DEFAULT_OUTLIER_PER_PHOTO,
     size: Annotated[int, typer.Option(min=16, help="Side of a photograph crop, in pixels.")] = DEFAULT_OUTLIER_SIZE,
     seed: Annotated[int, typer.Option(help="Seed of the choices (with each file's SHA-256).")] = DEFAULT_OUTLIER_SEED,
@@ -383,102 +864,223 @@ def make_outliers(
     """Write images that no known generator made (copies of the training images through simulated
     decoders or another autoencoder, crops of photographs) for train --outliers: the unknown flag
     learns what 'none of these' looks like."""
-    with _guard(f"finished images are kept in {out}; rerun the same command to go on",
-                lambda: f"Finished images are kept in {out}."):
+    with _guard(
+        f"finished images are kept in {out}; rerun the same command to go on",
+        lambda: f"Finished images are kept in {out}.",
+    ):
         from leakstore.featurize.outliers import make_outliers as run
-        s = run(data, out, photos=photos or (), vae=vae, decoders=decoders, decoder_steps=decoder_steps,
-                per_photo=per_photo, size=size, seed=seed, progress=progress and not as_json)
+
+        s = run(
+            data,
+            out,
+            photos=photos or (),
+            vae=vae,
+            decoders=decoders,
+            decoder_steps=decoder_steps,
+            per_photo=per_photo,
+            size=size,
+            seed=seed,
+            progress=progress and not as_json,
+        )
     if as_json:
         typer.echo(json.dumps(s, indent=2))
         return
-    typer.echo(f"{s['images']} outlier images in {out} (" + ", ".join(f"{k} {v}" for k, v in s["made"].items()) + ")"
-               + (f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: "
-                  f"{s['first_failures'][0][1]}" if s["failed"] else ""))
+    typer.echo(
+        f"{s['images']} outlier images in {out} ("
+        + ", ".join(f"{k} {v}" for k, v in s["made"].items())
+        + ")"
+        + (
+            f"; {s['failed']} inputs failed (failed.csv), e.g. {s['first_failures'][0][0]}: {s['first_failures'][0][1]}"
+            if s["failed"]
+            else ""
+        )
+    )
     if s["real_class"] and s["made"].get("photo"):
-        typer.echo(f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the "
-                   "flag that real photographs are 'other'; leave --photos out for such data (docs: Open set)")
-    typer.echo(f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
-               "then leakstore train STORE --outliers OUTLIERS.zarr")
+        typer.echo(
+            f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the "
+            "flag that real photographs are 'other'; leave --photos out for such data (docs: Open set)"
+        )
+    typer.echo(
+        f"next: leakstore featurize {s['manifest']} OUTLIERS.zarr <the training store's options>, "
+        "then leakstore train STORE --outliers OUTLIERS.zarr"
+    )
 
 
 @app.command("openset-study")
 def openset_study(
-    store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store with at least three known classes.")],
+    store: Annotated[
+        Path, typer.Argument(metavar="STORE", help="A featurized store with at least three known classes.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder (folds are kept there: a rerun resumes).")],
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")] = DEFAULT_STUDY_EPOCHS,
-    generators: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.")] = None,
-    unknown_labels: Annotated[Optional[list[str]], typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")] = None,
-    residual: Annotated[bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")] = MD["use_residual"],
-    periodicity: Annotated[bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")] = MD["use_periodicity"],
-    jpeg_grid: Annotated[bool, typer.Option("--drop-jpeg-grid/--keep-jpeg-grid", help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.")] = MD["drop_jpeg_grid"],
-    false_unknown_rate: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")] = MD["false_unknown_rate"],
-    open_temperature: Annotated[float, typer.Option(min=0.0, help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail units; 0 is the plain minimum.")] = MD["open_temperature"],
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Training epochs per fold (a short schedule).")
+    ] = DEFAULT_STUDY_EPOCHS,
+    generators: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME[,NAME]",
+            help="Generators to hold out in turn (default: every non-real class); repeat or comma-separate.",
+        ),
+    ] = None,
+    unknown_labels: Annotated[
+        list[str] | None, typer.Option(metavar="NAME[,NAME]", help="Classes held out of every fold as well.")
+    ] = None,
+    residual: Annotated[
+        bool, typer.Option(metavar="", help="Use the store's reconstruction residual when it has one.")
+    ] = MD["use_residual"],
+    periodicity: Annotated[
+        bool, typer.Option(metavar="", help="Use the store's pixel periodicity profile when it has one.")
+    ] = MD["use_periodicity"],
+    jpeg_grid: Annotated[
+        bool,
+        typer.Option(
+            "--drop-jpeg-grid/--keep-jpeg-grid",
+            help="Read the periodicity profile without the phases JPEG's 8x8 block grid prints on.",
+        ),
+    ] = MD["drop_jpeg_grid"],
+    false_unknown_rate: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of known validation images each threshold may reject.")
+    ] = MD["false_unknown_rate"],
+    open_temperature: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Fused open-set scorers combine their components by a soft minimum of this temperature, in tail "
+            "units; 0 is the plain minimum.",
+        ),
+    ] = MD["open_temperature"],
     seed: Annotated[int, typer.Option(help="Training seed.")] = MD["seed"],
     members: Annotated[int, typer.Option(min=1, help="As train --members: networks per fold.")] = MD["members"],
-    view_prob: Annotated[float, typer.Option(min=0.0, max=1.0, help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).")] = MD["view_prob"],
-    ceiling: Annotated[bool, typer.Option(metavar="", help="Also train one model with every generator known: the supervised AUROC each open-set figure is read against.")] = True,
-    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its labels' test rows; reported, never chosen on; repeatable.")] = None,
-    outliers: Annotated[Optional[Path], typer.Option(metavar="STORE", help=OUTLIERS_HELP + " Each fold leaves out the rows made from its held-out generator.")] = None,
+    view_prob: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).",
+        ),
+    ] = MD["view_prob"],
+    ceiling: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            help="Also train one model with every generator known: the supervised AUROC each open-set figure is read "
+            "against.",
+        ),
+    ] = True,
+    unseen: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="STORE",
+            help="A store of generators outside STORE (same featurize settings): every fold's scorers flag its "
+            "labels' test rows; reported, never chosen on; repeatable.",
+        ),
+    ] = None,
+    outliers: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="STORE", help=OUTLIERS_HELP + " Each fold leaves out the rows made from its held-out generator."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
-    threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
 ):
     """Leave-one-generator-out: train without each generator in turn and measure how well every
     open-set scorer flags it; the choice is made on validation rows, test rows report."""
-    with _guard("finished folds are kept in --out; rerun the same command to resume",
-                lambda: f"Finished folds are kept in {out}."):
+    with _guard(
+        "finished folds are kept in --out; rerun the same command to resume",
+        lambda: f"Finished folds are kept in {out}.",
+    ):
         from leakstore.device import set_threads
         from leakstore.pipelines.openset_study import openset_study as run
+
         set_threads(threads)
         split = lambda xs: [u for x in (xs or []) for u in x.split(",") if u]  # noqa: E731
-        cfg = _model_config({k: v for k, v in locals().items() if k != "epochs"})   # epochs: per fold, below
-        s = run(store, out, cfg, epochs=epochs, generators=split(generators) or None,
-                unknown_labels=split(unknown_labels), device=device, progress=not as_json, ceiling=ceiling,
-                unseen=unseen or (), outliers=outliers)
+        cfg = _model_config({k: v for k, v in locals().items() if k != "epochs"})  # epochs: per fold, below
+        s = run(
+            store,
+            out,
+            cfg,
+            epochs=epochs,
+            generators=split(generators) or None,
+            unknown_labels=split(unknown_labels),
+            device=device,
+            progress=not as_json,
+            ceiling=ceiling,
+            unseen=unseen or (),
+            outliers=outliers,
+        )
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
     typer.echo(f"{'scorer':<14}{'mean val':>10}{'min val':>9}{'mean test':>11}{'min test':>10}{'FPR@95':>8}")
     for r in s["scorers"]:
         mark = "  <- chosen on validation" if r["scorer"] == s["chosen"] else ""
-        typer.echo(f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
-                   f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}")
+        typer.echo(
+            f"{r['scorer']:<14}{r['mean_val_auroc']:>10.3f}{r['min_val_auroc']:>9.3f}{r['mean_test_auroc']:>11.3f}"
+            f"{r['min_test_auroc']:>10.3f}{r['mean_test_fpr95']:>8.3f}{mark}"
+        )
     from leakstore.pipelines.openset_study import support_line
+
     if line := support_line(s):
         typer.echo(line)
     ct, sup = s["chosen_test"], s["supervised_ceiling"]
     lo, hi = ct["mean_test_ci95"]
-    typer.echo(f"{s['chosen']}: mean test AUROC {ct['mean_test_auroc']:.3f} (95 % CI {lo:.3f}-{hi:.3f}, bootstrap over test photos)")
+    typer.echo(
+        f"{s['chosen']}: mean test AUROC {ct['mean_test_auroc']:.3f} (95 % CI {lo:.3f}-{hi:.3f}, bootstrap over test "
+        "photos)"
+    )
     if sup:
         lo, hi = sup["mean_test_ci95"]
         per = ", ".join(f"{g} {v['test_auroc']:.3f}" for g, v in sup["per_generator"].items())
-        typer.echo(f"supervised ceiling (trained with each generator): mean test {sup['mean_test_auroc']:.3f} "
-                   f"(95 % CI {lo:.3f}-{hi:.3f}); {per}")
+        typer.echo(
+            f"supervised ceiling (trained with each generator): mean test {sup['mean_test_auroc']:.3f} "
+            f"(95 % CI {lo:.3f}-{hi:.3f}); {per}"
+        )
     if s.get("unseen"):
         per = s["unseen"]["per_scorer"]
-        typer.echo(f"outside generators (--unseen, not chosen on), {s['chosen']}, mean AUROC over folds: "
-                   + ", ".join(f"{lab} {v:.3f}" for lab, v in per[s["chosen"]].items())
-                   + " (every scorer: study.json, report.html)")
+        typer.echo(
+            f"outside generators (--unseen, not chosen on), {s['chosen']}, mean AUROC over folds: "
+            + ", ".join(f"{lab} {v:.3f}" for lab, v in per[s["chosen"]].items())
+            + " (every scorer: study.json, report.html)"
+        )
     typer.echo(f"{len(s['generators'])} folds in {s['seconds']} s; report: {s['report']}")
 
 
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
-    stores: Annotated[list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
+    stores: Annotated[
+        list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = "test",
-    unseen: Annotated[Optional[list[Path]], typer.Option(metavar="STORE", help="A store of images from generators outside the training store (featurized with the model's config): each label is scored, on all its rows, against the known test rows; repeatable.")] = None,
+    unseen: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="STORE",
+            help="A store of images from generators outside the training store (featurized with the model's config): "
+            "each label is scored, on all its rows, against the known test rows; repeatable.",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
-    threads: Annotated[Optional[int], typer.Option(min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Closed-set and open-set metrics, robustness across views, plots and an HTML report."""
     with _guard("rerun the command (the stores are unchanged)"):
         from leakstore.device import set_threads
         from leakstore.pipelines.evaluate import evaluate as run
+
         set_threads(threads)
-        s = run(run_dir, [str(x) for x in stores], out, device=device, split=split.value, unseen=[str(u) for u in unseen or ()])
+        s = run(
+            run_dir,
+            [str(x) for x in stores],
+            out,
+            device=device,
+            split=split.value,
+            unseen=[str(u) for u in unseen or ()],
+        )
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -499,19 +1101,35 @@ def _print_robustness(s: dict) -> None:
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():
-            what = (f"called correctly {v['called_correctly']:.1%}" if v["known_class"]
-                    else f"AUROC {v['auroc']:.3f}, FPR@95 {v['fpr_at_95tpr']:.3f}")
-            typer.echo(f"  {g:<22} n={v['n']:<5} {what}, flagged unknown {v['flagged']:.1%}, "
-                       f"called {v['called_most']} ({v['called_most_share']:.0%})")
+            what = (
+                f"called correctly {v['called_correctly']:.1%}"
+                if v["known_class"]
+                else f"AUROC {v['auroc']:.3f}, FPR@95 {v['fpr_at_95tpr']:.3f}"
+            )
+            typer.echo(
+                f"  {g:<22} n={v['n']:<5} {what}, flagged unknown {v['flagged']:.1%}, "
+                f"called {v['called_most']} ({v['called_most_share']:.0%})"
+            )
     typer.echo(f"report: {s['report']}")
 
 
 @app.command()
 def sweep(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
-    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.")] = None,
-    views: Annotated[str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")] = ",".join(DEFAULT_SWEEP_VIEWS),
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DATA",
+            help="Test images: a store (its test split), a folder or a manifest. Default: the model's training store.",
+        ),
+    ] = None,
+    views: Annotated[
+        str, typer.Option(help="Post-processing views to measure, comma-separated (each may chain steps with '+').")
+    ] = ",".join(DEFAULT_SWEEP_VIEWS),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default RUN_DIR/sweep); view stores are kept there, so a rerun resumes."),
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " For featurizing and the model.")] = RD["device"],
     workers: Annotated[int, typer.Option(min=-1, help="Decode processes (-1: auto).")] = RD["workers"],
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress bars.")] = True,
@@ -519,11 +1137,20 @@ def sweep(
 ):
     """Robustness in one command: featurize the test split under each view with the model's own
     featurize config, evaluate, and write the robustness table, curve and report."""
-    with _guard("featurized views are kept in --out; rerun the same command to resume",
-                lambda: "Finished view stores are kept."):
+    with _guard(
+        "featurized views are kept in --out; rerun the same command to resume", lambda: "Finished view stores are kept."
+    ):
         from leakstore.pipelines.sweep import sweep as run
-        s = run(run_dir, data, [v for v in views.split(",") if v.strip()], out, device=device, workers=workers,
-                progress=progress and not as_json)
+
+        s = run(
+            run_dir,
+            data,
+            [v for v in views.split(",") if v.strip()],
+            out,
+            device=device,
+            workers=workers,
+            progress=progress and not as_json,
+        )
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=float))
         return
@@ -533,31 +1160,75 @@ def sweep(
 @app.command()
 def score(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
-    inputs: Annotated[str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")],
+    inputs: Annotated[
+        str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")
+    ],
     out: Annotated[Path, typer.Option(help="Parquet file for the predictions.")] = Path("predictions.parquet"),
-    cluster: Annotated[Optional[int], typer.Option(min=1, help="Local dask worker processes (default: one per core).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    cluster: Annotated[
+        int | None, typer.Option(min=1, help="Local dask worker processes (default: one per core).")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP + " On each dask worker.")] = RD["device"],
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch in each dask worker (env LEAKSTORE_THREADS; default 1: the workers share the cores).")] = None,
-    strict: Annotated[bool, typer.Option(metavar="", help="Exit with code 1 when any input failed (an unreadable image, a failed store row).")] = False,
-    stability: Annotated[int, typer.Option(min=0, max=len(STABILITY_VIEWS), metavar="K", help=f"Also score each image re-encoded K ways ({', '.join(STABILITY_VIEWS)}, in that order; K+1 times the work): column 'stability' is the share that keep the verdict, 'unsure' is true when one changes it. Raw images only.")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for torch in each dask worker (env LEAKSTORE_THREADS; default 1: the workers share the "
+            "cores).",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            metavar="", help="Exit with code 1 when any input failed (an unreadable image, a failed store row)."
+        ),
+    ] = False,
+    stability: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=len(STABILITY_VIEWS),
+            metavar="K",
+            help=f"Also score each image re-encoded K ways ({', '.join(STABILITY_VIEWS)}, in that order; K+1 times "
+            "the work): column 'stability' is the share that keep the verdict, 'unsure' is true when one "
+            "changes it. Raw images only.",
+        ),
+    ] = 0,
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """Score a store or raw images in batches on dask.distributed; one Parquet row per input."""
-    with _guard("finished parts are kept; rerun the same command to finish", _parts_kept(out)), \
-            _quiet_dask_on_interrupt():
-        from leakstore.pipelines.score import score as run, summarise
-        counts = run(run_dir, inputs, out, workers=cluster, scheduler=scheduler, device=device,
-                     progress=progress and not as_json, threads=threads, stability=stability)
+    with (
+        _guard("finished parts are kept; rerun the same command to finish", _parts_kept(out)),
+        _quiet_dask_on_interrupt(),
+    ):
+        from leakstore.pipelines.score import score as run
+        from leakstore.pipelines.score import summarise
+
+        counts = run(
+            run_dir,
+            inputs,
+            out,
+            workers=cluster,
+            scheduler=scheduler,
+            device=device,
+            progress=progress and not as_json,
+            threads=threads,
+            stability=stability,
+        )
     from leakstore.model.checkpoint import load_bundle
+
     s = summarise(counts, load_bundle(run_dir)) | {"out": str(out)}
     if as_json:
         typer.echo(json.dumps(s, indent=2))
     else:
         _print_score_summary(s, out)
     if s["rows"] and s["failed"] == s["rows"]:
-        typer.echo(f"error: every one of the {s['rows']} inputs failed (the 'error' column of {out} says why)", err=True)
+        typer.echo(
+            f"error: every one of the {s['rows']} inputs failed (the 'error' column of {out} says why)", err=True
+        )
         raise typer.Exit(1)
     if strict and s["failed"]:
         raise typer.Exit(1)
@@ -568,8 +1239,10 @@ def _train_kept(out: Path):
         if not (out / "train_state.safetensors").is_file():
             return "No epoch had finished."
         from leakstore.model.checkpoint import read_train_state_meta
+
         epoch = read_train_state_meta(out).get("epoch")
         return f"Epoch {epoch} is saved in {out}."
+
     return kept
 
 
@@ -577,18 +1250,22 @@ def _parts_kept(out: Path):
     def kept() -> str:
         parts = out.with_name(out.name + ".parts")
         n = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
-        return (f"{n} finished partition{'s are' if n != 1 else ' is'} kept in {parts}." if n else "")
+        return f"{n} finished partition{'s are' if n != 1 else ' is'} kept in {parts}." if n else ""
+
     return kept
 
 
 def _print_score_summary(s: dict, out: Path) -> None:
-    typer.echo(f"{s['rows']} rows -> {out}: {s['scored']} scored, {s['failed']} failed, {s['unknown']} unknown generator")
+    typer.echo(
+        f"{s['rows']} rows -> {out}: {s['scored']} scored, {s['failed']} failed, {s['unknown']} unknown generator"
+    )
     r = s.get("false_unknown_rate")
     if r:
-        val = ("" if r["validation"] is None
-               else f" ({r['validation']:.1%} of the known validation images were flagged)")
-        typer.echo(f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
-                   f"{r['asked']:.1%} of known images{val}")
+        val = "" if r["validation"] is None else f" ({r['validation']:.1%} of the known validation images were flagged)"
+        typer.echo(
+            f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
+            f"{r['asked']:.1%} of known images{val}"
+        )
     if "unsure" in s:
         typer.echo(f"  {s['unsure']} of {s['scored']} verdicts changed under a re-encoding (column 'unsure')")
     width = max([24] + [len(k) + 2 for k in s["predicted"]])
@@ -604,6 +1281,7 @@ def _quiet_dask_on_interrupt():
         yield
     except KeyboardInterrupt:
         import logging
+
         for name in ("distributed", "tornado", "asyncio", "bokeh"):
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         raise
@@ -612,39 +1290,55 @@ def _quiet_dask_on_interrupt():
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Working folder.")] = Path("leakstore-demo"),
-    photos: Annotated[int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")] = DEFAULT_DEMO_SCENES,
-    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")] = MD["epochs"],
-    cluster: Annotated[int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")] = DEFAULT_DEMO_WORKERS,
+    photos: Annotated[
+        int, typer.Option(min=20, help="Synthetic scenes (each rendered by every generator).")
+    ] = DEFAULT_DEMO_SCENES,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Most training epochs (stops early once validation stops improving).")
+    ] = MD["epochs"],
+    cluster: Annotated[
+        int, typer.Option(min=1, help="Local dask worker processes for the scoring step.")
+    ] = DEFAULT_DEMO_WORKERS,
 ):
     """Offline end to end on synthetic data: featurize, train, evaluate, score; prints where the report is."""
     with _guard("rerun leakstore demo"):
         from leakstore.pipelines.demo import run_demo
+
         r = run_demo(out, n_photos=photos, epochs=epochs, workers=cluster)
     typer.echo(f"\ndemo done in {r['seconds']} s, encoder: {r['encoder']}")
-    typer.echo(f"  closed-set macro AUC {r['closed_macro_auc']:.3f}, top-1 {r['closed_top1']:.3f}; "
-               f"open-set AUROC (unseen generator) {r['open_auroc']:.3f}")
+    typer.echo(
+        f"  closed-set macro AUC {r['closed_macro_auc']:.3f}, top-1 {r['closed_top1']:.3f}; "
+        f"open-set AUROC (unseen generator) {r['open_auroc']:.3f}"
+    )
     typer.echo(f"  scored {r['scored']['rows']} images with dask: {r['scored']['predicted']}")
     typer.echo(f"  report: {r['report']}\n  predictions: {r['predictions']}")
-    typer.echo(f"next: open the report in a browser; score images of your own with\n"
-               f"  leakstore score {out / 'model'} FOLDER --out predictions.parquet\n"
-               f"or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21; the residual and pixel cues are on by default).")
+    typer.echo(
+        f"next: open the report in a browser; score images of your own with\n"
+        f"  leakstore score {out / 'model'} FOLDER --out predictions.parquet\n"
+        "or featurize your data set (leakstore featurize DATA STORE.zarr --vae sd21; the residual and pixel cues "
+        "are on by default)."
+    )
 
 
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False):
     """Versions, devices and xformers status, for bug reports."""
     from leakstore.envinfo import collect
+
     info = collect()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    typer.echo(f"python {info['python']} on {info['platform']}, {info['cpu_count']} CPUs, "
-               f"{info['torch_threads']} torch threads")
+    typer.echo(
+        f"python {info['python']} on {info['platform']}, {info['cpu_count']} CPUs, "
+        f"{info['torch_threads']} torch threads"
+    )
     for k, v in info["packages"].items():
         typer.echo(f"  {k:<16}{v}")
     built = f"torch built for CUDA {info['torch_cuda']}" if info["torch_cuda"] else "a CPU-only torch build"
-    typer.echo(f"CUDA: {'yes' if info['cuda_available'] else 'no'} ({built}); "
-               f"devices: {', '.join(info['devices']) or 'none'}")
+    typer.echo(
+        f"CUDA: {'yes' if info['cuda_available'] else 'no'} ({built}); devices: {', '.join(info['devices']) or 'none'}"
+    )
     typer.echo(f"xformers: {'yes' if info['xformers']['usable'] else 'no'} - {info['xformers']['detail']}")
 
 

@@ -15,13 +15,14 @@ One vector per image, B * B values (`leakstore.features.noise_spectrum_dim`), ro
 pixels, measured by the loader like the periodicity profile; the network embeds it, and the
 `noise` open-set scorer reads it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
 PATCH = 64
-SIDE = 256          # 16 tiles: enough for a stable average, about 4 ms per image on one CPU thread
+SIDE = 256  # 16 tiles: enough for a stable average, about 4 ms per image on one CPU thread
 EPS = 1e-6
 
 
@@ -31,11 +32,13 @@ def noise_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
     h, w = gray.shape
     n = min(PATCH, 1 << int(np.log2(max(1, min(h, w)))))
     if n < bins:
-        raise ValueError(f"the noise spectrum in {bins} bands needs images of at least {bins} pixels a side, "
-                         f"got {w}x{h}: featurize with fewer --noise-spectrum bands, or 0")
+        raise ValueError(
+            f"the noise spectrum in {bins} bands needs images of at least {bins} pixels a side, "
+            f"got {w}x{h}: featurize with fewer --noise-spectrum bands, or 0"
+        )
     r = gray - ndimage.uniform_filter(gray, size=3, mode="reflect")
     ny, nx = h // n, w // n
-    tiles = r[:ny * n, :nx * n].reshape(ny, n, nx, n).transpose(0, 2, 1, 3)
+    tiles = r[: ny * n, : nx * n].reshape(ny, n, nx, n).transpose(0, 2, 1, 3)
     power = (np.abs(np.fft.fft2(tiles)) ** 2).mean((0, 1))
     log = np.fft.fftshift(np.log(power + EPS))
     k = n // bins
@@ -47,5 +50,5 @@ def noise_spectrum_of_image(arr: np.ndarray, bins: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> (bins * bins,) float32."""
     h, w = arr.shape[:2]
     top, left = (max(0, h - SIDE) // 2) // 8 * 8, (max(0, w - SIDE) // 2) // 8 * 8
-    crop = np.asarray(arr[top:top + SIDE, left:left + SIDE], dtype=np.float64)
+    crop = np.asarray(arr[top : top + SIDE, left : left + SIDE], dtype=np.float64)
     return noise_spectrum(crop @ np.array([0.299, 0.587, 0.114]), bins)

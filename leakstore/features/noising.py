@@ -6,6 +6,7 @@
 Noise is drawn on the CPU with NumPy's PCG64 seeded from the image's SHA-256 and the
 config seed, so the same image gets the same noise on any machine, device or batch size.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def alphas_cumprod(schedule: ScheduleConfig) -> np.ndarray:
     if schedule.beta_schedule == "linear":
         betas = np.linspace(schedule.beta_start, schedule.beta_end, n, dtype=np.float64)
     else:  # scaled_linear: linear in sqrt(beta), as Stable Diffusion and diffusers define it
-        betas = np.linspace(schedule.beta_start ** 0.5, schedule.beta_end ** 0.5, n, dtype=np.float64) ** 2
+        betas = np.linspace(schedule.beta_start**0.5, schedule.beta_end**0.5, n, dtype=np.float64) ** 2
     return np.cumprod(1.0 - betas)
 
 
@@ -30,8 +31,9 @@ def noise_coefficients(schedule: ScheduleConfig, timesteps) -> tuple[np.ndarray,
     return np.sqrt(abar), np.sqrt(1.0 - abar)
 
 
-def add_noise(z0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-              sigma_normalize: bool = False) -> torch.Tensor:
+def add_noise(
+    z0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, sigma_normalize: bool = False
+) -> torch.Tensor:
     """z0 (B, C, h, w), eps (B, T, C, h, w), alpha/sigma (T,) -> z_t (B, T, C, h, w), float32."""
     a = alpha.to(device=z0.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
     s = sigma.to(device=z0.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
@@ -41,7 +43,7 @@ def add_noise(z0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: t
 
 def noise_seed(sha256_hex: str, seed: int) -> np.random.SeedSequence:
     """A SeedSequence from the full 256-bit digest and the config seed."""
-    words = [int(sha256_hex[i:i + 8], 16) for i in range(0, 64, 8)]
+    words = [int(sha256_hex[i : i + 8], 16) for i in range(0, 64, 8)]
     return np.random.SeedSequence(words + [int(seed) & 0xFFFFFFFF])
 
 

@@ -16,15 +16,16 @@ The store measures it on each image at its own size (`periodicity_of_image`), af
 before the resize to the VAE's resolution: resizing would erase an upscale's period or, for a
 small image brought up to the resolution, print one of its own.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 EPS = 1e-6
-BLOCK = 8                # JPEG's block side: its grid lands on the gradient between pixels 8k+7 and 8k+8
-MAX_SIDE = 512           # larger images are measured on a central crop this big, aligned to the period
-                         # (5 ms per image on one CPU thread; 1024 would cost 27 ms, a loader bottleneck on a GPU node)
+BLOCK = 8  # JPEG's block side: its grid lands on the gradient between pixels 8k+7 and 8k+8
+MAX_SIDE = 512  # larger images are measured on a central crop this big, aligned to the period
+# (5 ms per image on one CPU thread; 1024 would cost 27 ms, a loader bottleneck on a GPU node)
 
 
 def phase_profile(diff: torch.Tensor, period: int) -> torch.Tensor:
@@ -43,8 +44,8 @@ def periodicity_features(x: torch.Tensor, period: int) -> torch.Tensor:
     x = x.float()
     if min(x.shape[-2:]) < 2 * period:
         raise ValueError(f"periodicity needs images of at least {2 * period} pixels a side, got {tuple(x.shape[-2:])}")
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((1, 2))      # (B, W-1), column j: between j and j+1
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 3))      # (B, H-1)
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean((1, 2))  # (B, W-1), column j: between j and j+1
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean((1, 3))  # (B, H-1)
     return torch.cat([phase_profile(dx, period), phase_profile(dy, period)], 1)
 
 
@@ -54,7 +55,7 @@ def central_crop(arr: np.ndarray, align: int = 1) -> np.ndarray:
     h, w = arr.shape[:2]
     top = (max(0, h - MAX_SIDE) // 2) // align * align
     left = (max(0, w - MAX_SIDE) // 2) // align * align
-    return arr[top:top + MAX_SIDE, left:left + MAX_SIDE]
+    return arr[top : top + MAX_SIDE, left : left + MAX_SIDE]
 
 
 def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
@@ -62,9 +63,11 @@ def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
     measured on a central MAX_SIDE crop whose corner is a multiple of the period (same phases)."""
     h, w = arr.shape[:2]
     if min(h, w) < 2 * period:
-        raise ValueError(f"periodicity needs images of at least {2 * period} pixels a side, got {h}x{w}: "
-                         f"featurize with a smaller --period or --period 0")
-    crop = np.array(central_crop(arr, period), dtype=np.uint8)   # a writable copy
+        raise ValueError(
+            f"periodicity needs images of at least {2 * period} pixels a side, got {h}x{w}: "
+            f"featurize with a smaller --period or --period 0"
+        )
+    crop = np.array(central_crop(arr, period), dtype=np.uint8)  # a writable copy
     return periodicity_features(torch.from_numpy(crop).permute(2, 0, 1)[None], period)[0].numpy()
 
 

@@ -18,11 +18,12 @@ the periodicity profile on each image at its own size (a central crop of at most
 It serves the open-set scorers (`spectrum`, `fused-pixel` in model/openset.py), not the network:
 a new resampler or upsampling decoder is an unseen generator the latent cues barely see.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from leakstore.features.periodicity import central_crop   # the same cap for both pixel features measured in the loader
+from leakstore.features.periodicity import central_crop  # the same cap for both pixel features measured in the loader
 
 EPS = 1e-10
 
@@ -31,15 +32,17 @@ def pixel_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
     """gray (H, W) float in [0, 1] -> (2 bins,) float32 (see module doc)."""
     h, w = gray.shape
     if min(h, w) < 2 * bins:
-        raise ValueError(f"the pixel spectrum needs images of at least {2 * bins} pixels a side, got {h}x{w}: "
-                         f"featurize with fewer --pixel-spectrum bins or --pixel-spectrum 0")
+        raise ValueError(
+            f"the pixel spectrum needs images of at least {2 * bins} pixels a side, got {h}x{w}: "
+            f"featurize with fewer --pixel-spectrum bins or --pixel-spectrum 0"
+        )
     out = []
-    for axis in (1, 0):                                   # along rows (horizontal frequencies), then columns
+    for axis in (1, 0):  # along rows (horizontal frequencies), then columns
         x = gray - gray.mean(axis, keepdims=True)
         n = x.shape[axis]
         win = np.hanning(n)
         x = x * (win[None, :] if axis == 1 else win[:, None])
-        power = (np.abs(np.fft.rfft(x, axis=axis)) ** 2).mean(1 - axis)[1:]   # (n // 2,) without DC
+        power = (np.abs(np.fft.rfft(x, axis=axis)) ** 2).mean(1 - axis)[1:]  # (n // 2,) without DC
         edges = np.linspace(0, len(power), bins + 1).round().astype(int)
         band = np.log(np.array([power[a:b].mean() for a, b in zip(edges[:-1], edges[1:])]) + EPS)
         out.append(band - band.mean())

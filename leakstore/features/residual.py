@@ -13,9 +13,10 @@ One vector per image, F = 3 * bins + 3 + C values (`leakstore.features.residual_
     [3 bins + 3, F)         log mean (E(x_hat) - E(x))^2 per latent channel
 with x, x_hat = D(E(x)) in [0, 1] and latents as the store scales them. Pure functions of tensors.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -40,15 +41,22 @@ def radial_power(x: torch.Tensor, bins: int) -> torch.Tensor:
     return sums / count
 
 
-def residual_features(x: torch.Tensor, z: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
-                      encode: Callable[[torch.Tensor], torch.Tensor], bins: int) -> torch.Tensor:
+def residual_features(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    bins: int,
+) -> torch.Tensor:
     """x (B, 3, S, S) float in [0, 1]; z = E(x) (B, C, h, w) float32; decode: latents -> pixels in
     [0, 1]; encode: pixels in [0, 1] -> latents. -> (B, 3 bins + 3 + C) float32 (see module doc)."""
     x = x.float()
     x_hat = decode(z).float()
     r = x - x_hat
     z_hat = encode(x_hat).float()
-    parts = [torch.log(radial_power(r, bins) + 1e-12).flatten(1),
-             torch.log(r.abs().mean((2, 3)) + 1e-9),
-             torch.log((z_hat - z.float()).pow(2).mean((2, 3)) + 1e-12)]
+    parts = [
+        torch.log(radial_power(r, bins) + 1e-12).flatten(1),
+        torch.log(r.abs().mean((2, 3)) + 1e-9),
+        torch.log((z_hat - z.float()).pow(2).mean((2, 3)) + 1e-12),
+    ]
     return torch.cat(parts, 1)

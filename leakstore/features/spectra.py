@@ -1,4 +1,5 @@
 """Low-frequency FFT features of latents: a pure function of a tensor."""
+
 from __future__ import annotations
 
 import torch
@@ -16,4 +17,4 @@ def low_freq_spectrum(z: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError(f"fft size {k} must lie in [1, {min(h, w)}]")
     f = torch.fft.fftshift(torch.fft.fft2(z.float(), norm="ortho"), dim=(-2, -1))
     top, left = h // 2 - k // 2, w // 2 - k // 2
-    return torch.log1p(f[..., top:top + k, left:left + k].abs())
+    return torch.log1p(f[..., top : top + k, left : left + k].abs())

@@ -1,5 +1,6 @@
 """--crops K: every image is K consecutive rows of native-pixel crops, grouped with their image
 (no crop of a test image trains), and evaluation and scoring judge each image on all of them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,17 @@ from leakstore.model.train import train
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
 
-KW = dict(vae="demo", resolution=32, timesteps=(0, 100), fft_size=2, residual_bins=0, period=8, spectrum_bins=0, noise_bins=0,
-          device="cpu")
+KW = dict(
+    vae="demo",
+    resolution=32,
+    timesteps=(0, 100),
+    fft_size=2,
+    residual_bins=0,
+    period=8,
+    spectrum_bins=0,
+    noise_bins=0,
+    device="cpu",
+)
 FAST = ModelConfig(width=8, embed_dim=16, epochs=3, batch_size=16, members=1)
 
 
@@ -26,23 +36,25 @@ def test_crop_windows_tile_the_image_on_the_8_pixel_grid():
     a = np.arange(256 * 256 * 3, dtype=np.uint32).reshape(256, 256, 3)
     tiles = [crop_window(a, 128, k, 4) for k in range(4)]
     assert all(t.shape == (128, 128, 3) for t in tiles)
-    np.testing.assert_array_equal(np.block([[tiles[0][..., 0], tiles[1][..., 0]], [tiles[2][..., 0], tiles[3][..., 0]]]),
-                                  a[..., 0])                                    # 2 x 2 crops cover it exactly
+    np.testing.assert_array_equal(
+        np.block([[tiles[0][..., 0], tiles[1][..., 0]], [tiles[2][..., 0], tiles[3][..., 0]]]), a[..., 0]
+    )  # 2 x 2 crops cover it exactly
     yy, xx = np.meshgrid(np.arange(300), np.arange(1000), indexing="ij")
     b = np.stack([yy, xx, xx], -1)
     origins = [tuple(crop_window(b, 128, k, 9)[0, 0, :2]) for k in range(9)]
     assert all(crop_window(b, 128, k, 9).shape == (128, 128, 3) for k in range(9))
-    assert all(y % 8 == 0 and x % 8 == 0 for y, x in origins)                 # origins on the 8-pixel grid
+    assert all(y % 8 == 0 and x % 8 == 0 for y, x in origins)  # origins on the 8-pixel grid
     assert origins[0] == (0, 0) and origins[8][0] > 300 - 128 - 8 and origins[8][1] > 1000 - 128 - 8
-    assert len(set(origins)) == 9                                               # spread over the image
+    assert len(set(origins)) == 9  # spread over the image
     small = np.zeros((100, 90, 3))
-    assert crop_window(small, 128, 3, 4) is small                               # too small: whole, for the policy
+    assert crop_window(small, 128, 3, 4) is small  # too small: whole, for the policy
     with pytest.raises(InputError, match="square number"):
         FeaturizeConfig(vae=_vae(), crops=3, residual_bins=0)
 
 
 def _vae():
     from leakstore.config import VAEIdentity
+
     return VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4)
 
 
@@ -53,10 +65,14 @@ def test_crop_rows_are_consecutive_and_keep_their_images_split(tmp_path):
     assert len(c) == 4 * len(cat)
     np.testing.assert_array_equal(c.crop_index, np.tile(np.arange(4), len(cat)))
     np.testing.assert_array_equal(c.image_rows, np.repeat(np.arange(len(cat)) * 4, 4))
-    for r in range(len(c)):        # every crop carries its image's path, label, split and group
+    for r in range(len(c)):  # every crop carries its image's path, label, split and group
         i = r // 4
-        assert (c.paths[r], c.labels[r], c.splits[r], c.groups[r]) == (cat.paths[i], cat.labels[i], cat.splits[i],
-                                                                        cat.groups[i])
+        assert (c.paths[r], c.labels[r], c.splits[r], c.groups[r]) == (
+            cat.paths[i],
+            cat.labels[i],
+            cat.splits[i],
+            cat.groups[i],
+        )
     assert c.fingerprint != cat.fingerprint
 
 
@@ -67,17 +83,24 @@ def test_crops_of_training_views_map_to_the_same_crop_of_their_clean_image(tmp_p
     assert len(c) == 4 * len(cat)
     views = np.flatnonzero(c.view_index > 0)
     assert len(views) == 4 * int((cat.view_index > 0).sum())
-    for r in views:               # the view's crop k trains beside the clean image's crop k
+    for r in views:  # the view's crop k trains beside the clean image's crop k
         src = c.source_rows[r]
         assert c.view_index[src] == 0 and c.crop_index[src] == c.crop_index[r] and c.paths[src] == c.paths[r]
-        assert c.image_rows[r] != c.image_rows[src]                   # a view is an image of its own
+        assert c.image_rows[r] != c.image_rows[src]  # a view is an image of its own
     np.testing.assert_array_equal(c.source_rows[c.view_index == 0], np.flatnonzero(c.view_index == 0))
 
 
 def test_a_crop_store_with_training_views_trains(tmp_path):
     data = write_class_images(tmp_path / "d", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(80, 72))
-    st = featurize(data, tmp_path / "s.zarr", crops=4, train_views=1, view_policy="jpeg:50-60",
-                   opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8), **KW)
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        crops=4,
+        train_views=1,
+        view_policy="jpeg:50-60",
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
+        **KW,
+    )
     s = FeatureStore.open(tmp_path / "s.zarr")
     assert s.has_crops and s.has_views and s.n == 4 * (30 + int((s.view_index() > 0).sum()) // 4)
     vi, src, lat = s.view_index(), s.source_rows(), s.read("latent0")
@@ -91,7 +114,9 @@ def test_a_crop_store_with_training_views_trains(tmp_path):
 def crop_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("crops")
     data = write_class_images(d / "data", {"real": 12, "gen-a": 12, "gen-b": 12}, size=(80, 72))
-    featurize(data, d / "s.zarr", crops=4, opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=10), **KW)
+    featurize(
+        data, d / "s.zarr", crops=4, opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=10), **KW
+    )
     train(d / "s.zarr", d / "run", FAST, device="cpu", progress=False)
     return d
 
@@ -99,18 +124,24 @@ def crop_model(tmp_path_factory):
 def test_a_crop_store_is_deterministic_and_chunks_hold_whole_images(crop_model, tmp_path):
     s = FeatureStore.open(crop_model / "s.zarr")
     assert s.has_crops and s.config.crops == 4 and s.chunk_size % 4 == 0
-    featurize(crop_model / "data", tmp_path / "again.zarr", crops=4,
-              opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=10), **KW)
+    featurize(
+        crop_model / "data",
+        tmp_path / "again.zarr",
+        crops=4,
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=10),
+        **KW,
+    )
     t = FeatureStore.open(tmp_path / "again.zarr")
     for k in ("latents", "periodicity", "crop", "image", "split"):
         np.testing.assert_array_equal(s.read(k), t.read(k))
     lat = s.read("latent0")
-    assert not np.array_equal(lat[0], lat[1])                                   # crops differ
+    assert not np.array_equal(lat[0], lat[1])  # crops differ
 
 
 def test_per_image_figures_equal_a_hand_computation(crop_model):
     from leakstore.pipelines.evaluate import evaluate
     from leakstore.pipelines.predictor import Predictor
+
     m = evaluate(crop_model / "run", [str(crop_model / "s.zarr")], crop_model / "eval", device="cpu")
     assert m["views"][0]["unit"] == "image" and m["views"][0]["crops"] == 4
     got = pd.read_parquet(crop_model / "eval" / "predictions.parquet")
@@ -124,8 +155,9 @@ def test_per_image_figures_equal_a_hand_computation(crop_model):
     for k, i in enumerate(sorted(set(image), key=list(image).index)):
         rows = image == i
         want = softmax(np.log(np.clip(p["proba"][rows], 1e-12, 1)).mean(0))
-        np.testing.assert_allclose(got.loc[k, [f"p_{c}" for c in pr.bundle.class_names]].to_numpy(float), want,
-                                   rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            got.loc[k, [f"p_{c}" for c in pr.bundle.class_names]].to_numpy(float), want, rtol=1e-6, atol=1e-9
+        )
         np.testing.assert_allclose(got.open_score[k], p["open_score"][rows].mean(), rtol=1e-6, atol=1e-9)
     thr = pr.bundle.open.image_threshold_
     np.testing.assert_array_equal(got.is_unknown.to_numpy(bool), got.open_score.to_numpy() < thr)
@@ -134,10 +166,13 @@ def test_per_image_figures_equal_a_hand_computation(crop_model):
 def test_scoring_a_crop_store_and_its_images_gives_one_row_per_image(crop_model):
     from leakstore import Attributor
     from leakstore.pipelines.predictor import Predictor
+
     pr = Predictor.load(crop_model / "run", "cpu")
     s = FeatureStore.open(crop_model / "s.zarr")
-    from_store = pd.concat([pr.score_store(crop_model / "s.zarr", r.start, r.stop)
-                            for r in (s.chunk_rows(k) for k in range(s.n_chunks))], ignore_index=True)
+    from_store = pd.concat(
+        [pr.score_store(crop_model / "s.zarr", r.start, r.stop) for r in (s.chunk_rows(k) for k in range(s.n_chunks))],
+        ignore_index=True,
+    )
     assert len(from_store) == 36 and (from_store.crops == 4).all()
     assert list(from_store.row) == list(range(0, 144, 4))
     api = Attributor.load(crop_model / "run", "cpu").score_many(crop_model / "data")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from leakstore.featurize.datasets import assign_splits, build_catalog
 from leakstore.errors import InputError
+from leakstore.featurize.datasets import assign_splits, build_catalog
 from tests.conftest import write_class_images
 
 
@@ -67,7 +67,9 @@ def test_wild_split_json_by_index_and_by_name(class_folders):
     for c in range(3):  # prompt-aligned: the same indices in every class
         assert list(cat.splits[cat.labels == c][:7]) == [0, 0, 0, 0, 1, 2, 2]
     assert (cat.splits == -1).sum() == 29 - 21
-    (class_folders / "Split.json").write_text(json.dumps({"train": {"real": ["000.png"]}, "test": {"gen-a": ["001.png"]}}))
+    (class_folders / "Split.json").write_text(
+        json.dumps({"train": {"real": ["000.png"]}, "test": {"gen-a": ["001.png"]}})
+    )
     cat = build_catalog(class_folders)
     assert (cat.splits == 0).sum() == 1 and (cat.splits == 2).sum() == 1
     (class_folders / "Split.json").write_text(json.dumps({"train": [99]}))

@@ -1,4 +1,5 @@
 """Every kind of bad input gets a clear one-line reason, or is converted correctly."""
+
 import io
 from pathlib import Path
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakstore.featurize.images import decode_image, prepare, read_bytes
 from leakstore.errors import ImageDecodeError
+from leakstore.featurize.images import decode_image, prepare, read_bytes
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -31,11 +32,14 @@ def test_jpeg_is_decoded_at_full_resolution():
     assert out.shape == (64, 96, 3)
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty file"),
-    (b"this is not an image at all", "not a recognised image format"),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt|truncated|not a recognised"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not a recognised image format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "corrupt|truncated|not a recognised"),
+    ],
+)
 def test_garbage(data, match):
     with pytest.raises(ImageDecodeError, match=match):
         decode(data)
@@ -48,8 +52,7 @@ def test_truncated_png():
 
 
 def test_truncated_jpeg():
-    data = _png(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)),
-                format="JPEG")
+    data = _png(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), format="JPEG")
     with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
         decode(data[: len(data) // 2])
 
@@ -106,6 +109,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
     def deny(self):
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(Path, "read_bytes", deny)  # root ignores chmod 000, so simulate it
     with pytest.raises(ImageDecodeError, match="permission denied"):
         read_bytes(p)

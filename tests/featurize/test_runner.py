@@ -1,4 +1,5 @@
 """The featurize stage end to end on CPU: schema, determinism, failures, resume, shards, refusal."""
+
 import os
 import shutil
 import signal
@@ -7,15 +8,15 @@ import sys
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 import zarr
 
-from leakstore.featurize.api import featurize
-from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.config import RunOptions
 from leakstore.errors import ConfigMismatchError
 from leakstore.features import residual_dim
+from leakstore.features.noising import noise_coefficients, seeded_noise
+from leakstore.featurize.api import featurize
 from leakstore.store import DONE, FAILED, PENDING, SCHEMA_VERSION, FeatureStore
 from tests.conftest import REPO, write_class_images
 
@@ -24,11 +25,17 @@ TS = (0, 100, 500)
 
 
 def run(data, store, vae, *, chunk=4, batch=3, workers=0, **kw):
-    opts = RunOptions(device="cpu", batch_size=batch, workers=workers, chunk_size=chunk, progress=False,
-                      overwrite=kw.pop("overwrite", False))
+    opts = RunOptions(
+        device="cpu",
+        batch_size=batch,
+        workers=workers,
+        chunk_size=chunk,
+        progress=False,
+        overwrite=kw.pop("overwrite", False),
+    )
     kw.setdefault("resolution", 32)
     kw.setdefault("timesteps", TS)
-    kw = {"residual_bins": 0, "period": 0, "spectrum_bins": 0, **kw}   # latents and spectra unless asked
+    kw = {"residual_bins": 0, "period": 0, "spectrum_bins": 0, **kw}  # latents and spectra unless asked
     return featurize(data, store, vae=vae, opts=opts, **kw)
 
 
@@ -51,9 +58,14 @@ def test_schema(class_folders, tiny_vae_dir, tmp_path):
     s = FeatureStore.open(tmp_path / "s.zarr")
     g = s.group
     n, t = 29, len(TS)
-    expect = {"latent0": ((n, 4, 16, 16), "float16"), "latents": ((n, t, 4, 16, 16), "float16"),
-              "spectra": ((n, t, 4, 4, 4), "float16"), "label": ((n,), "int16"), "split": ((n,), "int8"),
-              "status": ((n,), "uint8")}
+    expect = {
+        "latent0": ((n, 4, 16, 16), "float16"),
+        "latents": ((n, t, 4, 16, 16), "float16"),
+        "spectra": ((n, t, 4, 4, 4), "float16"),
+        "label": ((n,), "int16"),
+        "split": ((n,), "int8"),
+        "status": ((n,), "uint8"),
+    }
     for name, (shape, dtype) in expect.items():
         assert g[name].shape == shape and str(g[name].dtype) == dtype, name
         assert g[name].chunks == (4,) + shape[1:], name  # chunked along images only
@@ -96,6 +108,7 @@ def test_bad_images_are_recorded_never_zero_filled(class_folders, tiny_vae_dir, 
     (class_folders / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     (class_folders / "gen-a" / "tiny.png").write_bytes((class_folders / "gen-a" / "000.png").read_bytes()[:30])
     from PIL import Image
+
     Image.new("RGB", (1, 1)).save(class_folders / "gen-b" / "one.png")
     rep = run(class_folders, tmp_path / "s.zarr", str(tiny_vae_dir))
     assert (rep.done, rep.failed) == (29, 3)
@@ -126,15 +139,35 @@ def test_resume_equals_an_uninterrupted_run(class_folders, tiny_vae_dir, tmp_pat
 
 def _cli(*args):
     # the same thread count as this process: CPU kernels may round differently with another one
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
     return [sys.executable, "-m", "leakstore.app.cli", *args], env
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_clean(tmp_path, tiny_vae_dir):
     data = write_class_images(tmp_path / "data", {"real": 150, "gen": 150})
-    common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "8",
-              "--batch-size", "1", "--workers", "0", "--device", "cpu", "--no-progress"]
+    common = [
+        "--vae",
+        str(tiny_vae_dir),
+        "--resolution",
+        "32",
+        "--timesteps",
+        "0,100,500",
+        "--chunk-size",
+        "8",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     cmd, env = _cli("featurize", str(data), str(tmp_path / "k.zarr"), *common)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, killed_at = time.time() + 120, None
@@ -158,8 +191,23 @@ def test_kill_9_then_resume_equals_clean(tmp_path, tiny_vae_dir):
 
 @pytest.mark.slow
 def test_two_shard_processes_fill_one_store(class_folders, tiny_vae_dir, tmp_path):
-    common = ["--vae", str(tiny_vae_dir), "--resolution", "32", "--timesteps", "0,100,500", "--chunk-size", "4",
-              "--batch-size", "3", "--workers", "0", "--device", "cpu", "--no-progress"]
+    common = [
+        "--vae",
+        str(tiny_vae_dir),
+        "--resolution",
+        "32",
+        "--timesteps",
+        "0,100,500",
+        "--chunk-size",
+        "4",
+        "--batch-size",
+        "3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     procs = []
     for i in range(2):
         cmd, env = _cli("featurize", str(class_folders), str(tmp_path / "sh.zarr"), *common, "--shard", f"{i}/2")
@@ -219,7 +267,7 @@ def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny
     assert s.group["residual"].metadata.dimension_names == ("image", "residual_feature")
     st, res = s.status(), s.read("residual")
     assert np.isfinite(res[st == DONE]).all() and np.isnan(res[st == FAILED]).all()
-    assert s.config.decoder == s.config.vae.revision             # a diffusers VAE: one set of weights
+    assert s.config.decoder == s.config.vae.revision  # a diffusers VAE: one set of weights
     plain = run(class_folders, tmp_path / "p.zarr", str(tiny_vae_dir))
     assert plain.done == 29 and "residual" not in FeatureStore.open(tmp_path / "p.zarr").group
     np.testing.assert_array_equal(FeatureStore.open(tmp_path / "p.zarr").read("latents"), s.read("latents"))
@@ -233,6 +281,7 @@ def test_residual_store_schema_failures_resume_and_in_memory(class_folders, tiny
 
     from leakstore.featurize.inmemory import featurize_paths
     from leakstore.featurize.vae import encoder_for_config
+
     ok = np.flatnonzero(st == DONE)[:6]
     paths = [str(p) for p in s.read("path", ok)]
     feats, _, errors = featurize_paths(paths, s.config, encoder_for_config(s.config), batch_size=3)
@@ -252,8 +301,41 @@ def test_on_cuda_in_bf16_the_residual_is_still_float32(class_folders, tiny_vae_d
     so it matches the CPU's float32 residual far more closely than bf16 rounding would allow."""
     run(class_folders, tmp_path / "c.zarr", str(tiny_vae_dir), residual_bins=5)
     opts = RunOptions(device="cuda", batch_size=3, workers=0, chunk_size=4, progress=False, compile=False)
-    featurize(class_folders, tmp_path / "g.zarr", vae=str(tiny_vae_dir), opts=opts, resolution=32, timesteps=TS,
-              residual_bins=5, period=0, spectrum_bins=0, noise_bins=0, precision="bf16", device="cuda")
+    featurize(
+        class_folders,
+        tmp_path / "g.zarr",
+        vae=str(tiny_vae_dir),
+        opts=opts,
+        resolution=32,
+        timesteps=TS,
+        residual_bins=5,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        precision="bf16",
+        device="cuda",
+    )
     a, b = FeatureStore.open(tmp_path / "c.zarr"), FeatureStore.open(tmp_path / "g.zarr")
     assert b.config.precision == "bf16" and a.config.hash == b.config.hash
     np.testing.assert_allclose(b.read("residual"), a.read("residual"), atol=2e-3, rtol=1e-3)
+
+
+def test_the_same_weights_in_another_folder_make_a_store_the_first_model_scores(class_folders, tiny_vae_dir, tmp_path):
+    """A store's identity is its weights' content: a model trained on a store made with the weights
+    in one folder scores a store made with a copy of them elsewhere (the path stays as provenance)."""
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.predictor import Predictor
+
+    moved = tmp_path / "cluster" / "weights" / "copy-of-vae"
+    shutil.copytree(tiny_vae_dir, moved)
+    run(class_folders, tmp_path / "a.zarr", str(tiny_vae_dir))
+    run(class_folders, tmp_path / "b.zarr", str(moved))
+    a, b = FeatureStore.open(tmp_path / "a.zarr"), FeatureStore.open(tmp_path / "b.zarr")
+    assert a.config.vae.source != b.config.vae.source and a.config.hash == b.config.hash
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=16, members=1, open_scorer="kde")
+    train(tmp_path / "a.zarr", tmp_path / "run", cfg, progress=False)
+    p = Predictor.load(tmp_path / "run", "cpu")
+    pa, pb = p.score_store(tmp_path / "a.zarr", 0, a.n), p.score_store(tmp_path / "b.zarr", 0, b.n)
+    assert (pb.status == "ok").all() and len(pb) == a.n
+    np.testing.assert_allclose(pb["open_score"].to_numpy(float), pa["open_score"].to_numpy(float), rtol=1e-4, atol=1e-5)

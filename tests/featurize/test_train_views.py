@@ -1,5 +1,6 @@
 """Training views: extra rows of post-processed training/validation images, deterministic, never
 for test images, resumable; and a model trained on them survives the post-processing."""
+
 import shutil
 from pathlib import Path
 
@@ -7,19 +8,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakstore.featurize.api import featurize
 from leakstore.config import RunOptions
-from leakstore.featurize.views import DEFAULT_POLICY, draw_view, parse_policy, view_name
 from leakstore.errors import InputError
+from leakstore.featurize.api import featurize
+from leakstore.featurize.views import DEFAULT_POLICY, draw_view, parse_policy
 from leakstore.store import DONE, PENDING, FeatureStore
 from tests.conftest import write_class_images
 
-OPTS = dict(vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)
+OPTS = dict(
+    vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
+)
 
 
 def _run(data, store, views=2, **kw):
-    return featurize(data, store, train_views=views, opts=RunOptions(device="cpu", workers=0, progress=False,
-                                                                      chunk_size=8), **OPTS, **kw)
+    return featurize(
+        data,
+        store,
+        train_views=views,
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
+        **OPTS,
+        **kw,
+    )
 
 
 def test_policy_draws_are_seeded_by_the_image_and_follow_real_life_order():
@@ -30,7 +39,7 @@ def test_policy_draws_are_seeded_by_the_image_and_follow_real_life_order():
     for i in range(1, 40):
         ops = [s.op for s in draw_view(p, f"{i:064x}", i)]
         assert ops and [order.index(o) for o in ops] == sorted(order.index(o) for o in ops)
-        assert sum(o in ("jpeg", "webp") for o in ops) <= 1                 # one compression, last
+        assert sum(o in ("jpeg", "webp") for o in ops) <= 1  # one compression, last
     with pytest.raises(InputError, match="OP:LO-HI"):
         parse_policy("jpeg")
     with pytest.raises(InputError, match="LO <= HI"):
@@ -50,16 +59,17 @@ def test_view_rows_keep_their_source_split_and_test_images_get_none(data, tmp_pa
     clean = np.flatnonzero(vi == 0)
     assert len(clean) == 20 and len(views) == 2 * int(np.isin(split[clean], (0, 1)).sum())
     assert (split[views] == split[src[views]]).all() and (lab[views] == lab[src[views]]).all()
-    assert not (split[views] == 2).any()                                    # no test photograph ever trains
+    assert not (split[views] == 2).any()  # no test photograph ever trains
     assert (s.read("path")[views] == s.read("path")[src[views]]).all()
     names = s.read("view")
-    assert all(names[views]) and not any(names[clean])                      # every view row names its view
+    assert all(names[views]) and not any(names[clean])  # every view row names its view
     assert (s.status() == DONE).all() and s.summary()["view_rows"] == len(views)
 
 
 def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
+
     _run(data, tmp_path / "s.zarr")
     s = FeatureStore.open(tmp_path / "s.zarr")
     vi, split = s.view_index(), s.read("split")
@@ -67,24 +77,34 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
     off = train(tmp_path / "s.zarr", tmp_path / "off", cfg.replace(view_prob=0.0), progress=False)
     on = train(tmp_path / "s.zarr", tmp_path / "on", cfg.replace(view_prob=0.5), progress=False)
     # scorers, calibration and threshold are fitted on these rows: views only when views are on
-    assert off["train_rows"] == int(((vi == 0) & (split == 0)).sum()) and off["val_rows"] == int(((vi == 0) & (split == 1)).sum())
+    assert off["train_rows"] == int(((vi == 0) & (split == 0)).sum()) and off["val_rows"] == int(
+        ((vi == 0) & (split == 1)).sum()
+    )
     assert on["train_rows"] == int((split == 0).sum()) and on["val_rows"] == int((split == 1).sum())
     # --scorer-rows clean: the network learns from views, the scorers see clean rows only
     sc = train(tmp_path / "s.zarr", tmp_path / "sc", cfg.replace(view_prob=0.5, scorer_rows="clean"), progress=False)
     assert (sc["train_rows"], sc["val_rows"], sc["scorer_rows"]) == (off["train_rows"], off["val_rows"], "clean")
     assert sc["calibration_rows"] == off["val_rows"]
     # --scorer-rows clean-fit: fitted as under clean, the open-set scales and threshold set on every validation row
-    cf = train(tmp_path / "s.zarr", tmp_path / "cf", cfg.replace(view_prob=0.5, scorer_rows="clean-fit"), progress=False)
-    assert (cf["train_rows"], cf["val_rows"], cf["calibration_rows"]) == (off["train_rows"], off["val_rows"], on["val_rows"])
+    cf = train(
+        tmp_path / "s.zarr", tmp_path / "cf", cfg.replace(view_prob=0.5, scorer_rows="clean-fit"), progress=False
+    )
+    assert (cf["train_rows"], cf["val_rows"], cf["calibration_rows"]) == (
+        off["train_rows"],
+        off["val_rows"],
+        on["val_rows"],
+    )
     from leakstore.model.checkpoint import load_bundle
+
     b_sc, b_cf = load_bundle(tmp_path / "sc"), load_bundle(tmp_path / "cf")
-    np.testing.assert_array_equal(b_cf.closed.means_, b_sc.closed.means_)   # same network, same clean rows
+    np.testing.assert_array_equal(b_cf.closed.means_, b_sc.closed.means_)  # same network, same clean rows
     from leakstore.model.predict import predict
+
     blocks = predict(b_sc, s.load(b_sc.feature_names))["blocks"]
     raw_sc, raw_cf = b_sc.open.component_scores(blocks), b_cf.open.component_scores(blocks)
-    for c in raw_sc:                                                          # the same open-set components ...
+    for c in raw_sc:  # the same open-set components ...
         np.testing.assert_array_equal(raw_cf[c], raw_sc[c])
-    assert b_cf.open.threshold_ != b_sc.open.threshold_                        # ... calibrated on the views too
+    assert b_cf.open.threshold_ != b_sc.open.threshold_  # ... calibrated on the views too
     with pytest.raises(InputError, match="scorer_rows"):
         cfg.replace(scorer_rows="views")
 
@@ -92,7 +112,7 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
     _run(data, tmp_path / "a.zarr")
     moved = tmp_path / "moved"
-    shutil.copytree(data, moved)                                            # same bytes, other paths
+    shutil.copytree(data, moved)  # same bytes, other paths
     _run(moved, tmp_path / "b.zarr")
     a, b = FeatureStore.open(tmp_path / "a.zarr"), FeatureStore.open(tmp_path / "b.zarr")
     assert (a.read("view") == b.read("view")).all()
@@ -105,9 +125,9 @@ def test_an_interrupted_view_run_resumes_to_the_same_store(data, tmp_path):
     ref = {n: FeatureStore.open(tmp_path / "s.zarr").read(n) for n in ("latents", "view", "sha256")}
     g = FeatureStore.open(tmp_path / "s.zarr", mode="r+").group
     n = g["status"].shape[0]
-    g["status"][n - 12:] = PENDING                                          # the last chunks never finished
-    g["latents"][n - 12:] = np.nan
-    g["view"][n - 12:] = ""
+    g["status"][n - 12 :] = PENDING  # the last chunks never finished
+    g["latents"][n - 12 :] = np.nan
+    g["view"][n - 12 :] = ""
     rep = _run(data, tmp_path / "s.zarr")
     assert rep.processed >= 12 and rep.already_done > 0
     s = FeatureStore.open(tmp_path / "s.zarr")
@@ -117,6 +137,7 @@ def test_an_interrupted_view_run_resumes_to_the_same_store(data, tmp_path):
 
 def test_another_policy_or_view_count_is_another_store(data, tmp_path):
     from leakstore.errors import ConfigMismatchError
+
     _run(data, tmp_path / "s.zarr")
     with pytest.raises(ConfigMismatchError, match="another list of images"):
         _run(data, tmp_path / "s.zarr", views=3)
@@ -144,10 +165,16 @@ def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
     from leakstore.pipelines.evaluate import evaluate
+
     data = _planted(tmp_path / "data", 40, 0)
-    unseen = _planted(tmp_path / "unseen", 30, 1)                           # independent images to measure on
-    featurize(unseen, tmp_path / "jpeg.zarr", view="jpeg:10",
-              opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8), **OPTS)
+    unseen = _planted(tmp_path / "unseen", 30, 1)  # independent images to measure on
+    featurize(
+        unseen,
+        tmp_path / "jpeg.zarr",
+        view="jpeg:10",
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
+        **OPTS,
+    )
     cfg = ModelConfig(width=8, embed_dim=16, epochs=12, batch_size=16, renoise=False, view_prob=0.5, members=1)
     acc = {}
     for views in (0, 2):
@@ -156,4 +183,4 @@ def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
         train(store, tmp_path / f"run{views}", cfg, progress=False)
         m = evaluate(tmp_path / f"run{views}", [str(tmp_path / "jpeg.zarr")], tmp_path / f"ev{views}", split="all")
         acc[views] = m["robustness"][0]["top1"]
-    assert acc[2] > 0.9 and acc[2] > acc[0] + 0.08, acc                      # clean training leaned on the fragile cue
+    assert acc[2] > 0.9 and acc[2] > acc[0] + 0.08, acc  # clean training leaned on the fragile cue

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from leakstore.featurize.vae import PRESETS, _read_state, build_sequential_decoder, load_encoder
 from leakstore.errors import WeightsNotFoundError
+from leakstore.featurize.vae import PRESETS, _read_state, build_sequential_decoder, load_encoder
 
 
 @pytest.mark.weights
@@ -40,6 +40,7 @@ def test_taef2_preset_without_weights_says_where_it_looked(monkeypatch, tmp_path
 
 def test_local_diffusers_folder(tiny_vae_dir):
     from diffusers import AutoencoderKL
+
     enc = load_encoder(str(tiny_vae_dir))
     assert enc.identity.latent_channels == 4 and enc.identity.downsample == 2
     assert enc.identity.revision.startswith("sha256:")
@@ -52,6 +53,7 @@ def test_local_diffusers_folder(tiny_vae_dir):
 
 def test_single_safetensors_file_matches_folder(tiny_vae_dir, tmp_path):
     from diffusers import AutoencoderKL
+
     vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
     f = tmp_path / "vae.safetensors"
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, f)
@@ -65,11 +67,13 @@ def test_pickled_objects_are_never_loaded(tmp_path):
     class Evil:
         def __reduce__(self):
             return (exec, ("import os; os.environ['LEAKSTORE_PWNED'] = '1'",))
+
     p = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, p)
     with pytest.raises(WeightsNotFoundError, match="state dict"):
         load_encoder(str(p))
     import os
+
     assert "LEAKSTORE_PWNED" not in os.environ
 
 
@@ -81,8 +85,9 @@ def test_offline_hub_id_fails_with_the_options():
 def test_an_unreachable_hub_is_said_at_once_in_one_line(monkeypatch):
     """No HF_HUB_OFFLINE, but no network: one line naming the cause and the options, no retries."""
     import huggingface_hub.constants as hc
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")       # nothing listens on the discard port
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     t = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as e:
         load_encoder("someone/not-cached-vae")
@@ -117,13 +122,13 @@ def _smooth(n=4, size=64, seed=0):
 def test_taef2_decoder_reconstructs_and_is_recorded(taef2_dir, monkeypatch):
     monkeypatch.setenv("LEAKSTORE_WEIGHTS", str(taef2_dir))
     enc = load_encoder("taef2", decoder=True)
-    assert load_encoder("taef2").decoder is None                     # only on request
-    assert enc.decoder.revision.startswith("sha256:0a44a31e")        # the decoder file's own hash (weights README)
+    assert load_encoder("taef2").decoder is None  # only on request
+    assert enc.decoder.revision.startswith("sha256:0a44a31e")  # the decoder file's own hash (weights README)
     x = _smooth()
     with torch.inference_mode():
         xr = enc.decoder(enc(x))
     assert xr.shape == (4, 3, 64, 64) and 0 <= xr.min() and xr.max() <= 1
-    assert (xr - x / 255).abs().mean() < 0.06                        # a wrong layout decodes to noise (~0.3)
+    assert (xr - x / 255).abs().mean() < 0.06  # a wrong layout decodes to noise (~0.3)
     with pytest.raises(WeightsNotFoundError, match="encoder.pth file was probably given"):
         build_sequential_decoder(_read_state(taef2_dir / "taef2_encoder.pth"), "taef2_encoder.pth")
 
@@ -131,6 +136,7 @@ def test_taef2_decoder_reconstructs_and_is_recorded(taef2_dir, monkeypatch):
 @pytest.mark.weights
 def test_a_sequential_encoder_without_its_decoder_beside_it_says_so(taef2_dir, tmp_path):
     import shutil
+
     shutil.copy(taef2_dir / "taef2_encoder.pth", tmp_path / "mine_encoder.pth")
     assert load_encoder(str(tmp_path / "mine_encoder.pth")).decoder is None
     with pytest.raises(WeightsNotFoundError, match="mine_decoder.pth beside"):
@@ -141,18 +147,20 @@ def test_a_sequential_encoder_without_its_decoder_beside_it_says_so(taef2_dir, t
 
 def test_diffusers_decoder_matches_vae_decode(tiny_vae_dir):
     from diffusers import AutoencoderKL
+
     enc = load_encoder(str(tiny_vae_dir), decoder=True, scaling_factor=0.5, shift_factor=0.1)
     vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval()
-    z = enc(_smooth(2, 32))                                           # scaled and shifted, as a store holds it
+    z = enc(_smooth(2, 32))  # scaled and shifted, as a store holds it
     with torch.inference_mode():
         want = ((vae.decode(z / 0.5 + 0.1).sample + 1) / 2).clamp(0, 1)
         got = enc.decoder(z)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert enc.decoder.revision == enc.identity.revision              # one set of weights
+    assert enc.decoder.revision == enc.identity.revision  # one set of weights
 
 
 def test_encoder_for_checks_the_decoder_revision(tiny_vae_dir):
     from leakstore.featurize.vae import encoder_for
+
     enc = load_encoder("demo", decoder=True)
     assert encoder_for(enc.identity, enc.decoder.revision).decoder is not None
     assert encoder_for(enc.identity).decoder is None

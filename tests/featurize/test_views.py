@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from leakstore.featurize.views import apply_view, parse_view, view_name
 from leakstore.errors import InputError
+from leakstore.featurize.views import apply_view, parse_view, view_name
 
 IMG = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
 
@@ -19,10 +19,18 @@ def test_bad_views_explain_the_grammar(bad):
         parse_view(bad)
 
 
-@pytest.mark.parametrize("spec,shape", [("jpeg:50", (64, 48, 3)), ("webp:60", (64, 48, 3)),
-                                        ("resize:0.5", (32, 24, 3)), ("crop:0.5", (32, 24, 3)),
-                                        ("blur:2", (64, 48, 3)), ("noise:0.05", (64, 48, 3)),
-                                        ("grayscale", (64, 48, 3))])
+@pytest.mark.parametrize(
+    "spec,shape",
+    [
+        ("jpeg:50", (64, 48, 3)),
+        ("webp:60", (64, 48, 3)),
+        ("resize:0.5", (32, 24, 3)),
+        ("crop:0.5", (32, 24, 3)),
+        ("blur:2", (64, 48, 3)),
+        ("noise:0.05", (64, 48, 3)),
+        ("grayscale", (64, 48, 3)),
+    ],
+)
 def test_each_view_changes_the_pixels(spec, shape):
     out = apply_view(IMG, parse_view(spec), seed=1)
     assert out.shape == shape and out.dtype == np.uint8

@@ -1,11 +1,11 @@
 import pytest
 
 from leakstore.config import FeaturizeConfig, ScheduleConfig, VAEIdentity, check_compatible
-from leakstore.features import residual_dim
 from leakstore.errors import ConfigMismatchError, InputError
+from leakstore.features import residual_dim
 
 VAE = VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4, downsample=8)
-OFF = dict(residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)   # latents and spectra only
+OFF = dict(residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)  # latents and spectra only
 
 
 def plain(**kw) -> FeaturizeConfig:
@@ -39,10 +39,20 @@ def test_mismatch_names_the_fields():
     check_compatible(a, a.replace(precision="bf16"), "store s")
 
 
-@pytest.mark.parametrize("kw", [dict(timesteps=()), dict(timesteps=(0, 1000)), dict(resolution=100),
-                                dict(fft_size=64), dict(resize_policy="stretch"), dict(residual_bins=-1),
-                                dict(residual_bins=12),    # a residual without its decoder's revision
-                                dict(period=-1), dict(period=65)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(timesteps=()),
+        dict(timesteps=(0, 1000)),
+        dict(resolution=100),
+        dict(fft_size=64),
+        dict(resize_policy="stretch"),
+        dict(residual_bins=-1),
+        dict(residual_bins=12),  # a residual without its decoder's revision
+        dict(period=-1),
+        dict(period=65),
+    ],
+)
 def test_invalid_configs_are_refused(kw):
     with pytest.raises(InputError):
         plain(**kw)
@@ -59,6 +69,7 @@ def test_a_stores_identity_is_its_weights_content_not_where_they_lie():
     """The same weights (one SHA-256) under another folder and file name: the same features, the same
     hash; other weights: another hash. Without a content revision the source names the encoder."""
     import dataclasses
+
     cfg = plain(vae=dataclasses.replace(VAE, source="/a/taef2_encoder.pth", name="taef2", revision="sha256:ab"))
     moved = cfg.replace(vae=dataclasses.replace(cfg.vae, source="/cluster/w/copy.pth", name="copy.pth", note="moved"))
     assert moved.hash == cfg.hash
@@ -66,7 +77,7 @@ def test_a_stores_identity_is_its_weights_content_not_where_they_lie():
     assert cfg.replace(vae=dataclasses.replace(cfg.vae, revision="sha256:cd")).hash != cfg.hash
     bare = cfg.replace(vae=dataclasses.replace(cfg.vae, revision="unknown"))
     assert bare.replace(vae=dataclasses.replace(bare.vae, source="/b/x.pth")).hash != bare.hash
-    assert FeaturizeConfig.from_dict(moved.to_dict()).vae.source == "/cluster/w/copy.pth"   # kept as provenance
+    assert FeaturizeConfig.from_dict(moved.to_dict()).vae.source == "/cluster/w/copy.pth"  # kept as provenance
 
 
 def test_a_config_written_without_a_field_is_refused_not_filled_with_todays_default():
@@ -108,6 +119,7 @@ def test_the_residual_and_its_decoder_are_part_of_the_features():
 @pytest.mark.parametrize("where", ["top", "vae", "schedule", "model"])
 def test_every_config_loader_refuses_unknown_fields_alike(where):
     from leakstore.model.config import ModelConfig
+
     d = plain().to_dict()
     if where == "model":
         load, d = ModelConfig.from_dict, {**ModelConfig().to_dict(), "future_knob": 1}
@@ -127,5 +139,6 @@ def test_mismatch_message_labels_both_sides_shows_whole_values_and_fits_the_call
     assert "timesteps: [0, 100] here, [0, 100, 200, 300, 400, 500, 600, 700, 800] expected" in msg
     assert "--overwrite" not in msg and "...." not in msg and "\n" not in msg
     from leakstore.config import STORE_ADVICE
+
     with pytest.raises(ConfigMismatchError, match="--overwrite"):
         check_compatible(a, b, "store s", advice=STORE_ADVICE)

@@ -1,4 +1,5 @@
 """One home for every default, and outputs that never take the user's files with them."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,24 +22,31 @@ def _capture(monkeypatch, target: str):
     def fake(*args, **kw):
         seen["args"], seen["kw"] = args, kw
         raise Captured
+
     monkeypatch.setattr(target, fake)
     return seen
 
 
 def test_cli_and_python_featurize_build_the_same_config(class_folders, tmp_path, monkeypatch):
     seen = _capture(monkeypatch, "leakstore.featurize.api.featurize_store")
-    r = runner.invoke(app, ["featurize", str(class_folders), str(tmp_path / "cli.zarr"), "--vae", "demo",
-                            "--device", "cpu"])
+    r = runner.invoke(
+        app, ["featurize", str(class_folders), str(tmp_path / "cli.zarr"), "--vae", "demo", "--device", "cpu"]
+    )
     assert isinstance(r.exception, Captured), r.output
     catalog, _, cli_cfg, _, cli_opts = seen["args"]
     from leakstore.featurize.api import featurize
+
     with pytest.raises(Captured):
         featurize(class_folders, tmp_path / "py.zarr", vae="demo", device="cpu")
     _, _, py_cfg, _, py_opts = seen["args"]
     assert cli_cfg == py_cfg and cli_cfg.hash == py_cfg.hash
     # the defaults are the dataclass's: the residual, the periodicity and the pixel spectrum are on
     d = defaults(FeaturizeConfig)
-    assert (py_cfg.residual_bins, py_cfg.period, py_cfg.spectrum_bins) == (d["residual_bins"], d["period"], d["spectrum_bins"])
+    assert (py_cfg.residual_bins, py_cfg.period, py_cfg.spectrum_bins) == (
+        d["residual_bins"],
+        d["period"],
+        d["spectrum_bins"],
+    )
     assert py_cfg.residual_bins > 0 and py_cfg.period > 0 and py_cfg.spectrum_bins > 0 and py_cfg.noise_bins > 0
     assert py_cfg.timesteps == d["timesteps"] and py_cfg.resolution == d["resolution"]
     keep = lambda o: {k: v for k, v in vars(o).items() if k not in ("device", "progress")}  # noqa: E731
@@ -61,8 +69,20 @@ def test_a_bad_choice_is_one_line_not_a_traceback(tmp_path):
 
 def test_featurize_overwrite_never_deletes_a_folder_that_is_not_a_store(class_folders):
     before = sorted(p.relative_to(class_folders) for p in class_folders.rglob("*"))
-    r = runner.invoke(app, ["featurize", str(class_folders), str(class_folders), "--vae", "demo", "--overwrite",
-                            "--device", "cpu", "--no-progress"])
+    r = runner.invoke(
+        app,
+        [
+            "featurize",
+            str(class_folders),
+            str(class_folders),
+            "--vae",
+            "demo",
+            "--overwrite",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 2, r.output
     line = r.output.strip()
     assert "\n" not in line and "not a leakstore feature store" in line and "deleted nothing" in line
@@ -70,11 +90,32 @@ def test_featurize_overwrite_never_deletes_a_folder_that_is_not_a_store(class_fo
 
 
 def test_overwrite_replaces_a_store_and_an_empty_folder(class_folders, tmp_path):
-    args = [str(class_folders), "--vae", "demo", "--resolution", "32", "--timesteps", "0,100", "--fft-size", "2",
-            "--no-residual", "--period", "0", "--pixel-spectrum", "0", "--noise-spectrum", "0", "--device", "cpu", "--no-progress",
-            "--workers", "0", "--overwrite"]
+    args = [
+        str(class_folders),
+        "--vae",
+        "demo",
+        "--resolution",
+        "32",
+        "--timesteps",
+        "0,100",
+        "--fft-size",
+        "2",
+        "--no-residual",
+        "--period",
+        "0",
+        "--pixel-spectrum",
+        "0",
+        "--noise-spectrum",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--overwrite",
+    ]
     (tmp_path / "empty").mkdir()
-    for target in ("empty", "empty"):       # an empty folder, then the store made there
+    for target in ("empty", "empty"):  # an empty folder, then the store made there
         r = runner.invoke(app, ["featurize", args[0], str(tmp_path / target), *args[1:]])
         assert r.exit_code == 0, r.output
 
@@ -82,6 +123,7 @@ def test_overwrite_replaces_a_store_and_an_empty_folder(class_folders, tmp_path)
 def test_score_never_replaces_a_file_it_did_not_write(tmp_path):
     from leakstore.errors import InputError
     from leakstore.pipelines.score import check_out
+
     notes = tmp_path / "notes.csv"
     notes.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="not a Parquet file"):

@@ -1,4 +1,5 @@
 """train --members M: M networks from seeds seed..seed+M-1, one joined embedding for every scorer."""
+
 import json
 
 import numpy as np
@@ -6,12 +7,12 @@ import pytest
 import torch
 
 import leakstore.model.train as train_module
-from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import build_member, load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.net import Ensemble
 from leakstore.model.predict import predict
 from leakstore.model.train import train
+from leakstore.store import FeatureStore
 from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=2, patience=20, batch_size=32, lr=1e-3, members=1)
@@ -31,15 +32,16 @@ def test_joint_distances_are_the_gate_weighted_distances_to_the_joined_prototype
     z, g = torch.randn(5, 2 * d), torch.rand(5, 2 * d)
     want = (g[:, None, None] * (z[:, None, None] - ens.prototypes[None]) ** 2).sum(-1)
     torch.testing.assert_close(ens.distances(z, g), want)
-    logits = torch.stack([m.logits(z[:, i * d:(i + 1) * d], g[:, i * d:(i + 1) * d])
-                          for i, m in enumerate(ens.members)]).mean(0)
+    logits = torch.stack(
+        [m.logits(z[:, i * d : (i + 1) * d], g[:, i * d : (i + 1) * d]) for i, m in enumerate(ens.members)]
+    ).mean(0)
     torch.testing.assert_close(ens.logits(z, g), logits)
     centres = torch.randn(2, 2 * d)
     ens.add_prototypes(1, centres)
     m = FAST.protos_per_class
     for i, member in enumerate(ens.members):
-        torch.testing.assert_close(member.prototypes[1, m:m + 2], centres[:, i * d:(i + 1) * d])
-        assert member.proto_mask[1, m:m + 2].all() and not member.proto_mask[0, m:].any()
+        torch.testing.assert_close(member.prototypes[1, m : m + 2], centres[:, i * d : (i + 1) * d])
+        assert member.proto_mask[1, m : m + 2].all() and not member.proto_mask[0, m:].any()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_an_ensemble_trains_saves_and_predicts_on_the_joined_embedding(runs):
     # the first member is the single network of the same seed, trained bit for bit alike
     one, first = load_bundle(d / "one").net.state_dict(), b.net.members[0].state_dict()
     for k, v in one.items():
-        if k.rsplit(".", 1)[-1] not in ("prototypes", "proto_mask"):   # post-hoc slots are chosen jointly
+        if k.rsplit(".", 1)[-1] not in ("prototypes", "proto_mask"):  # post-hoc slots are chosen jointly
             assert torch.equal(v, first[k]), k
     assert not torch.equal(b.net.members[1].state_dict()["fuse.0.weight"], first["fuse.0.weight"])
 
@@ -79,6 +81,7 @@ def test_an_ensemble_interrupted_between_members_resumes_to_the_same_model(runs,
         if k == 1:
             raise KeyboardInterrupt
         return real(k, *a, **kw)
+
     monkeypatch.setattr(train_module, "_train_member", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
         train(d / "s.zarr", d / "cut", FAST.replace(members=2), unknown_labels=["gen-c"], progress=False)
@@ -92,5 +95,6 @@ def test_an_ensemble_interrupted_between_members_resumes_to_the_same_model(runs,
 
 def test_members_must_be_at_least_one():
     from leakstore.errors import InputError
+
     with pytest.raises(InputError, match="members"):
         ModelConfig(members=0)

@@ -77,7 +77,7 @@ def test_the_residual_branch_gets_gradients_and_is_required():
     out["logits"].sum().backward()
     assert net.res[0].weight.grad is not None and net.res[0].weight.grad.abs().sum() > 0
     other = net({**b, "residual": res + 3.0})["z"]
-    assert not torch.allclose(other, out["z"])              # the embedding depends on the residual
+    assert not torch.allclose(other, out["z"])  # the embedding depends on the residual
     with pytest.raises(ValueError, match="'residual' feature"):
         net({k: v for k, v in b.items() if k != "residual"})
 
@@ -97,6 +97,7 @@ def test_the_small_cnn_is_finite_on_latents_too_small_for_a_spread():
     import torch
 
     from leakstore.model.net import SmallCNN
+
     net = SmallCNN(4, 8)
     for side in (1, 2, 4, 5):
         out = net(torch.randn(3, 4, side, side))

@@ -1,5 +1,6 @@
 """Outlier exposure: the lda scorer's 'other' class, which outlier rows may fit, and a model
 trained with --outliers end to end (make-outliers -> featurize -> train -> evaluate)."""
+
 import json
 
 import numpy as np
@@ -39,12 +40,12 @@ def test_an_outlier_class_lowers_the_score_of_what_looks_like_it_and_survives_sa
     second, at +9, where the two-class discriminant is most confident."""
     X, y = blobs(0)
     rng = np.random.default_rng(1)
-    side = lambda n: rng.normal(0, 1, (n, 4)) + 9.0   # noqa: E731
+    side = lambda n: rng.normal(0, 1, (n, 4)) + 9.0  # noqa: E731
     Xv, _ = blobs(2)
     plain = ClassPosterior().fit(X, y)
     exposed = ClassPosterior().fit(np.r_[X, side(80)], np.r_[y, np.full(80, OUTLIER)])
     unseen = side(60)
-    auc = lambda m: open_set(m.score_samples(Xv), m.score_samples(unseen))["auroc"]   # noqa: E731
+    auc = lambda m: open_set(m.score_samples(Xv), m.score_samples(unseen))["auroc"]  # noqa: E731
     assert auc(plain) < 0.7 and auc(exposed) > 0.95
     assert list(exposed.known_) == [0, 1, 1] and exposed.classes_[0] == OUTLIER
     arrays, meta = pack_scorer("s", exposed)
@@ -59,29 +60,42 @@ def test_the_fused_scorer_gives_outliers_only_to_the_components_that_take_a_clas
     rng = np.random.default_rng(3)
     blocks = {"features": X, "proba": np.c_[1 - (y == 1), (y == 1)].astype(float) * 0.8 + 0.1}
     out = {"features": rng.normal(9, 1, (30, 4)), "proba": np.full((30, 2), 0.5)}
-    sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)   # (the CLI's default takes lda alone)
+    sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)  # (the CLI's default takes lda alone)
     assert sc.components_ == ("confidence", "lda") and sc.n_outliers_ == 30
     assert sc.estimators_[1].classes_[0] == OUTLIER and not hasattr(sc.estimators_[0], "classes_")
     assert OpenSetScorer(method="lda").fit(blocks, y).n_outliers_ == 0
     from leakstore.model.openset import takes_outliers
+
     assert takes_outliers("lda") and takes_outliers("fused-lda") and not takes_outliers("fused-period")
 
 
 def _outlier_store(path, labels, groups, cfg=CFG, status=None):
     names = tuple(sorted(set(labels)))
     n = len(labels)
-    cat = Catalog(paths=tuple(f"/o/{i}.png" for i in range(n)), labels=np.array([names.index(l) for l in labels], np.int16),
-                  splits=np.zeros(n, np.int8), groups=tuple(groups), class_names=names, split_source="test")
+    cat = Catalog(
+        paths=tuple(f"/o/{i}.png" for i in range(n)),
+        labels=np.array([names.index(lab) for lab in labels], np.int16),
+        splits=np.zeros(n, np.int8),
+        groups=tuple(groups),
+        class_names=names,
+        split_source="test",
+    )
     st = FeatureStore.create(path, cfg, cat, chunk_size=8)
     c, h, w = cfg.latent_shape
     for k in range(st.n_chunks):
         r = st.chunk_rows(k)
         m = len(r)
-        st.write_chunk(k, {"latent0": np.zeros((m, c, h, w), np.float16),
-                           "latents": np.zeros((m, len(cfg.timesteps), c, h, w), np.float16),
-                           "spectra": np.zeros((m, len(cfg.timesteps), c, cfg.fft_size, cfg.fft_size), np.float16),
-                           "sha256": np.array(["1" * 64] * m), "error": np.array([""] * m)},
-                       (np.full(m, DONE, np.uint8) if status is None else status[r.start:r.stop]))
+        st.write_chunk(
+            k,
+            {
+                "latent0": np.zeros((m, c, h, w), np.float16),
+                "latents": np.zeros((m, len(cfg.timesteps), c, h, w), np.float16),
+                "spectra": np.zeros((m, len(cfg.timesteps), c, cfg.fft_size, cfg.fft_size), np.float16),
+                "sha256": np.array(["1" * 64] * m),
+                "error": np.array([""] * m),
+            },
+            (np.full(m, DONE, np.uint8) if status is None else status[r.start : r.stop]),
+        )
     return st
 
 
@@ -94,7 +108,9 @@ def test_outlier_rows_never_come_from_judged_images_or_held_out_generators(tmp_p
     train_g, val_g = "g-train", "g-val"
     labels = ["gen-a", "gen-a", "gen-b", "photo", "gen-a", "gen-c"]
     ogroups = [train_g, val_g, train_g, "photo:1", f"sha:{sha[0]}", train_g]
-    store.group["group"][:] = np.array([train_g if s == 0 else val_g for s in splits], dtype=object).astype(groups.dtype)
+    store.group["group"][:] = np.array([train_g if s == 0 else val_g for s in splits], dtype=object).astype(
+        groups.dtype
+    )
     ost = _outlier_store(tmp_path / "o.zarr", labels, ogroups)
     st, rows = outlier_rows(ost.path, store)
     # row 1 copies a validation group; row 4 a store row's SHA-256 (every synthetic row has that one, some judged)
@@ -109,24 +125,43 @@ def test_outlier_rows_never_come_from_judged_images_or_held_out_generators(tmp_p
 
 def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     from PIL import Image
+
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photos / "cam.jpg", quality=90)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8junk")
     out = tmp_path / "outliers"
-    args = ["make-outliers", str(class_folders), str(out), "--photos", str(photos), "--vae", "demo",
-            "--decoders", "2", "--decoder-steps", "3", "--per-photo", "3", "--size", "64", "--no-progress", "--json"]
+    args = [
+        "make-outliers",
+        str(class_folders),
+        str(out),
+        "--photos",
+        str(photos),
+        "--vae",
+        "demo",
+        "--decoders",
+        "2",
+        "--decoder-steps",
+        "3",
+        "--per-photo",
+        "3",
+        "--size",
+        "64",
+        "--no-progress",
+        "--json",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
     assert s["images"] == 29 + 3 and s["made"]["photo"] == 3 and s["failed"] == 1
     assert len(s["decoders"]) == 2 and all(s["made"][k] > 0 for k in s["decoders"] + ["vae"])
-    assert "jpeg" not in s["made"]                           # compression is no outlier: known images get it too
-    assert s["real_class"] == "real"                          # the CLI warns: photographs would teach 'real is other'
+    assert "jpeg" not in s["made"]  # compression is no outlier: known images get it too
+    assert s["real_class"] == "real"  # the CLI warns: photographs would teach 'real is other'
     assert "broken.jpg" in (out / "failed.csv").read_text()
     assert len(list((out / "decoders").glob("*.safetensors"))) == 2
     import pandas as pd
+
     man = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     kinds = set(s["decoders"]) | {"vae"}
     # KIND/SOURCE: every kind its own outlier class, the source kept to leave a held-out generator's copies out
@@ -134,45 +169,107 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     assert {lab.split("/")[-1] for lab in man.label} == {"real", "gen-a", "gen-b", "photo"}
     assert man.group.str.startswith("sha:").sum() == 29 and man.group.str.startswith("photo:").sum() == 3
     files = {p: (out / p).read_bytes() for p in man.path}
-    r = runner.invoke(app, args)                           # a rerun: the same files, untouched
+    r = runner.invoke(app, args)  # a rerun: the same files, untouched
     assert r.exit_code == 0 and {p: (out / p).read_bytes() for p in man.path} == files
-    r = runner.invoke(app, args[:-1])                      # the human summary warns about photographs beside 'real'
+    r = runner.invoke(app, args[:-1])  # the human summary warns about photographs beside 'real'
     assert r.exit_code == 0 and "leave --photos out" in r.output
     assert pd.read_csv(out / "manifest.csv", keep_default_na=False).equals(man)
 
-    feat = ["--vae", "demo", "--resolution", "32", "--fft-size", "4", "--timesteps", "0,100", "--device", "cpu", "--workers", "0",
-            "--no-progress", "--chunk-size", "8"]
+    feat = [
+        "--vae",
+        "demo",
+        "--resolution",
+        "32",
+        "--fft-size",
+        "4",
+        "--timesteps",
+        "0,100",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--chunk-size",
+        "8",
+    ]
     for data, st in ((class_folders, "k.zarr"), (out / "manifest.csv", "o.zarr")):
         r = runner.invoke(app, ["featurize", str(data), str(tmp_path / st)] + feat)
         assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run"), "--epochs", "1",
-                            "--width", "8", "--embed-dim", "16", "--members", "1",
-                            "--outliers", str(tmp_path / "o.zarr"), "--no-progress", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "k.zarr"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--embed-dim",
+            "16",
+            "--members",
+            "1",
+            "--outliers",
+            str(tmp_path / "o.zarr"),
+            "--no-progress",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summ = json.loads(r.output)
     k = FeatureStore.open(tmp_path / "k.zarr")
     # copies of validation and test images never fit: only those of training images, and the photo crops
     n_train = int(((k.read("split") == 0) & (k.status() == DONE)).sum())
     assert summ["outliers"]["rows"] == summ["outliers"]["used"] == n_train + 3
-    assert summ["outliers"]["classes"] == 4                  # two decoders, the autoencoder, photographs
-    assert summ["open_scorer"]["method"] == "lda"              # the default with --outliers
+    assert summ["outliers"]["classes"] == 4  # two decoders, the autoencoder, photographs
+    assert summ["open_scorer"]["method"] == "lda"  # the default with --outliers
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--json"])
     assert r.exit_code == 0, r.output
     # raw images score as their store rows do: the lda block reads every stored feature
     from leakstore import Attributor
     from leakstore.model.predict import predict
+
     a = Attributor.load(tmp_path / "run")
     assert set(a.bundle.feature_names) >= {"latents", "periodicity", "pixel_spectrum", "noise_spectrum"}
     paths = [str(p) for p in k.read("path")[:6]]
     got = a.score_many(paths)["open_score"].to_numpy(float)
     want = predict(a.bundle, k.load(a.bundle.feature_names, rows=np.arange(6)))["open_score"]
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
-    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run3"), "--epochs", "1",
-                            "--width", "8", "--embed-dim", "16", "--members", "1", "--open-scorer", "fused-period",
-                            "--outliers", str(tmp_path / "o.zarr"), "--no-progress"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "k.zarr"),
+            "--out",
+            str(tmp_path / "run3"),
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--embed-dim",
+            "16",
+            "--members",
+            "1",
+            "--open-scorer",
+            "fused-period",
+            "--outliers",
+            str(tmp_path / "o.zarr"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0 and "takes no outliers" in r.output, r.output
-    r = runner.invoke(app, ["train", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "run2"), "--outliers",
-                            str(tmp_path / "k.zarr") + "-missing"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "k.zarr"),
+            "--out",
+            str(tmp_path / "run2"),
+            "--outliers",
+            str(tmp_path / "k.zarr") + "-missing",
+        ],
+    )
     assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
 
 
@@ -184,15 +281,19 @@ def test_the_lda_block_holds_what_the_model_reads_so_scoring_loads_the_same(tmp_
     from leakstore.model.predict import predict
     from leakstore.model.train import train
     from tests.synthetic import CFG_RESIDUAL
+
     store = planted_store(tmp_path / "s.zarr", per_class=20, cfg=CFG_RESIDUAL)
     cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=16, members=1, open_scorer="lda", use_residual=False)
     train(store.path, tmp_path / "run", cfg, progress=False)
     b = load_bundle(tmp_path / "run")
     assert "residual" not in b.feature_names
     c = store.config.latent_shape[0]
-    assert b.open.estimators_[0].n_features_in_ == 2 * c                      # the latent statistics alone
+    assert b.open.estimators_[0].n_features_in_ == 2 * c  # the latent statistics alone
     p = predict(b, store.load(b.feature_names))
     assert np.isfinite(p["open_score"]).all()
     train(store.path, tmp_path / "run2", cfg.replace(use_residual=True), progress=False)
     b2 = load_bundle(tmp_path / "run2")
-    assert "residual" in b2.feature_names and b2.open.estimators_[0].n_features_in_ == 2 * c + store.read("residual").shape[1]
+    assert (
+        "residual" in b2.feature_names
+        and b2.open.estimators_[0].n_features_in_ == 2 * c + store.read("residual").shape[1]
+    )

@@ -39,10 +39,11 @@ def test_open_set_kde_threshold_and_far_points():
 
 def test_class_gmm_equals_sklearn_mixtures_and_keeps_no_sklearn_state():
     from sklearn.mixture import GaussianMixture
+
     X, y = blobs(n=60)
     Xv, _ = blobs(1, n=20)
     est = ClassGMM(n_components=3).fit(X, y)
-    assert not any(hasattr(v, "get_params") for v in vars(est).values())     # only arrays are kept
+    assert not any(hasattr(v, "get_params") for v in vars(est).values())  # only arrays are kept
     for c in range(3):
         g = GaussianMixture(n_components=3, covariance_type="diag", reg_covar=1e-3, random_state=0).fit(X[y == c])
         np.testing.assert_allclose(est.class_log_density(Xv)[:, c], g.score_samples(Xv), rtol=1e-8, atol=1e-8)

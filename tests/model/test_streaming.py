@@ -1,5 +1,6 @@
 """Training streamed from the store's chunks: every row once per epoch, bounded windows, the same
 model as in memory when one window holds the store, and good models when it does not."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +23,7 @@ NAMES = ("latent0", "latents", "spectra")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("stream")
-    return planted_store(d / "s.zarr", per_class=40, chunk=16)       # 160 rows, 10 chunks
+    return planted_store(d / "s.zarr", per_class=40, chunk=16)  # 160 rows, 10 chunks
 
 
 def _stream(store, buffer=32):
@@ -30,11 +31,11 @@ def _stream(store, buffer=32):
 
 
 def test_an_epoch_reads_every_row_once_in_full_batches_from_bounded_windows(store):
-    s = _stream(store, buffer=32)                                    # two chunks per window
+    s = _stream(store, buffer=32)  # two chunks per window
     sizes = []
     fetch = s.fetch
     s.fetch = lambda pos: sizes.append(len(pos)) or fetch(pos)
-    idx = torch.arange(0, len(s), 2)                                 # 80 positions, eight per chunk
+    idx = torch.arange(0, len(s), 2)  # 80 positions, eight per chunk
     got, batch_lens = [], []
     full = store.load(NAMES)
     for pos, feats, local in s.batches(idx, 12, torch.Generator().manual_seed(0)):
@@ -44,12 +45,12 @@ def test_an_epoch_reads_every_row_once_in_full_batches_from_bounded_windows(stor
         np.testing.assert_array_equal(feats["latents"][local].numpy(), full["latents"][pos].numpy())
         assert np.array_equal(feats.rows[local.numpy()], s.rows[pos.numpy()])
     got = np.concatenate(got)
-    assert sorted(got.tolist()) == idx.tolist()                     # each once
+    assert sorted(got.tolist()) == idx.tolist()  # each once
     assert all(n == 12 for n in batch_lens[:-1]) and sum(batch_lens) == 80
-    assert max(sizes) <= 16 and len(sizes) == 5                      # two chunks' rows at a time, never more
-    assert not np.array_equal(got, np.sort(got))                     # shuffled
+    assert max(sizes) <= 16 and len(sizes) == 5  # two chunks' rows at a time, never more
+    assert not np.array_equal(got, np.sort(got))  # shuffled
     again = np.concatenate([p.numpy() for p, _, _ in s.batches(idx, 12, torch.Generator().manual_seed(0))])
-    np.testing.assert_array_equal(got, again)                        # the same seed, the same order
+    np.testing.assert_array_equal(got, again)  # the same seed, the same order
     s.close()
 
 
@@ -93,8 +94,15 @@ def test_streaming_with_one_window_trains_the_model_memory_trains(store, tmp_pat
 
 
 def test_streaming_through_small_windows_still_learns(store, tmp_path):
-    s = train(store.path, tmp_path / "run", FAST.replace(epochs=12, patience=12), unknown_labels=["gen-c"],
-              progress=False, stream="on", buffer=32)
+    s = train(
+        store.path,
+        tmp_path / "run",
+        FAST.replace(epochs=12, patience=12),
+        unknown_labels=["gen-c"],
+        progress=False,
+        stream="on",
+        buffer=32,
+    )
     assert s["streamed"]
     b = load_bundle(tmp_path / "run")
     f = store.load()
@@ -118,20 +126,21 @@ def test_embed_rows_equals_embed_all_in_any_order(store):
 
 
 def test_scorers_fit_on_a_seeded_sample_of_whole_images():
-    image = np.repeat(np.arange(100), 4)                             # 100 images of 4 crops
+    image = np.repeat(np.arange(100), 4)  # 100 images of 4 crops
     fit = {"train": np.arange(400) < 300, "val": np.arange(400) >= 300, "calibration": np.arange(400) >= 300}
     out = _capped(fit, image, seed=0, limit=50, cal_limit=50)
     assert 44 < out["train"].sum() <= 50 and out["train"].sum() % 4 == 0
-    for m in out.values():                                           # whole images only
+    for m in out.values():  # whole images only
         assert np.all(np.bincount(image[m], minlength=100)[np.unique(image[m])] == 4)
     np.testing.assert_array_equal(out["val"], out["calibration"])
     assert _capped(fit, image, seed=0, limit=50, cal_limit=50)["train"].tolist() == out["train"].tolist()
     assert _capped(fit, image, seed=0, limit=50, cal_limit=1000)["val"].sum() == 100
-    assert all(np.array_equal(_capped(fit, image, 0, 1000, 1000)[k], fit[k]) for k in fit)   # below the limit: every row
+    assert all(np.array_equal(_capped(fit, image, 0, 1000, 1000)[k], fit[k]) for k in fit)  # below the limit: every row
 
 
 def test_auto_streams_only_what_does_not_fit(store, monkeypatch):
     import leakstore.model.rows as rows
+
     assert not should_stream(store, NAMES, 160)
     monkeypatch.setattr(rows, "physical_memory", lambda: 1000)
     assert should_stream(store, NAMES, 160)
@@ -143,7 +152,7 @@ def test_auto_streams_only_what_does_not_fit(store, monkeypatch):
 
 @pytest.mark.parametrize("batch", [1, 7, 40, 500])
 def test_batches_span_windows_of_any_size(store, batch):
-    s = _stream(store, buffer=16)                                    # windows of one chunk: 8 of the rows asked
+    s = _stream(store, buffer=16)  # windows of one chunk: 8 of the rows asked
     idx = torch.arange(0, len(s), 2)
     full = store.load(["latents"])["latents"]
     got, lens = [], []
@@ -159,8 +168,8 @@ def test_batches_span_windows_of_any_size(store, batch):
 
 
 def test_samples_of_whole_chunks_stay_under_the_limit_and_keep_all_below_it():
-    group = np.arange(1000) // 100                                   # ten chunks of 100 rows
-    mask = np.arange(1000) % 2 == 0                                  # 50 rows in each
+    group = np.arange(1000) // 100  # ten chunks of 100 rows
+    mask = np.arange(1000) % 2 == 0  # 50 rows in each
     out = _sample_groups(mask, group, seed=3, limit=220)
     assert out.sum() == 200 and not (out & ~mask).any()
     assert len(np.unique(group[out])) == 4 and all((out & (group == g)).sum() == 50 for g in np.unique(group[out]))

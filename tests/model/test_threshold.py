@@ -1,4 +1,5 @@
 """The unknown threshold from out-of-fold scores over the training groups (model/threshold.py)."""
+
 import numpy as np
 
 from leakstore.model.config import ModelConfig
@@ -33,22 +34,22 @@ def test_folds_hold_whole_groups_and_are_balanced():
 
 def test_the_out_of_fold_threshold_holds_on_new_prompts_where_the_in_sample_one_does_not():
     X, y, g = _prompts(24, seed=10)
-    Xn, _, _ = _prompts(40, seed=11)                   # new prompts of the same classes
+    Xn, _, _ = _prompts(40, seed=11)  # new prompts of the same classes
     fit = np.isin(g, [f"10-p{k}" for k in range(20)])  # 20 training prompts, 4 validation ones
     blocks, new = {"features": X}, {"features": Xn}
 
     insample = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit(
-        {"features": X[fit]}, y[fit])                  # threshold on the rows it was fitted on
+        {"features": X[fit]}, y[fit]
+    )  # threshold on the rows it was fitted on
     flagged_in = float((insample.decision_function(new) < 0).mean())
 
-    opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit(
-        {"features": X[fit]}, y[fit], {"features": X[~fit]})
+    opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit({"features": X[fit]}, y[fit], {"features": X[~fit]})
     assert takes_out_of_fold(opn)
     info = set_out_of_fold_threshold(opn, blocks, y, fit, ~fit, g)
     flagged_oof = float((opn.decision_function(new) < 0).mean())
     assert info["source"] == "out-of-fold" and info["folds"] == 5 and info["groups"] == 24
     # measured: 0.103 and 0.047 (other seeds: 0.10-0.12 and 0.05-0.09)
-    assert flagged_in > 0.085                          # the in-sample threshold over-flags new prompts
+    assert flagged_in > 0.085  # the in-sample threshold over-flags new prompts
     assert 0.02 <= flagged_oof <= 0.075 and flagged_oof < flagged_in - 0.025
     lo, hi = info["flag_rate_ci"]
     assert lo <= 0.05 <= hi and hi - lo < 0.1
@@ -63,4 +64,4 @@ def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only
     t = s["open_scorer"]["threshold_from"]
     assert t["source"] == "out-of-fold" and t["groups"] == 10 and t["threshold"] == s["open_scorer"]["threshold"]
     s = train(store.path, tmp_path / "fp", ModelConfig(open_scorer="fused-period", **fast), progress=False)
-    assert s["open_scorer"]["threshold_from"] == {"source": "validation"}   # reads the network: not out-of-fold
+    assert s["open_scorer"]["threshold_from"] == {"source": "validation"}  # reads the network: not out-of-fold

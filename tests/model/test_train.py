@@ -1,19 +1,19 @@
 """Training from a store alone: it learns, flags unseen generators, refuses bad stores, round-trips."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from leakstore.config import FeaturizeConfig
 from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import residual_dim
-from leakstore.store import FeatureStore
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import closed_set, open_set
 from leakstore.model.predict import predict
 from leakstore.model.train import train
+from leakstore.store import FeatureStore
 from tests.synthetic import CFG, planted_store
 
 FAST = ModelConfig(width=16, embed_dim=32, epochs=20, patience=20, batch_size=32, lr=1e-3, members=1)
@@ -39,7 +39,7 @@ def test_learns_a_planted_leak_and_flags_the_unseen_one(trained):
     m = closed_set(y, p["proba"][known], b.class_names)
     assert m["top1"] > 0.95 and m["macro_auc"] > 0.98
     o = open_set(p["open_score"][known], p["open_score"][~known])
-    assert o["auroc"] > 0.8, o   # the unseen planted generator sits outside the known density
+    assert o["auroc"] > 0.8, o  # the unseen planted generator sits outside the known density
     assert summary["epochs_run"] >= 1 and summary["best_epoch"] >= 1
     assert b.class_names == ["real", "gen-a", "gen-b"] and summary["unknown_labels"] == ["gen-c"]
 
@@ -87,14 +87,19 @@ def test_refuses_another_config_and_too_few_rows(tmp_path):
 @pytest.mark.parametrize("backbone,temporal", [("resnet", "attention"), ("patch-transformer", "transformer")])
 def test_other_backbones_train(tmp_path, backbone, temporal):
     planted_store(tmp_path / "s.zarr", per_class=20)
-    s = train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(epochs=2, backbone=backbone, temporal=temporal,
-                                                                     renoise=False, scorer="gmm"), progress=False)
+    s = train(
+        tmp_path / "s.zarr",
+        tmp_path / "run",
+        FAST.replace(epochs=2, backbone=backbone, temporal=temporal, renoise=False, scorer="gmm"),
+        progress=False,
+    )
     assert np.isfinite(s["history"][-1]["train_loss"])
     assert load_bundle(tmp_path / "run").closed.__class__.__name__ == "ClassGMM"
 
 
 def test_batch_roll_shifts_each_sample_circularly_like_torch_roll():
     from leakstore.model.train import _roll
+
     x = torch.randn(5, 3, 2, 6, 7)
     out = _roll(x, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
@@ -112,7 +117,9 @@ def test_trains_on_cuda_with_device_noise_and_resident_features(tmp_path):
     f = FeatureStore.open(tmp_path / "s.zarr").load()
     test = f.subset(f.splits == 2)
     p = predict(b, test)
-    y = np.array([b.class_names.index(n) for n in np.array(FeatureStore.open(tmp_path / "s.zarr").class_names)[test.labels]])
+    y = np.array(
+        [b.class_names.index(n) for n in np.array(FeatureStore.open(tmp_path / "s.zarr").class_names)[test.labels]]
+    )
     assert summary["device"].startswith("cuda") and (p["pred"] == y).mean() > 0.95
 
 
@@ -121,8 +128,15 @@ def test_a_class_difference_only_in_the_residual_is_learned_through_its_branch(t
     """Latents carry no class signal here (strength 0); only the residual vector differs by class.
     With the residual the model separates the classes; told to ignore it, it cannot."""
     from tests.synthetic import CFG_RESIDUAL
-    planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b"), per_class=60, strength=0.0,
-                  cfg=CFG_RESIDUAL, residual_strength=1.5)
+
+    planted_store(
+        tmp_path / "s.zarr",
+        classes=("real", "gen-a", "gen-b"),
+        per_class=60,
+        strength=0.0,
+        cfg=CFG_RESIDUAL,
+        residual_strength=1.5,
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     f = store.load()
     test = f.subset(f.splits == 2)
@@ -139,7 +153,7 @@ def test_a_class_difference_only_in_the_residual_is_learned_through_its_branch(t
 def test_a_run_logged_to_a_file_gets_a_line_per_epoch_not_a_bar(tmp_path, capsys):
     planted_store(tmp_path / "s.zarr", per_class=20)
     train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(epochs=2, patience=5), progress=True)
-    err = capsys.readouterr().err          # pytest's capture is no terminal, as a log file is not
+    err = capsys.readouterr().err  # pytest's capture is no terminal, as a log file is not
     lines = [ln for ln in err.splitlines() if "epoch" in ln]
     assert [ln.split(":")[0] for ln in lines] == ["train 1/1 epoch 1/2", "train 1/1 epoch 2/2"]
     assert "\r" not in err and "val AUC" in lines[0]

@@ -14,4 +14,4 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     d = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert (tmp_path / "demo" / "model" / "eval" / "report.html").is_file()
     assert d["scored"]["rows"] == 300 and d["featurize_failed"] == 0
-    assert d["closed_macro_auc"] > 0.7   # chance is 0.5: the pipeline learns even on the demo encoder
+    assert d["closed_macro_auc"] > 0.7  # chance is 0.5: the pipeline learns even on the demo encoder

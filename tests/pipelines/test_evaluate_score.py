@@ -1,23 +1,23 @@
 """Evaluation report, dask scoring (equal to in-process, lazy, robust to a killed worker), the API."""
+
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
-from PIL import Image
 from typer.testing import CliRunner
 
-from leakstore.featurize.api import featurize
-from leakstore.config import RunOptions
 from leakstore import Attributor
 from leakstore.app.cli import app
+from leakstore.config import RunOptions
+from leakstore.featurize.api import featurize
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.predict import predict
 from leakstore.model.train import train
-from leakstore.pipelines.evaluate import evaluate
 from leakstore.pipelines.cluster import local_cluster
+from leakstore.pipelines.evaluate import evaluate
 from leakstore.pipelines.score import score, scoring_frame
 from leakstore.store import FeatureStore
 from tests.conftest import write_class_images
@@ -38,7 +38,7 @@ def test_a_local_cluster_leaves_the_callers_environment_as_it_was():
     before = dict(os.environ)
     with local_cluster(1) as c, Client(c) as cl:
         assert dict(os.environ) == before
-        cl.restart()                                               # a respawn writes them again
+        cl.restart()  # a respawn writes them again
     assert dict(os.environ) == before
 
 
@@ -66,16 +66,34 @@ def image_model(tmp_path_factory):
     """A model trained on real image files through the built-in demo encoder."""
     d = tmp_path_factory.mktemp("img")
     data = write_class_images(d / "data", {"real": 12, "gen-a": 12, "gen-b": 12}, size=(64, 64))
-    featurize(data, d / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4,
-              residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        d / "s.zarr",
+        vae="demo",
+        resolution=64,
+        timesteps=(0, 100),
+        fft_size=4,
+        residual_bins=0,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     train(d / "s.zarr", d / "run", FAST, progress=False)
     return d
 
 
 def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     s = evaluate(model / "run", [model / "s.zarr"], tmp_path / "eval")
-    for f in ("metrics.json", "predictions.parquet", "report.html", "confusion.png", "roc.png", "embedding.png",
-              "attention.png"):
+    for f in (
+        "metrics.json",
+        "predictions.parquet",
+        "report.html",
+        "confusion.png",
+        "roc.png",
+        "embedding.png",
+        "attention.png",
+    ):
         assert (tmp_path / "eval" / f).stat().st_size > 0, f
     # one view: no robustness chart of a single point, but the command that measures robustness
     assert not (tmp_path / "eval" / "robustness.png").exists()
@@ -87,7 +105,7 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
     assert s["inputs"] == ["latents", "spectra"] and "inputs: latents, spectra;" in html
-    assert s["networks"] == 3 and "3 networks joined (train --members)" in html       # the default model
+    assert s["networks"] == 3 and "3 networks joined (train --members)" in html  # the default model
     assert "Prototypes (stars) lie" in html and s["open_temperature"] == 1.0
     assert ("soft minimum, temperature 1" in html) == (len(s["open_components"]) > 1)
     # each view says how many known images it flags: a re-encoded known image should stay known
@@ -97,7 +115,8 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
 
 def test_the_prototype_note_measures_distances_in_the_full_embedding():
     from leakstore.pipelines.report import _prototype_note
-    emb = np.array([[0.0, 0], [2, 0], [10, 0], [10, 2]])     # class 0 around (1, 0), class 1 around (10, 1)
+
+    emb = np.array([[0.0, 0], [2, 0], [10, 0], [10, 2]])  # class 0 around (1, 0), class 1 around (10, 1)
     y = np.array([0, 0, 1, 1])
     protos, cls = np.array([[1.0, 3], [10, -2]]), np.array([0, 1])
     note = _prototype_note(emb, y, protos, cls)
@@ -105,12 +124,13 @@ def test_the_prototype_note_measures_distances_in_the_full_embedding():
 
 
 def test_scoring_is_lazy(model):
-    import leakstore.model.checkpoint as ck
+
     ddf = scoring_frame(model / "run", model / "s.zarr")
     assert ddf.npartitions == 10 and list(ddf.columns[:3]) == ["path", "status", "error"]
     assert "p_gen-a" in ddf.columns
     # building the graph ran no task: the worker-side loader cache is still empty
     from leakstore.pipelines import score as sc
+
     assert not any(k.startswith(str((model / "run").resolve())) for k in sc._PREDICTORS)
 
 
@@ -126,13 +146,14 @@ def test_dask_scoring_equals_in_process(model, cluster):
 def test_a_killed_worker_loses_and_duplicates_nothing(model, cluster):
     import signal
     import time
+
     pids = cluster.run(os.getpid)
     fut = cluster.compute(scoring_frame(model / "run", model / "s.zarr"))
     deadline = time.time() + 30
     while not cluster.processing() or not any(cluster.processing().values()):
         assert time.time() < deadline, "no task started"
         time.sleep(0.01)
-    os.kill(next(iter(pids.values())), signal.SIGKILL)   # a worker dies mid-job; its nanny restarts it
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # a worker dies mid-job; its nanny restarts it
     df = fut.result(timeout=120)
     assert sorted(df.row) == list(range(160)) and df.row.is_unique
     cluster.wait_for_workers(2, timeout=60)
@@ -140,7 +161,9 @@ def test_a_killed_worker_loses_and_duplicates_nothing(model, cluster):
 
 def test_failed_rows_are_reported_not_guessed(model, tmp_path, cluster):
     import shutil
+
     import zarr
+
     shutil.copytree(model / "s.zarr", tmp_path / "s.zarr")
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
     g["status"][3] = 2
@@ -171,14 +194,41 @@ def test_api_and_raw_image_scoring(image_model, cluster):
 def test_cli_train_evaluate_score(tmp_path):
     planted_store(tmp_path / "s.zarr", per_class=20)
     runner = CliRunner()
-    r = runner.invoke(app, ["train", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "run"), "--epochs", "2",
-                            "--width", "8", "--embed-dim", "16", "--unknown-labels", "gen-c", "--no-progress"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "s.zarr"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--width",
+            "8",
+            "--embed-dim",
+            "16",
+            "--unknown-labels",
+            "gen-c",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "model saved" in r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--json"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["score", str(tmp_path / "run"), str(tmp_path / "s.zarr"), "--out",
-                            str(tmp_path / "p.parquet"), "--cluster", "1", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(tmp_path / "run"),
+            str(tmp_path / "s.zarr"),
+            "--out",
+            str(tmp_path / "p.parquet"),
+            "--cluster",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 80
     r = runner.invoke(app, ["score", str(tmp_path / "nomodel"), str(tmp_path / "s.zarr")])
@@ -189,8 +239,19 @@ def test_a_residual_model_scores_raw_images_as_it_scores_its_store(tmp_path, clu
     """Raw images are featurized with the model's recorded config, decoder included: the API and
     dask give the probabilities that the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
-    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=64,
+        timesteps=(0, 100),
+        fft_size=4,
+        residual_bins=6,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     train(tmp_path / "s.zarr", tmp_path / "run", FAST, progress=False)
     b = load_bundle(tmp_path / "run")
     assert b.featurize.residual_bins == 6 and "residual" in b.net.inputs
@@ -209,8 +270,19 @@ def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_
     images must not pay for the decoder pass (~3x the featurize cost), and must still give the
     probabilities the store's own features give."""
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(64, 64))
-    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=64, timesteps=(0, 100), fft_size=4, residual_bins=6,
-              period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=64,
+        timesteps=(0, 100),
+        fft_size=4,
+        residual_bins=6,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     train(tmp_path / "s.zarr", tmp_path / "run", FAST.replace(use_residual=False), progress=False)
     a = Attributor.load(tmp_path / "run")
     assert "residual" not in a.bundle.net.inputs
@@ -223,12 +295,24 @@ def test_a_model_that_ignores_the_residual_loads_no_decoder_to_score_images(tmp_
 
 def test_evaluate_scores_images_from_outside_the_training_store_per_label(model, tmp_path):
     # another draw of the same planted generators, plus one the model never saw (gen-x)
-    planted_store(tmp_path / "x.zarr", classes=("real", "gen-a", "gen-b", "gen-c", "gen-x"), per_class=20, seed=5,
-                  strength=1.5)
-    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen", str(tmp_path / "x.zarr"),
-                                 "--out", str(tmp_path / "ev")])
+    planted_store(
+        tmp_path / "x.zarr", classes=("real", "gen-a", "gen-b", "gen-c", "gen-x"), per_class=20, seed=5, strength=1.5
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(model / "run"),
+            str(model / "s.zarr"),
+            "--unseen",
+            str(tmp_path / "x.zarr"),
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     import json
+
     u = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unseen"]
     per = u["per_generator"]
     assert set(per) == {"real", "gen-a", "gen-b", "gen-c", "gen-x"}
@@ -236,10 +320,23 @@ def test_evaluate_scores_images_from_outside_the_training_store_per_label(model,
     assert per["gen-x"]["n"] == 20 and 0 <= per["gen-x"]["auroc"] <= 1 and not per["gen-x"]["known_class"]
     assert per["real"]["known_class"] and "auroc" not in per["real"] and 0 <= per["real"]["called_correctly"] <= 1
     assert u["min_auroc"] <= u["mean_auroc"]
-    assert "gen-x" in r.output and "Images from outside the training store" in (tmp_path / "ev" / "report.html").read_text()
+    assert (
+        "gen-x" in r.output
+        and "Images from outside the training store" in (tmp_path / "ev" / "report.html").read_text()
+    )
     # the training store itself as --unseen (gen-c held out): its test rows only, the others trained the model
-    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen", str(model / "s.zarr"),
-                                 "--out", str(tmp_path / "ev2")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(model / "run"),
+            str(model / "s.zarr"),
+            "--unseen",
+            str(model / "s.zarr"),
+            "--out",
+            str(tmp_path / "ev2"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     per = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["unseen"]["per_generator"]
     assert per["gen-c"]["n"] == 8
@@ -247,30 +344,43 @@ def test_evaluate_scores_images_from_outside_the_training_store_per_label(model,
 
 def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
     from tests.synthetic import CFG_RESIDUAL
+
     planted_store(tmp_path / "other.zarr", per_class=10, cfg=CFG_RESIDUAL)
-    r = CliRunner().invoke(app, ["evaluate", str(model / "run"), str(model / "s.zarr"), "--unseen",
-                                 str(tmp_path / "other.zarr"), "--out", str(tmp_path / "ev")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(model / "run"),
+            str(model / "s.zarr"),
+            "--unseen",
+            str(tmp_path / "other.zarr"),
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert r.exit_code != 0 and "other.zarr" in r.output and "Traceback" not in r.output
 
 
 def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster, tmp_path):
     """`score --stability K`: the share of K re-encodings that keep an image's verdict, and `unsure`."""
     from leakstore.pipelines.predictor import STABILITY_VIEWS, Predictor
+
     a = Attributor.load(image_model / "run")
     paths = sorted(str(p) for p in (image_model / "data" / "gen-a").glob("*.png"))[:3]
     base = a.score_many(paths)
     real = Predictor._score_view
-    flips = {"jpeg:75": 0}                        # under JPEG 75 the first image is called unknown
+    flips = {"jpeg:75": 0}  # under JPEG 75 the first image is called unknown
 
     def fake(self, ps, first_row, batch_size, view=None):
         df = real(self, ps, first_row, batch_size, view)
         if view in flips:
             df.loc[flips[view], "pred"] = "unknown"
         return df
+
     monkeypatch.setattr(Predictor, "_score_view", fake)
-    df = a.score_many(paths, stability=2)         # jpeg:90, jpeg:75
+    df = a.score_many(paths, stability=2)  # jpeg:90, jpeg:75
     assert STABILITY_VIEWS[:2] == ("jpeg:90", "jpeg:75")
-    assert list(df.pred) == list(base.pred)       # the verdict itself is the clean image's
+    assert list(df.pred) == list(base.pred)  # the verdict itself is the clean image's
     assert df.stability[0] <= 0.5 and bool(df.unsure[0])
     monkeypatch.setattr(Predictor, "_score_view", real)
     # unpatched, on dask: the columns are there for every image, in [0, 1]; a store cannot be re-encoded
@@ -278,6 +388,6 @@ def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monk
     assert dd.stability.between(0, 1).all() and dd.unsure.notna().all()
     assert (dd.unsure == (dd.stability < 1)).all()
     c = score(image_model / "run", paths, tmp_path / "p.parquet", client=cluster, progress=False, stability=1)
-    assert c["unsure"] == int(pd.read_parquet(tmp_path / "p.parquet").unsure.sum())   # counted from the parts too
+    assert c["unsure"] == int(pd.read_parquet(tmp_path / "p.parquet").unsure.sum())  # counted from the parts too
     with pytest.raises(Exception, match="re-encodes images"):
         score(image_model / "run", image_model / "s.zarr", client=cluster, progress=False, stability=1)

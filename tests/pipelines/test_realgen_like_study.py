@@ -1,6 +1,7 @@
 """The leave-one-generator-out study on a tiny fixture shaped like RealGen: generators only (no
 real class), images grouped by a prompt that every generator shares, splits by prompt, crops,
 and an outside store of generators none of the folds saw."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,28 @@ from leakstore.app.cli import app
 
 runner = CliRunner()
 GENS = {"gen-a": 0, "gen-b": 1, "gen-c": 2, "gen-d": 3}
-FEAT = ["--vae", "demo", "--resolution", "32", "--timesteps", "0,100", "--fft-size", "2", "--no-residual",
-        "--pixel-spectrum", "0", "--noise-spectrum", "0", "--crops", "4", "--device", "cpu", "--workers", "0", "--no-progress"]
+FEAT = [
+    "--vae",
+    "demo",
+    "--resolution",
+    "32",
+    "--timesteps",
+    "0,100",
+    "--fft-size",
+    "2",
+    "--no-residual",
+    "--pixel-spectrum",
+    "0",
+    "--noise-spectrum",
+    "0",
+    "--crops",
+    "4",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--no-progress",
+]
 
 
 def prompt_set(root, gens: dict, prompts: int = 8, per: int = 2, seed: int = 0):
@@ -44,22 +65,42 @@ def test_the_study_runs_on_a_realgen_like_fixture_per_image(tmp_path):
     for man, store in ((known, "k.zarr"), (outside, "u.zarr")):
         r = runner.invoke(app, ["featurize", str(man), str(tmp_path / store), *FEAT])
         assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["openset-study", str(tmp_path / "k.zarr"), "--out", str(tmp_path / "study"), "--epochs", "2",
-                            "--members", "1", "--no-ceiling", "--unseen", str(tmp_path / "u.zarr"), "--device", "cpu",
-                            "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "openset-study",
+            str(tmp_path / "k.zarr"),
+            "--out",
+            str(tmp_path / "study"),
+            "--epochs",
+            "2",
+            "--members",
+            "1",
+            "--no-ceiling",
+            "--unseen",
+            str(tmp_path / "u.zarr"),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads(r.output)
     assert sorted(s["generators"]) == sorted(GENS)
     chosen = s["chosen_test"]
-    assert all(len(v["test_ci95"]) == 2 for v in chosen["per_generator"].values())   # intervals by prompt
+    assert all(len(v["test_ci95"]) == 2 for v in chosen["per_generator"].values())  # intervals by prompt
     rows = json.loads((tmp_path / "study" / "study.json").read_text())
     assert "gen-x" in json.dumps(rows["unseen"])
     # per image: each fold's unseen generator counts its test images, not its crops
     import pandas as pd
+
     t = pd.read_parquet(tmp_path / "study" / "study.parquet")
     from leakstore.store import FeatureStore
+
     st = FeatureStore.open(tmp_path / "k.zarr")
-    test_images = {g: len(set(st.image_rows()[(st.read("split") == 2) & (st.read("label") == st.class_names.index(g))]))
-                   for g in GENS}
+    test_images = {
+        g: len(set(st.image_rows()[(st.read("split") == 2) & (st.read("label") == st.class_names.index(g))]))
+        for g in GENS
+    }
     for g in GENS:
         assert set(t.n_test_unknown[t.generator == g]) == {test_images[g]}

@@ -1,4 +1,5 @@
 """A score job cut off midway keeps its finished partitions; the rerun computes only the rest."""
+
 import pandas as pd
 import pytest
 from distributed import Client
@@ -10,7 +11,7 @@ from tests.synthetic import planted_store
 
 
 def test_an_interrupted_score_resumes_and_writes_every_row_once(tmp_path, monkeypatch):
-    planted_store(tmp_path / "s.zarr", per_class=40, chunk=16)             # 160 rows, 10 partitions
+    planted_store(tmp_path / "s.zarr", per_class=40, chunk=16)  # 160 rows, 10 partitions
     train(tmp_path / "s.zarr", tmp_path / "run", ModelConfig(width=8, embed_dim=16, epochs=2), progress=False)
     real, calls, fail = sc.score_store_rows, [], {"at": 96}
 
@@ -30,26 +31,30 @@ def test_an_interrupted_score_resumes_and_writes_every_row_once(tmp_path, monkey
         done_before = {int(n[5:11]) * 16 for n in kept}
         fail["at"], calls[:] = -1, []
         counts = sc.score(tmp_path / "run", tmp_path / "s.zarr", out, client=client, progress=False)
-    assert sorted(calls) == sorted(set(range(0, 160, 16)) - done_before)    # only the unfinished partitions
+    assert sorted(calls) == sorted(set(range(0, 160, 16)) - done_before)  # only the unfinished partitions
     assert counts["rows"] == counts["scored"] == 160 and counts["failed"] == 0
     assert sum(counts["predicted"].values()) == 160
     df = pd.read_parquet(out)
     assert list(df.row) == list(range(160)) and (df.status == "ok").all()
     assert counts["unknown"] == int(df.is_unknown.sum())
     import pyarrow.parquet as pq
-    assert pq.ParquetFile(out).num_row_groups == 10                        # streamed in, one part at a time
+
+    assert pq.ParquetFile(out).num_row_groups == 10  # streamed in, one part at a time
     assert not (tmp_path / "p.parquet.parts").exists()
 
 
 def test_parts_with_a_column_all_null_in_one_are_assembled_under_one_schema(tmp_path):
     parts = tmp_path / "p.parts"
     parts.mkdir()
-    a = pd.DataFrame({"row": [0, 1], "status": ["ok", "ok"], "is_unknown": [False, True], "pred": ["x", "y"],
-                      "error": [None, None]})
+    a = pd.DataFrame(
+        {"row": [0, 1], "status": ["ok", "ok"], "is_unknown": [False, True], "pred": ["x", "y"], "error": [None, None]}
+    )
     b = pd.DataFrame({"row": [2], "status": ["failed"], "is_unknown": [None], "pred": [None], "error": ["broken"]})
     sc.write_part(a, str(sc.part_path(parts, 0)))
     sc.write_part(b, str(sc.part_path(parts, 1)))
     counts = sc.assemble(parts, 2, tmp_path / "p.parquet")
     got = pd.read_parquet(tmp_path / "p.parquet")
-    assert got.row.tolist() == [0, 1, 2] and got.error.isna().tolist() == [True, True, False] and got.error[2] == "broken"
+    assert (
+        got.row.tolist() == [0, 1, 2] and got.error.isna().tolist() == [True, True, False] and got.error[2] == "broken"
+    )
     assert counts == {"rows": 3, "scored": 2, "failed": 1, "unknown": 1, "predicted": {"x": 1, "y": 1}}

@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from leakstore.features.noising import add_noise, alphas_cumprod, noise_coefficients, seeded_noise
 from leakstore.config import ScheduleConfig
+from leakstore.features.noising import add_noise, alphas_cumprod, noise_coefficients, seeded_noise
 
 
 @pytest.mark.parametrize("kind", ["linear", "scaled_linear"])

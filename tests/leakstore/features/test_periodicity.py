@@ -1,4 +1,5 @@
 """The pixel periodicity profile: a photograph has none, an upscale shows its factor, JPEG keeps it."""
+
 import io
 
 import numpy as np
@@ -6,14 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from leakstore.features.periodicity import MAX_SIDE, grid_phases, periodicity_features, periodicity_of_image, without_grid
+from leakstore.features.periodicity import (
+    MAX_SIDE,
+    grid_phases,
+    periodicity_features,
+    periodicity_of_image,
+    without_grid,
+)
 
 
 def _photo_like(n=4, size=64, seed=0):
     """Smooth random fields plus fine noise: gradients everywhere, no preferred phase."""
     g = torch.Generator().manual_seed(seed)
-    low = torch.nn.functional.interpolate(torch.rand(n, 3, size // 8, size // 8, generator=g), size=(size, size),
-                                          mode="bicubic", align_corners=False)
+    low = torch.nn.functional.interpolate(
+        torch.rand(n, 3, size // 8, size // 8, generator=g), size=(size, size), mode="bicubic", align_corners=False
+    )
     return (0.7 * low + 0.3 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
 
 
@@ -26,7 +34,7 @@ def test_a_photograph_has_a_flat_profile_and_a_nearest_upscale_a_period_of_two()
     x = _photo_like()
     f = periodicity_features(x, 8)
     assert f.shape == (4, 16) and f.dtype == torch.float32
-    assert f.abs().max() < 0.15                                   # no phase stands out
+    assert f.abs().max() < 0.15  # no phase stands out
     u = periodicity_features(_upscale_nearest(x), 8)
     # inside a repeated pair (the step from column 2i to 2i+1: phases 0, 2, ... mod 8) the gradient vanishes
     assert (u[:, 0::2] < -5).all() and (u[:, 1::2] > 0.5).all()
@@ -58,7 +66,7 @@ def test_the_upscale_trace_survives_jpeg_75():
         out.append(np.asarray(Image.open(buf).convert("RGB")))
     j = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
     f = periodicity_features(j, 8)
-    assert (f[:, 1::2].mean(1) - f[:, 0::2].mean(1) > 0.3).all()   # odd phases still carry the gradients
+    assert (f[:, 1::2].mean(1) - f[:, 0::2].mean(1) > 0.3).all()  # odd phases still carry the gradients
 
 
 def test_a_large_image_is_measured_on_a_period_aligned_central_crop():
@@ -66,7 +74,7 @@ def test_a_large_image_is_measured_on_a_period_aligned_central_crop():
     arr = (x[0] * 255).round().byte().permute(1, 2, 0).numpy()
     f = periodicity_of_image(arr, 8)
     assert f.shape == (16,) and f.dtype == np.float32
-    assert (f[0::2] < -5).all()                  # the crop kept the phases: the pairs still start at even columns
+    assert (f[0::2] < -5).all()  # the crop kept the phases: the pairs still start at even columns
     with pytest.raises(ValueError, match="--period"):
         periodicity_of_image(arr[:10, :10], 8)
 
@@ -86,17 +94,17 @@ def test_without_grid_leaves_out_the_jpeg_block_phases_and_centres_the_rest():
     g = without_grid(f, 8)
     assert g.shape == (4, 14)
     for half, kept in ((g[:, :7], f[:, :7]), (g[:, 7:], f[:, 8:15])):
-        torch.testing.assert_close(torch.exp(half).mean(1), torch.ones(4))          # centred again
-        torch.testing.assert_close(half - half[:, :1], kept - kept[:, :1])           # same shape
-    np.testing.assert_allclose(without_grid(f.numpy(), 8), g.numpy(), rtol=1e-6)     # numpy in, numpy out
+        torch.testing.assert_close(torch.exp(half).mean(1), torch.ones(4))  # centred again
+        torch.testing.assert_close(half - half[:, :1], kept - kept[:, :1])  # same shape
+    np.testing.assert_allclose(without_grid(f.numpy(), 8), g.numpy(), rtol=1e-6)  # numpy in, numpy out
     p6 = f[:, :12]
-    assert without_grid(p6, 6) is p6                                   # no fixed grid phase at period 6
+    assert without_grid(p6, 6) is p6  # no fixed grid phase at period 6
 
 
 def test_jpeg_prints_its_grid_on_the_left_out_phase_and_barely_moves_the_rest():
     x = _photo_like(4, 128, seed=5)
     clean, j = periodicity_features(x, 8), periodicity_features(_jpeg(x, 50), 8)
-    assert (j[:, 7] - clean[:, 7] > 0.1).all() and (j[:, 15] - clean[:, 15] > 0.1).all()   # the block boundary
+    assert (j[:, 7] - clean[:, 7] > 0.1).all() and (j[:, 15] - clean[:, 15] > 0.1).all()  # the block boundary
     moved_all = (j - clean).abs().max(1).values
     moved_kept = (without_grid(j, 8) - without_grid(clean, 8)).abs().max(1).values
     assert (moved_kept < 0.5 * moved_all).all()

@@ -1,5 +1,6 @@
 """The pixel spectrum: a photograph-like image falls off smoothly, an upscale empties its upper
 band, bilinear and bicubic kernels leave different shapes, and the store and open-set scorer use it."""
+
 import numpy as np
 import pytest
 import torch
@@ -34,13 +35,16 @@ def test_an_upscale_empties_the_upper_band_and_the_shape_ignores_contrast():
     up = pixel_spectrum(_resample(x, "bilinear"), 16)
     # the top quarter of the band (above 3/8 cycles per pixel) loses energy against the lowest bands
     assert (up[12:16].mean() - up[:4].mean()) < (p[12:16].mean() - p[:4].mean()) - 2
-    np.testing.assert_allclose(pixel_spectrum(0.5 * x + 0.2, 16), p, atol=1e-4)   # a shape, not a level
+    np.testing.assert_allclose(pixel_spectrum(0.5 * x + 0.2, 16), p, atol=1e-4)  # a shape, not a level
 
 
 def test_bilinear_and_bicubic_upscales_differ():
     """The kernels' shapes differ where the periodicity profile sees little: the open-set cue."""
-    d = [pixel_spectrum(_resample(_photo_like(seed=s), "bicubic"), 16) - pixel_spectrum(_resample(_photo_like(seed=s), "bilinear"), 16)
-         for s in range(4)]
+    d = [
+        pixel_spectrum(_resample(_photo_like(seed=s), "bicubic"), 16)
+        - pixel_spectrum(_resample(_photo_like(seed=s), "bilinear"), 16)
+        for s in range(4)
+    ]
     d = np.stack(d)
     assert (np.abs(d.mean(0)) > 5 * d.std(0) + 0.2).any()
 
@@ -52,33 +56,53 @@ def test_small_and_large_images():
     f = pixel_spectrum_of_image(big, 8)
     assert f.shape == (16,) and np.isfinite(f).all()
     flat = pixel_spectrum_of_image(np.full((64, 64, 3), 128, np.uint8), 8)
-    assert np.isfinite(flat).all()                                    # a flat image gives a flat profile, not NaN
+    assert np.isfinite(flat).all()  # a flat image gives a flat profile, not NaN
 
 
 def test_the_pixel_spectrum_is_stored_and_read_by_its_open_scorer_only(tmp_path):
+    from leakstore import Attributor
+    from leakstore.config import RunOptions
     from leakstore.featurize.api import featurize
     from leakstore.featurize.images import decode_image
-    from leakstore.config import RunOptions
-    from leakstore import Attributor
-    from leakstore.store import FeatureStore
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
+    from leakstore.store import FeatureStore
     from tests.conftest import write_class_images
+
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
-    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
-              spectrum_bins=8, residual_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=48,
+        timesteps=(0, 100),
+        fft_size=4,
+        period=8,
+        spectrum_bins=8,
+        residual_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     paths = [str(p) for p in store.read("path")]
     want = np.stack([pixel_spectrum_of_image(decode_image(open(p, "rb").read(), p), 8) for p in paths[:3]])
     np.testing.assert_allclose(feats["pixel_spectrum"][:3].numpy(), want, rtol=1e-5, atol=1e-6)
-    train(tmp_path / "s.zarr", tmp_path / "run", ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=16,
-                                                              open_scorer="fused-pixel"), progress=False)
+    train(
+        tmp_path / "s.zarr",
+        tmp_path / "run",
+        ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=16, open_scorer="fused-pixel"),
+        progress=False,
+    )
     a = Attributor.load(tmp_path / "run")
-    assert "pixel_spectrum" not in a.bundle.net.inputs                          # the network does not read it
+    assert "pixel_spectrum" not in a.bundle.net.inputs  # the network does not read it
     assert a.bundle.open.components_ == ("confidence", "periodicity", "spectrum")
     assert "pixel_spectrum" in a.bundle.feature_names
     got = a.score_many(paths)
     from leakstore.model.predict import predict
-    np.testing.assert_allclose(got["open_score"].to_numpy(float), predict(a.bundle, store.load(a.bundle.feature_names))["open_score"],
-                               rtol=1e-4, atol=1e-5)
+
+    np.testing.assert_allclose(
+        got["open_score"].to_numpy(float),
+        predict(a.bundle, store.load(a.bundle.feature_names))["open_score"],
+        rtol=1e-4,
+        atol=1e-5,
+    )

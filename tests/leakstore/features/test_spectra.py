@@ -18,7 +18,7 @@ def test_lowest_frequency_wave_lands_next_to_dc():
     y = torch.arange(16.0)
     z = torch.cos(2 * torch.pi * y / 16).view(16, 1).expand(16, 16).contiguous()
     s = low_freq_spectrum(z, 4)
-    assert s[1, 2] > 1 and s[3, 2] > 1        # frequencies -1 and +1 along y
+    assert s[1, 2] > 1 and s[3, 2] > 1  # frequencies -1 and +1 along y
     assert s[2, 2] < 1e-5 and s[2, 1] < 1e-5  # no DC, nothing along x
 
 

@@ -1,18 +1,19 @@
 """The feature table is the one contract: the store schema, chunk buffers, in-memory featurizing,
 training batches and scoring all follow it."""
+
 import numpy as np
 import pytest
 import torch
 
 import leakstore.features as F
-from leakstore.featurize.api import featurize
-from leakstore.config import RunOptions
 from leakstore import Attributor
+from leakstore.config import RunOptions
 from leakstore.features import FeatureBatch, features_for, minimal_config
-from leakstore.store import ROW_ARRAYS, FeatureStore, array_specs
+from leakstore.featurize.api import featurize
 from leakstore.model.config import ModelConfig
 from leakstore.model.predict import predict
 from leakstore.model.train import train
+from leakstore.store import ROW_ARRAYS, FeatureStore, array_specs
 from tests.conftest import write_class_images
 from tests.synthetic import CFG, CFG_RESIDUAL
 
@@ -38,39 +39,58 @@ def test_minimal_config_drops_only_unread_optional_features():
 
 def test_compute_runs_what_a_feature_requires():
     import torch
+
     from leakstore.features import Context, compute
     from leakstore.features.noising import noise_coefficients
+
     a, s = (torch.tensor(v, dtype=torch.float32) for v in noise_coefficients(CFG.schedule, CFG.timesteps))
     c, h, w = CFG.latent_shape
     ctx = Context(CFG, 2, torch.randn(2, c, h, w), torch.randn(2, len(CFG.timesteps), c, h, w), a, s)
-    out = compute(ctx, ["spectra"])                      # its input, the noised latents, is computed first
+    out = compute(ctx, ["spectra"])  # its input, the noised latents, is computed first
     assert list(out) == ["spectra"] and out["spectra"].shape == (2,) + F.BY_NAME["spectra"].shape(CFG)
     assert "latents" in ctx.out
 
 
 def _chanmean(ctx):
-    return ctx.out["latents"].mean((-2, -1))          # (n, T, C)
+    return ctx.out["latents"].mean((-2, -1))  # (n, T, C)
 
 
 def test_a_feature_added_only_to_the_table_flows_through_every_stage(tmp_path, monkeypatch):
-    new = F.Feature("chanmean", ("timestep", "channel"), "float32",
-                    lambda c: (len(c.timesteps), c.vae.latent_channels), _chanmean, noise_derived=True,
-                    requires=("latents",))
+    new = F.Feature(
+        "chanmean",
+        ("timestep", "channel"),
+        "float32",
+        lambda c: (len(c.timesteps), c.vae.latent_channels),
+        _chanmean,
+        noise_derived=True,
+        requires=("latents",),
+    )
     monkeypatch.setattr(F, "FEATURES", F.FEATURES + (new,))
     monkeypatch.setitem(F.BY_NAME, "chanmean", new)
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(48, 48))
-    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4,
-              residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=48,
+        timesteps=(0, 100),
+        fft_size=4,
+        residual_bins=0,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
-    assert feats["chanmean"].shape == (30, 2, 8)                                    # stored with its shape
+    assert feats["chanmean"].shape == (30, 2, 8)  # stored with its shape
     torch.testing.assert_close(feats["chanmean"], feats["latents"].float().mean((-2, -1)), rtol=1e-2, atol=1e-2)
     cfg = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16)
-    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)                # re-noised from latent0 too
+    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)  # re-noised from latent0 too
     a = Attributor.load(tmp_path / "run")
     assert a.bundle.net.inputs == ("latents", "spectra", "chanmean")
     want = predict(a.bundle, feats)["proba"]
-    got = a.score_many([str(p) for p in store.read("path")])                       # featurized in memory
+    got = a.score_many([str(p) for p in store.read("path")])  # featurized in memory
     # atol 1e-4: the store holds float16 latents, the in-memory path float32 until the same rounding; with one
     # OpenMP thread a probability differed by 2.1e-5
     np.testing.assert_allclose(got[[f"p_{c}" for c in a.classes]].to_numpy(float), want, rtol=1e-4, atol=1e-4)
@@ -80,11 +100,23 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     """--period: the store holds the profile of each image at its own size (not of the resized
     pixels the VAE sees), the network reads it, the periodicity open-set scorer fits on it, and
     in-memory scoring of the files gives the same."""
-    from leakstore.featurize.images import decode_image
     from leakstore.features.periodicity import periodicity_of_image
+    from leakstore.featurize.images import decode_image
+
     data = write_class_images(tmp_path / "data", {"real": 10, "gen-a": 10, "gen-b": 10}, size=(72, 60))
-    featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0, 100), fft_size=4, period=8,
-              residual_bins=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=48,
+        timesteps=(0, 100),
+        fft_size=4,
+        period=8,
+        residual_bins=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     feats = store.load()
     paths = [str(p) for p in store.read("path")]
@@ -94,7 +126,7 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
     train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
     a = Attributor.load(tmp_path / "run")
     assert a.bundle.net.inputs == ("latents", "spectra", "periodicity")
-    assert a.bundle.open.components_ == ("confidence", "periodicity")       # no residual in this store
+    assert a.bundle.open.components_ == ("confidence", "periodicity")  # no residual in this store
     want = predict(a.bundle, feats)
     got = a.score_many(paths)
     np.testing.assert_allclose(got["open_score"].to_numpy(float), want["open_score"], rtol=1e-4, atol=1e-5)
@@ -112,10 +144,23 @@ def test_the_periodicity_is_stored_read_by_the_model_and_its_open_scorer(tmp_pat
 
 def test_an_image_too_small_for_the_period_fails_alone_with_its_reason(tmp_path):
     from PIL import Image
+
     data = write_class_images(tmp_path / "data", {"real": 6, "gen-a": 6}, size=(48, 48))
     Image.new("RGB", (12, 12), (10, 200, 30)).save(data / "gen-a" / "tiny.png")
-    rep = featurize(data, tmp_path / "s.zarr", vae="demo", resolution=48, timesteps=(0,), fft_size=4, period=8,
-                    min_side=8, residual_bins=0, spectrum_bins=0, noise_bins=0, opts=RunOptions(device="cpu", workers=0, progress=False))
+    rep = featurize(
+        data,
+        tmp_path / "s.zarr",
+        vae="demo",
+        resolution=48,
+        timesteps=(0,),
+        fft_size=4,
+        period=8,
+        min_side=8,
+        residual_bins=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        opts=RunOptions(device="cpu", workers=0, progress=False),
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     err = {str(p): str(e) for p, e in zip(store.read("path"), store.read("error")) if e}
     assert list(err) == [str(data / "gen-a" / "tiny.png")] and "--period" in err[str(data / "gen-a" / "tiny.png")]
