@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from leakstore.config import DEFAULT_DECODER_STEPS
+
 UPSAMPLERS = ("transposed", "nearest", "bilinear", "shuffle")
 
 
@@ -78,7 +80,9 @@ def build_decoder(spec: DecoderSpec):
     return nn.Sequential(*enc, *dec)
 
 
-def train_decoder(spec: DecoderSpec, patches: np.ndarray, *, seed: int = 0, steps: int = 300, batch: int = 8):
+def train_decoder(
+    spec: DecoderSpec, patches: np.ndarray, *, seed: int = 0, steps: int = DEFAULT_DECODER_STEPS, batch: int = 8
+):
     """The decoder (a torch module, eval mode) after `steps` Adam steps of L1 reconstruction on
     `patches`, (N, P, P, 3) uint8 with P a multiple of 4. Seeded: weights and batches."""
     import torch

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os as _os
 
-# OpenMP threads that wait for work sleep instead of spinning. Spinning threads fight any other busy
-# process for the cores: on a 2-core machine with two busy processes beside it, the demo's network
-# trained at 30 samples/s with spinning threads and 660 with sleeping ones (1,414 and 1,296 idle;
-# python -m benchmarks.bench_contention, docs/speed.md). OpenMP reads this when torch loads, so it
-# takes effect when leakstore is imported first (the command line always is); a value the user set wins.
+# OpenMP threads that wait for work sleep instead of spinning: spinning threads fight any other busy
+# process for the cores, and training beside one slowed by a factor of twenty (docs/speed.md). OpenMP
+# reads this when torch loads, so it takes effect when leakstore is imported first (the command line
+# always is); a value the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from leakstore.errors import (  # noqa: E402

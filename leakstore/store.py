@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from leakstore.config import CODECS, STORE_ADVICE, FeaturizeConfig, check_compatible
+from leakstore.config import CODECS, STORE_ADVICE, FeaturizeConfig, RunOptions, check_compatible
 from leakstore.errors import ConfigMismatchError, InputError, StoreError
 from leakstore.features import FeatureBatch, features_for
 from leakstore.fsio import naming
@@ -180,8 +180,8 @@ class FeatureStore:
         cfg: FeaturizeConfig,
         catalog: Catalog,
         *,
-        chunk_size: int = 256,
-        codec: str = "zstd1",
+        chunk_size: int = RunOptions.chunk_size,
+        codec: str = RunOptions.codec,
         overwrite: bool = False,
         extra_attrs: dict | None = None,
     ) -> FeatureStore:

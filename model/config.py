@@ -20,7 +20,7 @@ OUTLIER_OPEN_SCORER = "lda"
 # the default, the one with outliers, its fusion, the pixel one, the paper's KDE, the prototype distance
 OPEN_SCORERS = ("fused-period", "lda", "fused-lda", "fused-pixel", "kde", "prototype")
 RETIRED_IN = "0.2.0"
-# open scorers earlier builds offered, none with a measured figure; a model naming one fails in one line
+# open scorers earlier builds offered, none measured on real generators; a model naming one fails in one line
 RETIRED_OPEN_SCORERS = (
     "gauss",
     "knn",
@@ -97,7 +97,7 @@ class ModelConfig:
                 raise ConfigFieldError(
                     name,
                     value,
-                    f"retired in leakstore {RETIRED_IN} (no measured figure); choose "
+                    f"retired in leakstore {RETIRED_IN} (docs: Open set); choose "
                     f"one of {', '.join(allowed)} and train again",
                 )
             if value not in allowed:
