@@ -155,7 +155,7 @@ def main(argv=None):
     ap.add_argument("--embed-dim", type=int, default=32)
     args = ap.parse_args(argv)
     from leakstore.envinfo import collect
-    from leakstore.model.rows import physical_memory, row_bytes
+    from leakstore.model.rows import memory_row_bytes, physical_memory
 
     args.dir.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.rows.split(",")]
@@ -183,7 +183,7 @@ def main(argv=None):
             for a in ("latent0", "latents", "spectra", "residual", "periodicity", "noise_spectrum", "pixel_spectrum")
             if a in st.group
         ]
-        res["store_gb"].append(round(n * row_bytes(st, names) / 1e9, 2))
+        res["store_gb"].append(round(n * memory_row_bytes(st, names) / 1e9, 2))
         print(
             f"{n} rows: store {res['store_gb'][-1]} GB in memory, written in {res['write_seconds'][-1]} s", flush=True
         )
@@ -199,7 +199,7 @@ def main(argv=None):
         res["train_peak_rss_mb"].append(s["peak_rss_mb"])
         res["train_samples_per_s"].append(s["samples_per_s"])
         print(f"  streamed training: {s}", flush=True)
-        if n * row_bytes(st, names) < 0.5 * physical_memory():
+        if n * memory_row_bytes(st, names) < 0.5 * physical_memory():
             m = _run_child(
                 "child_train",
                 str(path),

@@ -325,7 +325,7 @@ class ChunkAssembler:
 
 
 # ---------------------------------------------------------------------------- the run
-def row_bytes(cfg: FeaturizeConfig) -> int:
+def disk_row_bytes(cfg: FeaturizeConfig) -> int:
     """Bytes one row takes on disk at most: every stored feature uncompressed (noisy latents barely
     compress) plus a little for its path, hash and status."""
     return sum(int(np.prod(f.shape(cfg))) * np.dtype(f.dtype).itemsize for f in features_for(cfg)) + 512
@@ -365,7 +365,9 @@ def featurize_store(
         chunks = [k for k in chunks if k in mine]
     rows = [r for ck in chunks for r in store.chunk_rows(ck)]
     mine = sum(len(store.chunk_rows(k)) for k in range(store.n_chunks) if k % n == i)
-    if rows and (note := free_space_note(store_path, len(rows) * row_bytes(cfg), f"featurizing {len(rows):,} images")):
+    if rows and (
+        note := free_space_note(store_path, len(rows) * disk_row_bytes(cfg), f"featurizing {len(rows):,} images")
+    ):
         print(note, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     batch = opts.batch_size or (BATCH_CUDA if device.type == "cuda" else BATCH_CPU)

@@ -483,8 +483,16 @@ class FeatureStore:
         }
 
 
-def is_store(path: str | Path) -> bool:
-    """Whether `path` is a feature store leakstore made (a Zarr group whose attributes name this format)."""
+def is_store_input(inp) -> bool:
+    """Whether a command's input is a store (a Zarr group folder) rather than images: the one test every
+    command uses. A Zarr group leakstore did not make is still a store input: opening it refuses it in
+    one line, where treating it as a folder of images would report no images."""
+    return not isinstance(inp, (list, tuple)) and (Path(str(inp)) / "zarr.json").is_file()
+
+
+def made_by_leakstore(path: str | Path) -> bool:
+    """Whether `path` is a feature store leakstore made (a Zarr group whose attributes name this format):
+    what --overwrite may delete."""
     try:
         meta = json.loads((Path(path) / "zarr.json").read_text())
     except (OSError, ValueError):
@@ -499,7 +507,7 @@ def remove_store(path: str | Path) -> None:
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
         return
-    if not is_store(path):
+    if not made_by_leakstore(path):
         raise StoreError(
             f"{path} exists and is not a leakstore feature store, so --overwrite deleted nothing: "
             "give the store a path of its own (e.g. {}.zarr)".format(path.name)

@@ -37,7 +37,7 @@ def physical_memory() -> int:
         return 0
 
 
-def row_bytes(store: FeatureStore, names) -> int:
+def memory_row_bytes(store: FeatureStore, names) -> int:
     """Bytes one row of the named features takes in memory."""
     return sum(
         int(np.prod(store.group[n].shape[1:])) * np.dtype(store.group[n].dtype).itemsize
@@ -52,7 +52,7 @@ def should_stream(store: FeatureStore, names, n_rows: int, stream: str = DEFAULT
     if stream != "auto":
         return stream == "on"
     ram = physical_memory()
-    return bool(ram) and n_rows * row_bytes(store, names) > MEMORY_SHARE * ram
+    return bool(ram) and n_rows * memory_row_bytes(store, names) > MEMORY_SHARE * ram
 
 
 def open_rows(

@@ -25,6 +25,7 @@ from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
 from leakstore.pipelines.cluster import connect
 from leakstore.pipelines.predictor import STABILITY_COLUMNS
+from leakstore.store import is_store_input
 
 _PREDICTORS: dict[str, object] = {}
 _LOCK = threading.Lock()
@@ -88,10 +89,6 @@ def score_image_paths(
     return get_predictor(run_dir, device).score_paths(paths, first_row, stability=stability)
 
 
-def is_store(inp) -> bool:
-    return not isinstance(inp, (list, tuple)) and (Path(str(inp)) / "zarr.json").is_file()
-
-
 # ---------------------------------------------------------------------------- the lazy graph
 def scoring_frame(
     run_dir, inp, device: str = DEFAULT_DEVICE, partition: int = PARTITION_IMAGES, predictor=None, stability: int = 0
@@ -104,7 +101,7 @@ def scoring_frame(
 
     run_dir = str(Path(run_dir).resolve())
     pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
-    if is_store(inp):
+    if is_store_input(inp):
         from leakstore.store import FeatureStore
 
         if stability:
@@ -199,7 +196,7 @@ def _job(run_dir: str, inp, part: int, stability: int = 0) -> dict:
         "partition": part,
         "stability": stability,
     }
-    if is_store(inp):
+    if is_store_input(inp):
         from leakstore.store import FeatureStore
 
         st = FeatureStore.open(inp)
@@ -240,7 +237,7 @@ def score(
     if out is not None:
         check_out(out)
     pred = Predictor.load(run_dir)  # a broken or missing model fails here, before any cluster
-    if not is_store(inp):
+    if not is_store_input(inp):
         inp = list_inputs(inp)  # listed once, here
     own = client is None
     cluster = None
@@ -252,8 +249,10 @@ def score(
         saved = _saved_job(parts_dir)
         # image partitions: at most PARTITION_IMAGES, at least four per worker (all stay busy); a resumed job
         # keeps the partitioning it started with
-        part = PARTITION_IMAGES if is_store(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
-        if saved and not is_store(inp):
+        part = (
+            PARTITION_IMAGES if is_store_input(inp) else max(8, min(PARTITION_IMAGES, -(-len(inp) // (4 * n_workers))))
+        )
+        if saved and not is_store_input(inp):
             part = saved.get("partition", part)
         ddf = scoring_frame(run_dir, inp, device, partition=part, predictor=pred, stability=stability)
         client.register_plugin(LoadModel(str(Path(run_dir).resolve()), device, threads), name="leakstore-model")

@@ -18,7 +18,7 @@ import numpy as np
 
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_SWEEP_VIEWS
 from leakstore.errors import InputError
-from leakstore.store import Catalog, FeatureStore
+from leakstore.store import Catalog, FeatureStore, is_store_input
 
 
 def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
@@ -26,7 +26,7 @@ def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
     or of image data (its test split when it has one, else every labelled image)."""
     from leakstore.featurize.datasets import build_catalog
 
-    if (Path(str(data)) / "zarr.json").is_file():
+    if is_store_input(data):
         s = FeatureStore.open(data)
         keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0))
         if not len(keep):

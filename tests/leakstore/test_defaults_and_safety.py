@@ -61,6 +61,56 @@ def test_cli_train_builds_the_default_model_config(tmp_path, monkeypatch):
     assert seen["kw"]["device"] == RunOptions().device
 
 
+@pytest.mark.parametrize("command", ["train", "openset-study"])
+def test_every_model_option_sets_its_config_field_with_the_fields_default(command):
+    """train and openset-study options are checked against ModelConfig: an option named like a field
+    (or renamed in MODEL_OPTIONS) defaults to the field's default; a field's option is never dropped."""
+    import dataclasses
+
+    import typer.main
+
+    from leakstore.app.cli import MODEL_OPTIONS
+
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    d = defaults(ModelConfig)
+    params = typer.main.get_command(app).commands[command].params
+    seen = set()
+    for p in params:
+        field = MODEL_OPTIONS.get(p.name, p.name)
+        if field in fields and not (command == "openset-study" and field == "epochs"):  # per fold, its own
+            default = p.default.value if hasattr(p.default, "value") else p.default
+            if field != "open_scorer":  # None: chosen by --outliers (default_open_scorer)
+                assert default == d[field], (command, p.name)
+            seen.add(field)
+    assert seen >= {"members", "seed", "false_unknown_rate", "open_temperature", "view_prob", "use_residual"}
+
+
+def test_a_config_error_names_the_flag_on_the_command_line_and_the_field_in_python(class_folders, tmp_path):
+    from leakstore.errors import ConfigFieldError
+
+    args = [
+        "featurize",
+        str(class_folders),
+        str(tmp_path / "s.zarr"),
+        "--vae",
+        "demo",
+        "--crops",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--crops 3: give a square number" in r.output, r.output
+    with pytest.raises(ConfigFieldError, match="crops = 3: give a square number"):
+        FeaturizeConfig(vae=_demo_vae(), crops=3, residual_bins=0)
+
+
+def _demo_vae():
+    from leakstore.config import VAEIdentity
+
+    return VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4, downsample=8)
+
+
 def test_a_bad_choice_is_one_line_not_a_traceback(tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path), str(tmp_path), "--split", "validation"])
     assert r.exit_code == 2
