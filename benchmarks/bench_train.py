@@ -44,7 +44,7 @@ def main(argv=None):
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
-    from leakstore.config import RunOptions
+    from leakstore.config import DEFAULT_MAX_PIXELS, RunOptions
     from leakstore.device import resolve_device
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog
@@ -111,7 +111,7 @@ def main(argv=None):
     tr = np.flatnonzero(sub.splits == 0)
     y_all = torch.as_tensor(sub.labels.astype(np.int64))
     # a training loader as the reference has one: decode workers kept alive across epochs
-    ds = ImageRows(sub.paths, list(tr), ref_cfg, 1 << 27)
+    ds = ImageRows(sub.paths, list(tr), ref_cfg, DEFAULT_MAX_PIXELS)
     sampler = _EpochShuffle(len(tr))
     loader = DataLoader(
         ds,

@@ -31,6 +31,7 @@ from leakstore.errors import ImageDecodeError, LeakstoreError
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
 from leakstore.features.noising import noise_coefficients, seeded_noise
 from leakstore.featurize.images import crop_window, decode_image, prepare, read_bytes
+from leakstore.featurize.provenance import read_provenance
 from leakstore.featurize.vae import LatentEncoder
 from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
 from leakstore.fsio import free_space_note
@@ -60,11 +61,14 @@ class FeaturizeReport:
 
 # ---------------------------------------------------------------------------- worker side
 class ImageRows(Dataset):
-    """Row j -> (row, uint8 (3, R, R) or None, noise (T, C, h, w) float32 or None, sha256, error, view).
+    """Row j -> (row, uint8 (3, R, R) or None, noise (T, C, h, w) float32 or None, sha256, error, view,
+    native features or None, provenance or None).
 
     A training-view row (view_index[row] > 0) re-reads its source file and goes through a view
     drawn from `policy`, seeded by the file's SHA-256, the view index and the config seed (after
-    the store-wide `cfg.view`, when there is one); `view` names what was applied."""
+    the store-wide `cfg.view`, when there is one); `view` names what was applied. With `provenance`,
+    the first row of each file (crop 0) also reads what the file's metadata claims, from the same
+    bytes (featurize.provenance), whether or not its pixels decode."""
 
     def __init__(
         self,
@@ -75,8 +79,10 @@ class ImageRows(Dataset):
         view_index: np.ndarray | None = None,
         policy: str = "",
         crop_index: np.ndarray | None = None,
+        provenance: bool = False,
     ):
         self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
+        self.provenance = provenance
         self.crop_index = crop_index  # (N,) crop of each row (featurize --crops), None: the image whole
         self.steps = parse_view(cfg.view)
         self.view_index = view_index
@@ -89,9 +95,11 @@ class ImageRows(Dataset):
 
     def __getitem__(self, j: int):
         row = self.rows[j]
-        path, sha, view = self.paths[row], "", ""
+        path, sha, view, prov = self.paths[row], "", "", None
         try:
             data, sha = read_bytes(path)
+            if self.provenance and (self.crop_index is None or self.crop_index[row] == 0):
+                prov = read_provenance(data)
             arr = decode_image(data, path, max_pixels=self.max_pixels, min_side=self.cfg.min_side)
             k = int(self.view_index[row]) if self.view_index is not None else 0
             steps = self.steps + (draw_view(self.policy, sha, k, self.cfg.seed) if k else ())
@@ -109,12 +117,12 @@ class ImageRows(Dataset):
             arr = prepare(arr, self.cfg.resolution, self.cfg.resize_policy, self.cfg.resample, path)
             img = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).permute(2, 0, 1).contiguous()
             eps = torch.from_numpy(seeded_noise(sha, self.cfg.seed, self.noise_shape))
-            return row, img, eps, sha, "", view, native
+            return row, img, eps, sha, "", view, native, prov
         # a failed row keeps no hash: the store records nothing about a file that is not a usable image
         except ImageDecodeError as e:
-            return row, None, None, "", e.reason, view, None
+            return row, None, None, "", e.reason, view, None, prov
         except Exception as e:  # an unexpected failure is still one row's failure, with its reason
-            return row, None, None, "", f"unexpected {type(e).__name__}: {e}", view, None
+            return row, None, None, "", f"unexpected {type(e).__name__}: {e}", view, None, prov
 
 
 def collate(items):
@@ -128,6 +136,7 @@ def collate(items):
         "error": {it[0]: it[4] for it in items if it[1] is None},
         "view": {it[0]: it[5] for it in items},
         "native": {k: torch.stack([it[6][k] for it in ok]) for k in ok[0][6]} if ok else None,
+        "provenance": {it[0]: it[7] for it in items if it[7] is not None},
     }
 
 

@@ -690,6 +690,7 @@ def _finish(
         ),
         "post_hoc_prototypes": [known[k] for k in added],
         "unknown_labels": unknown,
+        "real_class": store.attrs.get("real_class"),
         "store": str(store.path),
         "store_id": store.attrs.get("store_id"),
         "builtin_encoder": bool(fcfg.vae.builtin),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_BATCH, check_compatible
+from leakstore.config import DEFAULT_DEVICE, DEFAULT_REAL_LABEL, DEFAULT_SCORE_BATCH, check_compatible
 from leakstore.device import resolve_device
 from leakstore.errors import InputError
 from leakstore.features import FeatureBatch, minimal_config
@@ -22,6 +22,16 @@ from leakstore.store import DONE, STATUS_NAMES, FeatureStore
 # The re-encodings `score --stability K` tries, in order: what sharing, messaging and screenshots do.
 STABILITY_VIEWS = ("jpeg:90", "jpeg:75", "resize:0.5", "webp:80", "jpeg:60", "resize:0.75+jpeg:85")
 STABILITY_COLUMNS = {"stability": float, "unsure": "boolean"}
+# what the file's own metadata claims (featurize.provenance), beside the signal's verdict, never in it
+PROVENANCE_COLUMNS = {
+    "meta_claim": object,
+    "meta_source": object,
+    "c2pa_valid": "boolean",
+    "meta_agrees": "boolean",
+    "meta_error": object,
+    "meta_detail": object,
+}
+STORE_PROVENANCE = "not read: scored from stored features (score the image files to read their metadata)"
 BASE_COLUMNS = {
     "path": object,
     "status": object,
@@ -92,16 +102,32 @@ class Predictor:
             **{f"p_{c}": float for c in self.bundle.class_names},
             "nearest_generator": object,
             **crops,
+            **PROVENANCE_COLUMNS,
             **(extra or {}),
         }
         return pd.DataFrame({k: pd.Series(dtype=v) for k, v in cols.items()})
 
+    @property
+    def real_class(self) -> str | None:
+        """The model's class of camera photographs, if it has one (what a camera claim should match)."""
+        saved = self.bundle.meta.get("training", {}).get("real_class")
+        if saved in self.bundle.class_names:
+            return saved
+        return DEFAULT_REAL_LABEL if DEFAULT_REAL_LABEL in self.bundle.class_names else None
+
     def frame(
-        self, paths, batch: FeatureBatch, ok_index: np.ndarray, errors: dict[int, str], extra: dict | None = None
+        self,
+        paths,
+        batch: FeatureBatch,
+        ok_index: np.ndarray,
+        errors: dict[int, str],
+        extra: dict | None = None,
+        provenance: dict | None = None,
     ) -> pd.DataFrame:
         """One row per input path: predictions where `batch` has features (at positions ok_index),
         the error otherwise. With crops (the model's featurize config), several batch rows share one
-        position of ok_index: they are one image's crops, judged together (model.predict.aggregate_images)."""
+        position of ok_index: they are one image's crops, judged together (model.predict.aggregate_images).
+        `provenance` {position: Provenance} of image files; None for a store (its files are not read)."""
         names = self.bundle.class_names
         df = pd.DataFrame(
             {
@@ -141,29 +167,70 @@ class Predictor:
             df.loc[ok_index, "nearest_prototypes"] = [";".join(x) for x in p["nearest_prototypes"]]
             for i, c in enumerate(names):
                 df.loc[ok_index, f"p_{c}"] = p["proba"][:, i]
+        self._provenance(df, provenance)
         for k, v in (extra or {}).items():
             df[k] = v
         df["is_unknown"] = df["is_unknown"].astype("boolean")
         return df
 
+    def _provenance(self, df: pd.DataFrame, provenance: dict | None) -> None:
+        """The PROVENANCE_COLUMNS of `df`, in place: each file's claim and whether the verdict agrees."""
+        from leakstore.featurize.provenance import NONE, agrees
+
+        n = len(df)
+        if provenance is None:
+            df["meta_claim"], df["meta_source"] = "", ""
+            df["c2pa_valid"] = df["meta_agrees"] = pd.array([None] * n, dtype="boolean")
+            df["meta_error"], df["meta_detail"] = "", STORE_PROVENANCE
+            return
+        got = [provenance.get(i, NONE) for i in range(n)]
+        pred = df["pred"].to_numpy(object)
+        ok = (df["status"] == "ok").to_numpy()
+        names, real = self.bundle.class_names, self.real_class
+        df["meta_claim"] = [m.claim for m in got]
+        df["meta_source"] = [m.source for m in got]
+        df["c2pa_valid"] = pd.array([m.c2pa_valid for m in got], dtype="boolean")
+        df["meta_agrees"] = pd.array(
+            [agrees(m, pred[i], names, real) if ok[i] else None for i, m in enumerate(got)], dtype="boolean"
+        )
+        df["meta_error"] = [m.error for m in got]
+        df["meta_detail"] = [m.detail for m in got]
+
     def score_paths(
-        self, paths: list[str], first_row: int = 0, batch_size: int = DEFAULT_SCORE_BATCH, stability: int = 0
+        self,
+        paths: list[str],
+        first_row: int = 0,
+        batch_size: int = DEFAULT_SCORE_BATCH,
+        stability: int = 0,
+        provenance: bool = True,
     ) -> pd.DataFrame:
         """Featurize image files in memory with the model's featurize config, then predict. With
         `stability` K > 0, each image is also scored under the first K re-encodings of
         STABILITY_VIEWS: `stability` is the share of them whose verdict (`pred`, "unknown" included)
-        is the image's own, and `unsure` says that at least one differs."""
-        df = self._score_view(paths, first_row, batch_size)
+        is the image's own, and `unsure` says that at least one differs. `provenance` False leaves the
+        metadata unread (its columns empty, as for a store; benchmarks compare the two)."""
+        df = self._score_view(paths, first_row, batch_size, provenance=provenance)
         if stability:
             df["stability"], df["unsure"] = self._stability(paths, df, first_row, batch_size, stability)
         return df
 
-    def _score_view(self, paths, first_row: int, batch_size: int, view: str | None = None) -> pd.DataFrame:
+    def _score_view(
+        self, paths, first_row: int, batch_size: int, view: str | None = None, provenance: bool = True
+    ) -> pd.DataFrame:
+        """The image files scored as they are (`view` None; their metadata read from the same bytes), or
+        re-encoded by `view` (no metadata: a re-encoding is not the user's file)."""
         from leakstore.featurize.inmemory import featurize_paths
 
         cfg = self.featurize_config if view is None else self.featurize_config.replace(view=view)
+        meta = {} if view is None and provenance else None
         batch, sha, errors = featurize_paths(
-            paths, cfg, self.encoder, device=self.device, batch_size=batch_size, runner=self._featurizer()
+            paths,
+            cfg,
+            self.encoder,
+            device=self.device,
+            batch_size=batch_size,
+            runner=self._featurizer(),
+            provenance=meta,
         )
         return self.frame(
             paths,
@@ -171,7 +238,52 @@ class Predictor:
             batch.rows // cfg.crops,
             errors,
             {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha},
+            provenance=meta if meta is not None else ({} if view is not None else None),
         )
+
+    def explain(self, path: str) -> dict:
+        """One file for an analyst's case notes: the verdict (as `score` gives it), each crop's own
+        verdict and scores, the attention over timesteps, the unknown threshold, and what the file's
+        metadata claims (featurize.provenance) with whether it agrees with the verdict."""
+        from dataclasses import asdict
+
+        from leakstore.featurize.inmemory import featurize_paths
+        from leakstore.model.predict import image_threshold
+
+        cfg = self.featurize_config
+        meta: dict = {}
+        batch, sha, errors = featurize_paths(
+            [path], cfg, self.encoder, device=self.device, runner=self._featurizer(), provenance=meta
+        )
+        row = self.frame([path], batch, batch.rows // cfg.crops, errors, {"sha256": sha}, provenance=meta)
+        verdict = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.iloc[0].items()}
+        crops = []
+        if len(batch):
+            p = self.predict(batch)
+            names = self.bundle.class_names
+            for j in range(len(batch)):
+                top = np.argsort(-p["proba"][j])[:3]
+                crops.append(
+                    {
+                        "crop": int(batch.rows[j] % cfg.crops),
+                        "nearest_generator": str(p["pred_name"][j]),
+                        "confidence": float(p["confidence"][j]),
+                        "open_score": float(p["open_score"][j]),
+                        "top_classes": {names[i]: float(p["proba"][j][i]) for i in top},
+                        "attention": [float(a) for a in np.asarray(p["attention"][j]).ravel()],
+                    }
+                )
+        threshold = image_threshold(self.bundle)  # the whole image's (crop models: on the mean crop score)
+        prov = asdict(meta.get(0)) if 0 in meta else None
+        return {
+            "path": str(path),
+            "verdict": verdict,
+            "unknown_threshold": threshold,
+            "open_scorer": self.bundle.cfg.open_scorer,
+            "timesteps": list(cfg.timesteps),
+            "crops": crops,
+            "provenance": prov,
+        }
 
     def _stability(self, paths, df: pd.DataFrame, first_row: int, batch_size: int, k: int):
         if not 1 <= k <= len(STABILITY_VIEWS):

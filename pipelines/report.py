@@ -365,3 +365,118 @@ def _save(fig, path, dpi: int) -> None:
     """A figure as a PNG, whole or absent (written under a temporary name, then renamed)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
+
+
+# ---------------------------------------------------------------------------- score: verdicts and provenance
+PROVENANCE_NOTE = (
+    "What the files' own metadata claims, beside the signal's verdict. A valid C2PA manifest binds its claim to "
+    "whoever signed it (a signer not on a trust list is named as such); IPTC/XMP, PNG text chunks and EXIF are "
+    "written by whoever last saved the file and are trivially forged or stripped, so a missing claim is no evidence. "
+    "A conflict (a camera claim on an image the signal attributes to a generator, a generator's claim on one it "
+    "calls real, or a C2PA manifest that fails validation) is what to look at first."
+)
+LISTED = 200  # rows listed per table of the score report
+
+
+def plot_agreement(path, df) -> None:
+    """Verdicts per predicted class, split by what the metadata says: agrees, conflicts, no claim."""
+    plt = _plt()
+    classes = list(df.pred.value_counts().index)
+    parts = {
+        "metadata agrees": (df.meta_agrees == True).fillna(False),  # noqa: E712
+        "metadata conflicts": (df.meta_agrees == False).fillna(False),  # noqa: E712
+        "no comparable claim": df.meta_agrees.isna(),
+    }
+    colours = {"metadata agrees": "#4c9a5b", "metadata conflicts": "#d1495b", "no comparable claim": "#bbbbbb"}
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(classes) + 3), 3.6))
+    bottom = np.zeros(len(classes))
+    for name, mask in parts.items():
+        n = np.array([int((mask & (df.pred == c)).sum()) for c in classes])
+        ax.bar(range(len(classes)), n, bottom=bottom, color=colours[name], label=name)
+        bottom += n
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_ylabel("images")
+    ax.set_title("Verdicts, and what the files' metadata says")
+    ax.legend(frameon=False, fontsize=8)
+    _save(fig, path, 110)
+
+
+def _cell(v) -> str:
+    import pandas as pd
+
+    return "" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
+
+
+def _rows_table(df, cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in r) + "</tr>"
+        for r in df[cols].head(LISTED).itertuples(index=False)
+    )
+    more = f"<p>{len(df) - LISTED} more in the Parquet file.</p>" if len(df) > LISTED else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def write_score_report(parquet: Path, out: Path, summary: dict) -> Path:
+    """One HTML page for a score output: counts, verdicts by class against the metadata, the files whose
+    metadata conflicts with the verdict (first), the claims by source, malformed metadata blocks."""
+    import pandas as pd
+
+    from leakstore.pipelines.score import conflicts
+
+    cols = [
+        "path",
+        "status",
+        "pred",
+        "confidence",
+        "is_unknown",
+        "meta_claim",
+        "meta_source",
+        "c2pa_valid",
+        "meta_agrees",
+        "meta_error",
+        "meta_detail",
+    ]
+    df = pd.read_parquet(parquet, columns=cols)
+    ok = df[df.status == "ok"]
+    predicted = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in summary["predicted"].items())
+    body = (
+        f"<p>Model <code>{html.escape(str(summary.get('model', '')))}</code>; predictions "
+        f"<code>{html.escape(str(parquet))}</code>: {summary['rows']} inputs, {summary['scored']} scored, "
+        f"{summary['failed']} failed, {summary['unknown']} called an unknown generator.</p>"
+        f"<table><tr><th>verdict</th><th>images</th></tr>{predicted}</table>"
+    )
+    stored = (df.meta_detail.str.startswith("not read")).all() if len(df) else True
+    body += "<h2>Provenance: what the files' metadata claims</h2>"
+    if stored:
+        body += "<p>Scored from a feature store: the files' metadata was not read (score the image files).</p>"
+    else:
+        bad = df[conflicts(df)]
+        body += f"<p>{html.escape(PROVENANCE_NOTE)}</p>"
+        body += f"<h3>Conflicts ({len(bad)})</h3>"
+        body += (
+            _rows_table(bad, ["path", "pred", "meta_claim", "meta_source", "c2pa_valid", "meta_error"])
+            if len(bad)
+            else "<p>None: no claim contradicts its verdict and every C2PA manifest present validates.</p>"
+        )
+        if len(ok):
+            plot_agreement(out.with_suffix(".agreement.png"), ok)
+            body += img(out.with_suffix(".agreement.png"))
+        claimed = df[df.meta_source != ""]
+        by_source = claimed.groupby("meta_source").meta_claim.agg(
+            ["size", lambda s: ", ".join(s.value_counts().index[:5])]
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(s)}</td><td>{n}</td><td>{html.escape(top)}</td></tr>"
+            for s, (n, top) in by_source.iterrows()
+        )
+        body += (
+            f"<h3>Claims by source ({len(claimed)} of {len(df)} files carry one)</h3>"
+            f"<table><tr><th>source</th><th>files</th><th>most common claims</th></tr>{rows}</table>"
+        )
+        errors = df[df.meta_error != ""]
+        if len(errors):
+            body += f"<h3>Malformed or unverifiable metadata ({len(errors)})</h3>"
+            body += _rows_table(errors, ["path", "meta_source", "meta_error"])
+    write_text(out, page("leakstore scores", body))
+    return out

@@ -24,7 +24,7 @@ from leakstore.errors import InputError, Interrupted
 from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
 from leakstore.pipelines.cluster import connect
-from leakstore.pipelines.predictor import STABILITY_COLUMNS
+from leakstore.pipelines.predictor import PROVENANCE_COLUMNS, STABILITY_COLUMNS
 from leakstore.store import is_store_input
 
 _PREDICTORS: dict[str, object] = {}
@@ -195,6 +195,7 @@ def _job(run_dir: str, inp, part: int, stability: int = 0) -> dict:
         "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
         "partition": part,
         "stability": stability,
+        "columns": sorted(PROVENANCE_COLUMNS),  # parts written without these columns are not mixed in
     }
     if is_store_input(inp):
         from leakstore.store import FeatureStore
@@ -350,7 +351,11 @@ def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
                 writer.write_table(table)
                 _counts(
                     table.select(
-                        [c for c in ("status", "is_unknown", "pred", "unsure") if c in schema.names]
+                        [
+                            c
+                            for c in ("status", "is_unknown", "pred", "unsure", *PROVENANCE_COLUMNS)
+                            if c in schema.names
+                        ]
                     ).to_pandas(),
                     counts,
                 )
@@ -371,7 +376,19 @@ def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
         c["predicted"][str(k)] = c["predicted"].get(str(k), 0) + int(v)
     if "unsure" in df:  # score --stability: verdicts that a re-encoding changed
         c["unsure"] = c.get("unsure", 0) + (int(ok.unsure.fillna(False).astype(bool).sum()) if len(ok) else 0)
+    if "meta_source" in df:  # what the files' metadata claims (image inputs)
+        claims = c.setdefault("meta_claims", {})
+        for k, v in df.meta_source[df.meta_source != ""].value_counts().items():
+            claims[str(k)] = claims.get(str(k), 0) + int(v)
+        c["meta_conflicts"] = c.get("meta_conflicts", 0) + int(conflicts(df).sum())
+        c["meta_errors"] = c.get("meta_errors", 0) + int((df.meta_error != "").sum())
     return c
+
+
+def conflicts(df: pd.DataFrame) -> pd.Series:
+    """(N,) bool: rows whose metadata claim and signal verdict disagree, or whose C2PA manifest does
+    not validate: what an analyst must look at first."""
+    return (df.meta_agrees == False).fillna(False) | (df.c2pa_valid == False).fillna(False)  # noqa: E712
 
 
 def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
@@ -380,7 +397,21 @@ def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
     out = (
         _counts(df)
         if isinstance(df, pd.DataFrame)
-        else {k: df[k] for k in ("rows", "scored", "failed", "unknown", "predicted", "unsure") if k in df}
+        else {
+            k: df[k]
+            for k in (
+                "rows",
+                "scored",
+                "failed",
+                "unknown",
+                "predicted",
+                "unsure",
+                "meta_claims",
+                "meta_conflicts",
+                "meta_errors",
+            )
+            if k in df
+        }
     )
     out["predicted"] = dict(sorted(out["predicted"].items(), key=lambda kv: -kv[1]))
     if bundle is not None and bundle.open is not None:

@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_BATCH, DEFAULT_SCORE_CHUNK
+from leakstore.pipelines.predictor import PROVENANCE_COLUMNS as PROVENANCE
+
+BOOLEAN = tuple(k for k, v in PROVENANCE.items() if v == "boolean")
 
 
 class Attributor:
@@ -55,7 +58,8 @@ class Attributor:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def score(self, image: str | Path) -> dict:
-        """One image -> {pred, confidence, is_unknown, open_score, probabilities, nearest_prototypes, status, error}:
+        """One image -> {pred, confidence, is_unknown, open_score, probabilities, nearest_prototypes, status, error,
+        and the provenance columns meta_claim, meta_source, c2pa_valid, meta_agrees, meta_error, meta_detail}:
         the keys are the columns of `score_many` and of `leakstore score`'s Parquet file. pred: a generator,
         the real class, or "unknown" when is_unknown (the open-set score fell below the model's threshold);
         nearest_generator: the most probable known class (also when pred is "unknown")."""
@@ -72,4 +76,6 @@ class Attributor:
             "probabilities": {c: float(row[f"p_{c}"]) for c in self.classes},
             "nearest_prototypes": row.nearest_prototypes.split(";") if row.nearest_prototypes else [],
             "builtin_encoder": self.builtin_encoder,
+            # what the file's own metadata claims, beside the verdict (never in it): featurize.provenance
+            **{k: (None if pd.isna(row[k]) else (bool(row[k]) if k in BOOLEAN else row[k])) for k in PROVENANCE},
         }

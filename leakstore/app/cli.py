@@ -507,6 +507,53 @@ def featurize(
 
 
 @app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="One image file.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
+):
+    """One image for case notes: the verdict with each crop's scores, and what the file's own metadata
+    claims (C2PA, IPTC/XMP, PNG text, EXIF) beside it."""
+    with _guard("nothing was written"):
+        from leakstore.pipelines.predictor import Predictor
+
+        e = Predictor.load(run_dir, device).explain(str(image))
+    if as_json:
+        typer.echo(json.dumps(e, indent=2, default=str))
+        return
+    v = e["verdict"]
+    typer.echo(f"{e['path']}  (sha256 {v.get('sha256') or 'n/a'})")
+    if v["status"] != "ok":
+        typer.echo(f"  signal: not scored: {v['error']}")
+    else:
+        typer.echo(
+            f"  signal: {v['pred']}  (nearest generator {v['nearest_generator']}, confidence {v['confidence']:.3f}; "
+            f"open score {v['open_score']:.3f} against the unknown threshold {e['unknown_threshold']:.3f}, "
+            f"{e['open_scorer']})"
+        )
+        for c in e["crops"]:
+            top = ", ".join(f"{k} {p:.2f}" for k, p in c["top_classes"].items())
+            typer.echo(f"    crop {c['crop']}: {c['nearest_generator']:<24} open {c['open_score']:8.3f}   {top}")
+    m = e["provenance"]
+    if m is None:
+        typer.echo("  metadata: the file could not be read")
+        return
+    claim = f"{m['claim']} ({m['source']}, {m['kind'] or 'no kind'})" if m["source"] else "none"
+    typer.echo(f"  metadata claim: {claim}")
+    if m["c2pa_valid"] is not None:
+        typer.echo(f"  C2PA signature: {'valid' if m['c2pa_valid'] else 'does NOT validate'}")
+    if m["detail"]:
+        typer.echo(f"  metadata detail: {m['detail']}")
+    if m["error"]:
+        typer.echo(f"  metadata error: {m['error']}")
+    agrees = v.get("meta_agrees")
+    if agrees is not None:
+        typer.echo(f"  claim vs signal: {'agree' if agrees else 'CONFLICT: look at this file'}")
+    typer.echo("  (metadata other than a valid C2PA manifest is trivially forged or stripped: docs/model-card.md)")
+
+
+@app.command()
 def inspect(
     store: Annotated[Path, typer.Argument(metavar="STORE", help="A featurized store.")],
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
@@ -1164,6 +1211,13 @@ def score(
         str, typer.Argument(metavar="INPUTS", help="A featurized store, a folder, a manifest, a glob or an image.")
     ],
     out: Annotated[Path, typer.Option(help="Parquet file for the predictions.")] = Path("predictions.parquet"),
+    report: Annotated[
+        bool,
+        typer.Option(
+            metavar="",
+            help="Also write OUT with .html: the verdicts and what the files' own metadata claims, conflicts first.",
+        ),
+    ] = True,
     cluster: Annotated[
         int | None, typer.Option(min=1, help="Local dask worker processes (default: one per core).")
     ] = None,
@@ -1220,7 +1274,12 @@ def score(
         )
     from leakstore.model.checkpoint import load_bundle
 
-    s = summarise(counts, load_bundle(run_dir)) | {"out": str(out)}
+    s = summarise(counts, load_bundle(run_dir)) | {"out": str(out), "model": str(run_dir)}
+    if report:
+        with _guard("the predictions are written; rerun with --no-report to skip the report"):
+            from leakstore.pipelines.report import write_score_report
+
+            s["report"] = str(write_score_report(out, out.with_suffix(".html"), s))
     if as_json:
         typer.echo(json.dumps(s, indent=2))
     else:
@@ -1271,6 +1330,14 @@ def _print_score_summary(s: dict, out: Path) -> None:
     width = max([24] + [len(k) + 2 for k in s["predicted"]])
     for k, v in s["predicted"].items():
         typer.echo(f"  {k:<{width}}{v:>8}")
+    if s.get("meta_claims") or s.get("meta_conflicts") or s.get("meta_errors"):
+        claims = ", ".join(f"{k} {v}" for k, v in s["meta_claims"].items()) or "none"
+        bad = f", {s['meta_errors']} with a malformed block (column meta_error)" if s.get("meta_errors") else ""
+        typer.echo(
+            f"  metadata claims: {claims}; {s['meta_conflicts']} conflict with the verdict or fail C2PA validation{bad}"
+        )
+    if s.get("report"):
+        typer.echo(f"  report: {s['report']}")
 
 
 @contextmanager

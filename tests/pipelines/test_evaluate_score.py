@@ -371,8 +371,8 @@ def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monk
     real = Predictor._score_view
     flips = {"jpeg:75": 0}  # under JPEG 75 the first image is called unknown
 
-    def fake(self, ps, first_row, batch_size, view=None):
-        df = real(self, ps, first_row, batch_size, view)
+    def fake(self, ps, first_row, batch_size, view=None, provenance=True):
+        df = real(self, ps, first_row, batch_size, view, provenance)
         if view in flips:
             df.loc[flips[view], "pred"] = "unknown"
         return df
