@@ -10,8 +10,7 @@ gives `--per-photo` native-pixel crops at seeded positions.
 
 No copy is a compression or a resize: known images reach users JPEG-compressed and resized, and
 training sees them so (featurize --train-views), so such a copy would teach the flag that a
-re-saved known image is unknown (it did: over 90 % of JPEG 75 copies of known test images were
-flagged when JPEG copies were outliers, docs/results).
+re-saved known image is unknown (it did, when JPEG copies were outliers: docs/results).
 
 OUT holds the images, `manifest.csv` (path, label, group) and the decoders' weights (OUT/decoders,
 safetensors, reused on a rerun). The label is `KIND/SOURCE` (the copy's kind, the source's class),

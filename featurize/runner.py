@@ -202,8 +202,8 @@ class DeviceFeaturizer:
                 "the config asks for a decoder feature (the residual) but the encoder came without "
                 "its decoder: load it with load_encoder(..., decoder=True)"
             )
-        # The residual is a difference near 1/255: bf16 rounding is 7-26 % of the real vs TAEF2
-        # round-trip gap (docs/featurize.md). Decoder features run their encode-decode-encode on a float32 copy.
+        # The residual is a difference near 1/255, which bf16 rounding would blur (docs/featurize.md):
+        # decoder features run their encode-decode-encode on a float32 copy.
         res32 = (
             copy.deepcopy(encoder).to(device=device, dtype=torch.float32, memory_format=self.memory_format)
             if decoding and dtype != torch.float32

@@ -57,11 +57,9 @@ def worker_device(device: str, index: int | None = None):
 def featurize_workers(n: int, device: str) -> tuple[int, str | None]:
     """(workers, notice): the size of a local featurize cluster (`featurize --cluster N`).
 
-    On CUDA at most one worker per visible GPU: measured on one H200 (2026-11-26, SD-VAE at 256²,
-    residual on), one worker featurized 1,024 images at 15 images/s, while two workers sharing the
-    card had not finished 256 images after 190 s, both at 100 % GPU (why is not established:
-    torch's per-process memory caps and cuDNN's benchmark workspaces are suspects). On one GPU the
-    single-process `featurize --device cuda --workers W` (W loader threads) is the fast path. The
+    On CUDA at most one worker per visible GPU: two workers sharing one card ran many times slower
+    than one (docs/speed.md). On one GPU the single-process `featurize --device cuda --workers W`
+    (W loader threads) is the fast path. The
     notice says what was changed; None when nothing was."""
     import torch
 

@@ -1,8 +1,8 @@
 """The unknown threshold from out-of-fold scores over every training prompt.
 
 A threshold set on the validation split alone is set on a handful of prompts (RealGen-dev: 3), and
-a known image of a new prompt lies further from the fit than one of those: on new prompts the flag
-fired on 11-13 % of known images for 5 % asked. So, where the open-set scorer reads only what the
+a known image of a new prompt lies further from the fit than one of those, so on new prompts the flag
+fires on more known images than asked (docs/results). So, where the open-set scorer reads only what the
 store holds (the `lda` scorer on the stored features: no network whose training saw the rows), it
 is refitted K times, each time without one fold of the groups (prompts), and every training and
 validation row is scored by the fit that never saw its group. The threshold is the asked quantile

@@ -14,8 +14,8 @@ def local_cluster(n_workers: int):
     """A LocalCluster of worker processes (one thread each) for leakstore's work.
 
     dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into every worker; setting it also
-    freezes glibc's mmap threshold, so each large tensor is mmap'd and unmapped again
-    (measured here: TAEF2 featurizing on one thread, 85.6 -> 105 ms/image). The nanny reads
+    freezes glibc's mmap threshold, so each large tensor is mmap'd and unmapped again, a fifth
+    slower featurizing (docs/scaling.md). The nanny reads
     this config when it is built, so restarted workers keep it; dask's thread caps stay.
 
     dask logs at error level only, here and in the workers: Ctrl-C or a finished job otherwise

@@ -82,10 +82,8 @@ def without_grid(profile, period: int):
     """(N, 2 period) profile -> (N, 2 (period - len(grid_phases))): the JPEG block-boundary phases
     left out of each direction and the rest centred again (the same shape-not-level reading).
 
-    A JPEG re-encode prints its block grid on those phases: measured on the 4-crop bench's test
-    images (a class Gaussian fitted on clean training profiles), the median known-ness of JPEG 75
-    images fell from -1.9 (clean) to -10.5 with every phase, to -2.5 without the grid's; photographs
-    against the resampling classes at JPEG 75: AUROC 0.883 with every phase, 0.927 without.
+    A JPEG re-encode prints its block grid on those phases, so a profile read with them calls every
+    re-saved known image unusual (the measurement: docs/results/leakbench-4crop.md).
     The stored feature keeps every phase; this is how a model reads it (ModelConfig.drop_jpeg_grid).
     Works on numpy arrays and torch tensors alike."""
     drop = grid_phases(period)
