@@ -34,7 +34,7 @@ def _train(store: Path, out: Path, epochs: int, env: dict, extra: list[str]) -> 
     cmd = [
         sys.executable,
         "-m",
-        "leakstore.app.cli",
+        "leakstore.cli",
         "train",
         str(store),
         "--out",

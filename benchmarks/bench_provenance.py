@@ -24,8 +24,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
+    from leakstore.api.predictor import Predictor
     from leakstore.featurize.datasets import list_inputs
-    from leakstore.pipelines.predictor import Predictor
 
     paths = list_inputs(args.images)
     pred = Predictor.load(args.run_dir, args.device)

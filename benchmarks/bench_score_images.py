@@ -37,7 +37,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from distributed import Client
 
-    from leakstore.app.attributor import Attributor
+    from leakstore.api.attributor import Attributor
     from leakstore.config import RunOptions
     from leakstore.featurize.api import build_config
     from leakstore.featurize.datasets import build_catalog

@@ -23,7 +23,7 @@ from leakstore.version import __version__  # noqa: E402
 
 def __getattr__(name):  # lazy: importing leakstore stays cheap (no torch) until Attributor is used
     if name == "Attributor":
-        from leakstore.app.attributor import Attributor
+        from leakstore.api.attributor import Attributor
 
         return Attributor
     raise AttributeError(name)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json
 from leakstore.model.metrics import closed_set, open_set
 from leakstore.model.predict import image_threshold, validation_flagged
-from leakstore.pipelines.predictor import Predictor
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leakstore.api.predictor import PROVENANCE_COLUMNS, STABILITY_COLUMNS
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_CHUNK
 from leakstore.errors import InputError, Interrupted
 from leakstore.featurize.datasets import list_inputs
 from leakstore.fsio import atomic_path, write_json
 from leakstore.pipelines.cluster import connect
-from leakstore.pipelines.predictor import PROVENANCE_COLUMNS, STABILITY_COLUMNS
 from leakstore.store import is_store_input
 
 _PREDICTORS: dict[str, object] = {}
@@ -40,7 +40,7 @@ def get_predictor(
     its encoder is loaded on the first raw-image partition and kept. `worker_number`: the dask
     worker's number, which picks its GPU on a local cluster; `threads`: torch's CPU threads in a worker
     (default $LEAKSTORE_THREADS, else one)."""
-    from leakstore.pipelines.predictor import Predictor
+    from leakstore.api.predictor import Predictor
 
     key = f"{os.path.abspath(run_dir)}|{device}|{os.path.getmtime(Path(run_dir) / 'model.json')}"
     with _LOCK:
@@ -97,7 +97,7 @@ def scoring_frame(
     images). Nothing runs until it is computed. `stability`: raw images only (Predictor.score_paths)."""
     import dask.dataframe as dd
 
-    from leakstore.pipelines.predictor import Predictor
+    from leakstore.api.predictor import Predictor
 
     run_dir = str(Path(run_dir).resolve())
     pred = predictor or Predictor.load(run_dir)  # on the client: validates the model and gives the output schema
@@ -232,7 +232,7 @@ def score(
     the parts are then streamed into one Parquet file, one part in memory at a time. Returns the counts
     (`summarise`'s fields); read the predictions with pandas.read_parquet(out). `stability` K: raw
     images are also scored under K re-encodings (columns `stability`, `unsure`: Predictor.score_paths)."""
-    from leakstore.pipelines.predictor import Predictor
+    from leakstore.api.predictor import Predictor
 
     out = Path(out).absolute() if out is not None else None  # the workers write its parts: one path for all
     if out is not None:

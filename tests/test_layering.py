@@ -2,8 +2,9 @@
 
     core        leakstore.{config, errors, device, envinfo, fsio, store, version}, leakstore.features
     stages      leakstore.featurize, leakstore.model          (neither imports the other)
-    pipelines   leakstore.pipelines
-    interfaces  leakstore.app (command line, Attributor), the package itself (`from leakstore import ...`)
+    api         leakstore.api (Predictor, Attributor: in-process scoring, the two stages joined)
+    pipelines   leakstore.pipelines                           (dask jobs, evaluation, reports, studies)
+    interfaces  leakstore.cli (the command line), the package itself (`from leakstore import ...`)
 
 A module may import its own layer and the layers below it, never one above; no module imports
 another module's private (underscored) name. docs/layout.md draws the same graph."""
@@ -23,16 +24,17 @@ FOLDERS = {
     "model": "leakstore.model",
     "pipelines": "leakstore.pipelines",
 }
-LAYERS = ("core", "stage", "pipelines", "interfaces")
 
 
 def layer_of(module: str) -> tuple[int, str]:
     """(rank, name): the layer of a leakstore module; the name tells the two stages apart."""
     parts = module.split(".")
-    if module == "leakstore" or parts[1] == "app":
-        return 3, "interfaces"
+    if module == "leakstore" or parts[1] == "cli":
+        return 4, "interfaces"
     if parts[1] == "pipelines":
-        return 2, "pipelines"
+        return 3, "pipelines"
+    if parts[1] == "api":
+        return 2, "api"
     if parts[1] in ("featurize", "model"):
         return 1, parts[1]
     return 0, "core"
@@ -93,7 +95,8 @@ def test_every_module_is_read():
     found = modules(ROOT)
     for mod in (
         "leakstore.config",
-        "leakstore.app.cli",
+        "leakstore.cli",
+        "leakstore.api.predictor",
         "leakstore.featurize.runner",
         "leakstore.model.train",
         "leakstore.pipelines.score",
@@ -109,7 +112,8 @@ def test_every_module_is_read():
         ("leakstore", "store.py", "import leakstore.pipelines.score", "a layer above"),
         ("featurize", "vae.py", "from leakstore.pipelines.cluster import connect", "a layer above"),
         ("model", "train.py", "from leakstore.featurize import views", "the other stage"),
-        ("pipelines", "score.py", "from leakstore.app.cli import app", "a layer above"),
+        ("pipelines", "score.py", "from leakstore.cli import app", "a layer above"),
+        ("leakstore", "api/attributor.py", "from leakstore.pipelines.score import score", "a layer above"),
         ("pipelines", "sweep.py", "from leakstore.pipelines.report import _networks", "private name"),
         ("featurize", "runner.py", "from . import _planted", None),  # a private module of its own package: fine
     ],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]

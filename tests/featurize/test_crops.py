@@ -139,8 +139,8 @@ def test_a_crop_store_is_deterministic_and_chunks_hold_whole_images(crop_model, 
 
 
 def test_per_image_figures_equal_a_hand_computation(crop_model):
+    from leakstore.api.predictor import Predictor
     from leakstore.pipelines.evaluate import evaluate
-    from leakstore.pipelines.predictor import Predictor
 
     m = evaluate(crop_model / "run", [str(crop_model / "s.zarr")], crop_model / "eval", device="cpu")
     assert m["views"][0]["unit"] == "image" and m["views"][0]["crops"] == 4
@@ -165,7 +165,7 @@ def test_per_image_figures_equal_a_hand_computation(crop_model):
 
 def test_scoring_a_crop_store_and_its_images_gives_one_row_per_image(crop_model):
     from leakstore import Attributor
-    from leakstore.pipelines.predictor import Predictor
+    from leakstore.api.predictor import Predictor
 
     pr = Predictor.load(crop_model / "run", "cpu")
     s = FeatureStore.open(crop_model / "s.zarr")

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.featurize.decoders import UPSAMPLERS, decode_copy, decoder_specs, sample_patches, train_decoder
 from tests.conftest import write_class_images
 

@@ -257,7 +257,7 @@ def fixtures(tmp_path_factory):
 
 def test_every_score_output_carries_the_provenance_columns_and_every_row_is_scored(fixtures):
     from leakstore import Attributor
-    from leakstore.pipelines.predictor import PROVENANCE_COLUMNS
+    from leakstore.api.predictor import PROVENANCE_COLUMNS
 
     d, img, names = fixtures
     a = Attributor.load(d / "run", "cpu")
@@ -283,7 +283,7 @@ def test_every_score_output_carries_the_provenance_columns_and_every_row_is_scor
 def test_the_cli_scores_writes_the_report_with_conflicts_first_and_explains_one_file(fixtures, tmp_path):
     from typer.testing import CliRunner
 
-    from leakstore.app.cli import app
+    from leakstore.cli import app
 
     d, img, names = fixtures
     out = tmp_path / "p.parquet"

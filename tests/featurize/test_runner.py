@@ -145,7 +145,7 @@ def _cli(*args):
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
     }
-    return [sys.executable, "-m", "leakstore.app.cli", *args], env
+    return [sys.executable, "-m", "leakstore.cli", *args], env
 
 
 @pytest.mark.slow
@@ -323,9 +323,9 @@ def test_on_cuda_in_bf16_the_residual_is_still_float32(class_folders, tiny_vae_d
 def test_the_same_weights_in_another_folder_make_a_store_the_first_model_scores(class_folders, tiny_vae_dir, tmp_path):
     """A store's identity is its weights' content: a model trained on a store made with the weights
     in one folder scores a store made with a copy of them elsewhere (the path stays as provenance)."""
+    from leakstore.api.predictor import Predictor
     from leakstore.model.config import ModelConfig
     from leakstore.model.train import train
-    from leakstore.pipelines.predictor import Predictor
 
     moved = tmp_path / "cluster" / "weights" / "copy-of-vae"
     shutil.copytree(tiny_vae_dir, moved)

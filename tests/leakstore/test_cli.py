@@ -3,7 +3,7 @@ import json
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 
 runner = CliRunner()
 

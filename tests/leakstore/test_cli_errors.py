@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leakstore import LeakstoreError
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.model.config import ModelConfig
 from leakstore.model.train import train
 from tests.synthetic import CFG, planted_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.config import FeaturizeConfig, RunOptions, defaults
 from leakstore.model.config import ModelConfig
 
@@ -69,7 +69,7 @@ def test_every_model_option_sets_its_config_field_with_the_fields_default(comman
 
     import typer.main
 
-    from leakstore.app.cli import MODEL_OPTIONS
+    from leakstore.cli import MODEL_OPTIONS
 
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     d = defaults(ModelConfig)

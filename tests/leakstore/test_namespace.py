@@ -18,7 +18,7 @@ def test_leakstore_works_beside_a_users_model_py_and_pipelines_py(tmp_path):
     for name in ("model", "pipelines", "featurize"):
         (tmp_path / f"{name}.py").write_text(f"raise RuntimeError('the user\\'s own {name}.py was imported')\n")
     code = (
-        "import leakstore.app.cli, leakstore.model.train, leakstore.featurize.runner, leakstore.pipelines.score\n"
+        "import leakstore.cli, leakstore.model.train, leakstore.featurize.runner, leakstore.pipelines.score\n"
         "from leakstore import Attributor\n"
         "for name in ('model', 'pipelines', 'featurize'):\n"
         "    try:\n"
@@ -31,7 +31,7 @@ def test_leakstore_works_beside_a_users_model_py_and_pipelines_py(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["user model", "user pipelines", "user featurize"]
     r = subprocess.run(
-        [sys.executable, "-m", "leakstore.app.cli", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "leakstore.cli", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert r.returncode == 0 and "featurize" in r.stdout, r.stderr
 

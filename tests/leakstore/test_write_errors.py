@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.fsio import atomic_path, free_space_note, write_error
 from leakstore.store import FeatureStore
 

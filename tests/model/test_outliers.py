@@ -8,7 +8,7 @@ import pytest
 from scipy.special import logsumexp
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.errors import InputError
 from leakstore.model.checkpoint import pack_scorer, unpack_scorer
 from leakstore.model.metrics import open_set

@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from distributed import Client
 from typer.testing import CliRunner
 
 from leakstore import Attributor
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.config import RunOptions
 from leakstore.featurize.api import featurize
 from leakstore.model.checkpoint import load_bundle
@@ -363,7 +363,7 @@ def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model,
 
 def test_stability_says_when_a_re_encoding_changes_the_verdict(image_model, monkeypatch, cluster, tmp_path):
     """`score --stability K`: the share of K re-encodings that keep an image's verdict, and `unsure`."""
-    from leakstore.pipelines.predictor import STABILITY_VIEWS, Predictor
+    from leakstore.api.predictor import STABILITY_VIEWS, Predictor
 
     a = Attributor.load(image_model / "run")
     paths = sorted(str(p) for p in (image_model / "data" / "gen-a").glob("*.png"))[:3]

@@ -9,7 +9,7 @@ import pytest
 from distributed import Client
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.config import RunOptions
 from leakstore.featurize.api import featurize, prepare
 from leakstore.pipelines.cluster import local_cluster

@@ -5,7 +5,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.model.config import OPEN_SCORERS
 from leakstore.pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
 from leakstore.store import FeatureStore

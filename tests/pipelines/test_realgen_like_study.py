@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 
 runner = CliRunner()
 GENS = {"gen-a": 0, "gen-b": 1, "gen-c": 2, "gen-d": 3}

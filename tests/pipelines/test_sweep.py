@@ -2,7 +2,7 @@ import json
 
 from typer.testing import CliRunner
 
-from leakstore.app.cli import app
+from leakstore.cli import app
 from leakstore.config import RunOptions
 from leakstore.featurize.api import featurize
 from leakstore.model.config import ModelConfig

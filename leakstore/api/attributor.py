@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from leakstore.api.predictor import PROVENANCE_COLUMNS as PROVENANCE
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_SCORE_BATCH, DEFAULT_SCORE_CHUNK
-from leakstore.pipelines.predictor import PROVENANCE_COLUMNS as PROVENANCE
 
 BOOLEAN = tuple(k for k, v in PROVENANCE.items() if v == "boolean")
 
 
 class Attributor:
     def __init__(self, run_dir: str | Path, device: str = DEFAULT_DEVICE):
-        from leakstore.pipelines.predictor import Predictor
+        from leakstore.api.predictor import Predictor
 
         self.run_dir = Path(run_dir)
         self.predictor = Predictor.load(run_dir, device)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from leakstore.api.predictor import STABILITY_VIEWS
 from leakstore.config import (
     BATCH_CPU,
     BATCH_CUDA,
@@ -50,7 +51,6 @@ from leakstore.model.config import (
     ModelConfig,
     default_open_scorer,
 )
-from leakstore.pipelines.predictor import STABILITY_VIEWS
 
 app = typer.Typer(
     add_completion=False,
@@ -516,7 +516,7 @@ def explain(
     """One image for case notes: the verdict with each crop's scores, and what the file's own metadata
     claims (C2PA, IPTC/XMP, PNG text, EXIF) beside it."""
     with _guard("nothing was written"):
-        from leakstore.pipelines.predictor import Predictor
+        from leakstore.api.predictor import Predictor
 
         e = Predictor.load(run_dir, device).explain(str(image))
     if as_json:

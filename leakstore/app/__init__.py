@@ -1,1 +1,0 @@
-"""The interfaces: the command line (`leakstore.app.cli`) and the Python facade (`Attributor`)."""
