@@ -422,6 +422,7 @@ def write_score_report(parquet: Path, out: Path, summary: dict) -> Path:
     metadata conflicts with the verdict (first), the claims by source, malformed metadata blocks."""
     import pandas as pd
 
+    from leakstore.api.predictor import STORE_PROVENANCE
     from leakstore.pipelines.score import conflicts
 
     cols = [
@@ -446,7 +447,7 @@ def write_score_report(parquet: Path, out: Path, summary: dict) -> Path:
         f"{summary['failed']} failed, {summary['unknown']} called an unknown generator.</p>"
         f"<table><tr><th>verdict</th><th>images</th></tr>{predicted}</table>"
     )
-    stored = (df.meta_detail.str.startswith("not read")).all() if len(df) else True
+    stored = (df.meta_detail == STORE_PROVENANCE).all() if len(df) else True
     body += "<h2>Provenance: what the files' metadata claims</h2>"
     if stored:
         body += "<p>Scored from a feature store: the files' metadata was not read (score the image files).</p>"

@@ -208,7 +208,7 @@ class Predictor:
         `stability` K > 0, each image is also scored under the first K re-encodings of
         STABILITY_VIEWS: `stability` is the share of them whose verdict (`pred`, "unknown" included)
         is the image's own, and `unsure` says that at least one differs. `provenance` False leaves the
-        metadata unread (its columns empty, as for a store; benchmarks compare the two)."""
+        metadata unread (its columns empty; benchmarks compare the two)."""
         df = self._score_view(paths, first_row, batch_size, provenance=provenance)
         if stability:
             df["stability"], df["unsure"] = self._stability(paths, df, first_row, batch_size, stability)
@@ -238,7 +238,7 @@ class Predictor:
             batch.rows // cfg.crops,
             errors,
             {"row": np.arange(first_row, first_row + len(paths)), "sha256": sha},
-            provenance=meta if meta is not None else ({} if view is not None else None),
+            provenance=meta if meta is not None else {},  # nothing read: no claims
         )
 
     def explain(self, path: str) -> dict:
