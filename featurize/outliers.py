@@ -6,7 +6,11 @@ Each image of the training data gets one copy through a process that is none of 
 generators' (the choice seeded by the file's SHA-256): one of `--decoders` simulated decoders
 (featurize/decoders.py: small upsampling networks of several families, each its own outlier
 class), or, with `--vae`, a round trip through that autoencoder. Each photograph under `--photos`
-gives `--per-photo` native-pixel crops at seeded positions.
+gives `--per-photo` native-pixel crops at seeded positions; each `--photos` source is its own outlier
+class (`photo`, `photo-2`, ...): photographs of one camera pipeline (a camera's own JPEGs) and of
+another (wallpapers, downscaled and re-encoded) are two clusters, and one Gaussian class of the
+`lda` scorer fits two clusters badly (docs/results: a second source as its own class flags
+re-saved known images less than the same photographs merged into one).
 
 No copy is a compression or a resize: known images reach users JPEG-compressed and resized, and
 training sees them so (featurize --train-views), so such a copy would teach the flag that a
@@ -14,11 +18,12 @@ re-saved known image is unknown (it did, when JPEG copies were outliers: docs/re
 
 OUT holds the images, `manifest.csv` (path, label, group) and the decoders' weights (OUT/decoders,
 safetensors, reused on a rerun). The label is `KIND/SOURCE` (the copy's kind, the source's class),
-or `photo`; the group is the source's group (or `sha:<its SHA-256>` when it has none), so that
-training never fits on copies of its validation or test images and a study fold leaves out the
-copies of the generator it holds out. Featurize the manifest with the training store's options
-(training views are optional there: they changed nothing measurable, docs/results); pass the store
-to `train --outliers`. Rerunning skips finished images.
+or `photo`, `photo-2`, ... (one per `--photos` source); the group is the source's group (or
+`sha:<its SHA-256>` when it has none), so that training never fits on copies of its validation or
+test images and a study fold leaves out the copies of the generator it holds out. Featurize the
+manifest with the training store's options (training views are optional there: they changed
+nothing measurable, docs/results); pass the store to `train --outliers`. Rerunning skips finished
+images.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ from leakstore.fsio import atomic_path, write_text
 PATCHES, PATCH_SIZE, PATCH_SOURCES = 512, 64, 200  # their training patches, from this many training images
 VAE_MAX_SIDE = 1024  # a larger image goes through the autoencoder as its centre crop of this size
 PHOTO_LABEL = "photo"
+
+
+def photo_label(source_index: int) -> str:
+    """The outlier kind of the photographs of the `source_index`-th `--photos` source (0-based):
+    `photo`, then `photo-2`, `photo-3`, ..."""
+    return PHOTO_LABEL if source_index == 0 else f"{PHOTO_LABEL}-{source_index + 1}"
 
 
 def _rng(sha: str, seed: int) -> np.random.Generator:
@@ -146,12 +157,17 @@ def make_outliers(
     Each training image gets one copy through a process seeded by its SHA-256: one of `decoders`
     simulated decoders, or the autoencoder `vae`. Its label is `KIND/SOURCE` (the kind of copy, the
     source's class): every kind is one outlier class, and a fold that holds a generator out leaves
-    out the copies of its images. Photograph crops are label `photo`."""
+    out the copies of its images. Photograph crops are label `photo` (`photo-2`, ... for the second
+    and later sources of `photos`)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     cat = build_catalog(data)
-    photo_files = [p for d in photos for p in (list_images(Path(d)) if Path(d).is_dir() else [Path(d)])]
+    photo_files = [
+        (p, photo_label(i))
+        for i, d in enumerate(photos)
+        for p in (list_images(Path(d)) if Path(d).is_dir() else [Path(d)])
+    ]
     if photos and not photo_files:
         raise InputError(f"--photos {', '.join(map(str, photos))}: no images there (jpg, png, webp, ...)")
     if decoders < 0 or decoder_steps < 1:
@@ -165,7 +181,8 @@ def make_outliers(
         enc = load_encoder(vae, decoder=True).eval()
     nets = _decoders(cat, out, decoders, decoder_steps, seed, progress) if decoders else []
     kinds = tuple(spec.name for spec, _ in nets) + (("vae",) if enc is not None else ())
-    rows, failed, made = [], [], {k: 0 for k in kinds + (PHOTO_LABEL,)}
+    photo_kinds = tuple(dict.fromkeys(k for _, k in photo_files)) or (PHOTO_LABEL,)
+    rows, failed, made = [], [], {k: 0 for k in kinds + photo_kinds}
     todo = [(p, cat.class_names[lab] if lab >= 0 else "", g) for p, lab, g in zip(cat.paths, cat.labels, cat.groups)]
     bar = tqdm(
         total=(len(todo) if kinds else 0) + len(photo_files), desc="make-outliers", unit="img", disable=not progress
@@ -185,17 +202,17 @@ def make_outliers(
             continue
         made[kind] += 1
         rows.append((dest.relative_to(out).as_posix(), f"{kind}/{label or 'unlabelled'}", group or f"sha:{sha}"))
-    for path in photo_files:
+    for path, kind in photo_files:
         bar.update()
         try:
             data_bytes, sha = read_bytes(path)
             arr = decode_image(data_bytes, str(path))
             for k, crop in enumerate(photo_crops(arr, per_photo, size, _rng(sha, seed))):
-                dest = out / PHOTO_LABEL / f"{path.stem}-{sha[:10]}-{k}.png"
+                dest = out / kind / f"{path.stem}-{sha[:10]}-{k}.png"
                 if not dest.exists():
                     _save(crop, dest)
-                made[PHOTO_LABEL] += 1
-                rows.append((dest.relative_to(out).as_posix(), PHOTO_LABEL, f"photo:{sha}"))
+                made[kind] += 1
+                rows.append((dest.relative_to(out).as_posix(), kind, f"photo:{sha}"))
         except ImageDecodeError as e:
             failed.append((str(path), e.reason))
     bar.close()

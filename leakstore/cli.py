@@ -879,7 +879,8 @@ def make_outliers(
         typer.Option(
             metavar="DIR",
             help="Camera photographs (a folder or a file; repeatable): native-pixel crops of them join as label "
-            "'photo'.",
+            "'photo'; each further source is its own outlier class ('photo-2', ...): give photographs of "
+            "different origins (a camera's own JPEGs, downscaled web photos) as separate --photos.",
         ),
     ] = None,
     vae: Annotated[
@@ -942,7 +943,7 @@ def make_outliers(
             else ""
         )
     )
-    if s["real_class"] and s["made"].get("photo"):
+    if s["real_class"] and any(v for k, v in s["made"].items() if k.split("-")[0] == "photo"):
         typer.echo(
             f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the "
             "flag that real photographs are 'other'; leave --photos out for such data (docs: Open set)"

@@ -273,6 +273,33 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     assert r.exit_code != 0 and "k.zarr-missing" in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_each_photos_source_is_its_own_outlier_class(class_folders, tmp_path):
+    """Two --photos sources: two kinds (photo, photo-2), each a class of the scorer; a photograph
+    given in both sources gives crops to both (the source, not the file, names the kind)."""
+    from PIL import Image
+
+    from leakstore.featurize.outliers import make_outliers
+
+    rng = np.random.default_rng(1)
+    cam, web = tmp_path / "cam", tmp_path / "web"
+    cam.mkdir(), web.mkdir()
+    Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(cam / "a.jpg", quality=92)
+    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(web / "b.jpg", quality=70)
+    Image.open(cam / "a.jpg").save(web / "a.png")
+    s = make_outliers(
+        class_folders, tmp_path / "o", photos=(cam, web), decoders=0, per_photo=2, size=32, progress=False
+    )
+    assert s["made"] == {"photo": 2, "photo-2": 4} and s["images"] == 6
+    import pandas as pd
+
+    man = pd.read_csv(tmp_path / "o" / "manifest.csv", keep_default_na=False)
+    assert sorted(man.label.unique()) == ["photo", "photo-2"]
+    assert all(p.startswith(lab + "/") for p, lab in zip(man.path, man.label))
+    # one source alone keeps the label every earlier manifest has
+    one = make_outliers(class_folders, tmp_path / "o1", photos=(web,), decoders=0, per_photo=1, size=32, progress=False)
+    assert one["made"] == {"photo": 2}
+
+
 def test_the_lda_block_holds_what_the_model_reads_so_scoring_loads_the_same(tmp_path):
     """A --no-residual model's lda scorer is fitted without the residual, and its scoring does not
     load it: the two column counts agree (they would not if either side took every stored feature)."""
