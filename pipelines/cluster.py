@@ -9,6 +9,8 @@ import os
 from leakstore.device import LOCAL_WORKERS
 from leakstore.errors import InputError
 
+THREAD_CAPS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # dask's one-thread caps
+
 
 def local_cluster(n_workers: int):
     """A LocalCluster of worker processes (one thread each) for leakstore's work.
@@ -16,7 +18,9 @@ def local_cluster(n_workers: int):
     dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into every worker; setting it also
     freezes glibc's mmap threshold, so each large tensor is mmap'd and unmapped again, a fifth
     slower featurizing (docs/scaling.md). The nanny reads
-    this config when it is built, so restarted workers keep it; dask's thread caps stay.
+    this config when it is built, so restarted workers keep it; dask's thread caps stay (one
+    thread per worker process), also where the caller's environment sets OMP_NUM_THREADS and the
+    like: dask lets those win over its caps, and N workers of as many threads each would contend.
 
     dask logs at error level only, here and in the workers: Ctrl-C or a finished job otherwise
     ends in warnings about cancelled tasks and slow worker shutdowns, which are not the user's news."""
@@ -42,6 +46,8 @@ def local_cluster(n_workers: int):
     # workers killed on Ctrl-C leave semaphores behind; multiprocessing's tracker process (started with
     # the cluster, from this environment) would say so in two lines after leakstore's one
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+    for k in THREAD_CAPS:  # put back by _restore_environ below
+        os.environ.pop(k, None)
     try:
         with dask.config.set(
             {
