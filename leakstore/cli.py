@@ -1149,15 +1149,24 @@ def _print_robustness(s: dict) -> None:
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():
+            by_view = ", ".join(f"{k} {a:.3f}" for k, a in v.get("auroc_by_view", {}).items() if a is not None)
             what = (
                 f"called correctly {v['called_correctly']:.1%}"
                 if v["known_class"]
-                else f"AUROC {v['auroc']:.3f}, FPR@95 {v['fpr_at_95tpr']:.3f}"
+                else f"AUROC {v['auroc']:.3f}"
+                + (f" (against {by_view})" if by_view else "")
+                + f", FPR@95 {v['fpr_at_95tpr']:.3f}"
             )
             typer.echo(
                 f"  {g:<22} n={v['n']:<5} {what}, flagged unknown {v['flagged']:.1%}, "
                 f"called {v['called_most']} ({v['called_most_share']:.0%})"
             )
+    if s.get("unseen", {}).get("mean_auroc_by_view"):
+        m = s["unseen"]
+        typer.echo(
+            f"  mean AUROC against known images as given {m['mean_auroc']:.3f}; against "
+            + ", ".join(f"{k} {a:.3f}" for k, a in m["mean_auroc_by_view"].items() if a is not None)
+        )
     typer.echo(f"report: {s['report']}")
 
 

@@ -8,8 +8,10 @@ identically. Writes metrics.json, predictions.parquet, PNG plots and report.html
 
 Images from generators outside the training store (`unseen=[store, ...]`, featurized with the
 model's config) are scored the same way: each label's rows (of `split` when the store has
-splits, all rows otherwise) against the first store's known rows. A label the model knows
-(real photographs from elsewhere, say) reports how often it is still called what it is.
+splits, all rows otherwise) against the first store's known rows, and against each further
+store's known rows (`auroc_by_view`: the known images re-saved, the fair yardstick for outside
+images that are JPEGs). A label the model knows (real photographs from elsewhere, say) reports how
+often it is still called what it is.
 """
 
 from __future__ import annotations
@@ -167,6 +169,33 @@ def evaluate_unseen(
     return per, scores
 
 
+def view_keys(results: list, stores: list) -> list[str]:
+    """A name for each evaluated store: its view ('jpeg:75'), or 'view (store)' where two share one."""
+    views = [r["view"] for r in results]
+    return [v if views.count(v) == 1 else f"{v} ({Path(st).name})" for v, st in zip(views, stores)]
+
+
+def against_views(per: dict, scores: dict, results: list, extras: list, stores: list) -> dict:
+    """Each outside generator's AUROC against the known images of every further store (the same test
+    images re-saved, resized, ...), in `per` as `auroc_by_view`, and their means. Outside images
+    that are JPEGs set against clean PNG known images partly measure the format; against the known
+    images re-saved as JPEG they measure the generator (docs/results)."""
+    if len(results) < 2:
+        return {}
+    keys = view_keys(results, stores)[1:]
+    for g, v in per.items():
+        if v.get("auroc") is None:
+            continue
+        v["auroc_by_view"] = {
+            k: open_set(ex["open_score"][ex["y"] >= 0], scores[g]).get("auroc") for k, ex in zip(keys, extras[1:])
+        }
+    means = {}
+    for k in keys:
+        a = [v["auroc_by_view"][k] for v in per.values() if v.get("auroc_by_view", {}).get(k) is not None]
+        means[k] = float(np.mean(a)) if a else None
+    return {"mean_auroc_by_view": means}
+
+
 def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, split: str = "test", unseen=()) -> dict:
     import pandas as pd
 
@@ -226,6 +255,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             "per_generator": per,
             "mean_auroc": float(np.mean(aucs)) if aucs else None,
             "min_auroc": float(np.min(aucs)) if aucs else None,
+            **against_views(per, scores, results, extras, stores),
         }
         extras[0]["unseen_scores"] = scores
     with atomic_path(out / "predictions.parquet") as tmp:

@@ -326,20 +326,30 @@ def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
             ex["threshold"],
             known_label="known (this split)",
         )
+    views = list(u.get("mean_auroc_by_view") or {})
     rows = "".join(
         f"<tr><td>{html.escape(g)}</td><td>{html.escape(Path(v['store']).name)}</td><td>{v['n']}</td>"
-        f"<td>{_fmt(v.get('auroc'))}</td><td>{_fmt(v.get('fpr_at_95tpr'))}</td><td>{v['flagged']:.1%}</td>"
+        f"<td>{_fmt(v.get('auroc'))}</td>"
+        + "".join(f"<td>{_fmt(v.get('auroc_by_view', {}).get(k))}</td>" for k in views)
+        + f"<td>{_fmt(v.get('fpr_at_95tpr'))}</td><td>{v['flagged']:.1%}</td>"
         f"<td>{html.escape(v['called_most'])} ({v['called_most_share']:.0%})</td>"
         f"<td>{'' if v.get('called_correctly') is None else format(v['called_correctly'], '.1%')}</td></tr>"
         for g, v in u["per_generator"].items()
     )
     mean = "" if u["mean_auroc"] is None else f" Mean AUROC {u['mean_auroc']:.4f}, minimum {u['min_auroc']:.4f}."
+    if views:
+        mean += (
+            " The AUROC columns after the first set each label against the known images of a further store "
+            "(the same images re-saved or resized): outside images that are JPEGs, judged against clean known "
+            "images, are partly told apart by their format."
+        )
     return (
         "<h3>Images from outside the training store</h3><p>Each label's rows scored against the "
         f"{html.escape(u['known_rows'])}."
         f"{mean} A label the model knows reports how often it is still called so.</p>"
-        "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th><th>FPR@95%TPR</th><th>flagged "
-        "unknown</th>"
+        "<table><tr><th>label</th><th>store</th><th>images</th><th>AUROC</th>"
+        + "".join(f"<th>AUROC against {html.escape(k)}</th>" for k in views)
+        + "<th>FPR@95%TPR</th><th>flagged unknown</th>"
         f"<th>called most</th><th>called correctly</th></tr>{rows}</table>"
         + (img(out / "unseen_scores.png") if new else "")
     )

@@ -342,6 +342,34 @@ def test_evaluate_scores_images_from_outside_the_training_store_per_label(model,
     assert per["gen-c"]["n"] == 8
 
 
+def test_evaluate_sets_outside_images_against_every_views_known_images(model, tmp_path):
+    """With a second store (the known test images re-saved, say), each outside label is also judged
+    against that store's known rows: the same store twice gives the same AUROC; another draw of
+    the known generators, whose known rows lie nearer the outside ones, another one."""
+    import json
+
+    planted_store(
+        tmp_path / "x.zarr", classes=("real", "gen-a", "gen-b", "gen-c", "gen-x"), per_class=20, seed=5, strength=1.5
+    )
+    # the known generators drawn weakly: their rows lie nearer every other generator's
+    planted_store(tmp_path / "weak.zarr", per_class=40, seed=11, strength=0.3)
+    stores = [str(model / "s.zarr"), str(model / "s.zarr"), str(tmp_path / "weak.zarr")]
+    r = CliRunner().invoke(
+        app,
+        ["evaluate", str(model / "run"), *stores, "--unseen", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "ev")],
+    )
+    assert r.exit_code == 0, r.output
+    u = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unseen"]
+    x = u["per_generator"]["gen-x"]
+    same, weak = "none (s.zarr)", "none (weak.zarr)"
+    assert set(x["auroc_by_view"]) == {same, weak}
+    assert x["auroc_by_view"][same] == pytest.approx(x["auroc"], abs=1e-12)
+    assert x["auroc_by_view"][weak] < x["auroc"]  # weakly drawn known images are harder to tell from gen-x
+    assert "auroc_by_view" not in u["per_generator"]["real"]  # a known label is not an outside generator
+    assert u["mean_auroc_by_view"][same] == pytest.approx(u["mean_auroc"], abs=1e-12)
+    assert f"against {same}" in r.output and f"AUROC against {weak}" in (tmp_path / "ev" / "report.html").read_text()
+
+
 def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
     from tests.synthetic import CFG_RESIDUAL
 
