@@ -169,6 +169,11 @@ def evaluate_unseen(
     return per, scores
 
 
+def known_scores(ex: dict) -> np.ndarray:
+    """The open-set scores of a store's known rows (from `evaluate_store`'s extras)."""
+    return ex["open_score"][ex["y"] >= 0]
+
+
 def view_keys(results: list, stores: list) -> list[str]:
     """A name for each evaluated store: its view ('jpeg:75'), or 'view (store)' where two share one."""
     views = [r["view"] for r in results]
@@ -182,15 +187,12 @@ def against_views(per: dict, scores: dict, results: list, extras: list, stores: 
     images re-saved as JPEG they measure the generator (docs/results)."""
     if len(results) < 2:
         return {}
-    keys = view_keys(results, stores)[1:]
+    known = dict(zip(view_keys(results, stores)[1:], map(known_scores, extras[1:])))
     for g, v in per.items():
-        if v.get("auroc") is None:
-            continue
-        v["auroc_by_view"] = {
-            k: open_set(ex["open_score"][ex["y"] >= 0], scores[g]).get("auroc") for k, ex in zip(keys, extras[1:])
-        }
+        if v.get("auroc") is not None:
+            v["auroc_by_view"] = {k: open_set(ks, scores[g]).get("auroc") for k, ks in known.items()}
     means = {}
-    for k in keys:
+    for k in known:
         a = [v["auroc_by_view"][k] for v in per.values() if v.get("auroc_by_view", {}).get(k) is not None]
         means[k] = float(np.mean(a)) if a else None
     return {"mean_auroc_by_view": means}
@@ -242,7 +244,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
     }
     if unseen:
         first = extras[0]
-        known_score = first["open_score"][first["y"] >= 0]
+        known_score = known_scores(first)
         per, scores = {}, {}
         for u in unseen:
             pu, su = evaluate_unseen(predictor, u, known_score, split)
