@@ -233,6 +233,7 @@ def make_outliers(
         "manifest": str(out / "manifest.csv"),
         "images": len(rows),
         "made": made,
+        "photos": sum(made[k] for k in photo_kinds),
         "decoders": [spec.name for spec, _ in nets],
         "failed": len(failed),
         "first_failures": failed[:5],

@@ -943,7 +943,7 @@ def make_outliers(
             else ""
         )
     )
-    if s["real_class"] and any(v for k, v in s["made"].items() if k.split("-")[0] == "photo"):
+    if s["real_class"] and s["photos"]:
         typer.echo(
             f"note: {data} has a real class ({s['real_class']}): photograph crops as outliers teach the "
             "flag that real photographs are 'other'; leave --photos out for such data (docs: Open set)"

@@ -289,7 +289,7 @@ def test_each_photos_source_is_its_own_outlier_class(class_folders, tmp_path):
     s = make_outliers(
         class_folders, tmp_path / "o", photos=(cam, web), decoders=0, per_photo=2, size=32, progress=False
     )
-    assert s["made"] == {"photo": 2, "photo-2": 4} and s["images"] == 6
+    assert s["made"] == {"photo": 2, "photo-2": 4} and s["images"] == s["photos"] == 6
     import pandas as pd
 
     man = pd.read_csv(tmp_path / "o" / "manifest.csv", keep_default_na=False)
