@@ -90,11 +90,28 @@ class ClassGaussian(_Scorer):
         """(N, K) squared Mahalanobis distances to each class mean."""
         check_is_fitted(self, "precision_")
         Z = (validate_data(self, X, reset=False) - self.mean_) / self.scale_
-        D = Z[:, None, :] - self.means_[None]
-        return np.einsum("nkd,de,nke->nk", D, self.precision_, D)
+        # whitened by the precision's Cholesky factor (P = L L^T): |(z - m) L|^2 per class is N K D
+        # multiply-adds after one N D^2 product, where the quadratic form on (N, K, D) differences
+        # was N K D^2 (14 s per call on 4,392 rows of 437 features and 15 classes, one core)
+        L = _root(self.precision_)
+        W, M = Z @ L, self.means_ @ L
+        out = np.empty((len(W), len(M)))
+        for k, m in enumerate(M):
+            out[:, k] = np.square(W - m).sum(1)
+        return out
 
     def score_samples(self, X) -> np.ndarray:
         return -0.5 * self.class_distances(X).min(1)
+
+
+def _root(precision: np.ndarray) -> np.ndarray:
+    """L with L L^T = precision: its Cholesky factor, or, for a singular one (a class of one row), the
+    eigenvector root with negative rounding-error eigenvalues set to zero."""
+    try:
+        return np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh((precision + precision.T) / 2)
+        return v * np.sqrt(np.clip(w, 0, None))
 
 
 OUTLIER = -1  # the label of outlier-exposure rows in y (known classes are 0..K-1); outlier class k is OUTLIER - k

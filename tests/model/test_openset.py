@@ -38,6 +38,16 @@ def test_class_gaussian_sees_the_gap_between_classes_that_a_single_density_cover
     assert auc(per_class) > 0.99 and auc(pooled) < 0.6
 
 
+def test_class_distances_are_the_squared_mahalanobis_distances_to_each_class_mean():
+    X, y = blobs(4, d=7)
+    X[:, 1] = 3 * X[:, 0] + 0.1 * X[:, 1]  # correlated features: the precision is far from diagonal
+    m = ClassGaussian().fit(X, y)
+    Xq = np.random.default_rng(5).normal(0, 3, (40, 7))
+    D = (Xq - m.mean_) / m.scale_
+    want = np.stack([np.einsum("nd,de,ne->n", D - mu, m.precision_, D - mu) for mu in m.means_], 1)
+    np.testing.assert_allclose(m.class_distances(Xq), want, rtol=1e-8, atol=1e-8)
+
+
 def test_fused_scorer_threshold_follows_validation_and_flags_by_the_most_alarmed_component():
     X, y = blobs(0)
     Xv, yv = blobs(1)
