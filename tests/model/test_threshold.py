@@ -47,12 +47,30 @@ def test_the_out_of_fold_threshold_holds_on_new_prompts_where_the_in_sample_one_
     assert takes_out_of_fold(opn)
     info = set_out_of_fold_threshold(opn, blocks, y, fit, ~fit, g)
     flagged_oof = float((opn.decision_function(new) < 0).mean())
-    assert info["source"] == "out-of-fold" and info["folds"] == 5 and info["groups"] == 24
-    # measured: 0.103 and 0.047 (other seeds: 0.10-0.12 and 0.05-0.09)
+    assert info["source"] == "out-of-fold" and info["folds"] == 20 and info["groups"] == 24  # MAX_FOLDS
+    # measured: 0.103 and 0.046 (other seeds: 0.10-0.11 and 0.05-0.06)
     assert flagged_in > 0.085  # the in-sample threshold over-flags new prompts
     assert 0.02 <= flagged_oof <= 0.075 and flagged_oof < flagged_in - 0.025
     lo, hi = info["flag_rate_ci"]
     assert lo <= 0.05 <= hi and hi - lo < 0.1
+
+
+def test_up_to_max_folds_groups_each_prompt_is_its_own_fold_and_no_seed_moves_the_threshold():
+    X, y, g = _prompts(12, seed=3)
+    fit = ~np.isin(g, ["3-p0", "3-p1"])
+    thresholds = []
+    for seed in (0, 1, 7):
+        opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit({"features": X[fit]}, y[fit])
+        info = set_out_of_fold_threshold(opn, {"features": X}, y, fit, ~fit, g, seed=seed)
+        assert info["folds"] == info["groups"] == 12
+        thresholds.append(info["threshold"])
+    assert thresholds[0] == thresholds[1] == thresholds[2]
+    # seeded folds would have moved it: three groups per fold, drawn differently per seed
+    drawn = []
+    for seed in (0, 1, 7):
+        opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit({"features": X[fit]}, y[fit])
+        drawn.append(set_out_of_fold_threshold(opn, {"features": X}, y, fit, ~fit, g, folds=4, seed=seed)["threshold"])
+    assert len(set(drawn)) > 1
 
 
 def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only(tmp_path):
