@@ -857,8 +857,9 @@ def train(
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
+        folds = "each left out in turn" if t["folds"] == t["groups"] else f"{t['folds']} folds"
         typer.echo(
-            f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({t['folds']} folds): "
+            f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({folds}): "
             f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
             f"(95 % CI {lo:.1%}-{hi:.1%})"
         )
