@@ -1136,6 +1136,11 @@ def evaluate(
     _print_robustness(s)
 
 
+def _aurocs(by_view: dict) -> str:
+    """'jpeg:75 0.952, resize:0.5 0.951': the AUROCs measured (None: not measurable), for one line."""
+    return ", ".join(f"{k} {a:.3f}" for k, a in by_view.items() if a is not None)
+
+
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
@@ -1150,7 +1155,7 @@ def _print_robustness(s: dict) -> None:
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():
-            by_view = ", ".join(f"{k} {a:.3f}" for k, a in v.get("auroc_by_view", {}).items() if a is not None)
+            by_view = _aurocs(v.get("auroc_by_view", {}))
             what = (
                 f"called correctly {v['called_correctly']:.1%}"
                 if v["known_class"]
@@ -1166,7 +1171,7 @@ def _print_robustness(s: dict) -> None:
         m = s["unseen"]
         typer.echo(
             f"  mean AUROC against known images as given {m['mean_auroc']:.3f}; against "
-            + ", ".join(f"{k} {a:.3f}" for k, a in m["mean_auroc_by_view"].items() if a is not None)
+            + _aurocs(m["mean_auroc_by_view"])
         )
     typer.echo(f"report: {s['report']}")
 

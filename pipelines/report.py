@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from leakstore.fsio import atomic_path, write_text
+from leakstore.pipelines.evaluate import known_scores
 from leakstore.pipelines.html import img, page
 
 
@@ -229,7 +230,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     first = summary["views"][0]
     y, unk = ex["y"], ex["unknown"]
     plot_confusion(out / "confusion.png", first["closed"]["confusion"], names, f"confusion ({first['view']})")
-    plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, ex["open_score"][y >= 0], ex["open_score"][unk])
+    plot_roc(out / "roc.png", y[y >= 0], ex["proba"][y >= 0], names, known_scores(ex), ex["open_score"][unk])
     # prototypes live in z space; the map shows z * sqrt(g): scale them by the mean sqrt(gate)
     scale = torch.as_tensor(np.sqrt(ex["g"].mean(0)), dtype=torch.float32)
     protos = (bundle.net.prototypes.detach() * scale).reshape(-1, ex["embedding"].shape[1])
@@ -243,7 +244,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         plot_robustness(out / "robustness.png", summary["robustness"])
     unseen = sorted(set(ex["true"][unk]))
     if unseen:
-        known = ex["open_score"][y >= 0]
+        known = known_scores(ex)
         plot_open_scores(
             out / "open_scores.png",
             {g: (known, ex["open_score"][ex["true"] == g]) for g in unseen},
@@ -316,7 +317,7 @@ def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
     u = summary.get("unseen")
     if not u:
         return ""
-    known = ex["open_score"][ex["y"] >= 0]
+    known = known_scores(ex)
     new = {g: v for g, v in u["per_generator"].items() if not v["known_class"]}
     if new:
         plot_open_scores(
