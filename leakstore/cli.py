@@ -1103,7 +1103,7 @@ def evaluate(
         list[Path], typer.Argument(metavar="STORES", help="One or more stores (e.g. post-processing views).")
     ],
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/eval).")] = None,
-    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = "test",
+    split: Annotated[Split, typer.Option(help="Which split to evaluate (its images, never training views).")] = "test",
     unseen: Annotated[
         list[Path] | None,
         typer.Option(

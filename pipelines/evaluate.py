@@ -4,7 +4,9 @@
 
 Closed set: test-split rows of the model's known classes. Open set: test-split rows of the
 classes held out of training (unknown generators) against those known rows; both embedded
-identically. Writes metrics.json, predictions.parquet, PNG plots and report.html.
+identically. A store's training views (featurize --train-views) never count: another split
+(`split="val"`, `"all"`) is judged on its images as given. Writes metrics.json,
+predictions.parquet, PNG plots and report.html.
 
 Images from generators outside the training store (`unseen=[store, ...]`, featurized with the
 model's config) are scored the same way: each label's rows (of `split` when the store has
@@ -41,6 +43,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     y = store_to_model[feats.labels]
     unknown = np.array([n not in bundle.class_names for n in names] + [False])[feats.labels] & (feats.labels >= 0)
     sel = (feats.splits == SPLIT_NAMES.index(split)) if split != "all" else np.ones(len(feats), bool)
+    sel &= store.view_index() == 0  # training views are training material: a split is judged on its images
     keep = sel & ((y >= 0) | unknown)
     if not keep.any():
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
@@ -138,7 +141,7 @@ def evaluate_unseen(
         (feats.splits == SPLIT_NAMES.index(split))
         if own and has_splits and split != "all"
         else np.ones(len(feats), bool)
-    )
+    ) & (store.view_index() == 0)
     if not sel.any():
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)

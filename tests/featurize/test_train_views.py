@@ -109,6 +109,23 @@ def test_view_prob_zero_trains_as_if_the_store_had_no_views(data, tmp_path):
         cfg.replace(scorer_rows="views")
 
 
+def test_evaluating_a_split_with_views_judges_its_images_not_their_training_views(data, tmp_path):
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.evaluate import evaluate
+
+    _run(data, tmp_path / "s.zarr", views=2, fractions=(0.5, 0.5, 0.0))
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    vi, split = s.view_index(), s.read("split")
+    assert (vi[split == 1] > 0).any()  # the validation split has view rows to leave out
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_class=1)
+    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
+    for split_name, code in (("val", [1]), ("all", [0, 1, 2])):
+        m = evaluate(tmp_path / "run", [str(tmp_path / "s.zarr")], tmp_path / f"ev-{split_name}", split=split_name)
+        clean = int(((vi == 0) & np.isin(split, code)).sum())
+        assert m["views"][0]["closed"]["n"] == clean
+
+
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
     _run(data, tmp_path / "a.zarr")
     moved = tmp_path / "moved"
