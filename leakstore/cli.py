@@ -862,6 +862,11 @@ def train(
             f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({folds}): "
             f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
             f"(95 % CI {lo:.1%}-{hi:.1%})"
+            + (
+                f"; {t['flagged_as_given']:.1%} of images as given, {t['flagged_views']:.1%} of their training views"
+                if "flagged_views" in t
+                else ""
+            )
         )
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
 

@@ -102,11 +102,14 @@ def set_out_of_fold_threshold(
     outlier_groups: np.ndarray | None = None,
     folds: int = MAX_FOLDS,
     seed: int = 0,
+    views: np.ndarray | None = None,
 ) -> dict | None:
     """Set `opn`'s threshold (and, with `image` (N,), its per-image threshold on the mean crop score)
-    at its false-unknown rate over the out-of-fold scores of the `judged` rows. Returns what was
-    done (for the training summary), or None when the scorer reads the network or there are fewer
-    than MIN_GROUPS groups (the validation threshold stays)."""
+    at its false-unknown rate over the out-of-fold scores of the training and `judged` rows. Returns
+    what was done (for the training summary), or None when the scorer reads the network or there are
+    fewer than MIN_GROUPS groups (the validation threshold stays). `views` (N,) marks training-view
+    rows: the quantile is taken over images and their views together (what a user scores comes both
+    ways), and the summary gives the share flagged of each (`flagged_as_given`, `flagged_views`)."""
     if not takes_out_of_fold(opn) or len(np.unique(np.asarray(groups, dtype=str)[fit | judged])) < MIN_GROUPS:
         return None
     rows = fit | judged
@@ -125,18 +128,33 @@ def set_out_of_fold_threshold(
         "threshold": opn.offset_,
         "flag_rate_ci": [lo, hi],
     }
+    zv, thr, is_view = z, opn.offset_, None if views is None else np.asarray(views, bool)[rows]
     if image is not None:
         per = ImageGroups(np.asarray(image)[rows])
-        zi = per.mean(z)
+        zv = zi = per.mean(z)
         gi = g[per.first]
-        opn.image_threshold_ = float(np.quantile(zi, rate))
+        thr = opn.image_threshold_ = float(np.quantile(zi, rate))
         lo, hi = flag_rate_interval(zi, opn.image_threshold_, gi, seed=seed)
         info.update(image_threshold=opn.image_threshold_, images=int(len(zi)), flag_rate_ci=[lo, hi])
+        is_view = None if is_view is None else is_view[per.first]
+    if is_view is not None and is_view.any() and (~is_view).any():
+        info.update(
+            flagged_as_given=float((zv[~is_view] < thr).mean()), flagged_views=float((zv[is_view] < thr).mean())
+        )
     opn.oof_flag_lo_, opn.oof_flag_hi_ = info["flag_rate_ci"]
-    # what this threshold flags on the validation rows (images), as the validation threshold reported
-    val = opn.score_samples(select_rows(blocks, judged))
-    opn.val_flagged_ = float((val < opn.offset_).mean())
-    if image is not None:
-        per = ImageGroups(np.asarray(image)[judged])
-        opn.val_images_flagged_ = float((per.mean(val) < opn.image_threshold_).mean())
+    record_validation_flagged(opn, blocks, judged, image)
     return info
+
+
+def record_validation_flagged(opn: OpenSetScorer, blocks: dict, rows: np.ndarray, image: np.ndarray | None) -> None:
+    """What the threshold flags on the validation `rows` (`val_flagged_`; of whole images,
+    `val_images_flagged_`, when `image` (N,) groups crops): the figure the training summary and the
+    evaluation report give beside the asked rate. Train passes the validation images as given, not
+    their training views, so that it is the figure `evaluate --split val` gives."""
+    if not np.any(rows):
+        return
+    val = opn.score_samples(select_rows(blocks, rows))
+    opn.val_flagged_ = float((val < opn.offset_).mean())
+    if image is not None and getattr(opn, "image_threshold_", None) is not None:
+        per = ImageGroups(np.asarray(image)[rows])
+        opn.val_images_flagged_ = float((per.mean(val) < opn.image_threshold_).mean())

@@ -42,7 +42,7 @@ from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_row
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
-from leakstore.model.threshold import set_out_of_fold_threshold
+from leakstore.model.threshold import record_validation_flagged, set_out_of_fold_threshold
 from leakstore.store import FeatureStore
 
 MIN_TRAIN_PER_CLASS = 4
@@ -665,7 +665,12 @@ def _finish(
         outliers=oblocks,
         outlier_groups=None if oblocks is None else outlier_groups(*outliers),
         seed=cfg.seed,
+        views=store.view_index()[sub_rows] > 0,
     )
+    # the validation share flagged, of the validation images as given (their training views left out)
+    clean_cal = cal & (store.view_index()[sub_rows] == 0)
+    if clean_cal.any() and clean_cal.sum() < cal.sum():
+        record_validation_flagged(opn, blocks, clean_cal, store.image_rows()[sub_rows] if store.has_crops else None)
     state = states[0]
     summary = {
         "epochs_run": state["epoch"],

@@ -124,6 +124,9 @@ def test_evaluating_a_split_with_views_judges_its_images_not_their_training_view
         m = evaluate(tmp_path / "run", [str(tmp_path / "s.zarr")], tmp_path / f"ev-{split_name}", split=split_name)
         clean = int(((vi == 0) & np.isin(split, code)).sum())
         assert m["views"][0]["closed"]["n"] == clean
+        if split_name == "val":  # what training says of the validation images is what evaluating them gives
+            o = m["views"][0]["open"]
+            assert o["false_unknown_rate"]["validation"] == pytest.approx(o["known_flagged"])
 
 
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from leakstore.model.config import ModelConfig
-from leakstore.model.openset import OpenSetScorer
+from leakstore.model.openset import OpenSetScorer, select_rows
 from leakstore.model.threshold import fold_of_groups, set_out_of_fold_threshold, takes_out_of_fold
 from leakstore.model.train import train
 from tests.synthetic import planted_store
@@ -71,6 +71,24 @@ def test_up_to_max_folds_groups_each_prompt_is_its_own_fold_and_no_seed_moves_th
         opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit({"features": X[fit]}, y[fit])
         drawn.append(set_out_of_fold_threshold(opn, {"features": X}, y, fit, ~fit, g, folds=4, seed=seed)["threshold"])
     assert len(set(drawn)) > 1
+
+
+def test_with_views_the_summary_splits_the_flag_rate_between_images_and_their_views():
+    X, y, g = _prompts(12, seed=5)
+    rng = np.random.default_rng(0)
+    # one degraded copy of every row (a training view): noisier, so further from the fit
+    Xv = X + rng.normal(0, 1.5, X.shape)
+    blocks = {"features": np.concatenate([X, Xv])}
+    yy, gg = np.r_[y, y], np.r_[g, g]
+    views = np.r_[np.zeros(len(y), bool), np.ones(len(y), bool)]
+    fit = ~np.isin(gg, ["5-p0", "5-p1"])
+    opn = OpenSetScorer(method="lda", false_unknown_rate=0.05).fit(select_rows(blocks, fit), yy[fit])
+    info = set_out_of_fold_threshold(opn, blocks, yy, fit, ~fit, gg, views=views)
+    a, v = info["flagged_as_given"], info["flagged_views"]
+    assert abs((a + v) / 2 - 0.05) < 0.005  # one view per row: the asked rate is over both together
+    assert v > a  # the degraded copies are flagged more often
+    # without views marked, no split is claimed
+    assert "flagged_views" not in set_out_of_fold_threshold(opn, blocks, yy, fit, ~fit, gg)
 
 
 def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only(tmp_path):
