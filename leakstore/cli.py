@@ -1146,17 +1146,28 @@ def _aurocs(by_view: dict) -> str:
     return ", ".join(f"{k} {a:.3f}" for k, a in by_view.items() if a is not None)
 
 
+def _ci(ci, unit: str = "") -> str:
+    """' (0.890-0.951)' or ' (0.0-3.9%)'; '' without an interval."""
+    if not ci:
+        return ""
+    return f" ({ci[0]:.1%}-{ci[1]:.1%})".replace("%-", "-") if unit == "%" else f" ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
     crops = max((v.get("crops", 1) for v in s.get("views", [])), default=1)
     if crops > 1:
         typer.echo(f"figures per image, each judged on its {crops} crops")
-    typer.echo(f"{'view':<22}{'macro AUC':>10}{'top-1':>8}{'open AUROC':>12}{'known flagged':>15}")
+    typer.echo(f"{'view':<22}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
         kf = "-" if r.get("known_flagged") is None else f"{r['known_flagged']:.1%}"
-        typer.echo(f"{r['view']:<22}{r['macro_auc']:>10.4f}{r['top1']:>8.4f}{oa:>12}{kf:>15}")
+        kf += _ci(r.get("known_flagged_ci"), "%") if r.get("known_flagged") is not None else ""
+        auc = f"{r['macro_auc']:.4f}" + _ci(r.get("macro_auc_ci"))
+        typer.echo(f"{r['view']:<22}{auc:>22}{r['top1']:>8.4f}{oa:>12}{kf:>25}")
+    if s.get("ci"):
+        typer.echo(f"({s['ci']})")
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():
@@ -1165,6 +1176,7 @@ def _print_robustness(s: dict) -> None:
                 f"called correctly {v['called_correctly']:.1%}"
                 if v["known_class"]
                 else f"AUROC {v['auroc']:.3f}"
+                + _ci(v.get("auroc_ci"))
                 + (f" (against {by_view})" if by_view else "")
                 + f", FPR@95 {v['fpr_at_95tpr']:.3f}"
             )

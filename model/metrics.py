@@ -57,3 +57,100 @@ def open_set(known_score: np.ndarray, unknown_score: np.ndarray, known_correct: 
         fp = np.array([(unknown_score >= t).mean() for t in thr])
         out["oscr"] = float(np.trapezoid(np.r_[0, ccr], np.r_[0, fp]))
     return out
+
+
+# ---------------------------------------------------------------- confidence intervals
+MIN_GROUPS_TO_RESAMPLE = 5  # fewer prompts/sources than this: resample images (and say so)
+CI_WORK = 2_000_000  # draws x rows per interval: 1000 draws up to 2,000 rows, at least 100 draws beyond
+
+
+def resampling_units(groups) -> tuple[np.ndarray, str]:
+    """(N,) the unit each row is resampled with, and its name for the output: the rows' groups
+    (prompts, sources) when at least MIN_GROUPS_TO_RESAMPLE distinct non-empty ones, else each row."""
+    g = None if groups is None else np.array([str(x) for x in groups], dtype=str)
+    n_groups = 0 if g is None or (g == "").any() else len(np.unique(g))
+    if n_groups >= MIN_GROUPS_TO_RESAMPLE:
+        return g, f"{n_groups} groups"
+    return np.arange(len(g) if g is not None else 0).astype(str), "images" + (
+        f" ({n_groups} groups: too few to resample)" if n_groups else ""
+    )
+
+
+def bootstrap_ci(stat, units, draws: int | None = None, seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of `stat(idx)` (a figure of the rows `idx`) over resamples of whole
+    `units` ((N,) the unit of each row) with replacement; draws where the figure is undefined (a
+    class missing) are skipped. None with fewer than two units or when most draws are undefined."""
+    uniq, inv = np.unique(np.asarray(units), return_inverse=True)
+    if len(uniq) < 2:
+        return None
+    draws = draws or int(np.clip(CI_WORK // max(len(inv), 1), 100, 1000))
+    order = np.argsort(inv, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(inv, minlength=len(uniq)))]
+    rng = np.random.default_rng([seed, 0x636921])
+    vals = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        if len(uniq) == len(inv):  # one row per unit
+            idx = order[pick]
+        else:
+            idx = np.concatenate([order[starts[p] : starts[p + 1]] for p in pick])
+        v = stat(idx)
+        if v is not None and np.isfinite(v):
+            vals.append(v)
+    if len(vals) < draws // 2:
+        return None
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))]
+
+
+def macro_auc(y: np.ndarray, proba: np.ndarray, classes) -> float:
+    """Macro one-vs-rest AUC over `classes` (columns of `proba`); nan when one of them lacks
+    positives or negatives in `y` (a resample that lost a class is not comparable)."""
+    aucs = []
+    for c in classes:
+        pos = y == c
+        if not pos.any() or pos.all():
+            return float("nan")
+        aucs.append(rank_auc(pos, proba[:, c]))
+    return float(np.mean(aucs))
+
+
+def rank_auc(pos: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of `score` for the True rows of `pos` against the others, from mid-ranks (ties count
+    half): roc_auc_score's value without its input checks, for the thousands of bootstrap draws."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(pos, bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    r = rankdata(score)
+    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc_ci(known_score: np.ndarray, unknown_score: np.ndarray, draws: int | None = None, seed: int = 0):
+    """95 % interval of the open-set AUROC, known and unknown images resampled each on its own."""
+    known_score, unknown_score = np.asarray(known_score), np.asarray(unknown_score)
+    if len(known_score) < 2 or len(unknown_score) < 2:
+        return None
+    n_k, n_u = len(known_score), len(unknown_score)
+    draws = draws or int(np.clip(CI_WORK // (n_k + n_u), 100, 1000))
+    rng = np.random.default_rng([seed, 0x61756369])
+    y = np.r_[np.ones(n_k, bool), np.zeros(n_u, bool)]
+    vals = [
+        rank_auc(y, np.r_[known_score[rng.integers(0, n_k, n_k)], unknown_score[rng.integers(0, n_u, n_u)]])
+        for _ in range(draws)
+    ]
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))]
+
+
+def proportion_ci(flags: np.ndarray, units) -> list[float] | None:
+    """95 % interval of the share of True `flags`: Wilson's score interval when every row is its own
+    unit (a bootstrap of 0 of 94 would claim 0-0 %), a bootstrap over the units otherwise."""
+    flags = np.asarray(flags, bool)
+    n = len(flags)
+    if n == 0:
+        return None
+    if len(np.unique(np.asarray(units))) < n:
+        return bootstrap_ci(lambda i: float(flags[i].mean()), units)
+    z, p = 1.959963984540054, flags.mean()
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]

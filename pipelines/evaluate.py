@@ -26,7 +26,15 @@ from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json
-from leakstore.model.metrics import closed_set, open_set
+from leakstore.model.metrics import (
+    auroc_ci,
+    bootstrap_ci,
+    closed_set,
+    macro_auc,
+    open_set,
+    proportion_ci,
+    resampling_units,
+)
 from leakstore.model.predict import image_threshold, validation_flagged
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
@@ -77,6 +85,14 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         metrics["open_spread"] = float(np.mean(p["open_spread"]))
     o["unknown_flagged"] = float(p["is_unknown"][unknown].mean()) if unknown.any() else None
     o["known_flagged"] = float(p["is_unknown"][known].mean()) if known.any() else None
+    # 95 % intervals: whole prompts/sources resampled where the store has enough of them, else images
+    units, metrics["ci_over"] = resampling_units(store.read("group")[sub.rows][known])
+    yk, pk, fk = y[known], p["proba"][known], p["is_unknown"][known]
+    present = [c for c in range(pk.shape[1]) if (yk == c).any() and (yk != c).any()]
+    metrics["closed"]["macro_auc_ci"] = (
+        bootstrap_ci(lambda i: macro_auc(yk[i], pk[i], present), units) if present else None
+    )
+    o["known_flagged_ci"] = proportion_ci(fk, units)
     # the threshold was set on validation data: the asked false-unknown rate, what validation gave, and what
     # this split gives
     o["false_unknown_rate"] = {
@@ -167,6 +183,7 @@ def evaluate_unseen(
         else:
             o = open_set(known_score, p["open_score"][m])
             row.update({"auroc": o.get("auroc"), "fpr_at_95tpr": o.get("fpr_at_95tpr")})
+            row["auroc_ci"] = auroc_ci(known_score, p["open_score"][m])
         per[g] = row
         scores[g] = p["open_score"][m]
     return per, scores
@@ -199,6 +216,15 @@ def against_views(per: dict, scores: dict, results: list, extras: list, stores: 
         a = [v["auroc_by_view"][k] for v in per.values() if v.get("auroc_by_view", {}).get(k) is not None]
         means[k] = float(np.mean(a)) if a else None
     return {"mean_auroc_by_view": means}
+
+
+def _ci_text(over: str) -> str:
+    if not over.startswith("images"):  # whole prompts/sources resampled
+        return f"95 % bootstrap intervals over {over}"
+    return (
+        f"95 % bootstrap intervals over {over}, Wilson's interval for the known flag rate: they hold for "
+        "more images of these prompts and sources, not for others"
+    )
 
 
 def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, split: str = "test", unseen=()) -> dict:
@@ -238,12 +264,15 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             {
                 "view": r["view"],
                 "macro_auc": r["closed"]["macro_auc"],
+                "macro_auc_ci": r["closed"].get("macro_auc_ci"),
                 "top1": r["closed"]["top1"],
                 "open_auroc": r["open"].get("auroc"),
                 "known_flagged": r["open"].get("known_flagged"),
+                "known_flagged_ci": r["open"].get("known_flagged_ci"),
             }
             for r in results
         ],
+        "ci": _ci_text(results[0]["ci_over"]),
     }
     if unseen:
         first = extras[0]

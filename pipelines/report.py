@@ -253,8 +253,9 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         )
     unseen_html = _unseen_section(out, summary, ex)
     rob = "".join(
-        f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}</td><td>{r['top1']:.4f}</td>"
-        f"<td>{_fmt(r['open_auroc'])}</td><td>{_pct(r.get('known_flagged'))}</td></tr>"
+        f"<tr><td>{html.escape(r['view'])}</td><td>{r['macro_auc']:.4f}{_ci(r.get('macro_auc_ci'))}</td>"
+        f"<td>{r['top1']:.4f}</td><td>{_fmt(r['open_auroc'])}</td>"
+        f"<td>{_pct(r.get('known_flagged'))}{_ci(r.get('known_flagged_ci'), pct=True)}</td></tr>"
         for r in summary["robustness"]
     )
     per = "".join(
@@ -293,7 +294,7 @@ held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none"
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
 <th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked
-{first["open"]["false_unknown_rate"]["asked"]:.0%}.</p>
+{first["open"]["false_unknown_rate"]["asked"]:.0%}.{_ci_note(summary)}</p>
 {img(out / "robustness.png") if several else _sweep_hint(summary["model"])}
 <h2>Closed set ({html.escape(first["view"])}, {first["closed"]["n"]} test images)</h2>
 <p>macro AUC {first["closed"]["macro_auc"]:.4f}, top-1 {first["closed"]["top1"]:.4f},
@@ -330,7 +331,7 @@ def _unseen_section(out: Path, summary: dict, ex: dict) -> str:
     views = list(u.get("mean_auroc_by_view") or {})
     rows = "".join(
         f"<tr><td>{html.escape(g)}</td><td>{html.escape(Path(v['store']).name)}</td><td>{v['n']}</td>"
-        f"<td>{_fmt(v.get('auroc'))}</td>"
+        f"<td>{_fmt(v.get('auroc'))}{_ci(v.get('auroc_ci'))}</td>"
         + "".join(f"<td>{_fmt(v.get('auroc_by_view', {}).get(k))}</td>" for k in views)
         + f"<td>{_fmt(v.get('fpr_at_95tpr'))}</td><td>{v['flagged']:.1%}</td>"
         f"<td>{html.escape(v['called_most'])} ({v['called_most_share']:.0%})</td>"
@@ -362,6 +363,21 @@ def _rate_line(r) -> str:
     got = [f"{k} {v:.1%}" for k, v in r.items() if k not in ("asked", "validation") and v is not None]
     val = "" if r.get("validation") is None else f", on validation {r['validation']:.1%}"
     return f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + "."
+
+
+def _ci_note(summary: dict) -> str:
+    """' Small figures: 95 % bootstrap intervals over images ...' when the summary has intervals."""
+    if not summary.get("ci"):
+        return ""
+    return f" Small figures: {html.escape(summary['ci'])}."
+
+
+def _ci(ci, pct: bool = False) -> str:
+    """A 95 % interval under its figure, small; '' without one."""
+    if not ci:
+        return ""
+    lo, hi = (f"{x:.1%}" for x in ci) if pct else (f"{x:.3f}" for x in ci)
+    return f'<br><small class="ci">{lo}-{hi}</small>'
 
 
 def _pct(v) -> str:

@@ -111,6 +111,13 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     # each view says how many known images it flags: a re-encoded known image should stay known
     assert s["robustness"][0]["known_flagged"] == v["open"]["known_flagged"]
     assert "known flagged unknown" in html and f"{v['open']['known_flagged']:.1%}" in html
+    # every figure with its 95 % interval, and what was resampled
+    r = s["robustness"][0]
+    lo, hi = r["macro_auc_ci"]
+    assert lo <= r["macro_auc"] <= hi and f"{lo:.3f}-{hi:.3f}" in html
+    lo, hi = r["known_flagged_ci"]
+    assert lo <= r["known_flagged"] <= hi
+    assert s["ci"].startswith("95 % bootstrap intervals over") and "Small figures: 95 %" in html
 
 
 def test_the_prototype_note_measures_distances_in_the_full_embedding():
@@ -366,6 +373,8 @@ def test_evaluate_sets_outside_images_against_every_views_known_images(model, tm
     assert x["auroc_by_view"][same] == pytest.approx(x["auroc"], abs=1e-12)
     assert x["auroc_by_view"][weak] < x["auroc"]  # weakly drawn known images are harder to tell from gen-x
     assert "auroc_by_view" not in u["per_generator"]["real"]  # a known label is not an outside generator
+    lo, hi = x["auroc_ci"]
+    assert lo <= x["auroc"] <= hi and f"AUROC {x['auroc']:.3f} ({lo:.3f}-{hi:.3f})" in r.output
     assert u["mean_auroc_by_view"][same] == pytest.approx(u["mean_auroc"], abs=1e-12)
     assert f"against {same}" in r.output and f"AUROC against {weak}" in (tmp_path / "ev" / "report.html").read_text()
 
