@@ -835,6 +835,7 @@ def train(
         f"{first}trained {summary['epochs_run']} epochs ({summary['samples_per_s']} samples/s on {summary['device']}); "
         f"best epoch {summary['best_epoch']}: val loss {b.get('val_loss', float('nan')):.4f}, top-1 "
         f"{b.get('val_top1', float('nan')):.3f}, macro AUC {b.get('val_auc', float('nan')):.3f}"
+        + _val_rows_note(store, summary)
     )
     for i, m in enumerate(summary.get("members", [])[1:], 2):
         typer.echo(
@@ -869,6 +870,19 @@ def train(
             )
         )
     typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
+
+
+def _val_rows_note(store, summary: dict) -> str:
+    """' (the network alone, per crop, training views included)': what the validation figures of the
+    training line are over, where they differ from what evaluate reports (whole images as given)."""
+    from leakstore.store import FeatureStore
+
+    parts = []
+    if FeatureStore.open(store).config.crops > 1:
+        parts.append("per crop")
+    if summary.get("view_prob"):
+        parts.append("training views included")
+    return f" (the network alone, {', '.join(parts)}; evaluate judges whole images)" if parts else ""
 
 
 @app.command("make-outliers")

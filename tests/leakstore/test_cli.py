@@ -123,3 +123,13 @@ def test_featurize_residual_and_train_without_it(class_folders, tmp_path):
     assert not any(
         p == "res" or p.startswith("res_") for k in weights for p in k.split(".")
     )  # no residual branch in any member
+
+
+def test_the_training_line_says_what_its_validation_figures_are_over(tmp_path):
+    from leakstore.cli import _val_rows_note
+    from tests.synthetic import planted_store
+
+    planted_store(tmp_path / "s.zarr", per_class=8, chunk=16)
+    assert _val_rows_note(tmp_path / "s.zarr", {"view_prob": None}) == ""  # rows are images as given
+    note = _val_rows_note(tmp_path / "s.zarr", {"view_prob": 0.5})
+    assert "training views included" in note and "per crop" not in note
