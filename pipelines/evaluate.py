@@ -220,7 +220,7 @@ def against_views(per: dict, scores: dict, results: list, extras: list, stores: 
 
 def _ci_text(over: str) -> str:
     if not over.startswith("images"):  # whole prompts/sources resampled
-        return f"95 % bootstrap intervals over {over}"
+        return f"95 % bootstrap intervals over {over} (the outside sources' AUROC: over images)"
     return (
         f"95 % bootstrap intervals over {over}, Wilson's interval for the known flag rate: they hold for "
         "more images of these prompts and sources, not for others"
