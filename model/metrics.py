@@ -149,8 +149,21 @@ def proportion_ci(flags: np.ndarray, units) -> list[float] | None:
     if n == 0:
         return None
     if len(np.unique(np.asarray(units))) < n:
-        return bootstrap_ci(lambda i: float(flags[i].mean()), units)
+        return list(group_rate_interval(flags, units))
     z, p = 1.959963984540054, flags.mean()
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def group_rate_interval(flags: np.ndarray, groups, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval, over whole `groups` ((N,) each row's), of the share of True `flags`:
+    the groups' counts resampled at once (the unknown threshold's interval over prompts, evaluate's
+    over prompts or sources)."""
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    below = np.bincount(inv, weights=np.asarray(flags, float), minlength=len(uniq))
+    count = np.bincount(inv, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniq), (n_boot, len(uniq)))
+    rates = below[draws].sum(1) / count[draws].sum(1)
+    return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))

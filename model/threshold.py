@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from leakstore.model.images import ImageGroups
+from leakstore.model.metrics import group_rate_interval
 from leakstore.model.openset import BASE_SCORERS, FEATURE_PARTS, OpenSetScorer, select_rows
 
 NETWORK_FREE_BLOCKS = FEATURE_PARTS + ("features",)  # blocks read from the store, not from the network
@@ -77,19 +78,6 @@ def out_of_fold_scores(
     return out
 
 
-def flag_rate_interval(
-    scores: np.ndarray, threshold: float, groups: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95 % bootstrap interval, over groups, of the share of rows scoring below `threshold`."""
-    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    below = np.bincount(inv, weights=(scores < threshold).astype(float), minlength=len(uniq))
-    count = np.bincount(inv, minlength=len(uniq)).astype(float)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(uniq), (n_boot, len(uniq)))
-    rates = below[draws].sum(1) / count[draws].sum(1)
-    return float(np.quantile(rates, 0.025)), float(np.quantile(rates, 0.975))
-
-
 def set_out_of_fold_threshold(
     opn: OpenSetScorer,
     blocks: dict,
@@ -119,7 +107,7 @@ def set_out_of_fold_threshold(
     z = out_of_fold_scores(opn, sub, np.asarray(y)[rows], fit[rows], g, outliers, outlier_groups, n_folds, seed)
     rate = opn.false_unknown_rate
     opn.offset_ = float(np.quantile(z, rate))
-    lo, hi = flag_rate_interval(z, opn.offset_, g, seed=seed)
+    lo, hi = group_rate_interval(z < opn.offset_, g, seed=seed)
     info = {
         "source": "out-of-fold",
         "folds": int(n_folds),
@@ -134,7 +122,7 @@ def set_out_of_fold_threshold(
         zv = zi = per.mean(z)
         gi = g[per.first]
         thr = opn.image_threshold_ = float(np.quantile(zi, rate))
-        lo, hi = flag_rate_interval(zi, opn.image_threshold_, gi, seed=seed)
+        lo, hi = group_rate_interval(zi < opn.image_threshold_, gi, seed=seed)
         info.update(image_threshold=opn.image_threshold_, images=int(len(zi)), flag_rate_ci=[lo, hi])
         is_view = None if is_view is None else is_view[per.first]
     if is_view is not None and is_view.any() and (~is_view).any():
@@ -142,15 +130,15 @@ def set_out_of_fold_threshold(
             flagged_as_given=float((zv[~is_view] < thr).mean()), flagged_views=float((zv[is_view] < thr).mean())
         )
     opn.oof_flag_lo_, opn.oof_flag_hi_ = info["flag_rate_ci"]
-    record_validation_flagged(opn, blocks, judged, image)
     return info
 
 
 def record_validation_flagged(opn: OpenSetScorer, blocks: dict, rows: np.ndarray, image: np.ndarray | None) -> None:
     """What the threshold flags on the validation `rows` (`val_flagged_`; of whole images,
     `val_images_flagged_`, when `image` (N,) groups crops): the figure the training summary and the
-    evaluation report give beside the asked rate. Train passes the validation images as given, not
-    their training views, so that it is the figure `evaluate --split val` gives."""
+    evaluation report give beside the asked rate. Train records it once its threshold is final, on
+    the validation images as given, not their training views: the figure `evaluate --split val`
+    gives."""
     if not np.any(rows):
         return
     val = opn.score_samples(select_rows(blocks, rows))

@@ -651,8 +651,10 @@ def _finish(
         random_state=cfg.seed,
         temperature=cfg.open_temperature,
     ).fit(select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
-    if store.has_crops:  # images are judged on their crops' mean score: a threshold of their own
-        opn.set_image_threshold(select_rows(blocks, cal), store.image_rows()[sub_rows[cal]])
+    image = store.image_rows()[sub_rows] if store.has_crops else None
+    view = store.view_index()[sub_rows]
+    if image is not None:  # images are judged on their crops' mean score: a threshold of their own
+        opn.set_image_threshold(select_rows(blocks, cal), image[cal])
     # a scorer on stored features only: the threshold from out-of-fold scores over every training prompt
     oof = set_out_of_fold_threshold(
         opn,
@@ -661,16 +663,14 @@ def _finish(
         tr,
         cal,
         _row_groups(store, sub_rows),
-        image=store.image_rows()[sub_rows] if store.has_crops else None,
+        image=image,
         outliers=oblocks,
         outlier_groups=None if oblocks is None else outlier_groups(*outliers),
         seed=cfg.seed,
-        views=store.view_index()[sub_rows] > 0,
+        views=view > 0,
     )
-    # the validation share flagged, of the validation images as given (their training views left out)
-    clean_cal = cal & (store.view_index()[sub_rows] == 0)
-    if clean_cal.any() and clean_cal.sum() < cal.sum():
-        record_validation_flagged(opn, blocks, clean_cal, store.image_rows()[sub_rows] if store.has_crops else None)
+    # the validation share flagged at the final threshold, of the validation images as given
+    record_validation_flagged(opn, blocks, cal & (view == 0), image)
     state = states[0]
     summary = {
         "epochs_run": state["epoch"],
