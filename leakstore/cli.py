@@ -727,6 +727,16 @@ def train(
             "with --train-views); 0 trains as if the store had none (scorers and threshold included).",
         ),
     ] = MD["view_prob"],
+    consistency: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            rich_help_panel=P_TRAIN,
+            help="> 0: each training image trains as itself and, beside it, as one of its post-processed views, "
+            "whose class distribution is pulled toward the clean one's (this weight); 0 draws one or the other "
+            "(--view-prob).",
+        ),
+    ] = MD["consistency"],
     seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD[
         "seed"
     ],

@@ -67,6 +67,8 @@ class ModelConfig:
     patience: int = 6
     renoise: bool = True  # fresh noise from latent0 every batch, as the reference redraws it
     view_prob: float = 0.5  # per image and epoch: train on one of its post-processed views (featurize --train-views)
+    consistency: float = 1.0  # > 0: every clean row trains beside one of its views (not instead of it), whose
+    # class distribution is pulled toward the clean row's (KL, this weight); view_prob > 0 then only turns views on
     scorer_rows: str = "all"  # rows the closed- and open-set scorers are fitted and calibrated on: "all"
     # (clean and views), "clean" (the network still trains on views) or
     # "clean-fit" (every scorer fitted on clean rows, the open-set scales and
@@ -104,6 +106,8 @@ class ModelConfig:
                 raise ConfigFieldError(name, value, f"choose one of {', '.join(allowed)}")
         if not 0 <= self.time_dropout < 1:
             raise ConfigFieldError("time_dropout", self.time_dropout, "must lie in [0, 1)")
+        if self.consistency < 0:
+            raise ConfigFieldError("consistency", self.consistency, "must be 0 or more")
         if not 0 <= self.view_prob <= 1:
             raise ConfigFieldError("view_prob", self.view_prob, "must lie in [0, 1]")
         for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):
@@ -125,7 +129,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        return from_fields(cls, d, "model config")
+        # a model saved before paired view training trained without it: 0, whatever today's default
+        return from_fields(cls, {"consistency": 0.0, **d}, "model config")
 
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)

@@ -214,10 +214,44 @@ def _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen=None) -> dict[str,
     return out
 
 
-def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None) -> float:
+def _view_of(n: int, clean: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor | None:
+    """(n, k) positions of each row's training views (-1 where none; only clean rows have them)."""
+    if views is None:
+        return None
+    out = torch.full((n, views.shape[1]), -1, dtype=torch.int64)
+    out[clean] = views
+    return out
+
+
+def _paired_loss(net, source, feats, pos, logits, view_of, y_dev, cfg, fcfg, device, gen, noise_gen):
+    """The batch's rows that have a training view, each with one of them: the view's cross-entropy
+    and the KL divergence of its class distribution from the clean row's (held fixed), weighted by
+    cfg.consistency; (loss, rows) or None when no row of the batch has a view."""
+    k = view_of.shape[1]
+    cand = view_of[pos, torch.randint(0, k, (len(pos),), generator=gen)]
+    have = cand >= 0
+    if not bool(have.any()):
+        return None
+    vpos = cand[have]
+    if getattr(source, "streaming", False):  # a view lives in another chunk: read it
+        vfeats, vidx = source.fetch(vpos.numpy()), torch.arange(len(vpos))
+    else:
+        vfeats, vidx = feats, vpos
+    vbatch = _batch(vfeats, vidx, net, cfg, fcfg, device, gen, noise_gen)
+    keep = net.time_dropout_mask(len(vpos), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
+    vout = net(vbatch, keep)
+    target = y_dev[vpos.to(device)]
+    clean_logp = F.log_softmax(logits[have.to(device)].detach(), 1)
+    view_logp = F.log_softmax(vout["logits"], 1)
+    kl = F.kl_div(view_logp, clean_logp, log_target=True, reduction="batchmean")
+    loss = F.cross_entropy(vout["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(vout["a"])
+    return loss + cfg.consistency * kl, len(vpos)
+
+
+def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None, view_of=None) -> float:
     """One pass over idx_all, in the order `source` gives (model/rows.py). Features may live on the
     device already (`MemoryRows.to_device`); the loss is summed on the device, so a step never waits
-    for the GPU."""
+    for the GPU. With `view_of` (cfg.consistency > 0) each row also trains on one of its views."""
     net.train()
     y_dev = torch.as_tensor(y, device=device)
     total, n = torch.zeros((), device=device), 0
@@ -227,6 +261,13 @@ def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise
         out = net(batch, keep)
         target = y_dev[pos.to(device)]
         loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
+        if view_of is not None and (
+            paired := _paired_loss(
+                net, source, feats, pos, out["logits"], view_of, y_dev, cfg, fcfg, device, gen, noise_gen
+            )
+        ):
+            vloss, nv = paired
+            loss = (loss * len(idx) + vloss * nv) / (len(idx) + nv)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -513,9 +554,12 @@ def _train_member(
         best = {n: v.detach().clone() for n, v in net.state_dict().items()}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
-        tl = _epoch(
-            net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen
-        )
+        if cfg.consistency > 0 and cfg.view_prob > 0 and views is not None:
+            tl = _epoch(net, opt, dfeats, y, clean, cfg, fcfg, dev, gen, bar, noise_gen, _view_of(len(y), clean, views))
+        else:
+            tl = _epoch(
+                net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen
+            )
         vl, vacc, vauc = _validate(net, *val, dev)
         state["epoch"] += 1
         state["history"].append(
@@ -587,8 +631,8 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
         "classes": "known classes (--unknown-labels)",
         "model_config": "model settings",
     }
-    if isinstance(prev.get("model_config"), dict):
-        prev = {**prev, "model_config": _resumable(prev["model_config"])}
+    if isinstance(prev.get("model_config"), dict):  # a run begun before paired view training had none
+        prev = {**prev, "model_config": _resumable({"consistency": 0.0, **prev["model_config"]})}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
         raise ConfigMismatchError(
@@ -683,6 +727,7 @@ def _finish(
         "calibration_rows": int(cal.sum()),
         "train_views": store.attrs.get("train_views"),
         "view_prob": cfg.view_prob if store.has_views else None,
+        "consistency": cfg.consistency if store.has_views and cfg.view_prob > 0 else None,
         "scorer_rows": cfg.scorer_rows if store.has_views else None,
         "train_seconds": round(train_seconds, 2),
         "streamed": bool(feats.streaming),
