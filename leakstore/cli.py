@@ -1037,6 +1037,9 @@ def openset_study(
             help="As train --view-prob, for stores featurized with --train-views (0: as if the store had none).",
         ),
     ] = MD["view_prob"],
+    consistency: Annotated[
+        float, typer.Option(min=0.0, help="As train --consistency: pair each image with a view (0: draw one).")
+    ] = MD["consistency"],
     ceiling: Annotated[
         bool,
         typer.Option(
