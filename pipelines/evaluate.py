@@ -51,7 +51,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     y = store_to_model[feats.labels]
     unknown = np.array([n not in bundle.class_names for n in names] + [False])[feats.labels] & (feats.labels >= 0)
     sel = (feats.splits == SPLIT_NAMES.index(split)) if split != "all" else np.ones(len(feats), bool)
-    sel &= store.view_index() == 0  # training views are training material: a split is judged on its images
+    sel &= store.view_index()[feats.rows] == 0  # training views are training material: a split is judged on its images
     keep = sel & ((y >= 0) | unknown)
     if not keep.any():
         raise InputError(f"store {store_path} has no labelled {split} rows to evaluate")
@@ -157,7 +157,7 @@ def evaluate_unseen(
         (feats.splits == SPLIT_NAMES.index(split))
         if own and has_splits and split != "all"
         else np.ones(len(feats), bool)
-    ) & (store.view_index() == 0)
+    ) & (store.view_index()[feats.rows] == 0)
     if not sel.any():
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)

@@ -129,6 +129,24 @@ def test_evaluating_a_split_with_views_judges_its_images_not_their_training_view
             assert o["false_unknown_rate"]["validation"] == pytest.approx(o["known_flagged"])
 
 
+def test_a_store_whose_shrinking_views_failed_is_evaluated_on_its_images(data, tmp_path):
+    from leakstore.model.config import ModelConfig
+    from leakstore.model.train import train
+    from leakstore.pipelines.evaluate import evaluate
+
+    # a 72x64 image shrunk by half gives no 64 px centre crop: those view rows fail, recorded
+    _run(data, tmp_path / "s.zarr", views=2, view_policy="resize:0.4-0.5,jpeg:60-90", resize_policy="center-crop")
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    done, vi, split = s.status() == DONE, s.view_index(), s.read("split")
+    assert (~done & (vi > 0)).any() and done[vi == 0].all()  # some views failed, no image did
+    cfg = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_class=1, members=1)
+    train(tmp_path / "s.zarr", tmp_path / "run", cfg, progress=False)
+    m = evaluate(
+        tmp_path / "run", [str(tmp_path / "s.zarr")], tmp_path / "ev", split="val", unseen=[tmp_path / "s.zarr"]
+    )
+    assert m["views"][0]["closed"]["n"] == int(((vi == 0) & (split == 1)).sum())
+
+
 def test_same_bytes_give_the_same_view_and_features_anywhere(data, tmp_path):
     _run(data, tmp_path / "a.zarr")
     moved = tmp_path / "moved"
