@@ -214,6 +214,14 @@ def _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen=None) -> dict[str,
     return out
 
 
+def _forward_loss(net, batch, n, target, cfg, device, gen) -> tuple[dict, torch.Tensor]:
+    """The network on one training batch of n rows (time-dropout drawn from `gen`): its outputs and
+    the training loss, cross-entropy plus the attention entropy penalty."""
+    keep = net.time_dropout_mask(n, "cpu", gen).to(device) if cfg.time_dropout > 0 else None
+    out = net(batch, keep)
+    return out, F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
+
+
 def _view_of(n: int, clean: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor | None:
     """(n, k) positions of each row's training views (-1 where none; only clean rows have them)."""
     if views is None:
@@ -238,13 +246,9 @@ def _paired_loss(net, source, feats, pos, logits, view_of, y_dev, cfg, fcfg, dev
     else:
         vfeats, vidx = feats, vpos
     vbatch = _batch(vfeats, vidx, net, cfg, fcfg, device, gen, noise_gen)
-    keep = net.time_dropout_mask(len(vpos), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
-    vout = net(vbatch, keep)
-    target = y_dev[vpos.to(device)]
+    vout, loss = _forward_loss(net, vbatch, len(vpos), y_dev[vpos.to(device)], cfg, device, gen)
     clean_logp = F.log_softmax(logits[have.to(device)].detach(), 1)
-    view_logp = F.log_softmax(vout["logits"], 1)
-    kl = F.kl_div(view_logp, clean_logp, log_target=True, reduction="batchmean")
-    loss = F.cross_entropy(vout["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(vout["a"])
+    kl = F.kl_div(F.log_softmax(vout["logits"], 1), clean_logp, log_target=True, reduction="batchmean")
     return loss + cfg.consistency * kl, len(vpos)
 
 
@@ -257,10 +261,7 @@ def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise
     total, n = torch.zeros((), device=device), 0
     for pos, feats, idx in source.batches(idx_all, cfg.batch_size, gen, cfg.epoch_samples):
         batch = _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen)
-        keep = net.time_dropout_mask(len(idx), "cpu", gen).to(device) if cfg.time_dropout > 0 else None
-        out = net(batch, keep)
-        target = y_dev[pos.to(device)]
-        loss = F.cross_entropy(out["logits"], target) + cfg.entropy_reg * attention_entropy_penalty(out["a"])
+        out, loss = _forward_loss(net, batch, len(idx), y_dev[pos.to(device)], cfg, device, gen)
         if view_of is not None and (
             paired := _paired_loss(
                 net, source, feats, pos, out["logits"], view_of, y_dev, cfg, fcfg, device, gen, noise_gen
