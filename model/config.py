@@ -38,6 +38,16 @@ RETIRED_OPEN_SCORERS = (
 )
 
 
+# fields a saved model may lack, with what trained it then (not today's default): paired view
+# training did not exist before `consistency`
+ABSENT_MEANS = {"consistency": 0.0}
+
+
+def with_absent(d: dict) -> dict:
+    """A saved model config `d` with ABSENT_MEANS filled in where it lacks them."""
+    return {**ABSENT_MEANS, **d}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Defaults follow the Proto-LeakNet reference (AdamW 3e-4, wd 1e-4, clip 5, 128-d, M = 6)."""
@@ -129,8 +139,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        # a model saved before paired view training trained without it: 0, whatever today's default
-        return from_fields(cls, {"consistency": 0.0, **d}, "model config")
+        return from_fields(cls, with_absent(d), "model config")
 
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)

@@ -35,7 +35,7 @@ from leakstore.model.checkpoint import (
     scorer_features,
     train_state_name,
 )
-from leakstore.model.config import ModelConfig, default_open_scorer
+from leakstore.model.config import ModelConfig, default_open_scorer, with_absent
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
 from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
@@ -632,8 +632,8 @@ def _check_resume(out_dir: Path, origin: dict, store: FeatureStore) -> None:
         "classes": "known classes (--unknown-labels)",
         "model_config": "model settings",
     }
-    if isinstance(prev.get("model_config"), dict):  # a run begun before paired view training had none
-        prev = {**prev, "model_config": _resumable({"consistency": 0.0, **prev["model_config"]})}
+    if isinstance(prev.get("model_config"), dict):  # a run begun before a field existed reads as it trained
+        prev = {**prev, "model_config": _resumable(with_absent(prev["model_config"]))}
     diff = [what[k] for k in what if prev.get(k) != origin[k]]
     if diff:
         raise ConfigMismatchError(
