@@ -252,13 +252,16 @@ def _paired_loss(net, source, feats, pos, logits, view_of, y_dev, cfg, fcfg, dev
     return loss + cfg.consistency * kl, len(vpos)
 
 
-def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None, view_of=None) -> float:
-    """One pass over idx_all, in the order `source` gives (model/rows.py). Features may live on the
-    device already (`MemoryRows.to_device`); the loss is summed on the device, so a step never waits
-    for the GPU. With `view_of` (cfg.consistency > 0) each row also trains on one of its views."""
+def _epoch(
+    net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise_gen=None, view_of=None
+) -> tuple[float, int]:
+    """One pass over idx_all, in the order `source` gives (model/rows.py): (mean loss, rows forwarded).
+    Features may live on the device already (`MemoryRows.to_device`); the loss is summed on the
+    device, so a step never waits for the GPU. With `view_of` (cfg.consistency > 0) each row also
+    trains on one of its views, and those rows count as forwarded too."""
     net.train()
     y_dev = torch.as_tensor(y, device=device)
-    total, n = torch.zeros((), device=device), 0
+    total, n, forwarded = torch.zeros((), device=device), 0, 0
     for pos, feats, idx in source.batches(idx_all, cfg.batch_size, gen, cfg.epoch_samples):
         batch = _batch(feats, idx, net, cfg, fcfg, device, gen, noise_gen)
         out, loss = _forward_loss(net, batch, len(idx), y_dev[pos.to(device)], cfg, device, gen)
@@ -269,6 +272,7 @@ def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise
         ):
             vloss, nv = paired
             loss = (loss * len(idx) + vloss * nv) / (len(idx) + nv)
+            forwarded += nv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -277,7 +281,7 @@ def _epoch(net, opt, source, y, idx_all, cfg, fcfg, device, gen, bar=None, noise
         n += len(idx)
         if bar is not None:
             bar.update(len(idx))
-    return float(total) / max(n, 1)
+    return float(total) / max(n, 1), n + forwarded
 
 
 @torch.inference_mode()
@@ -556,9 +560,11 @@ def _train_member(
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         te = time.perf_counter()
         if cfg.consistency > 0 and cfg.view_prob > 0 and views is not None:
-            tl = _epoch(net, opt, dfeats, y, clean, cfg, fcfg, dev, gen, bar, noise_gen, _view_of(len(y), clean, views))
+            tl, rows = _epoch(
+                net, opt, dfeats, y, clean, cfg, fcfg, dev, gen, bar, noise_gen, _view_of(len(y), clean, views)
+            )
         else:
-            tl = _epoch(
+            tl, rows = _epoch(
                 net, opt, dfeats, y, _draw_views(clean, views, cfg.view_prob, gen), cfg, fcfg, dev, gen, bar, noise_gen
             )
         vl, vacc, vauc = _validate(net, *val, dev)
@@ -570,6 +576,7 @@ def _train_member(
                 "val_loss": vl,
                 "val_top1": vacc,
                 "val_auc": vauc,
+                "rows": rows,  # forwarded: a paired view is a row of work too
                 "seconds": time.perf_counter() - te,
             }
         )
@@ -733,9 +740,8 @@ def _finish(
         "train_seconds": round(train_seconds, 2),
         "streamed": bool(feats.streaming),
         "fit_rows": {k: int(v.sum()) for k, v in fit.items()},
-        "samples_per_s": round(
-            epoch_rows
-            * sum(len(st["history"]) for st in states)
+        "samples_per_s": round(  # rows forwarded (paired views included); a resumed older state: clean rows
+            sum(h.get("rows", epoch_rows) for st in states for h in st["history"])
             / max(sum(h["seconds"] for st in states for h in st["history"]), 1e-9),
             1,
         ),

@@ -58,10 +58,11 @@ def test_each_clean_row_trains_beside_one_of_its_own_views(store, monkeypatch):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     fcfg = store.config
-    train_mod._epoch(
+    _, forwarded = train_mod._epoch(
         net, opt, MemoryRows(feats), y, clean, CFG, fcfg, "cpu", gen, view_of=_view_of(len(y), clean, views)
     )
     clean_rows, view_rows = np.concatenate(seen[0::2]), np.concatenate(seen[1::2])
+    assert forwarded == len(clean_rows) + len(view_rows)  # the speed counts the views' work too
     assert sorted(clean_rows.tolist()) == sorted(feats.rows[clean.numpy()].tolist())  # every clean row once
     assert len(view_rows) == len(clean_rows)  # every one here has two views: one of them beside it
     row_at = {int(r): i for i, r in enumerate(feats.rows)}
@@ -102,6 +103,7 @@ def test_paired_training_streamed_equals_in_memory(store, tmp_path):
         assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-4, abs=1e-5)
         assert ha["val_loss"] == pytest.approx(hb["val_loss"], rel=1e-4, abs=1e-5)
     assert a["consistency"] == 1.0
+    assert all(h["rows"] == 2 * a["train_rows"] // 3 for h in a["history"])  # clean rows and one view each
     with pytest.raises(Exception, match="consistency"):
         CFG.replace(consistency=-1.0)
 
