@@ -737,6 +737,17 @@ def train(
             "(--view-prob).",
         ),
     ] = MD["consistency"],
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final",
+            metavar="",
+            rich_help_panel=P_TRAIN,
+            help="Train on the store's test split too: the model to deploy, once a model trained without it has "
+            "been evaluated. More prompts and images to learn from; no held-out figures: evaluate refuses this "
+            "store's test split.",
+        ),
+    ] = MD["final"],
     seed: Annotated[int, typer.Option(rich_help_panel=P_TRAIN, help="Training seed (weights, batches, noise).")] = MD[
         "seed"
     ],
@@ -847,6 +858,11 @@ def train(
         f"{b.get('val_top1', float('nan')):.3f}, macro AUC {b.get('val_auc', float('nan')):.3f}"
         + _val_rows_note(store, summary)
     )
+    if summary.get("final"):
+        typer.echo(
+            f"--final: the test split of {store} trained too; judge this model on other images (on that "
+            "split, the same training without --final gives its figures)"
+        )
     for i, m in enumerate(summary.get("members", [])[1:], 2):
         typer.echo(
             f"network {i} (seed {m['seed']}): {m['epochs_run']} epochs, best epoch {m['best_epoch']}: "

@@ -39,8 +39,8 @@ RETIRED_OPEN_SCORERS = (
 
 
 # fields a saved model may lack, with what trained it then (not today's default): paired view
-# training did not exist before `consistency`
-ABSENT_MEANS = {"consistency": 0.0}
+# training did not exist before `consistency`, nor training on the test split before `final`
+ABSENT_MEANS = {"consistency": 0.0, "final": False}
 
 
 def with_absent(d: dict) -> dict:
@@ -95,6 +95,8 @@ class ModelConfig:
     seed: int = 0
     members: int = 3  # networks trained from seeds seed, seed+1, ...; their embeddings joined
     # (chosen by the leave-one-out study: docs/open-set.md)
+    final: bool = False  # the test split trains too (the model to deploy once one without it was
+    # evaluated); evaluate then refuses the training store's test split: its figures would be in-sample
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

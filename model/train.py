@@ -190,6 +190,11 @@ def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tu
     return known, y
 
 
+def training_splits(splits: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """The split codes training reads: the store's, with its test rows as training rows when cfg.final."""
+    return np.where(splits == 2, 0, splits).astype(splits.dtype) if cfg.final else splits
+
+
 def _check_enough(known, y, splits, store):
     for k, name in enumerate(known):
         n_tr, n_va = int(((y == k) & (splits == 0)).sum()), int(((y == k) & (splits == 1)).sum())
@@ -407,10 +412,11 @@ def _train(
     from tqdm.auto import tqdm
 
     known, y = _split_known(store, feats, list(unknown_labels))
-    _check_enough(known, y, feats.splits, store)
+    splits = training_splits(feats.splits, cfg)
+    _check_enough(known, y, splits, store)
     rows = (y >= 0) & rows_in_use(store, feats.rows, cfg)  # views included unless --view-prob 0
-    tr = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 0)))
-    va = torch.from_numpy(np.flatnonzero(rows & (feats.splits == 1)))
+    tr = torch.from_numpy(np.flatnonzero(rows & (splits == 0)))
+    va = torch.from_numpy(np.flatnonzero(rows & (splits == 1)))
     clean, views = _view_table(store, feats, tr.numpy())
     # what a resume must match: the features, the list of images and the classes the run started on
     origin = {
@@ -463,9 +469,9 @@ def _train(
     net = joined(members)
     use, cal = ((y >= 0) & rows_in_use(store, feats.rows, cfg, part) for part in ("fit", "calibration"))
     fit = {
-        "train": use & (feats.splits == 0),
-        "val": use & (feats.splits == 1),
-        "calibration": cal & (feats.splits == 1),
+        "train": use & (splits == 0),
+        "val": use & (splits == 1),
+        "calibration": cal & (splits == 1),
     }
     return _finish(
         net,
@@ -731,6 +737,7 @@ def _finish(
         "best_val": _best_val(state),
         "history": state["history"],
         "train_rows": int(tr.sum()),
+        "final": cfg.final,  # the test split trained too: no held-out figures on this store
         "val_rows": int(va.sum()),
         "calibration_rows": int(cal.sum()),
         "train_views": store.attrs.get("train_views"),

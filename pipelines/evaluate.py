@@ -39,6 +39,22 @@ from leakstore.model.predict import image_threshold, validation_flagged
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
 
+def _is_training_store(store: FeatureStore, bundle) -> bool:
+    """The store the model trained on (its id, drawn when the store was created)."""
+    sid = store.attrs.get("store_id")
+    return sid is not None and sid == bundle.meta.get("training", {}).get("store_id")
+
+
+def refuse_in_sample(store: FeatureStore, bundle, split: str = "test") -> None:
+    """A model trained with --final learned its training store's test split: no figures there."""
+    if bundle.cfg.final and split in ("test", "all") and _is_training_store(store, bundle):
+        raise InputError(
+            f"{store.path} is the store this model trained on, its test split included (train --final): "
+            f"figures on its {split} rows would be in-sample; evaluate the model trained without --final, "
+            "or other images"
+        )
+
+
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:
     import pandas as pd
 
@@ -46,6 +62,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
     feats = store.load(())  # labels and splits only: the features of the rows judged are read below
+    refuse_in_sample(store, bundle, split)
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
@@ -149,9 +166,7 @@ def evaluate_unseen(
     feats = store.load(predictor.inputs)
     # a store of outside images is judged on all its rows; the training store itself (a generator held
     # out with --unknown-labels) on `split`, since its other rows trained the model
-    own = store.attrs.get("store_id") is not None and store.attrs.get("store_id") == bundle.meta.get(
-        "training", {}
-    ).get("store_id")
+    own = _is_training_store(store, bundle)
     has_splits = (feats.splits >= 0).any()
     sel = (
         (feats.splits == SPLIT_NAMES.index(split))

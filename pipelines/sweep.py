@@ -77,7 +77,7 @@ def sweep(
     from leakstore.featurize.vae import encoder_for_config
     from leakstore.featurize.views import parse_view, view_name
     from leakstore.model.checkpoint import load_bundle
-    from leakstore.pipelines.evaluate import evaluate
+    from leakstore.pipelines.evaluate import evaluate, refuse_in_sample
 
     run_dir = Path(run_dir)
     bundle = load_bundle(run_dir)
@@ -88,6 +88,8 @@ def sweep(
     if not names:
         raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_SWEEP_VIEWS))
     cat, clean_store = test_catalog(data)
+    if clean_store:  # before any view is featurized
+        refuse_in_sample(FeatureStore.open(clean_store), bundle)
     out = Path(out) if out else run_dir / "sweep"
     from leakstore.device import resolve_device
 

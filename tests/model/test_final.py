@@ -1,0 +1,65 @@
+"""train --final: the test split trains too, and no command then reports figures on it."""
+
+import numpy as np
+import pytest
+
+from leakstore.config import RunOptions
+from leakstore.errors import InputError
+from leakstore.featurize.api import featurize
+from leakstore.model.config import ModelConfig
+from leakstore.model.train import train, training_splits
+from leakstore.pipelines.evaluate import evaluate
+from leakstore.store import FeatureStore
+from tests.conftest import write_class_images
+
+OPTS = dict(
+    vae="demo", resolution=32, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
+)
+CFG = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_class=1, members=1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("final")
+    data = write_class_images(d / "data", {"real": 12, "gen-a": 12}, size=(32, 32))
+    featurize(
+        data,
+        d / "s.zarr",
+        fractions=(0.5, 0.25, 0.25),
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
+        **OPTS,
+    )
+    return FeatureStore.open(d / "s.zarr")
+
+
+def test_final_trains_on_the_test_split_too(store, tmp_path):
+    split = store.read("split")
+    assert (split == 2).sum() > 0
+    held = train(store.path, tmp_path / "held", CFG, progress=False)
+    final = train(store.path, tmp_path / "final", CFG.replace(final=True), progress=False)
+    assert not held["final"] and final["final"]
+    assert final["train_rows"] == held["train_rows"] + int((split == 2).sum())
+    assert final["val_rows"] == held["val_rows"]  # validation still chooses the epoch and calibrates
+    np.testing.assert_array_equal(training_splits(split, CFG), split)  # without --final: the store's splits
+
+
+def test_evaluate_and_the_sweep_refuse_the_test_split_a_final_model_trained_on(store, tmp_path):
+    from leakstore.pipelines.sweep import sweep
+
+    train(store.path, tmp_path / "held", CFG, progress=False)
+    train(store.path, tmp_path / "final", CFG.replace(final=True), progress=False)
+    m = evaluate(tmp_path / "held", [str(store.path)], tmp_path / "ev-held")  # held out: judged
+    assert m["views"][0]["closed"]["n"] == int(((store.read("split") == 2) & (store.view_index() == 0)).sum())
+    for split in ("test", "all"):
+        with pytest.raises(InputError, match="--final"):
+            evaluate(tmp_path / "final", [str(store.path)], tmp_path / f"ev-{split}", split=split)
+    assert evaluate(tmp_path / "final", [str(store.path)], tmp_path / "ev-val", split="val")["views"]
+    with pytest.raises(InputError, match="in-sample"):  # refused before any view is featurized
+        sweep(tmp_path / "final", views=["jpeg:75"], out=tmp_path / "sweep", progress=False)
+    assert not (tmp_path / "sweep" / "views").exists()
+
+
+def test_a_model_saved_before_final_existed_reads_as_trained_without_it():
+    d = ModelConfig().to_dict()
+    del d["final"]
+    assert ModelConfig.from_dict(d).final is False
