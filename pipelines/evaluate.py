@@ -269,6 +269,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             f"residual ({bundle.featurize.residual_bins} bins)" if n == "residual" else n for n in predictor.inputs
         ],
         "networks": bundle.cfg.members,
+        "final": bundle.cfg.final,  # trained on its store's test split too
         "open_threshold": float(bundle.open.threshold_) if bundle.open is not None else None,
         "open_scorer": bundle.cfg.open_scorer,
         "open_components": list(bundle.open.components_) if bundle.open is not None else [],

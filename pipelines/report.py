@@ -225,6 +225,10 @@ def _networks(n: int) -> str:
     return f"{n} networks joined (train --members); " if n > 1 else "one network; "
 
 
+def _final(summary: dict) -> str:
+    return "; trained on its store's test split too (train --final)" if summary.get("final") else ""
+
+
 def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     names = bundle.class_names
     first = summary["views"][0]
@@ -290,7 +294,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
 <p>Model <code>{html.escape(summary["model"])}</code>; encoder {html.escape(summary["encoder"])};
 {_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
 known classes: {html.escape(", ".join(names))};
-held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none")}.</p>
+held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none")}{_final(summary)}.</p>
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
 <th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked

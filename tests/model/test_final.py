@@ -53,7 +53,9 @@ def test_evaluate_and_the_sweep_refuse_the_test_split_a_final_model_trained_on(s
     for split in ("test", "all"):
         with pytest.raises(InputError, match="--final"):
             evaluate(tmp_path / "final", [str(store.path)], tmp_path / f"ev-{split}", split=split)
-    assert evaluate(tmp_path / "final", [str(store.path)], tmp_path / "ev-val", split="val")["views"]
+    m = evaluate(tmp_path / "final", [str(store.path)], tmp_path / "ev-val", split="val")
+    assert m["final"] and "train --final" in (tmp_path / "ev-val" / "report.html").read_text()
+    assert not evaluate(tmp_path / "held", [str(store.path)], tmp_path / "ev-v", split="val")["final"]
     with pytest.raises(InputError, match="in-sample"):  # refused before any view is featurized
         sweep(tmp_path / "final", views=["jpeg:75"], out=tmp_path / "sweep", progress=False)
     assert not (tmp_path / "sweep" / "views").exists()
