@@ -1203,7 +1203,9 @@ def _print_robustness(s: dict) -> None:
     if crops > 1:
         typer.echo(f"figures per image, each judged on its {crops} crops")
     if s.get("final"):
-        typer.echo("model trained on its store's test split too (train --final): these stores are other images")
+        typer.echo(
+            "model trained on its store's test split too (train --final): figures hold only for images it did not learn"
+        )
     typer.echo(f"{'view':<22}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
