@@ -61,8 +61,8 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
-    feats = store.load(())  # labels and splits only: the features of the rows judged are read below
     refuse_in_sample(store, bundle, split)
+    feats = store.load(())  # labels and splits only: the features of the rows judged are read below
     names = store.class_names
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
