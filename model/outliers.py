@@ -25,9 +25,12 @@ from leakstore.store import DONE, FeatureStore
 MAX_ROWS = 20000  # a seeded sample above this many (the scorers' fit rows are capped alike: model/train.py)
 
 
-def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 0) -> tuple[FeatureStore, np.ndarray]:
+def outlier_rows(
+    path: str | Path, store: FeatureStore, exclude=(), seed: int = 0, judged_splits=(1, 2)
+) -> tuple[FeatureStore, np.ndarray]:
     """(outlier store, the rows of it that may fit a scorer of a model trained on `store` without the
-    generators in `exclude`; a seeded sample of MAX_ROWS of them when there are more)."""
+    generators in `exclude`; a seeded sample of MAX_ROWS of them when there are more). Copies of the
+    images of `judged_splits` never fit (a model trained with --final judges only its validation split)."""
     ost = FeatureStore.open(path)
     if ost.config.hash != store.config.hash:
         raise InputError(
@@ -36,7 +39,7 @@ def outlier_rows(path: str | Path, store: FeatureStore, exclude=(), seed: int = 
             "(leakstore inspect shows them)"
         )
     # a copy's group is its source's group, or sha:<the source file's SHA-256> for a source without one
-    judged = np.isin(store.read("split"), (1, 2))
+    judged = np.isin(store.read("split"), judged_splits)
     held_groups = {str(g) for g in store.read("group")[judged] if str(g)} | {
         f"sha:{h}" for h in store.read("sha256")[judged] if str(h)
     }

@@ -376,7 +376,8 @@ def train(
         raise InputError(f"{out_dir} already holds a model: pass --resume to continue it or --overwrite to replace it")
     dev = resolve_device(device)
     # checked before the networks train: a store that cannot serve fails in a second, not after the run
-    outliers = outlier_rows(outliers, store, unknown_labels) if outliers is not None else None
+    if outliers is not None:  # copies of the images training learns may fit the scorers too
+        outliers = outlier_rows(outliers, store, unknown_labels, judged_splits=(1,) if cfg.final else (1, 2))
     inputs = model_inputs(cfg, fcfg)
     # the open-set scorers may read the residual too, unless the model is told to ignore it (--no-residual),
     # and the features only they read (the pixel spectrum)

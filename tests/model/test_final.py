@@ -65,3 +65,19 @@ def test_a_model_saved_before_final_existed_reads_as_trained_without_it():
     d = ModelConfig().to_dict()
     del d["final"]
     assert ModelConfig.from_dict(d).final is False
+
+
+def test_a_final_model_may_fit_outlier_copies_of_the_test_images_it_learns(store, tmp_path, monkeypatch):
+    import leakstore.model.train as train_mod
+
+    seen = []
+
+    def judged(path, st, exclude=(), seed=0, judged_splits=(1, 2)):
+        seen.append(judged_splits)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(train_mod, "outlier_rows", judged)
+    for final in (False, True):
+        with pytest.raises(InputError, match="stop here"):
+            train(store.path, tmp_path / f"r{final}", CFG.replace(final=final), outliers=store.path, progress=False)
+    assert seen == [(1, 2), (1,)]  # validation images' copies never fit; test images' only when learned

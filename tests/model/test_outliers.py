@@ -123,6 +123,18 @@ def test_outlier_rows_never_come_from_judged_images_or_held_out_generators(tmp_p
         outlier_rows(ost.path, store, exclude=["gen-a", "gen-b", "gen-c", "photo"])
 
 
+def test_a_final_model_fits_copies_of_the_test_images_it_learns_never_of_validation_ones(tmp_path):
+    store = planted_store(tmp_path / "k.zarr", per_class=10)
+    splits, groups = store.read("split"), store.read("group")
+    assert set(splits.tolist()) == {0, 1, 2}
+    store.group["group"][:] = np.array(["g-" + ("train", "val", "test")[s] for s in splits], dtype=object).astype(
+        groups.dtype
+    )
+    ost = _outlier_store(tmp_path / "o.zarr", ["gen-a", "gen-a", "gen-b"], ["g-train", "g-val", "g-test"])
+    assert outlier_rows(ost.path, store)[1].tolist() == [0]
+    assert outlier_rows(ost.path, store, judged_splits=(1,))[1].tolist() == [0, 2]
+
+
 def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     from PIL import Image
 
