@@ -895,7 +895,8 @@ def train(
                 else ""
             )
         )
-    typer.echo(f"model saved in {out}  (next: leakstore evaluate {out} {store})")
+    nxt = f"leakstore score {out} IMAGES" if summary.get("final") else f"leakstore evaluate {out} {store}"
+    typer.echo(f"model saved in {out}  (next: {nxt})")
 
 
 def _val_rows_note(store, summary: dict) -> str:

@@ -81,3 +81,17 @@ def test_a_final_model_may_fit_outlier_copies_of_the_test_images_it_learns(store
         with pytest.raises(InputError, match="stop here"):
             train(store.path, tmp_path / f"r{final}", CFG.replace(final=final), outliers=store.path, progress=False)
     assert seen == [(1, 2), (1,)]  # validation images' copies never fit; test images' only when learned
+
+
+def test_the_command_line_says_what_a_final_model_is_for(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from leakstore.cli import app
+
+    args = ["train", str(store.path), "--out", str(tmp_path / "run"), "--final", "--members", "1"]
+    args += ["--epochs", "1", "--width", "8", "--embed-dim", "16", "--protos-per-class", "1", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "--final: the test split" in r.output and f"next: leakstore score {tmp_path / 'run'}" in r.output
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(store.path)])
+    assert r.exit_code != 0 and "in-sample" in r.output
