@@ -1203,6 +1203,11 @@ def _print_robustness(s: dict) -> None:
     crops = max((v.get("crops", 1) for v in s.get("views", [])), default=1)
     if crops > 1:
         typer.echo(f"figures per image, each judged on its {crops} crops")
+    for store, n in (s.get("in_sample") or {}).items():
+        typer.echo(
+            f"WARNING: {n} judged images of {store} trained this model (copies keep their source's SHA-256): "
+            "its figures there are in-sample; judge images it did not learn"
+        )
     if s.get("final"):
         typer.echo(
             "model trained on its store's test split too (train --final): figures hold only for images it did not learn"

@@ -99,6 +99,13 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
 
 
 # ---------------------------------------------------------------------------- the bundle
+def image_keys(sha256) -> np.ndarray:
+    """Sorted unique uint64 keys (the first 64 bits) of the SHA-256 hex digests given; empty ones skipped.
+    A re-saved or resized view of a file keeps its source's digest, so its key too."""
+    keys = [int(h[:16], 16) for h in sha256 if isinstance(h, str) and len(h) >= 16]
+    return np.unique(np.array(keys, dtype=np.uint64))
+
+
 @dataclass
 class Bundle:
     net: ProtoLeakNet
@@ -108,6 +115,7 @@ class Bundle:
     meta: dict
     closed: Any = None  # a fitted closed-set scorer
     open: Any = None  # a fitted open-set scorer (model/openset.py) with its threshold
+    trained_images: np.ndarray | None = None  # image_keys of the images the networks trained on
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -154,6 +162,8 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
             a, m = pack_scorer(name, est)
             arrays.update(a)
             scorer_meta[name] = m
+    if b.trained_images is not None:
+        arrays["trained_images"] = np.ascontiguousarray(b.trained_images, dtype=np.uint64)
     save_safetensors(np_save, arrays, run_dir / "scorers.safetensors")
     meta = {
         **b.meta,
@@ -165,6 +175,7 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
         "inputs": list(b.net.inputs),
         "class_names": b.class_names,
         "scorers": scorer_meta,
+        **({"trained_images": len(b.trained_images)} if b.trained_images is not None else {}),
     }
     write_text(run_dir / "model.json", json.dumps(meta, indent=2, default=float))  # last: the run is complete
 
@@ -211,14 +222,15 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
     scorers = run_dir / "scorers.safetensors"
     sm = meta.get("scorers", {})
     try:
-        arrays = np_load(str(scorers)) if sm else {}
+        arrays = np_load(str(scorers)) if sm or "trained_images" in meta else {}
         closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
         opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
+        trained = arrays["trained_images"] if "trained_images" in meta else None  # older models: not recorded
     except LeakstoreError:
         raise
     except Exception as e:
         raise _broken(scorers, e) from None
-    return Bundle(net, cfg, fcfg, classes, meta, closed, opn)
+    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained)
 
 
 # ---------------------------------------------------------------------------- resume state

@@ -27,6 +27,7 @@ from leakstore.features.noising import noise_coefficients
 from leakstore.model.checkpoint import (
     Bundle,
     build_member,
+    image_keys,
     load_train_state,
     model_inputs,
     read_train_state_meta,
@@ -490,6 +491,8 @@ def _train(
         list(unknown_labels),
         epoch_rows,
         outliers,
+        # the images the networks learned (a view keeps its source's digest): evaluate counts them when judged
+        image_keys(store.read("sha256")[feats.rows[tr.numpy()]]),
     )
 
 
@@ -683,6 +686,7 @@ def _finish(
     unknown,
     epoch_rows: int,
     outliers=None,
+    trained_images: np.ndarray | None = None,
 ) -> dict:
     """Fit the scorers and save the bundle. `fit` (bool over feats rows): "train" rows fit the
     closed-set scorer and the open-set components, "val" rows calibrate the closed-set scorer
@@ -786,5 +790,5 @@ def _finish(
             {"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"], "best_val": _best_val(st)}
             for st in states
         ]
-    save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn))
+    save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn, trained_images))
     return summary

@@ -26,6 +26,7 @@ from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json
+from leakstore.model.checkpoint import image_keys
 from leakstore.model.metrics import (
     auroc_ci,
     bootstrap_ci,
@@ -53,6 +54,15 @@ def refuse_in_sample(store: FeatureStore, bundle, split: str = "test") -> None:
             f"figures on its {split} rows would be in-sample; evaluate the model trained without --final, "
             "or other images"
         )
+
+
+def trained_judged(bundle, sha256) -> int | None:
+    """How many of the judged images (by their files' SHA-256; a re-saved or resized copy keeps its
+    source's) the model's networks trained on: figures over them are in-sample. None: a model that
+    did not record its training images."""
+    if bundle.trained_images is None:
+        return None
+    return int(np.isin(image_keys(sha256), bundle.trained_images).sum())
 
 
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:
@@ -88,6 +98,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         "crops": store.config.crops,
         "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
         "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known]),
+        "trained_images": trained_judged(bundle, store.read("sha256")[feats.rows[keep]]),
     }
     true = np.array([names[lab] for lab in sub.labels], dtype=object)
     o = metrics["open"]
@@ -289,6 +300,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             for r in results
         ],
         "ci": _ci_text(results[0]["ci_over"]),
+        # judged images the networks trained on (a store of copies of training images): in-sample figures
+        "in_sample": {r["store"]: r["trained_images"] for r in results if r.get("trained_images")},
     }
     if unseen:
         first = extras[0]

@@ -225,6 +225,17 @@ def _networks(n: int) -> str:
     return f"{n} networks joined (train --members); " if n > 1 else "one network; "
 
 
+def _in_sample(summary: dict) -> str:
+    """A warning paragraph for judged stores whose images trained the model."""
+    rows = (summary.get("in_sample") or {}).items()
+    return "".join(
+        f"<p class='warn'><b>In-sample:</b> {n} judged images of <code>{html.escape(st)}</code> trained this "
+        "model (a re-saved or resized copy keeps its source's SHA-256): its figures there overstate what it "
+        "does on new images.</p>"
+        for st, n in rows
+    )
+
+
 def _final(summary: dict) -> str:
     return "; trained on its store's test split too (train --final)" if summary.get("final") else ""
 
@@ -290,7 +301,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         if summary["builtin_encoder"]
         else ""
     )
-    body = f"""{warn}
+    body = f"""{warn}{_in_sample(summary)}
 <p>Model <code>{html.escape(summary["model"])}</code>; encoder {html.escape(summary["encoder"])};
 {_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
 known classes: {html.escape(", ".join(names))};

@@ -95,3 +95,41 @@ def test_the_command_line_says_what_a_final_model_is_for(store, tmp_path):
     assert "--final: the test split" in r.output and f"next: leakstore score {tmp_path / 'run'}" in r.output
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), str(store.path)])
     assert r.exit_code != 0 and "in-sample" in r.output
+
+
+def test_evaluate_counts_judged_images_the_networks_trained_on_even_as_re_saved_copies(store, tmp_path):
+    from leakstore.model.checkpoint import load_bundle
+
+    held = train(store.path, tmp_path / "held", CFG, progress=False)
+    train(store.path, tmp_path / "final", CFG.replace(final=True), progress=False)
+    assert len(load_bundle(tmp_path / "held").trained_images) == held["train_rows"]  # one key per image
+    # the same images re-saved: another store (another id), the same source digests
+    data = store.path.parent / "data"
+    copies = tmp_path / "jpeg.zarr"
+    featurize(
+        data,
+        copies,
+        view="jpeg:90",
+        fractions=(0.5, 0.25, 0.25),
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
+        **OPTS,
+    )
+    n_test = int((FeatureStore.open(copies).read("split") == 2).sum())
+    m = evaluate(tmp_path / "held", [str(store.path), str(copies)], tmp_path / "ev-held")
+    assert [v["trained_images"] for v in m["views"]] == [0, 0] and m["in_sample"] == {}
+    m = evaluate(tmp_path / "final", [str(copies)], tmp_path / "ev-final")  # its test images, re-saved
+    assert m["views"][0]["trained_images"] == n_test and m["in_sample"] == {str(copies): n_test}
+    assert "In-sample" in (tmp_path / "ev-final" / "report.html").read_text()
+    m = evaluate(tmp_path / "held", [str(copies)], tmp_path / "ev-train", split="all")  # its training images
+    assert m["views"][0]["trained_images"] == held["train_rows"]
+
+
+def test_a_model_that_did_not_record_its_training_images_is_judged_without_the_count(store, tmp_path):
+    import json
+
+    train(store.path, tmp_path / "run", CFG, progress=False)
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    del meta["trained_images"]  # as models saved before the record existed
+    (tmp_path / "run" / "model.json").write_text(json.dumps(meta))
+    m = evaluate(tmp_path / "run", [str(store.path)], tmp_path / "ev")
+    assert m["views"][0]["trained_images"] is None and m["in_sample"] == {}
