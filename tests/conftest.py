@@ -54,6 +54,21 @@ def tiny_vae_dir(tmp_path_factory) -> Path:
     return d
 
 
+# the demo encoder's fastest store: two timesteps, no pixel cues (tests of training, not of features)
+TINY_FEATURES = dict(
+    vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
+)
+
+
+def featurize_tiny(data, store, **kw):
+    """Featurize `data` into `store` in this process with TINY_FEATURES (any of them overridden by kw)."""
+    from leakstore.config import RunOptions
+    from leakstore.featurize.api import featurize
+
+    opts = RunOptions(device="cpu", workers=0, progress=False, chunk_size=8)
+    return featurize(data, store, opts=opts, **{**TINY_FEATURES, **kw})
+
+
 def write_class_images(root: Path, classes: dict[str, int], size=(40, 36), seed=0, fmt="png") -> Path:
     """root/<class>/<i>.<fmt>: noisy images whose mean colour depends on the class."""
     rng = np.random.default_rng(seed)

@@ -8,27 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leakstore.config import RunOptions
 from leakstore.errors import InputError
-from leakstore.featurize.api import featurize
 from leakstore.featurize.views import DEFAULT_POLICY, draw_view, parse_policy
 from leakstore.store import DONE, PENDING, FeatureStore
-from tests.conftest import write_class_images
-
-OPTS = dict(
-    vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
-)
+from tests.conftest import featurize_tiny, write_class_images
 
 
 def _run(data, store, views=2, **kw):
-    return featurize(
-        data,
-        store,
-        train_views=views,
-        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
-        **OPTS,
-        **kw,
-    )
+    return featurize_tiny(data, store, train_views=views, **kw)
 
 
 def test_policy_draws_are_seeded_by_the_image_and_follow_real_life_order():
@@ -206,13 +193,7 @@ def test_a_cue_that_survives_jpeg_is_learned_when_views_are_on(tmp_path):
 
     data = _planted(tmp_path / "data", 40, 0)
     unseen = _planted(tmp_path / "unseen", 30, 1)  # independent images to measure on
-    featurize(
-        unseen,
-        tmp_path / "jpeg.zarr",
-        view="jpeg:10",
-        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
-        **OPTS,
-    )
+    featurize_tiny(unseen, tmp_path / "jpeg.zarr", view="jpeg:10")
     cfg = ModelConfig(width=8, embed_dim=16, epochs=12, batch_size=16, renoise=False, view_prob=0.5, members=1)
     acc = {}
     for views in (0, 2):

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from leakstore.config import RunOptions
-from leakstore.featurize.api import featurize
 from leakstore.model import train as train_mod
 from leakstore.model.checkpoint import build_member
 from leakstore.model.config import ModelConfig
@@ -15,11 +13,8 @@ from leakstore.model.predict import batch_dict
 from leakstore.model.rows import MemoryRows
 from leakstore.model.train import _paired_loss, _view_of, _view_table, train
 from leakstore.store import FeatureStore
-from tests.conftest import write_class_images
+from tests.conftest import featurize_tiny, write_class_images
 
-OPTS = dict(
-    vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
-)
 CFG = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=8, protos_per_class=1, members=1, consistency=1.0)
 
 
@@ -27,13 +22,7 @@ CFG = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=8, protos_per_clas
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("consistency")
     data = write_class_images(d / "data", {"real": 10, "gen-a": 10}, size=(72, 64))
-    featurize(
-        data,
-        d / "s.zarr",
-        train_views=2,
-        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
-        **OPTS,
-    )
+    featurize_tiny(data, d / "s.zarr", train_views=2)
     return FeatureStore.open(d / "s.zarr")
 
 

@@ -3,18 +3,13 @@
 import numpy as np
 import pytest
 
-from leakstore.config import RunOptions
 from leakstore.errors import InputError
-from leakstore.featurize.api import featurize
 from leakstore.model.config import ModelConfig
 from leakstore.model.train import train, training_splits
 from leakstore.pipelines.evaluate import evaluate
 from leakstore.store import FeatureStore
-from tests.conftest import write_class_images
+from tests.conftest import featurize_tiny, write_class_images
 
-OPTS = dict(
-    vae="demo", resolution=32, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
-)
 CFG = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_class=1, members=1)
 
 
@@ -22,13 +17,7 @@ CFG = ModelConfig(width=8, embed_dim=16, epochs=1, batch_size=8, protos_per_clas
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("final")
     data = write_class_images(d / "data", {"real": 12, "gen-a": 12}, size=(32, 32))
-    featurize(
-        data,
-        d / "s.zarr",
-        fractions=(0.5, 0.25, 0.25),
-        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
-        **OPTS,
-    )
+    featurize_tiny(data, d / "s.zarr", resolution=32, fractions=(0.5, 0.25, 0.25))
     return FeatureStore.open(d / "s.zarr")
 
 
@@ -106,14 +95,7 @@ def test_evaluate_counts_judged_images_the_networks_trained_on_even_as_re_saved_
     # the same images re-saved: another store (another id), the same source digests
     data = store.path.parent / "data"
     copies = tmp_path / "jpeg.zarr"
-    featurize(
-        data,
-        copies,
-        view="jpeg:90",
-        fractions=(0.5, 0.25, 0.25),
-        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=8),
-        **OPTS,
-    )
+    featurize_tiny(data, copies, resolution=32, view="jpeg:90", fractions=(0.5, 0.25, 0.25))
     n_test = int((FeatureStore.open(copies).read("split") == 2).sum())
     m = evaluate(tmp_path / "held", [str(store.path), str(copies)], tmp_path / "ev-held")
     assert [v["trained_images"] for v in m["views"]] == [0, 0] and m["in_sample"] == {}
