@@ -754,6 +754,16 @@ def train(
     scorer: Annotated[Scorer, typer.Option(rich_help_panel=P_OPEN, help="Closed-set scorer on embeddings.")] = MD[
         "scorer"
     ],
+    discriminant: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            rich_help_panel=P_OPEN,
+            help="Attribution: this weight on a linear discriminant of the stored statistics, the rest on the "
+            "networks (log-probabilities); 0: the networks alone. --resume on a finished run refits it.",
+        ),
+    ] = MD["discriminant"],
     open_scorer: Annotated[
         OpenScorer | None,
         typer.Option(
@@ -881,6 +891,11 @@ def train(
         )
     if fb := summary["open_scorer"].get("fallback"):
         typer.echo(f"note: {fb}")
+    if d := summary.get("discriminant"):
+        typer.echo(
+            f"attribution: the networks (weight {1 - d['weight']:.2g}) with a linear discriminant of "
+            f"{d['features']} stored statistics (weight {d['weight']:.2g})"
+        )
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
@@ -1221,6 +1236,12 @@ def _print_robustness(s: dict) -> None:
         typer.echo(f"{r['view']:<22}{auc:>22}{r['top1']:>8.4f}{oa:>12}{kf:>25}")
     if s.get("ci"):
         typer.echo(f"({s['ci']})")
+    if s.get("discriminant"):
+        alone = " / ".join(f"{r['networks_macro_auc']:.4f}" for r in s["robustness"])
+        typer.echo(
+            f"attribution: the networks with the stored statistics' discriminant (weight {s['discriminant']:.2g}); "
+            f"the networks alone: macro AUC {alone}"
+        )
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():

@@ -3,7 +3,7 @@
 A run directory holds
     model.json            ModelConfig, featurize config, class names, training summary, scorer params
     model.safetensors     network weights and buffers (best epoch)
-    scorers.safetensors   fitted scorer arrays (closed-set and open-set)
+    scorers.safetensors   fitted scorer arrays (closed-set, open-set, the attribution discriminant)
     train_state.*         last epoch's weights + optimizer, for --resume
 """
 
@@ -116,13 +116,20 @@ class Bundle:
     closed: Any = None  # a fitted closed-set scorer
     open: Any = None  # a fitted open-set scorer (model/openset.py) with its threshold
     trained_images: np.ndarray | None = None  # image_keys of the images the networks trained on
+    discriminant: Any = None  # a fitted ClassPosterior on the `features` block (known classes), for attribution
+
+    @property
+    def fuses(self) -> bool:
+        """Whether attribution fuses the discriminant with the networks (cfg.discriminant > 0)."""
+        return self.discriminant is not None and self.cfg.discriminant > 0
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
         from leakstore.model.openset import stored_blocks
 
-        extra = tuple(b for b in stored_blocks(getattr(self.open, "blocks_", ()), self.cfg) if b not in self.net.inputs)
+        blocks = tuple(getattr(self.open, "blocks_", ())) + (("features",) if self.fuses else ())
+        extra = tuple(b for b in stored_blocks(blocks, self.cfg) if b not in self.net.inputs)
         return tuple(self.net.inputs) + extra
 
 
@@ -157,7 +164,7 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
         t_save, {k: v.detach().cpu().contiguous() for k, v in b.net.state_dict().items()}, run_dir / "model.safetensors"
     )
     arrays, scorer_meta = {}, {}
-    for name, est in (("closed", b.closed), ("open", b.open)):
+    for name, est in (("closed", b.closed), ("open", b.open), ("discriminant", b.discriminant)):
         if est is not None:
             a, m = pack_scorer(name, est)
             arrays.update(a)
@@ -225,12 +232,13 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
         arrays = np_load(str(scorers)) if sm or "trained_images" in meta else {}
         closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
         opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
+        disc = unpack_scorer("discriminant", sm["discriminant"], arrays) if "discriminant" in sm else None
         trained = arrays["trained_images"] if "trained_images" in meta else None  # older models: not recorded
     except LeakstoreError:
         raise
     except Exception as e:
         raise _broken(scorers, e) from None
-    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained)
+    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc)
 
 
 # ---------------------------------------------------------------------------- resume state

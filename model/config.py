@@ -39,8 +39,9 @@ RETIRED_OPEN_SCORERS = (
 
 
 # fields a saved model may lack, with what trained it then (not today's default): paired view
-# training did not exist before `consistency`, nor training on the test split before `final`
-ABSENT_MEANS = {"consistency": 0.0, "final": False}
+# training did not exist before `consistency`, nor training on the test split before `final`,
+# nor attribution with the discriminant beside the networks before `discriminant`
+ABSENT_MEANS = {"consistency": 0.0, "final": False, "discriminant": 0.0}
 
 
 def with_absent(d: dict) -> dict:
@@ -88,6 +89,9 @@ class ModelConfig:
     dropout: float = 0.1
     select_on: str = "val_auc"  # early stopping / best epoch on "val_auc" or "val_loss"
     scorer: str = "mahalanobis"  # closed-set scorer on embeddings
+    discriminant: float = 0.2  # attribution: this weight on a linear discriminant of the stored statistics
+    # (the lda scorer's features, known classes only), 1 - it on the networks' calibrated log-probabilities;
+    # 0: the networks alone. Chosen out of fold over the training prompts (docs/results)
     open_scorer: str = "fused-period"  # open-set scorer (model/openset.py), chosen by the leave-one-out study;
     # with outlier exposure, OUTLIER_OPEN_SCORER (default_open_scorer)
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
@@ -120,6 +124,8 @@ class ModelConfig:
             raise ConfigFieldError("time_dropout", self.time_dropout, "must lie in [0, 1)")
         if self.consistency < 0:
             raise ConfigFieldError("consistency", self.consistency, "must be 0 or more")
+        if not 0 <= self.discriminant <= 1:
+            raise ConfigFieldError("discriminant", self.discriminant, "must lie in [0, 1] (0: the networks alone)")
         if not 0 <= self.view_prob <= 1:
             raise ConfigFieldError("view_prob", self.view_prob, "must lie in [0, 1]")
         for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):

@@ -137,10 +137,13 @@ class ClassPosterior(ClassGaussian):
             raise InputError("the lda open-set scorer got outlier rows only: it needs rows of known classes")
         return self._set_offset(X[self.known_[yi].astype(bool)])
 
-    def score_samples(self, X) -> np.ndarray:
+    def log_posterior(self, X) -> np.ndarray:
+        """(N, K) log posterior of every class (`classes_` order, outlier classes included)."""
         logit = -0.5 * self.class_distances(X) + self.log_prior_
-        post = logit - logsumexp(logit, axis=1, keepdims=True)
-        return post[:, self.known_.astype(bool)].max(1)
+        return logit - logsumexp(logit, axis=1, keepdims=True)
+
+    def score_samples(self, X) -> np.ndarray:
+        return self.log_posterior(X)[:, self.known_.astype(bool)].max(1)
 
 
 class MaxColumn(_Scorer):

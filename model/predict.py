@@ -122,15 +122,17 @@ def open_blocks(
 
 @torch.inference_mode()
 def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "cpu", top: int = 3) -> dict:
-    """Per row: probabilities over the model's classes (closed-set scorer, calibrated), the
-    predicted class, the open-set score (higher: more like a known generator) and unknown flag,
-    the `top` nearest prototypes, attention over timesteps and the strongest gate dimensions."""
+    """Per row: probabilities over the model's classes (`attribution`: the closed-set scorer, calibrated,
+    with the discriminant where the model has one; `network_proba` without it), the predicted class,
+    the open-set score (higher: more like a known generator) and unknown flag, the `top` nearest
+    prototypes, attention over timesteps and the strongest gate dimensions."""
     device = resolve_device(str(device))
     net = bundle.net.to(device)
     emb = embed_all(net, feats, device)
-    proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)
+    net_proba = bundle.closed.predict_proba(emb["e"]) if bundle.closed is not None else softmax(emb["logits"], axis=1)
     d = prototype_distances(net, emb)  # (N, K, M)
-    blocks = open_blocks(net, emb, proba, feats, d)
+    blocks = open_blocks(net, emb, net_proba, feats, d)  # the open-set scorers read the networks' probabilities
+    proba = attribution(bundle, net_proba, blocks["features"])
     if bundle.open is None:
         score, thr = np.full(len(feats), np.nan), -np.inf
     else:
@@ -148,6 +150,7 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     pred = proba.argmax(1)
     return {
         "proba": proba,
+        "network_proba": net_proba,
         "pred": pred,
         "pred_name": np.array([names[i] for i in pred], dtype=object),
         "confidence": proba.max(1),
@@ -162,6 +165,18 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
         "logits": emb["logits"],
         "blocks": blocks,
     }
+
+
+def attribution(bundle: Bundle, net_proba: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """(N, K) the probabilities an image is attributed by: the networks' calibrated ones, or, for a model
+    with a discriminant (cfg.discriminant = w > 0), the softmax of (1 - w) log p_networks + w log p_discriminant,
+    the discriminant being a linear one on the stored statistics (`features`), fitted on the known classes.
+    The two err on different images (docs/results): fused, they attribute better than either alone."""
+    if not bundle.fuses:
+        return net_proba
+    w = float(bundle.cfg.discriminant)
+    logp = (1 - w) * np.log(np.clip(net_proba, 1e-12, 1.0)) + w * bundle.discriminant.log_posterior(features)
+    return softmax(logp, axis=1)
 
 
 def image_threshold(bundle: Bundle) -> float:
@@ -192,13 +207,17 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
 
     groups = ImageGroups(image)
     mean, first = groups.mean, groups.first
-    logp = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
-    proba = softmax(logp, axis=1)
+
+    def image_proba(rows):
+        return softmax(mean(np.log(np.clip(rows, 1e-12, 1.0))), axis=1)
+
+    proba = image_proba(p["proba"])
     score = mean(p["open_score"])
     spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score**2, 0.0))
     pred = proba.argmax(1)
     return groups.ids, {
         "proba": proba,
+        "network_proba": image_proba(p["network_proba"]) if "network_proba" in p else proba,
         "pred": pred,
         "pred_name": np.array([names[i] for i in pred], dtype=object),
         "confidence": proba.max(1),

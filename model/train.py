@@ -38,7 +38,7 @@ from leakstore.model.checkpoint import (
 )
 from leakstore.model.config import ModelConfig, default_open_scorer, with_absent
 from leakstore.model.net import attention_entropy_penalty, joined
-from leakstore.model.openset import OpenSetScorer, select_rows, takes_outliers
+from leakstore.model.openset import ClassPosterior, OpenSetScorer, select_rows, takes_outliers
 from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import MemoryRows, open_rows
@@ -174,7 +174,8 @@ def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, part: s
 
 def _resumable(settings: dict) -> dict:
     """The model settings a resumed run must share with the run it continues (all but the schedule)."""
-    return {k: v for k, v in settings.items() if k not in ("epochs", "patience")}
+    # the discriminant's weight is not the networks': a finished run resumed with another refits its scorers
+    return {k: v for k, v in settings.items() if k not in ("epochs", "patience", "discriminant")}
 
 
 def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:
@@ -734,6 +735,8 @@ def _finish(
     )
     # the validation share flagged at the final threshold, of the validation images as given
     record_validation_flagged(opn, blocks, cal & (view == 0), image)
+    # attribution beside the networks: a linear discriminant of the stored statistics on the same rows
+    disc = ClassPosterior().fit(blocks["features"][tr], y_tr) if cfg.discriminant > 0 else None
     state = states[0]
     summary = {
         "epochs_run": state["epoch"],
@@ -749,6 +752,9 @@ def _finish(
         "view_prob": cfg.view_prob if store.has_views else None,
         "consistency": cfg.consistency if store.has_views and cfg.view_prob > 0 else None,
         "scorer_rows": cfg.scorer_rows if store.has_views else None,
+        "discriminant": None
+        if disc is None
+        else {"weight": cfg.discriminant, "features": int(disc.n_features_in_), "rows": int(tr.sum())},
         "train_seconds": round(train_seconds, 2),
         "streamed": bool(feats.streaming),
         "fit_rows": {k: int(v.sum()) for k, v in fit.items()},
@@ -790,5 +796,6 @@ def _finish(
             {"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"], "best_val": _best_val(st)}
             for st in states
         ]
-    save_bundle(out_dir, Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn, trained_images))
+    bundle = Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn, trained_images, disc)
+    save_bundle(out_dir, bundle)
     return summary

@@ -100,6 +100,9 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known]),
         "trained_images": trained_judged(bundle, store.read("sha256")[feats.rows[keep]]),
     }
+    if bundle.fuses:  # what the networks alone give, beside the attribution (networks + discriminant)
+        net = closed_set(y[known], p["network_proba"][known], bundle.class_names)
+        metrics["closed_networks"] = {k: net[k] for k in ("macro_auc", "top1", "balanced_accuracy")}
     true = np.array([names[lab] for lab in sub.labels], dtype=object)
     o = metrics["open"]
     o["per_generator_auroc"] = {
@@ -286,6 +289,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "open_components": list(bundle.open.components_) if bundle.open is not None else [],
         "open_fallback": getattr(bundle.open, "fallback_", "") or None,
         "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
+        "discriminant": float(bundle.cfg.discriminant) if bundle.fuses else None,  # its weight in attribution
         "views": results,
         "robustness": [
             {
@@ -293,6 +297,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
                 "macro_auc": r["closed"]["macro_auc"],
                 "macro_auc_ci": r["closed"].get("macro_auc_ci"),
                 "top1": r["closed"]["top1"],
+                "networks_macro_auc": r.get("closed_networks", {}).get("macro_auc"),
                 "open_auroc": r["open"].get("auroc"),
                 "known_flagged": r["open"].get("known_flagged"),
                 "known_flagged_ci": r["open"].get("known_flagged_ci"),

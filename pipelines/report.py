@@ -240,6 +240,23 @@ def _final(summary: dict) -> str:
     return "; trained on its store's test split too (train --final)" if summary.get("final") else ""
 
 
+def _attribution(summary: dict) -> str:
+    """A sentence on what attributes images, with the networks' own macro AUC per view, for a model whose
+    attribution fuses the stored statistics' discriminant with its networks."""
+    w = summary.get("discriminant")
+    if not w:
+        return ""
+    alone = ", ".join(
+        f"{html.escape(str(r['view']))} {r['networks_macro_auc']:.4f}"
+        for r in summary["robustness"]
+        if r.get("networks_macro_auc") is not None
+    )
+    return (
+        f"<p>Attribution: the networks' log-probabilities (weight {1 - w:.2g}) with a linear discriminant of the "
+        f"stored statistics (weight {w:.2g}, train --discriminant). The networks alone: macro AUC {alone}.</p>"
+    )
+
+
 def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
     names = bundle.class_names
     first = summary["views"][0]
@@ -306,6 +323,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
 {_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
 known classes: {html.escape(", ".join(names))};
 held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none")}{_final(summary)}.</p>
+{_attribution(summary)}
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
 <th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked
