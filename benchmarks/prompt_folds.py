@@ -4,7 +4,7 @@ discriminant, and their fusion at each weight (how `train --discriminant` was ch
     python -m benchmarks.prompt_folds STORE.zarr --out folds/ --outliers OUTLIERS.zarr --json folds.json
     python -m benchmarks.prompt_folds STORE.zarr --out folds/ --folds 4 --weights 0,0.1,0.2,0.3,0.5,1
 
-The training split's prompts (the store's `group`; each image its own group where a store has none)
+The training split's prompts (the store's `group`; an image's file digest where a store has none)
 are dealt into `--folds` folds in sorted order (fold k: prompts k, k + F, ...). For each fold, a copy
 of the store (hard links; only `split` is rewritten, with the fold's prompts as test) trains the
 default model (`--outliers`, `--seed`, `--threads` as `leakstore train`; the validation prompts still
@@ -31,6 +31,13 @@ import numpy as np
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0)
 
 
+def _groups(store) -> np.ndarray:
+    """Every row's group as training's out-of-fold threshold reads it (model.train.row_groups)."""
+    from leakstore.model.train import row_groups
+
+    return row_groups(store, np.arange(store.n))
+
+
 def fold_prompts(store, folds: int) -> list[list[str]]:
     """The training split's groups dealt into `folds` lists (sorted, round robin)."""
     groups = _groups(store)
@@ -38,13 +45,6 @@ def fold_prompts(store, folds: int) -> list[list[str]]:
     if len(train) < folds:
         raise SystemExit(f"{store.path} has {len(train)} training prompts: fewer than --folds {folds}")
     return [train[k::folds] for k in range(folds)]
-
-
-def _groups(store) -> np.ndarray:
-    g = np.array([str(x) for x in store.read("group")], dtype=object)
-    empty = g == ""
-    g[empty] = [f"image-{i}" for i in store.image_rows()[empty]]  # no group: each image its own
-    return g
 
 
 def fold_copy(src: Path, dst: Path, prompts: list[str]) -> Path:
@@ -62,7 +62,7 @@ def fold_copy(src: Path, dst: Path, prompts: list[str]) -> Path:
     shutil.copytree(src / "split", dst / "split")  # its own files: the source's split stays as it was
     st = FeatureStore.open(src)
     split = st.read("split").copy()
-    split[np.isin(_groups(st), prompts)] = 2
+    split[(split == 0) & np.isin(_groups(st), prompts)] = 2  # their training rows
     zarr.open_group(str(dst), mode="r+")["split"][:] = split
     (dst / ".fold-done").write_text(json.dumps(prompts))
     return dst
@@ -83,7 +83,7 @@ def judge(run: Path, store_path: Path, prompts: list[str]) -> dict[str, dict[str
     names = st.class_names
     y = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in names] + [-1])[feats.labels]
     view = st.view_index()[feats.rows]
-    mine = np.isin(_groups(st)[feats.rows], prompts) & (y >= 0)
+    mine = np.isin(_groups(st)[feats.rows], prompts) & (feats.splits == 2) & (y >= 0)
     p = predict(b, feats.subset(np.flatnonzero(mine)))
     out = {}
     for name, m in (("clean", view[mine] == 0), ("views", view[mine] > 0)):

@@ -125,7 +125,8 @@ class Bundle:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        """Every stored feature predictions read: the network's inputs and the open-set scorer's."""
+        """Every stored feature predictions read: the network's inputs, the open-set scorer's and the
+        attribution discriminant's."""
         from leakstore.model.openset import stored_blocks
 
         blocks = tuple(getattr(self.open, "blocks_", ())) + (("features",) if self.fuses else ())

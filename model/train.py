@@ -664,7 +664,7 @@ def _best_val(state: dict) -> dict:
     return dict(state["history"][state["best_epoch"] - 1]) if state["best_epoch"] > 0 else {}
 
 
-def _row_groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+def row_groups(store: FeatureStore, rows: np.ndarray) -> np.ndarray:
     """(len(rows),) each row's group (its prompt), or its image's SHA-256 where it has none."""
     g = np.array([str(v) for v in store.read("group")])[rows]
     sha = np.array([str(v) for v in store.read("sha256")])[rows]
@@ -726,7 +726,7 @@ def _finish(
         y_sub,
         tr,
         cal,
-        _row_groups(store, sub_rows),
+        row_groups(store, sub_rows),
         image=image,
         outliers=oblocks,
         outlier_groups=None if oblocks is None else outlier_groups(*outliers),

@@ -60,7 +60,7 @@ class Predictor:
     # ------------------------------------------------------------------ what the model reads
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The stored features predictions read: the network's inputs and the open-set scorer's."""
+        """The stored features predictions read (Bundle.feature_names)."""
         return self.bundle.feature_names
 
     @property

@@ -12,15 +12,19 @@ CFG = ModelConfig(width=8, embed_dim=16, epochs=2, batch_size=16, protos_per_cla
 
 def test_the_folds_judge_every_training_image_once_by_a_model_that_never_trained_on_it(tmp_path):
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b"), per_class=20, chunk=16)
-    src = FeatureStore.open(tmp_path / "s.zarr")
+    src = FeatureStore.open(tmp_path / "s.zarr", mode="r+")
     split = src.read("split").copy()
+    # prompts, each in one split (as a store split by prompt has them), every class on each
+    src.group["group"][:] = np.array([f"prompt-{s}-{i % 3}" for i, s in enumerate(split)])
+    prompts = np.array([str(g) for g in src.read("group")], dtype=object)
     r = prompt_folds.run(tmp_path / "s.zarr", tmp_path / "folds", 2, (0.0, 0.2, 1.0), cfg=CFG)
     np.testing.assert_array_equal(FeatureStore.open(tmp_path / "s.zarr").read("split"), split)  # untouched
     held = [set(f) for f in r["folds"]]
-    assert not held[0] & held[1] and sum(map(len, held)) == int((split == 0).sum())  # no group: images
+    assert not held[0] & held[1] and held[0] | held[1] == set(prompts[split == 0])
     for k in range(2):
         fs = FeatureStore.open(tmp_path / "folds" / f"fold{k}.zarr").read("split")
-        assert (fs == 2).sum() == (split == 2).sum() + len(held[k]) and ((fs == 1) == (split == 1)).all()
+        mine = np.isin(prompts, list(held[k]))
+        np.testing.assert_array_equal(fs, np.where(mine, 2, split))  # the fold's prompts test, the rest as they were
     for w in ("0.0", "0.2", "1.0"):
         clean = r["weights"][w]["clean"]
         assert clean["images"] == int((split == 0).sum()) and len(clean["per_fold"]) == 2
