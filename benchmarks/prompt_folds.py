@@ -79,19 +79,20 @@ def judge(run: Path, store_path: Path, prompts: list[str]) -> dict[str, dict[str
     if b.discriminant is None:
         raise SystemExit(f"{run} has no discriminant (trained with --discriminant 0): train the folds with it")
     st = FeatureStore.open(store_path)
-    feats = st.load(b.feature_names)
-    names = st.class_names
-    y = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in names] + [-1])[feats.labels]
-    view = st.view_index()[feats.rows]
-    mine = np.isin(_groups(st)[feats.rows], prompts) & (feats.splits == 2) & (y >= 0)
-    p = predict(b, feats.subset(np.flatnonzero(mine)))
+    labels = st.load(())  # labels and splits only: the features of the fold's rows are read below
+    y = np.array([b.class_names.index(n) if n in b.class_names else -1 for n in st.class_names] + [-1])
+    mine = np.isin(_groups(st)[labels.rows], prompts) & (labels.splits == 2) & (y[labels.labels] >= 0)
+    feats = st.load(b.feature_names, rows=labels.rows[mine])
+    p = predict(b, feats)
+    rows = feats.rows
+    view = st.view_index()[rows]
     out = {}
-    for name, m in (("clean", view[mine] == 0), ("views", view[mine] > 0)):
+    for name, m in (("clean", view == 0), ("views", view > 0)):
         if m.any():
             out[name] = {
-                "y": y[mine][m],
-                "image": (st.image_rows()[feats.rows][mine][m].astype(np.int64) << 8) + view[mine][m],
-                "net": np.log(np.clip(p["network_proba"][m], 1e-12, 1.0)),
+                "y": y[feats.labels][m],
+                "image": (st.image_rows()[rows][m].astype(np.int64) << 8) + view[m],
+                "net": p["network_proba"][m],
                 "disc": b.discriminant.log_posterior(p["blocks"]["features"][m]),
             }
     return out
@@ -100,18 +101,19 @@ def judge(run: Path, store_path: Path, prompts: list[str]) -> dict[str, dict[str
 def scores(parts: list[dict[str, np.ndarray]], w: float) -> dict:
     """Pooled per-image macro AUC and top-1 at weight w over `parts` (each one fold's images)."""
     from scipy.special import softmax
-    from sklearn.metrics import roc_auc_score
 
     from leakstore.model.images import ImageGroups
+    from leakstore.model.metrics import macro_auc
+    from leakstore.model.predict import fused_log_proba
 
     ys, ps = [], []
-    for d in parts:
+    for d in parts:  # an image: the softmax of its crops' mean fused log-probability, as attribution gives it
         g = ImageGroups(d["image"])
-        ps.append(softmax(g.mean((1 - w) * d["net"] + w * d["disc"]), axis=1))
+        ps.append(softmax(g.mean(fused_log_proba(d["net"], d["disc"], w)), axis=1))
         ys.append(d["y"][g.first])
     y, p = np.concatenate(ys), np.concatenate(ps)
     present = [c for c in range(p.shape[1]) if (y == c).any() and (y != c).any()]
-    auc = float(np.mean([roc_auc_score(y == c, p[:, c]) for c in present])) if present else float("nan")
+    auc = macro_auc(y, p, present) if present else float("nan")
     return {"macro_auc": auc, "top1": float((p.argmax(1) == y).mean()), "images": int(len(y))}
 
 

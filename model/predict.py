@@ -174,9 +174,13 @@ def attribution(bundle: Bundle, net_proba: np.ndarray, features: np.ndarray) -> 
     The two err on different images (docs/results): fused, they attribute better than either alone."""
     if not bundle.fuses:
         return net_proba
-    w = float(bundle.cfg.discriminant)
-    logp = (1 - w) * np.log(np.clip(net_proba, 1e-12, 1.0)) + w * bundle.discriminant.log_posterior(features)
-    return softmax(logp, axis=1)
+    disc = bundle.discriminant.log_posterior(features)
+    return softmax(fused_log_proba(net_proba, disc, bundle.cfg.discriminant), axis=1)
+
+
+def fused_log_proba(net_proba: np.ndarray, disc_log_posterior: np.ndarray, w: float) -> np.ndarray:
+    """(N, K) unnormalised log-probabilities of attribution at discriminant weight w."""
+    return (1 - float(w)) * np.log(np.clip(net_proba, 1e-12, 1.0)) + float(w) * disc_log_posterior
 
 
 def image_threshold(bundle: Bundle) -> float:
