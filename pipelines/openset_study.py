@@ -257,41 +257,51 @@ def supervised_ceiling(
     return out
 
 
-def _weighted_auroc(known, unknown, wk, wu) -> float:
-    """AUROC (known scored above unknown, ties half) with row weights: a bootstrap draw as counts."""
+def _weighted_aurocs(known, unknown, wk, wu) -> np.ndarray:
+    """AUROC (known scored above unknown, ties half) under each row of weights: wk (D, known rows) and
+    wu (D, unknown rows), D bootstrap draws as counts. The sort and the ties depend on the scores only,
+    so they are made once and every draw is a weighted sum over them (D AUROCs, nan where a side
+    weighs nothing)."""
+    wk, wu = np.atleast_2d(np.asarray(wk, float)), np.atleast_2d(np.asarray(wu, float))
+    if not len(known) or not len(unknown):
+        return np.full(len(wk), np.nan)
     s = np.r_[known, unknown]
-    w = np.r_[wk, -wu].astype(float)  # sign marks the side
     order = np.argsort(s, kind="mergesort")
-    s, w = s[order], w[order]
-    _, start = np.unique(s, return_index=True)
-    tie = np.add.reduceat(np.abs(w) * (w < 0), start), np.add.reduceat(w * (w > 0), start)
-    below_u = np.r_[0, np.cumsum(tie[0])[:-1]]  # unknown weight strictly below each distinct score
-    num = float((tie[1] * (below_u + 0.5 * tie[0])).sum())
-    den = float(wk.sum() * wu.sum())
-    return num / den if den > 0 else np.nan
+    _, start = np.unique(s[order], return_index=True)
+    pad_k, pad_u = np.zeros((len(wk), len(unknown))), np.zeros((len(wu), len(known)))
+    tie_k = np.add.reduceat(np.concatenate([wk, pad_k], 1)[:, order], start, axis=1)
+    tie_u = np.add.reduceat(np.concatenate([pad_u, wu], 1)[:, order], start, axis=1)
+    below_u = np.cumsum(tie_u, 1) - tie_u  # unknown weight strictly below each distinct score
+    num = (tie_k * (below_u + 0.5 * tie_u)).sum(1)
+    den = wk.sum(1) * wu.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
-def _bootstrap_aurocs(per_key: dict, n: int, seed: int):
+def _weighted_auroc(known, unknown, wk, wu) -> float:
+    """AUROC (known scored above unknown, ties half) with row weights: one bootstrap draw as counts."""
+    return float(_weighted_aurocs(known, unknown, wk, wu)[0])
+
+
+def _bootstrap_aurocs(per_key: dict, n: int, seed: int, chunk: int = 128):
     """per_key {key: (known scores, unknown scores, known groups, unknown groups)} -> (keys, (K, n)
     AUROCs) under n draws of the source groups with replacement, one draw shared by every key; None
-    with fewer than two groups."""
+    with fewer than two groups. Draws are weighed `chunk` at a time (memory: chunk x rows)."""
     all_groups = sorted({str(x) for v in per_key.values() for x in (*v[2], *v[3])})
     if len(all_groups) < 2:
         return None
     index = {gr: i for i, gr in enumerate(all_groups)}
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(all_groups), np.full(len(all_groups), 1 / len(all_groups)), size=n)
-    at = {
-        k: (
-            np.array([index[str(x)] for x in gk], dtype=np.int64),
-            np.array([index[str(x)] for x in gu], dtype=np.int64),
-        )
-        for k, (_, _, gk, gu) in per_key.items()
-    }
     keys = list(per_key)
-    a = np.array(
-        [[_weighted_auroc(per_key[k][0], per_key[k][1], c[at[k][0]], c[at[k][1]]) for c in counts] for k in keys]
-    )
+    a = np.empty((len(keys), n))
+    for i, k in enumerate(keys):
+        known, unknown, gk, gu = per_key[k]
+        ik = np.array([index[str(x)] for x in gk], dtype=np.int64)
+        iu = np.array([index[str(x)] for x in gu], dtype=np.int64)
+        for j in range(0, n, chunk):
+            c = counts[j : j + chunk]
+            a[i, j : j + chunk] = _weighted_aurocs(known, unknown, c[:, ik], c[:, iu])
     return keys, a
 
 
