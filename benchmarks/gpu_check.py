@@ -43,14 +43,14 @@ FULL = {
     "score_images": 4096,
     "cluster_images": 2048,
 }
-SMOKE = {
+SMOKE = {  # the fewest that still run every code path (partial batches, two workers, four classes)
     "res": 64,
-    "images": 32,
+    "images": 16,
     "train_images": 32,
-    "score_rows": 2_000,
+    "score_rows": 1_000,
     "score_workers": "1,2",
     "score_images": 16,
-    "cluster_images": 16,
+    "cluster_images": 8,
 }
 
 
@@ -73,7 +73,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
     feat = (
         ["--out", str(out / "featurize"), "--images", str(s["images"])]
         + common
-        + (["--batch", "16", "--skip-anchors"] if smoke else [])
+        + (["--batch", "4", "--skip-anchors"] if smoke else [])
     )
     yield (
         "featurize_default",
@@ -88,7 +88,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
                 "12",
             ]
             + common
-            + (["--batch", "16"] if smoke else [])
+            + (["--batch", "4"] if smoke else [])
         ),
         out / "featurize-default" / f"bench{s['res']}.json",
     )
@@ -120,7 +120,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
         out / "score-store" / "bench_score.json",
     )
     yield "featurize", lambda: bench_featurize.main(feat), out / "featurize" / f"bench{s['res']}.json"
-    data = _labelled(out / "featurize", s["images"], s["res"])
+    data = _labelled(out / "featurize", max(s["images"], 32), s["res"])  # score_images trains on it: 8 per class
     yield (
         "featurize_cluster",
         lambda: bench_featurize_cluster.main(
