@@ -95,6 +95,12 @@ def main(argv=None):
     ap.add_argument("--codec", default="zstd1")
     ap.add_argument("--writer-threads", type=int, default=4)
     ap.add_argument("--residual-bins", type=int, default=0, help="> 0: the pipeline also computes the residual")
+    ap.add_argument(
+        "--vae-dir",
+        type=Path,
+        default=None,
+        help="an AutoencoderKL folder to measure instead of the random SD VAE (gpu_check --smoke: a tiny one)",
+    )
     args = ap.parse_args(argv)
 
     from diffusers import AutoencoderKL
@@ -111,7 +117,7 @@ def main(argv=None):
     prec = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
     args.out.mkdir(parents=True, exist_ok=True)
-    vae_dir = args.out / "sd-vae-random"
+    vae_dir = args.vae_dir or args.out / "sd-vae-random"
     if not (vae_dir / "config.json").exists():
         torch.manual_seed(0)
         AutoencoderKL(**SD_VAE).save_pretrained(vae_dir)

@@ -6,8 +6,9 @@
     python -m benchmarks.gpu_check --smoke                  # every part at toy size on the CPU (CI runs it)
 
 Parts, in this order (each a benchmark script of pipelines/, run in this process with the sizes
-below; random weights, no download; the SD-VAE architecture at 256 px). The order puts first what
-has no GPU figure yet, so a run cut short by --budget-s keeps the most needed ones:
+below; random weights, no download; the SD-VAE architecture at 256 px, under --smoke its shape at a
+few channels at 64 px). The order puts first what has no GPU figure yet, so a run cut short by
+--budget-s keeps the most needed ones:
 
     featurize_default    the default featurize config (residual, periodicity, pixel and noise spectra) at 256 px:
                          images/s, and the ratio to its own compiled compute (bf16 encoder + the residual's
@@ -64,16 +65,37 @@ def _labelled(root: Path, n: int, res: int) -> Path:
     return root / "labelled.csv"
 
 
+def _tiny_sd(root: Path) -> str:
+    """The SD VAE's shape (four stages, 8x downsampling, 4 latent channels) at a few channels: --smoke runs
+    every code path with the full run's latent shapes in a fraction of the SD VAE's CPU time."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae_dir = root / "sd-vae-tiny"
+    if not (vae_dir / "config.json").exists():
+        torch.manual_seed(0)
+        AutoencoderKL(
+            block_out_channels=[8, 16, 16, 16],
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            scaling_factor=0.18215,
+        ).save_pretrained(vae_dir)
+    return str(vae_dir)
+
+
 def _parts(out: Path, s: dict, device: str, smoke: bool):
     from benchmarks import bench_featurize, bench_featurize_cluster, bench_score, bench_score_images, bench_train
     from benchmarks.bench_train import _sd_random
 
-    vae = _sd_random(out)
+    vae = _tiny_sd(out) if smoke else _sd_random(out)
     common = ["--resolution", str(s["res"]), "--device", device]
     feat = (
         ["--out", str(out / "featurize"), "--images", str(s["images"])]
         + common
-        + (["--batch", "4", "--skip-anchors"] if smoke else [])
+        + (["--batch", "4", "--skip-anchors", "--vae-dir", vae] if smoke else [])
     )
     yield (
         "featurize_default",
@@ -88,7 +110,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
                 "12",
             ]
             + common
-            + (["--batch", "4"] if smoke else [])
+            + (["--batch", "4", "--vae-dir", vae] if smoke else [])
         ),
         out / "featurize-default" / f"bench{s['res']}.json",
     )
@@ -98,7 +120,7 @@ def _parts(out: Path, s: dict, device: str, smoke: bool):
             [
                 "synthetic",
                 "--vae",
-                "sd-random",
+                vae if smoke else "sd-random",
                 "--images",
                 str(s["train_images"]),
                 "--reference-precision",
