@@ -68,6 +68,9 @@ def _restore_environ(environ: dict) -> None:
     os.environ.update(environ)
 
 
+CONNECT_TIMEOUT_S = 10  # how long --scheduler is tried before the one-line error
+
+
 def connect(scheduler, workers):
     """(client, local cluster or None): on the scheduler at `scheduler`, else on a new local cluster
     of `workers` processes (default one per core). Shared by scoring and featurizing."""
@@ -75,10 +78,10 @@ def connect(scheduler, workers):
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="10s"), None
+            return Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"), None
         except (OSError, TimeoutError) as e:
             raise InputError(
-                f"cannot reach the dask scheduler at {scheduler} within 10 s ({type(e).__name__}): "
+                f"cannot reach the dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s ({type(e).__name__}): "
                 "start it (dask scheduler) or drop --scheduler to use local workers"
             ) from None
     cluster = local_cluster(workers or max(1, (os.cpu_count() or 2)))

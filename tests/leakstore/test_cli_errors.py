@@ -144,7 +144,10 @@ def test_score_checks_out_and_the_model_before_any_work(model, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_an_unreachable_scheduler_is_one_line(model, tmp_path):
+def test_an_unreachable_scheduler_is_one_line(model, tmp_path, monkeypatch):
+    from leakstore.pipelines import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)  # the message and the wait, not dask's retry loop
     out = one_line_error(
         runner.invoke(
             app,
@@ -159,4 +162,4 @@ def test_an_unreachable_scheduler_is_one_line(model, tmp_path):
             ],
         )
     )
-    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9" in out
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:9 within 2 s" in out
