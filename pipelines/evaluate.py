@@ -194,6 +194,7 @@ def evaluate_unseen(
     if store.has_crops:
         sub, p, _ = per_image(predictor, store, sub, p)
     names = np.array([store.class_names[lab] if lab >= 0 else "(unlabelled)" for lab in sub.labels], dtype=object)
+    sha = store.read("sha256")[sub.rows]  # one row per image here; a crop store's first crops
     per, scores = {}, {}
     for g in sorted(set(names)):
         m = names == g
@@ -206,6 +207,9 @@ def evaluate_unseen(
             "flagged": float(p["is_unknown"][m].mean()),
             "called_most": str(top[count.argmax()]),
             "called_most_share": float(count.max() / m.sum()),
+            # images the networks trained on (copies keep their source's digest): an outside source that
+            # holds them is partly in-sample
+            "trained_images": trained_judged(bundle, sha[m]),
         }
         if g in bundle.class_names:
             row["called_correctly"] = float((called == g).mean())
@@ -317,6 +321,9 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             for g in pu:  # the same label in two stores: keep both, named by store
                 key = g if g not in per else f"{g} ({Path(u).name})"
                 per[key], scores[key] = pu[g], su[g]
+            trained = sum(v["trained_images"] or 0 for v in pu.values())
+            if trained:  # the warning line and the report's in-sample paragraph name the store
+                summary["in_sample"][str(u)] = summary["in_sample"].get(str(u), 0) + trained
         aucs = [v["auroc"] for v in per.values() if v.get("auroc") is not None]
         summary["unseen"] = {
             "known_rows": f"{split} rows of the model's classes in {stores[0]}",

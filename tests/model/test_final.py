@@ -104,6 +104,12 @@ def test_evaluate_counts_judged_images_the_networks_trained_on_even_as_re_saved_
     assert "In-sample" in (tmp_path / "ev-final" / "report.html").read_text()
     m = evaluate(tmp_path / "held", [str(copies)], tmp_path / "ev-train", split="all")  # its training images
     assert m["views"][0]["trained_images"] == held["train_rows"]
+    # the copies given as an outside source: every row of an outside store is judged, the training images too
+    m = evaluate(tmp_path / "held", [str(store.path)], tmp_path / "ev-unseen", unseen=[str(copies)])
+    per = m["unseen"]["per_generator"]
+    assert sum(v["trained_images"] for v in per.values()) == held["train_rows"]
+    assert m["in_sample"] == {str(copies): held["train_rows"]}
+    assert str(copies) in (tmp_path / "ev-unseen" / "report.html").read_text()
 
 
 def test_a_model_that_did_not_record_its_training_images_is_judged_without_the_count(store, tmp_path):
