@@ -23,10 +23,12 @@ last saved the file. Metadata is stripped by most re-encodings, so its absence s
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 MAX_BLOCK = 1 << 20  # bytes of one metadata block (XMP packet, PNG text chunk, inflated zTXt) read at most
 MAX_CLAIM = 120  # characters of a claim or detail kept per source
@@ -45,6 +47,9 @@ GENERATOR_NAMES = re.compile(
     re.I,
 )
 C2PA_INSTALL = "install leakstore[c2pa] (the c2pa-python bindings) to validate it"
+# a PEM file of the certificates an analyst trusts as C2PA signing roots (score/explain --c2pa-trust set it;
+# read in every process that reads metadata, dask workers included)
+C2PA_TRUST_ENV = "LEAKSTORE_C2PA_TRUST"
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,39 @@ def _generator_name(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- C2PA
-_c2pa_context = None
+_c2pa_contexts: dict = {}  # trust-anchor file ("" for none) -> c2pa.Context
+
+
+def c2pa_trust_anchors(path) -> str:
+    """The PEM text of a file of trusted C2PA signing roots; one line naming the file when it is not one."""
+    from leakstore.errors import InputError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(
+            f"--c2pa-trust {path}: cannot read it ({e.strerror or type(e).__name__}): give a PEM file of root "
+            "certificates"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InputError(
+            f"--c2pa-trust {path}: no certificate in it: give the trust anchors as PEM (-----BEGIN CERTIFICATE-----; "
+            "a DER file converts with openssl x509 -inform der)"
+        )
+    return data.decode("ascii", errors="replace")
+
+
+def _c2pa_context(c2pa):
+    """Offline validation (no remote manifests, no certificate status requests); with a trust-anchor file
+    in $LEAKSTORE_C2PA_TRUST a signer chaining to one of its roots validates as trusted."""
+    trust = os.environ.get(C2PA_TRUST_ENV, "")
+    if trust not in _c2pa_contexts:
+        settings: dict = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+        if trust:
+            settings["verify"]["verify_trust"] = True
+            settings["trust"] = {"trust_anchors": c2pa_trust_anchors(trust)}
+        _c2pa_contexts[trust] = c2pa.Context(c2pa.Settings.from_dict(settings))
+    return _c2pa_contexts[trust]
 
 
 def _mime(data: bytes) -> str | None:
@@ -148,12 +185,8 @@ def _c2pa(data: bytes):
         return "", "", "", None, f"a manifest may be present, not validated: {C2PA_INSTALL}"
     import json
 
-    global _c2pa_context
-    if _c2pa_context is None:  # offline: no remote manifests, no certificate status requests
-        settings = c2pa.Settings.from_dict({"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}})
-        _c2pa_context = c2pa.Context(settings)
     try:
-        reader = c2pa.Reader(mime, io.BytesIO(data), context=_c2pa_context)
+        reader = c2pa.Reader(mime, io.BytesIO(data), context=_c2pa_context(c2pa))
     except c2pa.C2paError as e:
         if type(e).__name__.endswith("ManifestNotFound") or "no JUMBF" in str(e):
             return None

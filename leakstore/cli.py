@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -159,6 +160,23 @@ def _guard(on_interrupt: str, kept=None, rerun: str = "rerun the same command"):
         except Exception:  # the store or folder itself may be what failed
             note = ""
         _fail(write_error(e, note, rerun), 1)
+
+
+C2PA_TRUST_HELP = (
+    "A PEM file of the C2PA signing roots you trust (a trust list you downloaded): a manifest signed under one "
+    "of them reads 'signer trusted'; without it every signer is named as not on a trust list (env "
+    "LEAKSTORE_C2PA_TRUST, which dask workers on another machine need set)."
+)
+
+
+def _c2pa_trust(path: Path | None) -> None:
+    """Check the trust-anchor file and hand it to every process that reads metadata (local workers inherit it)."""
+    if path is None:
+        return
+    from leakstore.featurize.provenance import C2PA_TRUST_ENV, c2pa_trust_anchors
+
+    c2pa_trust_anchors(path)
+    os.environ[C2PA_TRUST_ENV] = str(path.resolve())
 
 
 def _store_kept(store: Path):
@@ -511,12 +529,15 @@ def explain(
     image: Annotated[Path, typer.Argument(metavar="IMAGE", help="One image file.")],
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
+    c2pa_trust: Annotated[Path | None, typer.Option(metavar="PEM", help=C2PA_TRUST_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
     """One image for case notes: the verdict with each crop's scores, and what the file's own metadata
     claims (C2PA, IPTC/XMP, PNG text, EXIF) beside it."""
     with _guard("nothing was written"):
         from leakstore.api.predictor import Predictor
+
+        _c2pa_trust(c2pa_trust)
 
         e = Predictor.load(run_dir, device).explain(str(image))
     if as_json:
@@ -1357,6 +1378,7 @@ def score(
             "changes it. Raw images only.",
         ),
     ] = 0,
+    c2pa_trust: Annotated[Path | None, typer.Option(metavar="PEM", help=C2PA_TRUST_HELP)] = None,
     progress: Annotated[bool, typer.Option(metavar="", help="Show progress.")] = True,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
 ):
@@ -1367,6 +1389,8 @@ def score(
     ):
         from leakstore.pipelines.score import score as run
         from leakstore.pipelines.score import summarise
+
+        _c2pa_trust(c2pa_trust)
 
         counts = run(
             run_dir,

@@ -167,11 +167,16 @@ def _signer():
     pem = serialization.Encoding.PEM
     chain = leaf.public_bytes(pem) + root.public_bytes(pem)
     private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return c2pa, c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain, private, None))
+    return c2pa, c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain, private, None)), root.public_bytes(pem)
 
 
 def c2pa_jpeg(source_type="trainedAlgorithmicMedia", name="Test Image Generator") -> bytes:
-    c2pa, signer = _signer()
+    return c2pa_signed(source_type, name)[0]
+
+
+def c2pa_signed(source_type="trainedAlgorithmicMedia", name="Test Image Generator") -> tuple[bytes, bytes]:
+    """A JPEG with a C2PA manifest signed under a throwaway root, and that root's certificate (PEM)."""
+    c2pa, signer, root = _signer()
     manifest = {
         "claim_generator_info": [{"name": name, "version": "1.0"}],
         "title": "image.jpg",
@@ -184,7 +189,7 @@ def c2pa_jpeg(source_type="trainedAlgorithmicMedia", name="Test Image Generator"
     }
     out = io.BytesIO()
     c2pa.Builder(json.dumps(manifest)).sign(signer, "image/jpeg", io.BytesIO(jpeg()), out)
-    return out.getvalue()
+    return out.getvalue(), root
 
 
 def one_pixel_changed(data: bytes) -> bytes:
@@ -202,6 +207,28 @@ def test_a_signed_c2pa_manifest_validates_and_one_changed_pixel_breaks_it():
     q = read_provenance(one_pixel_changed(signed))
     assert (q.source, q.c2pa_valid) == ("c2pa", False)
     assert "signature does not validate" in q.error and "dataHash.mismatch" in q.error
+
+
+def test_a_trust_list_names_its_signers_trusted_and_no_other(tmp_path, monkeypatch):
+    from leakstore.errors import InputError
+    from leakstore.featurize.provenance import C2PA_TRUST_ENV, c2pa_trust_anchors
+
+    signed, root = c2pa_signed()
+    other = c2pa_signed()[1]  # another throwaway root
+    (tmp_path / "mine.pem").write_bytes(other + root)
+    (tmp_path / "other.pem").write_bytes(other)
+    monkeypatch.setenv(C2PA_TRUST_ENV, str(tmp_path / "mine.pem"))
+    p = read_provenance(signed)
+    assert p.c2pa_valid is True and "signer trusted" in p.detail and "not on a trust list" not in p.detail
+    monkeypatch.setenv(C2PA_TRUST_ENV, str(tmp_path / "other.pem"))
+    p = read_provenance(signed)
+    assert p.c2pa_valid is True and "not on a trust list" in p.detail  # valid, but not under that root
+    q = read_provenance(one_pixel_changed(signed))  # a trusted signer does not mend changed pixels
+    assert q.c2pa_valid is False and "dataHash.mismatch" in q.error
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    for bad in (tmp_path / "notes.txt", tmp_path / "missing.pem"):
+        with pytest.raises(InputError, match=f"--c2pa-trust {bad}"):
+            c2pa_trust_anchors(bad)
 
 
 def test_without_the_c2pa_extra_the_column_says_why_it_is_empty(monkeypatch):
@@ -244,8 +271,9 @@ def fixtures(tmp_path_factory):
         "garbage-xmp.jpg": with_app1(jpeg(), b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta>\x00\xff garbage"),
     }
     try:
-        files["c2pa.jpg"] = c2pa_jpeg()
+        files["c2pa.jpg"], root = c2pa_signed()
         files["c2pa-pixel.jpg"] = one_pixel_changed(files["c2pa.jpg"])
+        (d / "roots.pem").write_bytes(root)  # the analyst's trust list: the root that signed c2pa.jpg
     except pytest.skip.Exception:
         pass
     img = d / "images"
@@ -303,3 +331,29 @@ def test_the_cli_scores_writes_the_report_with_conflicts_first_and_explains_one_
     r = CliRunner().invoke(app, ["explain", str(img / "a1111.png"), str(d / "run"), "--device", "cpu", "--json"])
     e = json.loads(r.output)
     assert e["provenance"]["source"] == "png-text" and e["crops"] and e["verdict"]["status"] == "ok"
+
+
+def test_the_cli_takes_a_trust_list_and_refuses_a_file_that_is_not_one(fixtures, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from leakstore.cli import app
+    from leakstore.featurize.provenance import C2PA_TRUST_ENV
+
+    d, img, names = fixtures
+    if "c2pa.jpg" not in names:
+        pytest.skip("the c2pa extra is not installed")
+    monkeypatch.setenv(C2PA_TRUST_ENV, "")  # restored after the test: the CLI sets it for its workers
+    explain = ["explain", str(img / "c2pa.jpg"), str(d / "run"), "--device", "cpu"]
+    r = CliRunner().invoke(app, explain)
+    assert r.exit_code == 0 and "signer not on a trust list" in r.output, r.output
+    r = CliRunner().invoke(app, explain + ["--c2pa-trust", str(d / "roots.pem")])
+    assert r.exit_code == 0 and "signer trusted" in r.output, r.output
+    out = tmp_path / "p.parquet"
+    score = ["score", str(d / "run"), str(img), "--out", str(out), "--cluster", "1", "--no-report"]
+    r = CliRunner().invoke(app, score + ["--c2pa-trust", str(d / "roots.pem")])  # read by a dask worker
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out).set_index("path")
+    assert "signer trusted" in df.loc[str(img / "c2pa.jpg"), "meta_detail"]
+    r = CliRunner().invoke(app, score + ["--c2pa-trust", str(img / "camera.jpg")])
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0, r.output
+    assert f"--c2pa-trust {img / 'camera.jpg'}: no certificate in it" in r.output
