@@ -71,18 +71,13 @@ def _tiny_sd(root: Path) -> str:
     import torch
     from diffusers import AutoencoderKL
 
+    from benchmarks.bench_featurize import SD_VAE
+
     vae_dir = root / "sd-vae-tiny"
     if not (vae_dir / "config.json").exists():
         torch.manual_seed(0)
-        AutoencoderKL(
-            block_out_channels=[8, 16, 16, 16],
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            scaling_factor=0.18215,
-        ).save_pretrained(vae_dir)
+        tiny = {**SD_VAE, "block_out_channels": [8, 16, 16, 16], "layers_per_block": 1, "norm_num_groups": 8}
+        AutoencoderKL(**tiny).save_pretrained(vae_dir)
     return str(vae_dir)
 
 
