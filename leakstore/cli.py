@@ -1244,6 +1244,12 @@ def _print_robustness(s: dict) -> None:
             f"WARNING: {n} judged images of {store} trained this model (copies keep their source's SHA-256): "
             "its figures there are in-sample; judge images it did not learn"
         )
+    for store, n in (s.get("outlier_sample") or {}).items():
+        typer.echo(
+            f"WARNING: {store} holds {n} photograph{'s' if n != 1 else ''} the unknown flag was fitted on as "
+            "outliers (make-outliers --photos): its AUROC is in-sample; split the photographs into those for "
+            "make-outliers and those to judge"
+        )
     if s.get("final"):
         typer.echo(
             "model trained on its store's test split too (train --final): figures hold only for images it did not learn"

@@ -117,6 +117,7 @@ class Bundle:
     open: Any = None  # a fitted open-set scorer (model/openset.py) with its threshold
     trained_images: np.ndarray | None = None  # image_keys of the images the networks trained on
     discriminant: Any = None  # a fitted ClassPosterior on the `features` block (known classes), for attribution
+    outlier_photos: np.ndarray | None = None  # image_keys of the photographs the open-set scorer fitted as outliers
 
     @property
     def fuses(self) -> bool:
@@ -170,8 +171,9 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
             a, m = pack_scorer(name, est)
             arrays.update(a)
             scorer_meta[name] = m
-    if b.trained_images is not None:
-        arrays["trained_images"] = np.ascontiguousarray(b.trained_images, dtype=np.uint64)
+    for name in ("trained_images", "outlier_photos"):
+        if getattr(b, name) is not None:
+            arrays[name] = np.ascontiguousarray(getattr(b, name), dtype=np.uint64)
     save_safetensors(np_save, arrays, run_dir / "scorers.safetensors")
     meta = {
         **b.meta,
@@ -184,6 +186,7 @@ def save_bundle(run_dir: Path, b: Bundle) -> None:
         "class_names": b.class_names,
         "scorers": scorer_meta,
         **({"trained_images": len(b.trained_images)} if b.trained_images is not None else {}),
+        **({"outlier_photos": len(b.outlier_photos)} if b.outlier_photos is not None else {}),
     }
     write_text(run_dir / "model.json", json.dumps(meta, indent=2, default=float))  # last: the run is complete
 
@@ -230,16 +233,17 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
     scorers = run_dir / "scorers.safetensors"
     sm = meta.get("scorers", {})
     try:
-        arrays = np_load(str(scorers)) if sm or "trained_images" in meta else {}
+        arrays = np_load(str(scorers)) if sm or "trained_images" in meta or "outlier_photos" in meta else {}
         closed = unpack_scorer("closed", sm["closed"], arrays) if "closed" in sm else None
         opn = unpack_scorer("open", sm["open"], arrays) if "open" in sm else None
         disc = unpack_scorer("discriminant", sm["discriminant"], arrays) if "discriminant" in sm else None
         trained = arrays["trained_images"] if "trained_images" in meta else None  # older models: not recorded
+        photos = arrays["outlier_photos"] if "outlier_photos" in meta else None  # no photographs, or older
     except LeakstoreError:
         raise
     except Exception as e:
         raise _broken(scorers, e) from None
-    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc)
+    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc, photos)
 
 
 # ---------------------------------------------------------------------------- resume state

@@ -87,6 +87,14 @@ def outlier_groups(ost: FeatureStore, rows: np.ndarray) -> np.ndarray:
     return np.array([str(v) for v in ost.read("group")])[rows]
 
 
+def photo_keys(groups) -> np.ndarray:
+    """image_keys of the photographs whose crops are outlier rows (groups `photo:<SHA-256>`): an image
+    judged later with one of these digests taught the unknown flag what "none of these" looks like."""
+    from leakstore.model.checkpoint import image_keys
+
+    return image_keys([str(g)[6:] for g in groups if str(g).startswith("photo:")])
+
+
 def outlier_blocks(net, ost: FeatureStore, rows: np.ndarray, load=None) -> dict:
     """The feature-derived open-set blocks of the outlier rows, as `predict.feature_blocks` makes them,
     and under "outlier_class" each row's outlier class (`outlier_classes`).

@@ -39,7 +39,7 @@ from leakstore.model.checkpoint import (
 from leakstore.model.config import ModelConfig, default_open_scorer, with_absent
 from leakstore.model.net import attention_entropy_penalty, joined
 from leakstore.model.openset import ClassPosterior, OpenSetScorer, select_rows, takes_outliers
-from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows
+from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows, photo_keys
 from leakstore.model.predict import batch_dict, embed_rows, open_blocks
 from leakstore.model.rows import MemoryRows, open_rows
 from leakstore.model.scorers import CLOSED_SCORERS
@@ -796,6 +796,19 @@ def _finish(
             {"seed": st["seed"], "epochs_run": st["epoch"], "best_epoch": st["best_epoch"], "best_val": _best_val(st)}
             for st in states
         ]
-    bundle = Bundle(net.cpu(), cfg, fcfg, known, {"training": summary}, closed, opn, trained_images, disc)
+    # the photographs the open-set scorer fitted as outliers: evaluate says when an outside source holds them
+    photos = photo_keys(outlier_groups(*outliers)) if oblocks is not None else ()
+    bundle = Bundle(
+        net.cpu(),
+        cfg,
+        fcfg,
+        known,
+        {"training": summary},
+        closed,
+        opn,
+        trained_images,
+        disc,
+        photos if len(photos) else None,
+    )
     save_bundle(out_dir, bundle)
     return summary

@@ -65,6 +65,14 @@ def trained_judged(bundle, sha256) -> int | None:
     return int(np.isin(image_keys(sha256), bundle.trained_images).sum())
 
 
+def outlier_photos_judged(bundle, sha256) -> int:
+    """How many of the judged images (by SHA-256) are photographs whose crops the open-set scorer fitted as
+    outliers (make-outliers --photos): the unknown flag learned them, so flagging them is in-sample."""
+    if bundle.outlier_photos is None:
+        return 0
+    return int(np.isin(image_keys(sha256), bundle.outlier_photos).sum())
+
+
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:
     import pandas as pd
 
@@ -210,6 +218,7 @@ def evaluate_unseen(
             # images the networks trained on (copies keep their source's digest): an outside source that
             # holds them is partly in-sample
             "trained_images": trained_judged(bundle, sha[m]),
+            "outlier_photos": outlier_photos_judged(bundle, sha[m]),
         }
         if g in bundle.class_names:
             row["called_correctly"] = float((called == g).mean())
@@ -311,6 +320,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "ci": _ci_text(results[0]["ci_over"]),
         # judged images the networks trained on (a store of copies of training images): in-sample figures
         "in_sample": {r["store"]: r["trained_images"] for r in results if r.get("trained_images")},
+        # outside images that were outlier photographs of the unknown flag (make-outliers --photos)
+        "outlier_sample": {},
     }
     if unseen:
         first = extras[0]
@@ -324,6 +335,9 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             trained = sum(v["trained_images"] or 0 for v in pu.values())
             if trained:  # the warning line and the report's in-sample paragraph name the store
                 summary["in_sample"][str(u)] = summary["in_sample"].get(str(u), 0) + trained
+            photos = sum(v["outlier_photos"] for v in pu.values())
+            if photos:  # the same for the photographs the unknown flag fitted as outliers
+                summary["outlier_sample"][str(u)] = photos
         aucs = [v["auroc"] for v in per.values() if v.get("auroc") is not None]
         summary["unseen"] = {
             "known_rows": f"{split} rows of the model's classes in {stores[0]}",

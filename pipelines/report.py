@@ -236,6 +236,17 @@ def _in_sample(summary: dict) -> str:
     )
 
 
+def _outlier_sample(summary: dict) -> str:
+    """A warning paragraph for outside stores holding the photographs the unknown flag fitted as outliers."""
+    return "".join(
+        f"<p class='warn'><b>In-sample outside images:</b> <code>{html.escape(st)}</code> holds {n} "
+        f"photograph{'s' if n != 1 else ''} the unknown flag was fitted on as outliers "
+        "(<code>make-outliers --photos</code>): its open-set figures overstate how the flag meets new "
+        "photographs.</p>"
+        for st, n in (summary.get("outlier_sample") or {}).items()
+    )
+
+
 def _final(summary: dict) -> str:
     return "; trained on its store's test split too (train --final)" if summary.get("final") else ""
 
@@ -318,7 +329,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
         if summary["builtin_encoder"]
         else ""
     )
-    body = f"""{warn}{_in_sample(summary)}
+    body = f"""{warn}{_in_sample(summary)}{_outlier_sample(summary)}
 <p>Model <code>{html.escape(summary["model"])}</code>; encoder {html.escape(summary["encoder"])};
 {_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
 known classes: {html.escape(", ".join(names))};

@@ -238,6 +238,20 @@ def test_make_outliers_then_train_with_them(class_folders, tmp_path):
     assert summ["open_scorer"]["method"] == "lda"  # the default with --outliers
     r = runner.invoke(app, ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--json"])
     assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["outlier_sample"] == {}
+    # the photograph the flag fitted as an outlier, judged as an outside source: named as in-sample
+    (tmp_path / "outside.csv").write_text(f"path,label\n{photos / 'cam.jpg'},camera\n")
+    r = runner.invoke(app, ["featurize", str(tmp_path / "outside.csv"), str(tmp_path / "u.zarr")] + feat)
+    assert r.exit_code == 0, r.output
+    ev = ["evaluate", str(tmp_path / "run"), str(tmp_path / "k.zarr"), "--unseen", str(tmp_path / "u.zarr")]
+    r = runner.invoke(app, ev + ["--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["outlier_sample"] == {str(tmp_path / "u.zarr"): 1} and m["in_sample"] == {}
+    assert m["unseen"]["per_generator"]["camera"]["outlier_photos"] == 1
+    r = runner.invoke(app, ev)
+    assert f"{tmp_path / 'u.zarr'} holds 1 photograph the unknown flag was fitted on as outliers" in r.output
+    assert "In-sample outside images" in (tmp_path / "run" / "eval" / "report.html").read_text()
     # raw images score as their store rows do: the lda block reads every stored feature
     from leakstore import Attributor
     from leakstore.model.predict import predict
