@@ -798,17 +798,9 @@ def _finish(
         ]
     # the photographs the open-set scorer fitted as outliers: evaluate says when an outside source holds them
     photos = photo_keys(outlier_groups(*outliers)) if oblocks is not None else ()
+    meta = {"training": summary}
     bundle = Bundle(
-        net.cpu(),
-        cfg,
-        fcfg,
-        known,
-        {"training": summary},
-        closed,
-        opn,
-        trained_images,
-        disc,
-        photos if len(photos) else None,
+        net.cpu(), cfg, fcfg, known, meta, closed, opn, trained_images, disc, photos if len(photos) else None
     )
     save_bundle(out_dir, bundle)
     return summary
