@@ -1178,6 +1178,11 @@ def openset_study(
             + ", ".join(f"{lab} {v:.3f}" for lab, v in per[s["chosen"]].items())
             + " (every scorer: study.json, report.html)"
         )
+        for store, n in (s["unseen"].get("outlier_photos") or {}).items():
+            typer.echo(
+                f"WARNING: {store} holds {n} photograph{'s' if n != 1 else ''} the unknown flag was fitted on as "
+                "outliers (--outliers): its AUROC is in-sample"
+            )
     typer.echo(f"{len(s['generators'])} folds in {s['seconds']} s; report: {s['report']}")
 
 

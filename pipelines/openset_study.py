@@ -38,12 +38,12 @@ import numpy as np
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_STUDY_EPOCHS
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json, write_text
-from leakstore.model.checkpoint import load_bundle, scorer_features
+from leakstore.model.checkpoint import image_keys, load_bundle, scorer_features
 from leakstore.model.config import OPEN_SCORERS, ModelConfig
 from leakstore.model.images import ImageGroups
 from leakstore.model.metrics import open_set
 from leakstore.model.openset import BASE_SCORERS, BLOCKS, FUSED, OpenSetScorer, select_rows
-from leakstore.model.outliers import outlier_blocks, outlier_rows
+from leakstore.model.outliers import outlier_blocks, outlier_groups, outlier_rows, photo_keys
 from leakstore.model.predict import predict
 from leakstore.model.train import rows_in_use, train
 from leakstore.store import FeatureStore
@@ -367,8 +367,9 @@ def openset_study(
             f"({', '.join(n for n in store.class_names if n != real)})"
         )
     outside = [_unseen_rows(FeatureStore.open(u), store) for u in unseen]
-    if outliers is not None:
-        outlier_rows(outliers, store)  # a store that cannot serve fails now, not after the first fold
+    photos = np.zeros(0, np.uint64)
+    if outliers is not None:  # a store that cannot serve fails now, not after the first fold
+        photos = photo_keys(outlier_groups(*outlier_rows(outliers, store)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0, rows, cache = time.perf_counter(), [], {}
@@ -410,6 +411,12 @@ def openset_study(
             "note": "mean over folds of each scorer's AUROC, each label's test rows against the fold's "
             "known test rows; not used for the choice",
             "per_scorer": {sc: {c.split(":", 1)[1]: float(v) for c, v in r.items()} for sc, r in means.iterrows()},
+            # outside images that were outlier photographs of every fold's scorer: their AUROC is in-sample
+            "outlier_photos": {
+                str(st.path): n
+                for st, r in outside
+                if (n := int(np.isin(image_keys(st.read("sha256")[r]), photos).sum()))
+            },
         }
     # the choice: best mean validation AUROC, ties broken by the minimum; never the test split
     best = table.sort_values(["mean_val_auroc", "min_val_auroc"], ascending=False).iloc[0]["scorer"]
@@ -585,8 +592,14 @@ def _unseen_table(summary: dict, best: str) -> str:
         for sc, v in u["per_scorer"].items()
     )
     stores = ", ".join(f"<code>{html.escape(x)}</code>" for x in u["stores"])
+    warn = "".join(
+        f"<p class='warn'><b>In-sample:</b> <code>{html.escape(st)}</code> holds {n} photograph"
+        f"{'s' if n != 1 else ''} the folds' unknown flag was fitted on as outliers (--outliers): its "
+        "figures overstate how the flag meets new photographs.</p>"
+        for st, n in (u.get("outlier_photos") or {}).items()
+    )
     return (
-        f"<h2>Generators outside the study's store</h2><p>{stores}: each label's rows scored by every fold's "
+        f"<h2>Generators outside the study's store</h2>{warn}<p>{stores}: each label's rows scored by every fold's "
         "scorers against that fold's known test rows, AUROC averaged over folds. <b>Not used for the choice</b>: "
         "a check on generators no decision was made on.</p>"
         "<table><tr><th>scorer</th>"

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import zarr
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -43,6 +44,7 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     u = json.loads((tmp_path / "logo" / "study.json").read_text())["unseen"]
     assert u["stores"] == [str(tmp_path / "u.zarr")] and "outside generators" in r.output
+    assert u["outlier_photos"] == {}  # no outliers, no photographs to be in-sample on
     per = u["per_scorer"]  # AUROC of each label's rows against the known test rows
     assert set(per) <= set(OPEN_SCORERS) and all(
         set(v) == {"real", "gen-a", "gen-b", "gen-c", "gen-d"} for v in per.values()
@@ -180,6 +182,11 @@ def test_a_study_with_outliers_leaves_out_each_folds_own_copies_and_says_so(tmp_
     planted_store(tmp_path / "s.zarr", classes=("real", "gen-a", "gen-b", "gen-c"), per_class=30, cfg=CFG_RESIDUAL)
     # outlier rows "made from" gen-a and gen-b images, and photographs
     planted_store(tmp_path / "o.zarr", classes=("gen-a", "gen-b", "photo"), per_class=10, seed=3, cfg=CFG_RESIDUAL)
+    o = zarr.open_group(str(tmp_path / "o.zarr"), mode="r+")  # the photo rows: crops of one photograph
+    groups = [("photo:" + "0" * 64) if lab == 2 else str(g) for lab, g in zip(o["label"][:], o["group"][:])]
+    o["group"][:] = np.asarray(groups, dtype=str)
+    # an outside store whose images share that photograph's digest (planted rows all carry 0...0)
+    planted_store(tmp_path / "u.zarr", classes=("real", "gen-d"), per_class=10, seed=4, cfg=CFG_RESIDUAL)
     seen = {}
     real_rows = study.outlier_rows
 
@@ -205,12 +212,17 @@ def test_a_study_with_outliers_leaves_out_each_folds_own_copies_and_says_so(tmp_
             "--no-ceiling",
             "--outliers",
             str(tmp_path / "o.zarr"),
+            "--unseen",
+            str(tmp_path / "u.zarr"),
         ],
     )
     assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'u.zarr'} holds 1 photograph the unknown flag was fitted on as outliers" in r.output
     assert seen[("gen-a",)] == ["gen-b", "photo"] and seen[("gen-b",)] == ["gen-a", "photo"]
     assert seen[("gen-c",)] == ["gen-a", "gen-b", "photo"]
     assert reads.count(str(tmp_path / "o.zarr")) == 1  # read once, each fold's rows cut from it
     s = json.loads((tmp_path / "logo" / "study.json").read_text())
     assert s["outliers"] == str(tmp_path / "o.zarr") and {"lda", "fused-lda"} <= {r["scorer"] for r in s["scorers"]}
     assert "Outlier exposure from" in (tmp_path / "logo" / "report.html").read_text()
+    assert s["unseen"]["outlier_photos"] == {str(tmp_path / "u.zarr"): 1}  # one digest: one photograph
+    assert "holds 1 photograph the folds" in (tmp_path / "logo" / "report.html").read_text()
