@@ -106,6 +106,12 @@ def image_keys(sha256) -> np.ndarray:
     return np.unique(np.array(keys, dtype=np.uint64))
 
 
+def images_among(sha256, keys: np.ndarray | None) -> int | None:
+    """How many distinct images of the SHA-256 digests given have their key among `keys` (a model's record
+    of the images it learned from); None without a record."""
+    return None if keys is None else int(np.isin(image_keys(sha256), keys).sum())
+
+
 @dataclass
 class Bundle:
     net: ProtoLeakNet

@@ -26,7 +26,7 @@ from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json
-from leakstore.model.checkpoint import image_keys
+from leakstore.model.checkpoint import images_among
 from leakstore.model.metrics import (
     auroc_ci,
     bootstrap_ci,
@@ -60,17 +60,13 @@ def trained_judged(bundle, sha256) -> int | None:
     """How many of the judged images (by their files' SHA-256; a re-saved or resized copy keeps its
     source's) the model's networks trained on: figures over them are in-sample. None: a model that
     did not record its training images."""
-    if bundle.trained_images is None:
-        return None
-    return int(np.isin(image_keys(sha256), bundle.trained_images).sum())
+    return images_among(sha256, bundle.trained_images)
 
 
 def outlier_photos_judged(bundle, sha256) -> int:
     """How many of the judged images (by SHA-256) are photographs whose crops the open-set scorer fitted as
     outliers (make-outliers --photos): the unknown flag learned them, so flagging them is in-sample."""
-    if bundle.outlier_photos is None:
-        return 0
-    return int(np.isin(image_keys(sha256), bundle.outlier_photos).sum())
+    return images_among(sha256, bundle.outlier_photos) or 0
 
 
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:

@@ -38,7 +38,7 @@ import numpy as np
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_STUDY_EPOCHS
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json, write_text
-from leakstore.model.checkpoint import image_keys, load_bundle, scorer_features
+from leakstore.model.checkpoint import images_among, load_bundle, scorer_features
 from leakstore.model.config import OPEN_SCORERS, ModelConfig
 from leakstore.model.images import ImageGroups
 from leakstore.model.metrics import open_set
@@ -413,9 +413,7 @@ def openset_study(
             "per_scorer": {sc: {c.split(":", 1)[1]: float(v) for c, v in r.items()} for sc, r in means.iterrows()},
             # outside images that were outlier photographs of every fold's scorer: their AUROC is in-sample
             "outlier_photos": {
-                str(st.path): n
-                for st, r in outside
-                if (n := int(np.isin(image_keys(st.read("sha256")[r]), photos).sum()))
+                str(st.path): n for st, r in outside if (n := images_among(st.read("sha256")[r], photos))
             },
         }
     # the choice: best mean validation AUROC, ties broken by the minimum; never the test split
