@@ -278,11 +278,6 @@ def _weighted_aurocs(known, unknown, wk, wu) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
-def _weighted_auroc(known, unknown, wk, wu) -> float:
-    """AUROC (known scored above unknown, ties half) with row weights: one bootstrap draw as counts."""
-    return float(_weighted_aurocs(known, unknown, wk, wu)[0])
-
-
 def _bootstrap_aurocs(per_key: dict, n: int, seed: int, chunk: int = 128):
     """per_key {key: (known scores, unknown scores, known groups, unknown groups)} -> (keys, (K, n)
     AUROCs) under n draws of the source groups with replacement, one draw shared by every key; None

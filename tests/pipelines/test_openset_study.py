@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from leakstore.cli import app
 from leakstore.model.config import OPEN_SCORERS
-from leakstore.pipelines.openset_study import _unseen_rows, _weighted_auroc, group_bootstrap, study_fold
+from leakstore.pipelines.openset_study import _unseen_rows, _weighted_aurocs, group_bootstrap, study_fold
 from leakstore.store import FeatureStore
 from tests.synthetic import CFG_RESIDUAL, planted_store
 
@@ -107,11 +107,13 @@ def test_the_leave_one_out_study_runs_end_to_end_and_resumes(tmp_path, monkeypat
 
 def test_the_weighted_auroc_matches_scikit_learn_with_sample_weights():
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        k, u = rng.integers(0, 6, 25).astype(float), rng.integers(0, 6, 15) - 0.5  # many ties
-        wk, wu = rng.integers(0, 3, 25), rng.integers(1, 3, 15)
-        want = roc_auc_score(np.r_[np.ones(25), np.zeros(15)], np.r_[k, u], sample_weight=np.r_[wk, wu])
-        assert abs(_weighted_auroc(k, u, wk, wu) - want) < 1e-12
+    for i in range(50):  # many ties, within each side and (every other time) across them
+        k, u = rng.integers(0, 6, 25).astype(float), rng.integers(0, 6, 15) - 0.5 * (i % 2)
+        wk, wu = rng.integers(0, 3, (4, 25)), rng.integers(1, 3, (4, 15))  # four draws weighed at once
+        got = _weighted_aurocs(k, u, wk, wu)
+        for d in range(4):
+            want = roc_auc_score(np.r_[np.ones(25), np.zeros(15)], np.r_[k, u], sample_weight=np.r_[wk[d], wu[d]])
+            assert abs(got[d] - want) < 1e-12
 
 
 def test_the_bootstrap_resamples_source_groups_not_rows():
