@@ -118,6 +118,8 @@ def main(argv=None):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec, torch.float32)
     args.out.mkdir(parents=True, exist_ok=True)
     vae_dir = args.vae_dir or args.out / "sd-vae-random"
+    if args.vae_dir is not None and not (vae_dir / "config.json").exists():
+        ap.error(f"--vae-dir {vae_dir}: no AutoencoderKL folder there (config.json)")
     if not (vae_dir / "config.json").exists():
         torch.manual_seed(0)
         AutoencoderKL(**SD_VAE).save_pretrained(vae_dir)
