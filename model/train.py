@@ -709,6 +709,7 @@ def _finish(
     )
     # read only for a scorer that takes them (the summary says when they went unused)
     oblocks = outlier_blocks(net, *outliers) if outliers is not None and takes_outliers(cfg.open_scorer) else None
+    ogroups = None if oblocks is None else outlier_groups(*outliers)  # which prompts / photographs they came from
     opn = OpenSetScorer(
         method=cfg.open_scorer,
         false_unknown_rate=cfg.false_unknown_rate,
@@ -729,7 +730,7 @@ def _finish(
         row_groups(store, sub_rows),
         image=image,
         outliers=oblocks,
-        outlier_groups=None if oblocks is None else outlier_groups(*outliers),
+        outlier_groups=ogroups,
         seed=cfg.seed,
         views=view > 0,
     )
@@ -797,7 +798,7 @@ def _finish(
             for st in states
         ]
     # the photographs the open-set scorer fitted as outliers: evaluate says when an outside source holds them
-    photos = photo_keys(outlier_groups(*outliers)) if oblocks is not None else ()
+    photos = photo_keys(ogroups) if ogroups is not None else ()
     meta = {"training": summary}
     bundle = Bundle(
         net.cpu(), cfg, fcfg, known, meta, closed, opn, trained_images, disc, photos if len(photos) else None
