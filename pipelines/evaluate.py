@@ -94,6 +94,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         per_crop = closed_set(y[y >= 0], p["proba"][y >= 0], bundle.class_names)
         sub, p, (y, unknown) = per_image(predictor, store, sub, p, y, unknown)
     known = y >= 0
+    judged_sha = store.read("sha256")[feats.rows[keep]]
     metrics = {
         "view": store.config.view,
         "store": str(store_path),
@@ -102,7 +103,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         "crops": store.config.crops,
         "closed": closed_set(y[known], p["proba"][known], bundle.class_names),
         "open": open_set(p["open_score"][known], p["open_score"][unknown], (p["pred"] == y)[known]),
-        "trained_images": trained_judged(bundle, store.read("sha256")[feats.rows[keep]]),
+        "trained_images": trained_judged(bundle, judged_sha),
     }
     if bundle.fuses:  # what the networks alone give, beside the attribution (networks + discriminant)
         net = closed_set(y[known], p["network_proba"][known], bundle.class_names)
@@ -156,6 +157,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         "unknown": unknown,
         "true": true,
         "threshold": thr,
+        "sha256": judged_sha,
         **{k: p[k] for k in ("proba", "open_score", "attention", "embedding", "g")},
     }
     return metrics, df, extras
@@ -174,10 +176,10 @@ def per_image(predictor: Predictor, store: FeatureStore, sub, p: dict, *row_arra
 
 def evaluate_unseen(
     predictor: Predictor, store_path, known_score: np.ndarray, split: str = "test"
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, np.ndarray]:
     """Rows of a store of other images, per label, against `known_score` (the known rows' open-set
-    scores): -> ({label: metrics}, {label: scores}). Every row of an outside store counts; of the
-    training store itself, the `split` rows only."""
+    scores): -> ({label: metrics}, {label: scores}, the judged images' SHA-256 digests). Every row of an
+    outside store counts; of the training store itself, the `split` rows only."""
     bundle = predictor.bundle
     store = FeatureStore.open(store_path)
     predictor.check_store(store)
@@ -224,7 +226,7 @@ def evaluate_unseen(
             row["auroc_ci"] = auroc_ci(known_score, p["open_score"][m])
         per[g] = row
         scores[g] = p["open_score"][m]
-    return per, scores
+    return per, scores, sha
 
 
 def known_scores(ex: dict) -> np.ndarray:
@@ -314,23 +316,25 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             for r in results
         ],
         "ci": _ci_text(results[0]["ci_over"]),
-        # judged images the networks trained on (a store of copies of training images): in-sample figures
-        "in_sample": {r["store"]: r["trained_images"] for r in results if r.get("trained_images")},
+        # judged images the networks trained on (a store of copies of training images): in-sample figures;
+        # filled below, once per store however many ways it was judged
+        "in_sample": {},
         # outside images that were outlier photographs of the unknown flag (make-outliers --photos)
         "outlier_sample": {},
     }
+    judged = {}  # store -> the SHA-256 digests of the images judged in it, as a judged store and as --unseen
+    for r, ex in zip(results, extras):
+        judged.setdefault(r["store"], []).append(ex["sha256"])
     if unseen:
         first = extras[0]
         known_score = known_scores(first)
         per, scores = {}, {}
         for u in unseen:
-            pu, su = evaluate_unseen(predictor, u, known_score, split)
+            pu, su, sha = evaluate_unseen(predictor, u, known_score, split)
             for g in pu:  # the same label in two stores: keep both, named by store
                 key = g if g not in per else f"{g} ({Path(u).name})"
                 per[key], scores[key] = pu[g], su[g]
-            trained = sum(v["trained_images"] or 0 for v in pu.values())
-            if trained:  # the warning line and the report's in-sample paragraph name the store
-                summary["in_sample"][str(u)] = summary["in_sample"].get(str(u), 0) + trained
+            judged.setdefault(str(u), []).append(sha)
             photos = sum(v["outlier_photos"] for v in pu.values())
             if photos:  # the same for the photographs the unknown flag fitted as outliers
                 summary["outlier_sample"][str(u)] = photos
@@ -343,6 +347,10 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
             **against_views(per, scores, results, extras, stores),
         }
         extras[0]["unseen_scores"] = scores
+    for store_path, shas in judged.items():  # the warning line and the report's in-sample paragraph name it
+        trained = trained_judged(bundle, np.concatenate(shas))  # distinct images: none counted twice
+        if trained:
+            summary["in_sample"][store_path] = trained
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
     write_json(out / "metrics.json", summary, indent=2, default=float)

@@ -110,6 +110,10 @@ def test_evaluate_counts_judged_images_the_networks_trained_on_even_as_re_saved_
     assert sum(v["trained_images"] for v in per.values()) == held["train_rows"]
     assert m["in_sample"] == {str(copies): held["train_rows"]}
     assert str(copies) in (tmp_path / "ev-unseen" / "report.html").read_text()
+    # the same store judged (all rows) and given as an outside source: its images count once
+    m = evaluate(tmp_path / "held", [str(copies)], tmp_path / "ev-both", split="all", unseen=[str(copies)])
+    assert m["views"][0]["trained_images"] == held["train_rows"]
+    assert m["in_sample"] == {str(copies): held["train_rows"]}
 
 
 def test_a_model_that_did_not_record_its_training_images_is_judged_without_the_count(store, tmp_path):
