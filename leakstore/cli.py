@@ -841,7 +841,13 @@ def train(
         ),
     ] = DEFAULT_STREAM_BUFFER,
     resume: Annotated[
-        bool, typer.Option(metavar="", rich_help_panel=P_RUN, help="Continue an interrupted run in --out.")
+        bool,
+        typer.Option(
+            metavar="",
+            rich_help_panel=P_RUN,
+            help="Continue an interrupted run in --out; on a finished one, refit its scorers "
+            "(another --discriminant or --open-scorer).",
+        ),
     ] = False,
     overwrite: Annotated[
         bool, typer.Option(metavar="", rich_help_panel=P_OUT, help="Replace a model already in --out.")

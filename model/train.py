@@ -174,8 +174,9 @@ def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, part: s
 
 def _resumable(settings: dict) -> dict:
     """The model settings a resumed run must share with the run it continues (all but the schedule)."""
-    # the discriminant's weight is not the networks': a finished run resumed with another refits its scorers
-    return {k: v for k, v in settings.items() if k not in ("epochs", "patience", "discriminant")}
+    # the discriminant's weight and the open-set scorer are not the networks': a finished run resumed with
+    # another refits its scorers
+    return {k: v for k, v in settings.items() if k not in ("epochs", "patience", "discriminant", "open_scorer")}
 
 
 def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:

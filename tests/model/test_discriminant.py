@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from leakstore.errors import ConfigFieldError
+from leakstore.errors import ConfigFieldError, ConfigMismatchError
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.predict import predict
@@ -82,6 +82,15 @@ def test_resuming_a_finished_run_with_another_weight_refits_it(store, runs, tmp_
     assert b.fuses and b.cfg.discriminant == 0.3
     _, p0 = _predict(runs / "w0.0", store)
     np.testing.assert_allclose(p["network_proba"], p0["network_proba"], atol=1e-9)  # networks untouched
+    # another open-set scorer: the same, its scorers refitted (a network setting is still refused)
+    s = train(
+        store.path, tmp_path / "run", CFG.replace(discriminant=0.3, open_scorer="lda"), resume=True, progress=False
+    )
+    b, p2 = _predict(tmp_path / "run", store)
+    assert b.cfg.open_scorer == "lda" and b.open.components_ == ("lda",)
+    np.testing.assert_allclose(p2["network_proba"], p0["network_proba"], atol=1e-9)
+    with pytest.raises(ConfigMismatchError, match="model settings"):
+        train(store.path, tmp_path / "run", CFG.replace(width=CFG.width * 2), resume=True, progress=False)
 
 
 def test_evaluate_reports_the_networks_alone_beside_the_attribution(runs, store, tmp_path):
