@@ -74,12 +74,18 @@ def embed_rows(net: ProtoLeakNet, source, idx: np.ndarray, device, batch: int = 
 def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarray | None]:
     """The open-set blocks read from the features themselves (channel statistics of the least noised
     latent, and the stored features the scorers read), for every row of `feats` (on the CPU)."""
+    return stored_feature_blocks(net.cfg, feats)
+
+
+def stored_feature_blocks(cfg, feats: FeatureBatch) -> dict[str, np.ndarray | None]:
+    """`feature_blocks` for a model config `cfg` (ModelConfig) before or without a network: the
+    blocks depend on the stored features and the config only."""
     from leakstore.model.openset import FEATURE_PARTS, STORED_BLOCKS, channel_stats
 
     out = {
         "stats": channel_stats(feats["latents"]),
         **{
-            k: read_input(net.cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
+            k: read_input(cfg, k, feats[k].double()).numpy() if feats.get(k) is not None else None
             for k in STORED_BLOCKS
         },
     }
@@ -87,7 +93,7 @@ def feature_blocks(net: ProtoLeakNet, feats: FeatureBatch) -> dict[str, np.ndarr
     parts = [
         out[k].reshape(len(out[k]), -1)
         for k in FEATURE_PARTS
-        if out.get(k) is not None and (k == "stats" or net.cfg.uses(k))
+        if out.get(k) is not None and (k == "stats" or cfg.uses(k))
     ]
     out["features"] = np.concatenate(parts, axis=1)
     return out
