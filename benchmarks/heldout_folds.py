@@ -6,15 +6,16 @@ flags a generator it never saw, on many prompts instead of the few validation on
     python -m benchmarks.heldout_folds STORE.zarr --outliers OUTLIERS.zarr --folds 4 --draws 3 --scorer lda
 
 `leakstore openset-study` holds each generator out and judges the validation and test prompts: on
-RealGen-dev three prompts each, where a scorer's figure moves by 0.02-0.05 with the prompts alone. Here
-the training and validation prompts (the store's `group`; an image's file digest where it has none)
-are dealt into `--folds` seeded folds (as training's out-of-fold threshold deals them); for each known
-generator g and each fold f the scorer is fitted without g's rows, without fold f's rows, and without
-the outlier copies made from either (`make-outliers` records each copy's source class and prompt), and
-fold f's images (their crops' mean score; training views are fitting material only) are scored. g's
-AUROC against the other generators' images is pooled over the folds. `--draws` repeats it with other
-fold draws (seeds 0..D-1): their spread is the yardstick's own noise. No network is trained: seconds
-per refit (RealGen-dev's four-crop store: about 40 s per draw on one core).
+RealGen-dev three prompts each, where a scorer's figure moves by 0.02-0.05 with the prompts alone.
+Here the training and validation prompts (the store's `group`; an image's file digest where it has
+none) are dealt into `--folds` seeded folds (as training's out-of-fold threshold deals them); for
+each known generator g (not the real class, as in the study) and each fold f the scorer is fitted
+without g's rows, without fold f's rows, and without the outlier copies made from either
+(`make-outliers` records each copy's source class and prompt), and fold f's images (their crops'
+mean score; training views are fitting material only) are scored. g's AUROC against the other
+known classes' images is pooled over the folds. `--draws` repeats it with other fold draws (seeds
+0..D-1): their spread is the yardstick's own noise. No network is trained: seconds per refit
+(RealGen-dev's four-crop recipe store, three draws: 34 s on one core).
 
 Writes {scorer, folds, draws, prompts, per_generator: {g: [AUROC per draw]}, mean_per_draw, mean}.
 """
@@ -77,12 +78,15 @@ def run(store_path, outliers=None, scorer: str = "lda", folds: int = 4, draws: i
     if len(prompts) < folds:
         raise SystemExit(f"{store_path}: {len(prompts)} training and validation prompts, fewer than --folds {folds}")
     out = _outlier_parts(outliers, store, names, cfg) if outliers else None
-    per = {store.class_names[c]: [] for c in classes}
+    real = store.attrs.get("real_class")  # as the study, real photographs are never held out as a generator
+    per = {store.class_names[c]: [] for c in classes if store.class_names[c] != real}
     for d in range(draws):
         fold = np.full(len(labels), -1)
         fold[dev] = fold_of_groups(groups[dev], folds, seed=d)
         for c in classes:
             g = store.class_names[c]
+            if g not in per:
+                continue
             known, new = [], []
             kept = [k for k in classes if k != c]
             for f in range(folds):
