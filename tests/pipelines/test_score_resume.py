@@ -1,5 +1,7 @@
 """A score job cut off midway keeps its finished partitions; the rerun computes only the rest."""
 
+import time
+
 import pandas as pd
 import pytest
 from distributed import Client
@@ -8,6 +10,16 @@ from leakstore.model.config import ModelConfig
 from leakstore.model.train import train
 from leakstore.pipelines import score as sc
 from tests.synthetic import planted_store
+
+
+def _settle(client, timeout: float = 60.0) -> None:
+    """Wait until no task of a failed run still executes: cancelling releases a task the worker is
+    running but does not stop it, and it would write its part (and count as a call) during the rerun."""
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 2 and time.monotonic() < deadline:
+        busy = sum(client.run(lambda dask_worker: dask_worker.state.executing_count).values())
+        quiet = quiet + 1 if busy == 0 else 0
+        time.sleep(0.1)
 
 
 def test_an_interrupted_score_resumes_and_writes_every_row_once(tmp_path, monkeypatch):
@@ -26,6 +38,7 @@ def test_an_interrupted_score_resumes_and_writes_every_row_once(tmp_path, monkey
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
         with pytest.raises(RuntimeError, match="worker lost"):
             sc.score(tmp_path / "run", tmp_path / "s.zarr", out, client=client, progress=False)
+        _settle(client)
         kept = sorted(p.name for p in (tmp_path / "p.parquet.parts").glob("part-*.parquet"))
         assert 0 < len(kept) < 10 and not out.exists()
         done_before = {int(n[5:11]) * 16 for n in kept}
