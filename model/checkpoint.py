@@ -137,7 +137,8 @@ class Bundle:
         from leakstore.model.openset import stored_blocks
 
         blocks = tuple(getattr(self.open, "blocks_", ())) + (("features",) if self.fuses else ())
-        extra = tuple(b for b in stored_blocks(blocks, self.cfg) if b not in self.net.inputs)
+        held = {f.name for f in features_for(self.featurize)}  # `features` reads only what the store has
+        extra = tuple(b for b in stored_blocks(blocks, self.cfg) if b not in self.net.inputs and b in held)
         return tuple(self.net.inputs) + extra
 
 

@@ -123,3 +123,16 @@ def test_an_image_gets_the_networks_probabilities_of_its_crops_beside_the_attrib
     _, out = aggregate_images(p, np.array([0, 0, 3, 3, 3, 5]), ["a", "b", "c"], 0.0)
     np.testing.assert_allclose(out["network_proba"][1], softmax(np.log(net[2:5]).mean(0)))
     np.testing.assert_allclose(out["proba"][1], softmax(np.log(fused[2:5]).mean(0)))
+
+
+def test_a_model_reads_only_the_statistics_its_store_holds(tmp_path):
+    """The discriminant's `features` block puts every stored statistic side by side; on a store made
+    without the optional ones (residual, periodicity, spectra) the model neither reads nor names them."""
+    from tests.synthetic import planted_store
+
+    st = planted_store(tmp_path / "s.zarr", per_class=12)  # latents and their spectra only
+    train(st.path, tmp_path / "run", CFG.replace(discriminant=0.2), progress=False)
+    b = load_bundle(tmp_path / "run")
+    assert b.fuses and set(b.feature_names) <= {"latents", "latent0", "spectra"}, b.feature_names
+    m = evaluate(tmp_path / "run", [str(st.path)], tmp_path / "ev")
+    assert not [n for n in m["inputs"] if n.split(" ")[0] in ("residual", "periodicity", "noise_spectrum")]
