@@ -104,8 +104,10 @@ def test_evaluate_writes_metrics_plots_report(model, tmp_path):
     assert len(df) == 32 and df.true_is_unknown.sum() == 8
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "data:image/png;base64" in html and "BUILT-IN DEMO ENCODER" in html
-    assert s["inputs"][:2] == ["latents", "spectra"] and "inputs: latents, spectra, " in html  # the networks'
-    assert "noise_spectrum" in s["inputs"][2:]  # and the stored statistics attribution's discriminant reads
+    # a store of latents and spectra only: what the networks and the attribution's discriminant read (its
+    # channel statistics come from the latents), nothing the store lacks, as before the discriminant
+    assert s["inputs"] == ["latents", "spectra"] and "inputs: latents, spectra;" in html
+    assert s["discriminant"] == 0.2
     assert s["networks"] == 3 and "3 networks joined (train --members)" in html  # the default model
     assert "Prototypes (stars) lie" in html and s["open_temperature"] == 1.0
     assert ("soft minimum, temperature 1" in html) == (len(s["open_components"]) > 1)
