@@ -32,16 +32,15 @@ import numpy as np
 def _outlier_parts(path, store, names, cfg) -> dict:
     """Every outlier row that may fit a model of `store` (not a copy of a test image), with its class,
     the class and prompt of the image it was made from."""
-    from leakstore.model.outliers import outlier_classes, outlier_groups, outlier_rows, outlier_source
+    from leakstore.model.outliers import outlier_classes, outlier_groups, outlier_rows, outlier_sources
     from leakstore.model.predict import stored_feature_blocks
 
     ost, rows = outlier_rows(path, store, judged_splits=(2,))
     feats = ost.load(names, rows=rows)
-    labels = ost.read("label")[feats.rows]
     return {
         "blocks": stored_feature_blocks(cfg, feats),
         "kind": outlier_classes(ost, feats.rows),
-        "source": np.array([outlier_source(ost.class_names[v]) if v >= 0 else "" for v in labels], dtype=object),
+        "source": outlier_sources(ost, feats.rows),
         "group": outlier_groups(ost, feats.rows).astype(str),
     }
 

@@ -43,12 +43,9 @@ def outlier_rows(
     held_groups = {str(g) for g in store.read("group")[judged] if str(g)} | {
         f"sha:{h}" for h in store.read("sha256")[judged] if str(h)
     }
-    names = ost.class_names
-    labels = ost.read("label")
-    sources = np.array([outlier_source(names[v]) if v >= 0 else "" for v in labels], dtype=object)
     ok = (
         (ost.read("status") == DONE)
-        & ~np.isin(sources, list(exclude))
+        & ~np.isin(outlier_sources(ost, np.arange(ost.n)), list(exclude))
         & ~np.isin(np.array([str(g) for g in ost.read("group")], dtype=object), list(held_groups))
     )
     rows = np.flatnonzero(ok)
@@ -70,6 +67,13 @@ def outlier_kind(label: str) -> str:
 def outlier_source(label: str) -> str:
     """The class of the image an outlier copy was made from ('KIND/SOURCE'), or the whole label."""
     return label.rsplit("/", 1)[-1]
+
+
+def outlier_sources(ost: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """(len(rows),) object: the class of the image each outlier row was made from ('' for a row without a
+    label), so that copies of a held-out generator's images can be left out with it."""
+    names = ost.class_names
+    return np.array([outlier_source(names[v]) if v >= 0 else "" for v in ost.read("label")[rows]], dtype=object)
 
 
 def outlier_classes(ost: FeatureStore, rows: np.ndarray) -> np.ndarray:
