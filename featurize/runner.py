@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import sys
 import time
@@ -226,7 +227,18 @@ class DeviceFeaturizer:
     ) -> dict[str, torch.Tensor]:
         """images (B, 3, R, R) uint8, noise (B, T, C, h, w) float32, native: the loader's per-image
         features (collate's "native") -> tensors on the CPU (copies in flight: wait on the returned
-        'event' before reading them)."""
+        'event' before reading them).
+
+        Unpadded (scoring in memory), a row whose inputs repeat an earlier row's is computed once and
+        copied: the crops of an image no larger than one crop are one window with one noise draw
+        (a half-size copy of a 256 px image, judged on four 128 px crops, is four equal rows). A padded
+        batch is computed whole either way, so store featurizing leaves them as they come."""
+        copies = None
+        if not self.fixed_batch:
+            first, copies = distinct_rows(images, noise, native)
+            if first is not None:
+                images, noise = images[first], noise[first]
+                native = {k: v[first] for k, v in (native or {}).items()}
         b = images.shape[0]
         x = images.to(self.device, non_blocking=True)
         if self.fixed_batch and b < self.batch_size:
@@ -248,6 +260,9 @@ class DeviceFeaturizer:
             ctx.encode, ctx.decode = (lambda px: self.res_encoder(px * 255.0)), self.res_decoder
         computed = compute(ctx, [f.name for f in self.features])
         out = {f.name: computed[f.name].to(torch_dtype(f.dtype)) for f in self.features}
+        if copies is not None:  # every row of the batch, the repeated ones copied
+            index = torch.from_numpy(copies).to(self.device)
+            out = {k: v[index] for k, v in out.items()}
         if self.device.type != "cuda":
             return out
         host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in out.items()}
@@ -257,6 +272,27 @@ class DeviceFeaturizer:
         ev.record()
         host["event"] = ev
         return host
+
+
+def distinct_rows(images: torch.Tensor, noise: torch.Tensor, native: dict | None = None):
+    """Rows of a batch whose inputs (pixels, noise and native features) equal an earlier row's
+    -> (the first row of each distinct input, (B,) the position of each row's input among them), or
+    (None, None) when every row is distinct."""
+    seen: dict[bytes, int] = {}
+    first, inverse = [], np.empty(images.shape[0], dtype=np.int64)
+    parts = [images, noise, *(v for _, v in sorted((native or {}).items()))]
+    for i in range(images.shape[0]):
+        h = hashlib.blake2b(digest_size=20)
+        for t in parts:
+            h.update(t[i].contiguous().numpy().tobytes())
+        key = h.digest()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse[i] = seen[key]
+    if len(first) == images.shape[0]:
+        return None, None
+    return torch.tensor(first, dtype=torch.long), inverse
 
 
 # ---------------------------------------------------------------------------- chunk assembly

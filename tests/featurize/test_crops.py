@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.special import softmax
 
 from leakstore.config import FeaturizeConfig, RunOptions
@@ -181,3 +182,38 @@ def test_scoring_a_crop_store_and_its_images_gives_one_row_per_image(crop_model)
     np.testing.assert_allclose(m.open_score_store, m.open_score_api, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m.confidence_store, m.confidence_api, rtol=1e-4, atol=1e-6)
     assert (m.pred_store == m.pred_api).all()
+
+
+def test_crops_that_are_one_window_are_encoded_once_when_scoring_in_memory(tmp_path):
+    """An image no larger than one crop gives K equal rows (one window, one noise draw): scoring in
+    memory encodes it once and copies the row; a larger image's crops are each encoded. The rows are
+    those a padded store batch computes for every crop."""
+    from PIL import Image
+
+    from leakstore.featurize.inmemory import featurize_paths
+    from leakstore.featurize.runner import DeviceFeaturizer
+    from leakstore.featurize.vae import load_encoder
+
+    enc = load_encoder("demo")
+    cfg = FeaturizeConfig(vae=enc.identity, crops=4, **{k: v for k, v in KW.items() if k not in ("vae", "device")})
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, side in (("small", 32), ("large", 64), ("small2", 32)):
+        paths.append(str(tmp_path / f"{name}.png"))
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(paths[-1])
+    encoded = []
+    run = DeviceFeaturizer(enc, cfg, torch.device("cpu"), 16, use_compile=False)
+    inner = run.run
+    run.run = lambda x: encoded.append(x.shape[0]) or inner(x)
+    feats, _, errors = featurize_paths(paths, cfg, enc, batch_size=16, runner=run)
+    assert not errors and len(feats) == 12 and encoded == [6]  # 1 + 4 + 1 windows of 12 rows
+    lat = feats["latents"].numpy()
+    for img in (0, 2):
+        for k in range(1, 4):
+            np.testing.assert_array_equal(lat[4 * img + k], lat[4 * img])
+    assert len({lat[4 + k].tobytes() for k in range(4)}) == 4
+    padded = DeviceFeaturizer(enc, cfg, torch.device("cpu"), 16, use_compile=False, pad=True)
+    whole, _, _ = featurize_paths(paths, cfg, enc, batch_size=16, runner=padded)
+    assert set(feats.arrays) == set(whole.arrays) and "latents" in feats.arrays
+    for name in feats.arrays:
+        np.testing.assert_allclose(feats[name].numpy(), whole[name].numpy(), rtol=1e-5, atol=1e-5)
