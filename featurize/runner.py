@@ -277,7 +277,9 @@ class DeviceFeaturizer:
 def distinct_rows(images: torch.Tensor, noise: torch.Tensor, native: dict | None = None):
     """Rows of a batch whose inputs (pixels, noise and native features) equal an earlier row's
     -> (the first row of each distinct input, (B,) the position of each row's input among them), or
-    (None, None) when every row is distinct."""
+    (None, None) when every row is distinct, or when the batch is already on a device."""
+    if images.device.type != "cpu":
+        return None, None
     seen: dict[bytes, int] = {}
     first, inverse = [], np.empty(images.shape[0], dtype=np.int64)
     parts = [images, noise, *(v for _, v in sorted((native or {}).items()))]
