@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import os
 import sys
 import time
@@ -229,8 +228,8 @@ class DeviceFeaturizer:
         features (collate's "native") -> tensors on the CPU (copies in flight: wait on the returned
         'event' before reading them).
 
-        Unpadded (scoring in memory), a row whose inputs repeat an earlier row's is computed once and
-        copied: the crops of an image no larger than one crop are one window with one noise draw
+        Unpadded (scoring in memory), a row whose inputs repeat the row's before it is computed once
+        and copied: the crops of an image no larger than one crop are one window with one noise draw
         (a half-size copy of a 256 px image, judged on four 128 px crops, is four equal rows). A padded
         batch is computed whole either way, so store featurizing leaves them as they come."""
         copies = None
@@ -275,23 +274,18 @@ class DeviceFeaturizer:
 
 
 def distinct_rows(images: torch.Tensor, noise: torch.Tensor, native: dict | None = None):
-    """Rows of a batch whose inputs (pixels, noise and native features) equal an earlier row's
-    -> (the first row of each distinct input, (B,) the position of each row's input among them), or
-    (None, None) when every row is distinct, or when the batch is already on a device."""
-    if images.device.type != "cpu":
+    """Rows of a batch whose inputs (pixels, noise and native features) equal the row's before them
+    (an image's crops that are one window come one after another) -> (the first row of each run,
+    (B,) the position of each row's run among them), or (None, None) when no row repeats the one
+    before it, or when the batch is already on a device."""
+    if images.device.type != "cpu" or images.shape[0] < 2:
         return None, None
-    seen: dict[bytes, int] = {}
-    first, inverse = [], np.empty(images.shape[0], dtype=np.int64)
-    parts = [images, noise, *(v for _, v in sorted((native or {}).items()))]
-    for i in range(images.shape[0]):
-        h = hashlib.blake2b(digest_size=20)
-        for t in parts:
-            h.update(t[i].contiguous().numpy().tobytes())
-        key = h.digest()
-        if key not in seen:
-            seen[key] = len(first)
+    parts = [images, noise, *(native or {}).values()]
+    first, inverse = [0], np.zeros(images.shape[0], dtype=np.int64)
+    for i in range(1, images.shape[0]):
+        if not all(torch.equal(t[i], t[i - 1]) for t in parts):
             first.append(i)
-        inverse[i] = seen[key]
+        inverse[i] = len(first) - 1
     if len(first) == images.shape[0]:
         return None, None
     return torch.tensor(first, dtype=torch.long), inverse
