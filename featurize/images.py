@@ -152,6 +152,23 @@ def crop_window(arr: np.ndarray, resolution: int, k: int, crops: int) -> np.ndar
     return arr[y : y + resolution, x : x + resolution]
 
 
+def crops_coincide(h: int, w: int, resolution: int) -> bool:
+    """Whether every crop window (crop_window) of an h x w image is one and the same: the image is
+    below `resolution` on a side (it is taken whole), or less than one 8-pixel step larger on both."""
+    return min(h, w) < resolution or (h - resolution < CROP_ALIGN and w - resolution < CROP_ALIGN)
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header, its pixels left undecoded (before EXIF rotation,
+    which only swaps them); None when the header cannot be read (decoding will say why)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+        return h, w
+    except Exception:
+        return None
+
+
 def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bilinear", path: str = "") -> np.ndarray:
     """Bring (H, W, 3) uint8 to (resolution, resolution, 3) uint8.
 

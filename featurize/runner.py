@@ -30,10 +30,10 @@ from leakstore.device import resolve_device
 from leakstore.errors import ImageDecodeError, LeakstoreError
 from leakstore.features import Context, compute, features_for, needs_decoder, torch_dtype
 from leakstore.features.noising import noise_coefficients, seeded_noise
-from leakstore.featurize.images import crop_window, decode_image, prepare, read_bytes
+from leakstore.featurize.images import crop_window, crops_coincide, decode_image, header_size, prepare, read_bytes
 from leakstore.featurize.provenance import read_provenance
 from leakstore.featurize.vae import LatentEncoder
-from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name
+from leakstore.featurize.views import apply_view, draw_view, parse_policy, parse_view, view_name, view_size
 from leakstore.fsio import free_space_note
 from leakstore.store import DONE, FAILED, Catalog, FeatureStore
 
@@ -80,9 +80,11 @@ class ImageRows(Dataset):
         policy: str = "",
         crop_index: np.ndarray | None = None,
         provenance: bool = False,
+        collapsed: frozenset[int] = frozenset(),
     ):
         self.paths, self.rows, self.cfg, self.max_pixels = paths, rows, cfg, max_pixels
         self.provenance = provenance
+        self.collapsed = collapsed  # rows whose image's crops were found one window (repeated_crops)
         self.crop_index = crop_index  # (N,) crop of each row (featurize --crops), None: the image whole
         self.steps = parse_view(cfg.view)
         self.view_index = view_index
@@ -106,6 +108,10 @@ class ImageRows(Dataset):
             if steps:
                 view = view_name(steps)
                 arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
+            if row in self.collapsed and not crops_coincide(*arr.shape[:2], self.cfg.resolution):
+                raise ImageDecodeError(
+                    path, f"decoded as {arr.shape[1]}x{arr.shape[0]} px, not the size its header gave: rerun featurize"
+                )
             if self.crop_index is not None:
                 arr = crop_window(arr, self.cfg.resolution, int(self.crop_index[row]), self.cfg.crops)
             try:
@@ -372,6 +378,52 @@ def disk_row_bytes(cfg: FeaturizeConfig) -> int:
     return sum(int(np.prod(f.shape(cfg))) * np.dtype(f.dtype).itemsize for f in features_for(cfg)) + 512
 
 
+def repeated_crops(catalog: Catalog, rows: list[int], cfg: FeaturizeConfig, threads: int = 8) -> dict[int, list[int]]:
+    """{crop 0's row: the rows of the image's other crops} for the images of `rows` whose crop
+    windows are one and the same (no larger than one crop, after the store-wide view): their rows
+    would be the same computation K times. Sizes come from the files' headers; training-view rows,
+    whose size is drawn, are left out. Empty without crops."""
+    k, ci, vi = cfg.crops, catalog.crop_index, catalog.view_index
+    if k == 1 or ci is None:
+        return {}
+    pending = set(rows)
+    heads = [
+        r
+        for r in rows
+        if ci[r] == 0
+        and (vi is None or vi[r] == 0)
+        and all(r + c in pending and ci[r + c] == c and catalog.paths[r + c] == catalog.paths[r] for c in range(1, k))
+    ]
+    steps = parse_view(cfg.view)
+    with ThreadPoolExecutor(threads) as ex:
+        sizes = list(ex.map(lambda r: header_size(catalog.paths[r]), heads))
+    return {
+        r: list(range(r + 1, r + k))
+        for r, hw in zip(heads, sizes)
+        if hw is not None and crops_coincide(*view_size(*hw, steps), cfg.resolution)
+    }
+
+
+def with_copies(b: dict, results: dict | None, copies: dict[int, list[int]]) -> tuple[dict, dict | None]:
+    """A loader batch and its results, with the rows that repeat a computed row (`copies`: {row:
+    its repeats}) added as that row's copies: its hash, view, error or features."""
+    extra = [(r, d) for r in b["rows"] for d in copies.get(r, ())]
+    if not extra:
+        return b, results
+    b = dict(b)
+    b["rows"] = b["rows"] + [d for _, d in extra]
+    b["sha"] = {**b["sha"], **{d: b["sha"][r] for r, d in extra}}
+    b["view"] = {**b["view"], **{d: b["view"][r] for r, d in extra}}
+    b["error"] = {**b["error"], **{d: b["error"][r] for r, d in extra if r in b["error"]}}
+    at = {r: i for i, r in enumerate(b["ok_rows"])}
+    ok = [(at[r], d) for r, d in extra if r in at]
+    b["ok_rows"] = b["ok_rows"] + [d for _, d in ok]
+    if results is not None and ok:
+        idx = np.array([i for i, _ in ok])
+        results = {name: np.concatenate([v, v[idx]]) for name, v in results.items()}
+    return b, results
+
+
 def featurize_store(
     catalog: Catalog,
     store_path: str | Path,
@@ -415,6 +467,11 @@ def featurize_store(
     workers = opts.workers if opts.workers >= 0 else (max(1, (os.cpu_count() or 2) - 1) if device.type == "cuda" else 1)
     assembler = None
     if rows:
+        # an image no larger than one crop is computed once and its other crop rows copied: a padded
+        # batch costs the same whatever it holds, so they are left out of the batches themselves
+        copies = repeated_crops(catalog, rows, cfg)
+        repeats = {d for ds in copies.values() for d in ds}
+        computed = [r for r in rows if r not in repeats]
         runner = runner or DeviceFeaturizer(
             encoder,
             cfg,
@@ -424,11 +481,19 @@ def featurize_store(
             opts.compile_mode,
             pad=True,
         )
+        per_chunk = np.bincount(np.asarray(computed) // store.chunk_size, minlength=store.n_chunks)
         loader = DataLoader(
             ImageRows(
-                catalog.paths, rows, cfg, opts.max_pixels, catalog.view_index, catalog.view_policy, catalog.crop_index
+                catalog.paths,
+                computed,
+                cfg,
+                opts.max_pixels,
+                catalog.view_index,
+                catalog.view_policy,
+                catalog.crop_index,
+                collapsed=frozenset(copies),
             ),
-            batch_sampler=chunk_aligned_batches([len(store.chunk_rows(k)) for k in chunks], batch),
+            batch_sampler=chunk_aligned_batches([int(per_chunk[k]) for k in chunks], batch),
             num_workers=workers,
             collate_fn=collate,
             pin_memory=device.type == "cuda",
@@ -437,7 +502,7 @@ def featurize_store(
         )
         with ThreadPoolExecutor(opts.writer_threads) as ex:
             assembler = ChunkAssembler(store, chunks, ex)
-            _drive(loader, runner, assembler, len(rows), opts.progress, f"featurize {Path(store_path).name}")
+            _drive(loader, runner, assembler, len(rows), opts.progress, f"featurize {Path(store_path).name}", copies)
             assembler.wait()
     seconds = time.perf_counter() - t0
     paths = catalog.paths
@@ -465,8 +530,17 @@ def featurize_store(
     )
 
 
-def _drive(loader, runner: DeviceFeaturizer, assembler: ChunkAssembler, total: int, progress: bool, desc: str):
-    """Keep one batch in flight on the device while the previous one is copied out and assembled."""
+def _drive(
+    loader,
+    runner: DeviceFeaturizer,
+    assembler: ChunkAssembler,
+    total: int,
+    progress: bool,
+    desc: str,
+    copies: dict[int, list[int]] | None = None,
+):
+    """Keep one batch in flight on the device while the previous one is copied out and assembled
+    (with the rows that repeat its rows: `copies`, repeated_crops)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1)
@@ -475,19 +549,21 @@ def _drive(loader, runner: DeviceFeaturizer, assembler: ChunkAssembler, total: i
         for b in loader:
             out = runner(b["images"], b["noise"], b["native"]) if b["images"] is not None else None
             if pending is not None:
-                _finish(pending, assembler, bar)
+                _finish(pending, assembler, bar, copies)
             pending = (b, out)
         if pending is not None:
-            _finish(pending, assembler, bar)
+            _finish(pending, assembler, bar, copies)
 
 
-def _finish(pending, assembler: ChunkAssembler, bar) -> None:
+def _finish(pending, assembler: ChunkAssembler, bar, copies: dict[int, list[int]] | None = None) -> None:
     b, out = pending
     results = None
     if out is not None:
         if "event" in out:
             out.pop("event").synchronize()
         results = {k: v.numpy() for k, v in out.items()}
+    if copies:
+        b, results = with_copies(b, results, copies)
     assembler.add(b["rows"], b["sha"], b["error"], results, b["ok_rows"], b["view"])
     bar.update(len(b["rows"]))
     if assembler.failed:

@@ -85,6 +85,16 @@ def _reencode(arr: np.ndarray, fmt: str, quality: int) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def view_size(h: int, w: int, steps: tuple[ViewStep, ...]) -> tuple[int, int]:
+    """(height, width) of an h x w image after `steps`, as apply_view gives it, without its pixels."""
+    for s in steps:
+        if s.op == "resize":
+            h, w = max(1, round(h * s.value)), max(1, round(w * s.value))
+        elif s.op == "crop":
+            h, w = max(1, round(h * s.value)), max(1, round(w * s.value))
+    return h, w
+
+
 def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> np.ndarray:
     """Apply steps to (H, W, 3) uint8; returns (H', W', 3) uint8. Deterministic given seed."""
     for s in steps:

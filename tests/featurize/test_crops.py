@@ -217,3 +217,54 @@ def test_crops_that_are_one_window_are_encoded_once_when_scoring_in_memory(tmp_p
     assert set(feats.arrays) == set(whole.arrays) and "latents" in feats.arrays
     for name in feats.arrays:
         np.testing.assert_allclose(feats[name].numpy(), whole[name].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_store_computes_an_image_no_larger_than_one_crop_once(tmp_path, monkeypatch):
+    """Store featurizing leaves the repeated crops of a small image out of its batches and copies
+    crop 0's row: every row as it would be computed, fewer rows encoded; a file whose pixels fail
+    fails on every crop row with one reason."""
+    from PIL import Image
+
+    from leakstore.featurize import runner as R
+    from leakstore.featurize.views import apply_view, parse_view, view_size
+
+    rng = np.random.default_rng(1)
+    for cls in ("gen-a", "gen-b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i, side in enumerate((32, 36, 64, 40, 32)):  # 32 and 36 px: one window at 32 px; 40, 64: four
+            px = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(px).save(tmp_path / "d" / cls / f"{i}.png")
+    good = (tmp_path / "d" / "gen-a" / "4.png").read_bytes()
+    (tmp_path / "d" / "gen-a" / "4.png").write_bytes(good[: len(good) // 2])  # header intact, pixels cut
+    encoded = []
+    call = R.DeviceFeaturizer.__call__
+    monkeypatch.setattr(
+        R.DeviceFeaturizer, "__call__", lambda self, x, *a: encoded.append(x.shape[0]) or call(self, x, *a)
+    )
+    opts = RunOptions(device="cpu", workers=0, progress=False, chunk_size=8, batch_size=4)
+    rep = featurize(tmp_path / "d", tmp_path / "s.zarr", crops=4, opts=opts, **KW)
+    assert rep.processed == 40 and rep.done == 36 and rep.failed == 4
+    assert sum(encoded) == 2 * (1 + 1 + 4 + 4) + 1  # gen-b/4.png one row; the cut file none (crop 0 fails)
+    s = FeatureStore.open(tmp_path / "s.zarr")
+    lat, st, err, paths = s.read("latent0"), s.read("status"), s.read("error"), s.read("path")
+    for img in range(10):
+        rows = np.arange(4 * img, 4 * img + 4)
+        side = Image.open(paths[rows[0]]).size[0]
+        if st[rows[0]] != 1:
+            assert paths[rows[0]].endswith("gen-a/4.png") and len(set(err[rows])) == 1 and err[rows[0]]
+        elif side <= 39:
+            assert all(np.array_equal(lat[r], lat[rows[0]]) for r in rows)
+        else:
+            assert len({lat[r].tobytes() for r in rows}) == 4
+    monkeypatch.setattr(R, "repeated_crops", lambda *a, **k: {})  # every row computed
+    featurize(tmp_path / "d", tmp_path / "all.zarr", crops=4, opts=opts, **KW)
+    t = FeatureStore.open(tmp_path / "all.zarr")
+    np.testing.assert_array_equal(t.read("status"), st)
+    np.testing.assert_array_equal(t.read("error"), err)
+    for name in ("latents", "latent0", "periodicity"):
+        a, b = s.read(name), t.read(name)
+        np.testing.assert_allclose(a[st == 1], b[st == 1], rtol=1e-5, atol=1e-6)
+    for h, w, spec in ((256, 200, "resize:0.5"), (257, 129, "crop:0.7+resize:0.33"), (50, 80, "jpeg:75")):
+        steps = parse_view(spec)
+        got = apply_view(np.zeros((h, w, 3), np.uint8), steps).shape[:2]
+        assert view_size(h, w, steps) == got
