@@ -22,13 +22,15 @@ from leakstore.store import Catalog, FeatureStore, is_store_input
 
 
 def test_catalog(data, class_names=None) -> tuple[Catalog, str | None]:
-    """The labelled clean test rows of a store (and the store, to evaluate the clean view from),
-    or of image data (its test split when it has one, else every labelled image)."""
+    """The labelled clean test images of a store, one row each (its crop 0 in a store of crops), and
+    the store, to evaluate the clean view from; or of image data (its test split when it has one,
+    else every labelled image). `sweep` gives each image the model's crops."""
     from leakstore.featurize.datasets import build_catalog
 
     if is_store_input(data):
         s = FeatureStore.open(data)
-        keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0))
+        head = (s.read("crop") == 0) if s.has_crops else True  # an image, not each of its crops
+        keep = np.flatnonzero((s.read("split") == 2) & (s.read("label") >= 0) & (s.view_index() == 0) & head)
         if not len(keep):
             raise InputError(f"store {data} has no labelled test rows to sweep")
         paths, groups = s.read("path")[keep], s.read("group")[keep]
@@ -73,6 +75,7 @@ def sweep(
     progress: bool = True,
 ) -> dict:
     from leakstore.config import RunOptions
+    from leakstore.featurize.datasets import with_crops
     from leakstore.featurize.runner import featurize_store
     from leakstore.featurize.vae import encoder_for_config
     from leakstore.featurize.views import parse_view, view_name
@@ -88,6 +91,7 @@ def sweep(
     if not names:
         raise InputError("--views is empty: give e.g. " + ",".join(DEFAULT_SWEEP_VIEWS))
     cat, clean_store = test_catalog(data)
+    cat = with_crops(cat, bundle.featurize.crops)  # each image on the model's crops, as evaluate judges it
     if clean_store:  # before any view is featurized
         refuse_in_sample(FeatureStore.open(clean_store), bundle)
     out = Path(out) if out else run_dir / "sweep"

@@ -268,3 +268,31 @@ def test_a_store_computes_an_image_no_larger_than_one_crop_once(tmp_path, monkey
         steps = parse_view(spec)
         got = apply_view(np.zeros((h, w, 3), np.uint8), steps).shape[:2]
         assert view_size(h, w, steps) == got
+
+
+def test_a_sweep_of_a_crop_model_judges_each_test_image_on_its_crops(crop_model, tmp_path):
+    """The sweep's view stores hold each test image once, as the model's K crops, and its figures
+    are those of evaluating a store of the same images featurized with that view."""
+    from leakstore.pipelines.evaluate import evaluate
+    from leakstore.pipelines.sweep import sweep
+
+    s = FeatureStore.open(crop_model / "s.zarr")
+    test_images = int(((s.read("split") == 2) & (s.read("crop") == 0)).sum())
+    m = sweep(crop_model / "run", views=("jpeg:80",), out=tmp_path / "sw", device="cpu", workers=0, progress=False)
+    v = FeatureStore.open(tmp_path / "sw" / "views" / "jpeg-80.zarr")
+    assert v.has_crops and v.n == 4 * test_images
+    np.testing.assert_array_equal(v.read("crop"), np.tile(np.arange(4), test_images))
+    featurize(
+        crop_model / "data",
+        tmp_path / "j.zarr",
+        crops=4,
+        view="jpeg:80",
+        opts=RunOptions(device="cpu", workers=0, progress=False, chunk_size=10),
+        **KW,
+    )
+    stores = [str(crop_model / "s.zarr"), str(tmp_path / "j.zarr")]
+    ref = evaluate(crop_model / "run", stores, tmp_path / "ev", device="cpu")
+    got, want = m["robustness"][1], ref["robustness"][1]
+    assert got["view"] == want["view"] == "jpeg:80"
+    for key in ("macro_auc", "top1"):
+        assert abs(got[key] - want[key]) < 1e-6, (key, got, want)
