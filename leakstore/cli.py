@@ -620,21 +620,24 @@ def inspect(
         typer.echo(f"  pixel spectrum: {cfg['spectrum_bins']} bands per axis")
     if cfg.get("noise_bins"):
         typer.echo(f"  noise spectrum: {cfg['noise_bins']} x {cfg['noise_bins']} bands")
+    st = d["status"]
     if cfg.get("crops", 1) > 1:
         typer.echo(f"  {cfg['crops']} native-pixel crops per image, one row each (counts below are rows)")
-    st = d["status"]
+        counted = f"{d['n_rows']} rows ({d['n_images']} images x {cfg['crops']} crops)"
+    else:
+        counted = f"{d['n_images']} images"
     typer.echo(
-        f"  {d['n_images']} images: {st['done']} done, {st['failed']} failed, {st['pending']} pending "
-        f"(splits: {d['split_source']})"
+        f"  {counted}: {st['done']} done, {st['failed']} failed, {st['pending']} pending (splits: {d['split_source']})"
     )
     if d.get("train_views"):
         typer.echo(
             f"  training views: {d['view_rows']} rows, {d['train_views']['n']} per training/validation image, "
             f"drawn from {d['train_views']['policy']} (counts below include them)"
         )
-    typer.echo(f"  {'class':<24}{'train':>7}{'val':>7}{'test':>7}{'failed':>8}")
+    w = max([24] + [len(n) + 2 for n in d["per_class"]])
+    typer.echo(f"  {'class':<{w}}{'train':>7}{'val':>7}{'test':>7}{'failed':>8}")
     for name, c in d["per_class"].items():
-        typer.echo(f"  {name:<24}{c['train']:>7}{c['val']:>7}{c['test']:>7}{c['failed']:>8}")
+        typer.echo(f"  {name:<{w}}{c['train']:>7}{c['val']:>7}{c['test']:>7}{c['failed']:>8}")
     for f in d.get("failures", d["first_failures"]):
         typer.echo(f"  failed: {f['path']}: {f['error']}")
     if st["pending"]:

@@ -463,7 +463,8 @@ class FeatureStore:
             "config_hash": self.attrs["config_hash"],
             "featurize_config": self.attrs["featurize_config"],
             "builtin_encoder": self.attrs.get("builtin_encoder", False),
-            "n_images": self.n,
+            "n_images": int(len(np.unique(self.image_rows()))),  # a store of crops: K rows an image
+            "n_rows": self.n,
             "status": {STATUS_NAMES[s]: int((st == s).sum()) for s in STATUS_NAMES},
             "class_names": names,
             "per_class": per_class,

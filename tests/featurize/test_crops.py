@@ -296,3 +296,17 @@ def test_a_sweep_of_a_crop_model_judges_each_test_image_on_its_crops(crop_model,
     assert got["view"] == want["view"] == "jpeg:80"
     for key in ("macro_auc", "top1"):
         assert abs(got[key] - want[key]) < 1e-6, (key, got, want)
+
+
+def test_inspect_counts_a_crop_store_in_rows_and_images(crop_model):
+    import json
+
+    from typer.testing import CliRunner
+
+    from leakstore.cli import app
+
+    r = CliRunner().invoke(app, ["inspect", str(crop_model / "s.zarr"), "--json"])
+    d = json.loads(r.output)
+    assert r.exit_code == 0 and (d["n_rows"], d["n_images"]) == (144, 36)
+    r = CliRunner().invoke(app, ["inspect", str(crop_model / "s.zarr")])
+    assert "144 rows (36 images x 4 crops): 144 done" in r.output
