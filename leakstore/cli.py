@@ -1283,6 +1283,8 @@ def _print_robustness(s: dict) -> None:
             f"attribution: the networks with the stored statistics' discriminant (weight {s['discriminant']:.2g}); "
             f"the networks alone: macro AUC {alone}"
         )
+    if s.get("companion"):
+        typer.echo(f"images no larger than one crop: attributed half by the model, half by {s['companion']}")
     if s.get("unseen"):
         typer.echo(f"images from outside the training store, against the {s['unseen']['known_rows']}:")
         for g, v in s["unseen"]["per_generator"].items():

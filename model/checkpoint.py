@@ -124,6 +124,7 @@ class Bundle:
     trained_images: np.ndarray | None = None  # image_keys of the images the networks trained on
     discriminant: Any = None  # a fitted ClassPosterior on the `features` block (known classes), for attribution
     outlier_photos: np.ndarray | None = None  # image_keys of the photographs the open-set scorer fitted as outliers
+    small: Any = None  # the companion (a Bundle, RUN/small) beside which an image no larger than one crop is attributed
 
     @property
     def fuses(self) -> bool:
@@ -139,7 +140,10 @@ class Bundle:
         blocks = tuple(getattr(self.open, "blocks_", ())) + (("features",) if self.fuses else ())
         held = {f.name for f in features_for(self.featurize)}  # `features` reads only what the store has
         extra = tuple(b for b in stored_blocks(blocks, self.cfg) if b not in self.net.inputs and b in held)
-        return tuple(self.net.inputs) + extra
+        names = tuple(self.net.inputs) + extra
+        if self.small is not None:  # the companion reads the same rows
+            names += tuple(n for n in self.small.feature_names if n not in names)
+        return names
 
 
 def model_inputs(cfg: ModelConfig, fcfg: FeaturizeConfig) -> tuple[str, ...]:
@@ -250,7 +254,35 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
         raise
     except Exception as e:
         raise _broken(scorers, e) from None
-    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc, photos)
+    small = _companion(run_dir, fcfg, classes, device)
+    return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc, photos, small)
+
+
+SMALL = "small"  # RUN/small: a model of images no larger than one crop, trained beside RUN's
+
+
+def _companion(run_dir: Path, fcfg: FeaturizeConfig, classes: list[str], device) -> Bundle | None:
+    """The model in RUN/small, when there is one: trained on downscaled copies of the training images
+    (one row an image), it attributes, beside the model, the images whose crops are one window. It must
+    know the same classes and read the same features (its crops and view aside)."""
+    from leakstore.config import check_compatible
+
+    where = run_dir / SMALL
+    if not (where / "model.json").is_file():
+        return None
+    if fcfg.crops == 1:
+        raise LeakstoreError(
+            f"{where} is a companion for images no larger than one crop, but {run_dir} judges one crop per "
+            "image: remove it, or train the model with --crops"
+        )
+    small = load_bundle(where, device)
+    if small.class_names != classes:
+        raise LeakstoreError(
+            f"{where} knows the classes {small.class_names}, {run_dir} {classes}: train it on a store of the same "
+            "training data"
+        )
+    check_compatible(fcfg, small.featurize, f"the companion {where}", ignore=("crops", "view"))
+    return small
 
 
 # ---------------------------------------------------------------------------- resume state

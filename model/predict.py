@@ -154,7 +154,11 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     ]
     gates = np.argsort(-emb["g"], axis=1)[:, :5]
     pred = proba.argmax(1)
+    small = {}
+    if bundle.small is not None:  # beside the model for images no larger than one crop (aggregate_images)
+        small = {"small_proba": predict(bundle.small, feats, device)["proba"], "row_digest": row_digests(feats)}
     return {
+        **small,
         "proba": proba,
         "network_proba": net_proba,
         "pred": pred,
@@ -171,6 +175,20 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
         "logits": emb["logits"],
         "blocks": blocks,
     }
+
+
+def row_digests(feats: FeatureBatch) -> np.ndarray:
+    """(N,) a digest of each row's features: equal for the crop rows of an image that is one window."""
+    import hashlib
+
+    arrays = [np.ascontiguousarray(np.asarray(feats[n])) for n in sorted(feats.arrays)]
+    out = np.empty(len(feats), dtype=object)
+    for i in range(len(feats)):
+        h = hashlib.blake2b(digest_size=16)
+        for a in arrays:
+            h.update(a[i].tobytes())
+        out[i] = h.digest()
+    return out
 
 
 def attribution(bundle: Bundle, net_proba: np.ndarray, features: np.ndarray) -> np.ndarray:
@@ -222,6 +240,13 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
         return softmax(mean(np.log(np.clip(rows, 1e-12, 1.0))), axis=1)
 
     proba = image_proba(p["proba"])
+    if "small_proba" in p:  # an image whose crops are one window: half the model's, half its companion's
+        digest = np.asarray(p["row_digest"], dtype=object)
+        one = mean((digest == digest[first][groups.inv]).astype(float)) == 1.0
+        if one.any():
+            own = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
+            log = (own + np.log(np.clip(p["small_proba"][first], 1e-12, 1.0))) / 2
+            proba = np.where(one[:, None], softmax(log, axis=1), proba)
     score = mean(p["open_score"])
     spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score**2, 0.0))
     pred = proba.argmax(1)

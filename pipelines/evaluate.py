@@ -301,6 +301,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "open_fallback": getattr(bundle.open, "fallback_", "") or None,
         "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
         "discriminant": float(bundle.cfg.discriminant) if bundle.fuses else None,  # its weight in attribution
+        "companion": str(Path(run_dir) / "small") if bundle.small is not None else None,  # one-window images
         "views": results,
         "robustness": [
             {

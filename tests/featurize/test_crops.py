@@ -310,3 +310,54 @@ def test_inspect_counts_a_crop_store_in_rows_and_images(crop_model):
     assert r.exit_code == 0 and (d["n_rows"], d["n_images"]) == (144, 36)
     r = CliRunner().invoke(app, ["inspect", str(crop_model / "s.zarr")])
     assert "144 rows (36 images x 4 crops): 144 done" in r.output
+
+
+def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(crop_model, tmp_path):
+    """RUN/small, a model of downscaled training images (one row each), attributes beside the model
+    the images whose crops are one window: half its log-probabilities, half the model's crops' mean.
+    Larger images, the unknown flag and its score are the model's alone; a companion that does not fit
+    is refused in one line."""
+    import json
+    import shutil
+
+    from scipy.special import softmax
+
+    from leakstore.api.predictor import Predictor
+    from leakstore.errors import ConfigMismatchError, LeakstoreError
+
+    run = tmp_path / "run"
+    shutil.copytree(crop_model / "run", run)
+    opts = RunOptions(device="cpu", workers=0, progress=False, chunk_size=12)
+    featurize(crop_model / "data", tmp_path / "small.zarr", view="resize:0.4", opts=opts, **KW)  # 32 x 29 px
+    train(tmp_path / "small.zarr", run / "small", FAST, device="cpu", progress=False)
+    featurize(crop_model / "data", tmp_path / "half.zarr", crops=4, view="resize:0.4", opts=opts, **KW)
+
+    def scored(run_dir, store):
+        pr = Predictor.load(run_dir, "cpu")
+        s = FeatureStore.open(store)
+        rows = [pr.score_store(store, r.start, r.stop) for r in (s.chunk_rows(k) for k in range(s.n_chunks))]
+        return pr, pd.concat(rows, ignore_index=True)
+
+    pr, both = scored(run, tmp_path / "half.zarr")
+    assert pr.bundle.small is not None and pr.bundle.small.featurize.crops == 1
+    _, alone = scored(crop_model / "run", tmp_path / "half.zarr")
+    _, small = scored(run / "small", tmp_path / "small.zarr")
+    names = [f"p_{c}" for c in pr.bundle.class_names]
+    small = small.set_index("path").loc[both.path]
+    want = softmax((np.log(alone[names].to_numpy()) + np.log(small[names].to_numpy())) / 2, axis=1)
+    np.testing.assert_allclose(both[names].to_numpy(), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both[names].to_numpy(), alone[names].to_numpy(), atol=1e-3)
+    np.testing.assert_array_equal(both.open_score.to_numpy(), alone.open_score.to_numpy())
+    _, full = scored(run, crop_model / "s.zarr")  # four windows an image: the model's own
+    _, full_alone = scored(crop_model / "run", crop_model / "s.zarr")
+    np.testing.assert_array_equal(full[names].to_numpy(), full_alone[names].to_numpy())
+
+    shutil.copytree(run / "small", run / "small" / "small")
+    with pytest.raises(LeakstoreError, match="judges one crop per image"):
+        Predictor.load(run / "small", "cpu")
+    shutil.rmtree(run / "small" / "small")
+    meta = json.loads((run / "small" / "model.json").read_text())
+    meta["featurize_config"]["timesteps"] = [0, 50]
+    (run / "small" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigMismatchError, match="timesteps"):
+        Predictor.load(run, "cpu")
