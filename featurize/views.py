@@ -88,9 +88,7 @@ def _reencode(arr: np.ndarray, fmt: str, quality: int) -> np.ndarray:
 def view_size(h: int, w: int, steps: tuple[ViewStep, ...]) -> tuple[int, int]:
     """(height, width) of an h x w image after `steps`, as apply_view gives it, without its pixels."""
     for s in steps:
-        if s.op == "resize":
-            h, w = max(1, round(h * s.value)), max(1, round(w * s.value))
-        elif s.op == "crop":
+        if s.op in ("resize", "crop"):  # both scale each side by their value
             h, w = max(1, round(h * s.value)), max(1, round(w * s.value))
     return h, w
 

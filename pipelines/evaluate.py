@@ -26,7 +26,7 @@ from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.fsio import atomic_path, write_json
-from leakstore.model.checkpoint import images_among
+from leakstore.model.checkpoint import SMALL, images_among
 from leakstore.model.metrics import (
     auroc_ci,
     bootstrap_ci,
@@ -301,7 +301,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "open_fallback": getattr(bundle.open, "fallback_", "") or None,
         "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
         "discriminant": float(bundle.cfg.discriminant) if bundle.fuses else None,  # its weight in attribution
-        "companion": str(Path(run_dir) / "small") if bundle.small is not None else None,  # one-window images
+        "companion": str(Path(run_dir) / SMALL) if bundle.small is not None else None,  # one-window images
         "views": results,
         "robustness": [
             {
