@@ -156,7 +156,7 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
     pred = proba.argmax(1)
     small = {}
     if bundle.small is not None:  # beside the model for images no larger than one crop (aggregate_images)
-        small = {"small_proba": predict(bundle.small, feats, device)["proba"], "row_digest": row_digests(feats)}
+        small = companion_proba(bundle.small, feats, device)
     return {
         **small,
         "proba": proba,
@@ -175,6 +175,21 @@ def predict(bundle: Bundle, feats: FeatureBatch, device: str | torch.device = "c
         "logits": emb["logits"],
         "blocks": blocks,
     }
+
+
+def companion_proba(small: Bundle, feats: FeatureBatch, device) -> dict:
+    """The companion's probabilities (`small_proba`, NaN elsewhere) of the rows that repeat a neighbour (an
+    image's crops that are one window are consecutive equal rows: only they can be such an image's), and
+    every row's digest (`row_digest`); the other rows are never shown to the companion."""
+    digest = row_digests(feats)
+    repeats = np.zeros(len(feats), dtype=bool)
+    eq = digest[1:] == digest[:-1]
+    repeats[1:] |= eq
+    repeats[:-1] |= eq
+    proba = np.full((len(feats), len(small.class_names)), np.nan)
+    if repeats.any():
+        proba[repeats] = predict(small, feats.subset(np.flatnonzero(repeats)), device)["proba"]
+    return {"small_proba": proba, "row_digest": digest}
 
 
 def row_digests(feats: FeatureBatch) -> np.ndarray:
@@ -243,10 +258,11 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
     if "small_proba" in p:  # an image whose crops are one window: half the model's, half its companion's
         digest = np.asarray(p["row_digest"], dtype=object)
         one = mean((digest == digest[first][groups.inv]).astype(float)) == 1.0
+        one &= ~np.isnan(p["small_proba"][first]).any(axis=1)  # one row alone is no repeated window
         if one.any():
-            own = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))
-            log = (own + np.log(np.clip(p["small_proba"][first], 1e-12, 1.0))) / 2
-            proba = np.where(one[:, None], softmax(log, axis=1), proba)
+            own = mean(np.log(np.clip(p["proba"], 1e-12, 1.0)))[one]
+            log = (own + np.log(np.clip(p["small_proba"][first[one]], 1e-12, 1.0))) / 2
+            proba[one] = softmax(log, axis=1)
     score = mean(p["open_score"])
     spread = np.sqrt(np.maximum(mean(np.asarray(p["open_score"], dtype=float) ** 2) - score**2, 0.0))
     pred = proba.argmax(1)
