@@ -887,6 +887,8 @@ def train(
             buffer=stream_buffer,
             outliers=outliers,
         )
+    if note := _companion_mismatch(out):
+        typer.echo(f"warning: {note}", err=True)
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=float))
         return
@@ -940,8 +942,38 @@ def train(
                 else ""
             )
         )
-    nxt = f"leakstore score {out} IMAGES" if summary.get("final") else f"leakstore evaluate {out} {store}"
+    run = Path(out).parent if _is_companion(out) else out  # a companion is used through its model
+    nxt = f"leakstore score {run} IMAGES" if summary.get("final") else f"leakstore evaluate {run} STORE"
+    if run == out:
+        nxt = nxt.replace("STORE", str(store))
     typer.echo(f"model saved in {out}  (next: {nxt})")
+
+
+def _is_companion(out) -> bool:
+    """Whether OUT is RUN/small beside a trained model RUN."""
+    from leakstore.model.checkpoint import SMALL
+
+    return Path(out).name == SMALL and (Path(out).parent / "model.json").is_file()
+
+
+def _companion_mismatch(out) -> str | None:
+    """After training into OUT: why the model and its companion for small images (OUT/small, or OUT
+    itself when it is RUN/small) no longer load together, said now rather than when the model is next
+    loaded; None when they do, or when there is no pair."""
+    from leakstore.model.checkpoint import SMALL, load_bundle
+
+    out = Path(out)
+    if _is_companion(out):
+        run = out.parent
+    elif (out / SMALL / "model.json").is_file():
+        run = out
+    else:
+        return None
+    try:
+        load_bundle(run)
+    except LeakstoreError as e:
+        return str(e)
+    return None
 
 
 def _val_rows_note(store, summary: dict) -> str:

@@ -254,17 +254,20 @@ def load_bundle(run_dir: str | Path, device: str | torch.device = "cpu") -> Bund
         raise
     except Exception as e:
         raise _broken(scorers, e) from None
-    small = _companion(run_dir, fcfg, classes, device)
+    small = _companion(run_dir, fcfg, classes, trained, device)
     return Bundle(net, cfg, fcfg, classes, meta, closed, opn, trained, disc, photos, small)
 
 
 SMALL = "small"  # RUN/small: a model of images no larger than one crop, trained beside RUN's
 
 
-def _companion(run_dir: Path, fcfg: FeaturizeConfig, classes: list[str], device) -> Bundle | None:
+def _companion(
+    run_dir: Path, fcfg: FeaturizeConfig, classes: list[str], trained: np.ndarray | None, device
+) -> Bundle | None:
     """The model in RUN/small, when there is one: trained on downscaled copies of the training images
     (one row an image), it attributes, beside the model, the images whose crops are one window. It must
-    know the same classes and read the same features (its crops and view aside)."""
+    know the same classes, read the same features (its crops and view aside) and have learned the same
+    images (a view keeps its file's digest; models too old to record them are not compared)."""
     from leakstore.config import check_compatible
 
     where = run_dir / SMALL
@@ -282,6 +285,15 @@ def _companion(run_dir: Path, fcfg: FeaturizeConfig, classes: list[str], device)
             "training data"
         )
     check_compatible(fcfg, small.featurize, f"the companion {where}", ignore=("crops", "view"))
+    theirs = small.trained_images
+    if trained is not None and theirs is not None and not np.array_equal(trained, theirs):
+        shared = int(np.isin(theirs, trained).sum())
+        raise LeakstoreError(
+            f"{where} learned other images than {run_dir} ({shared} of its {len(theirs)} training images among "
+            f"the model's {len(trained)}): a companion left from an earlier model, or trained on other data. Train "
+            f"it again on the model's training images at half size (leakstore train STORE --out {where} "
+            "--overwrite; docs: Training), or remove it"
+        )
     return small
 
 

@@ -356,6 +356,22 @@ def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(
     with pytest.raises(LeakstoreError, match="judges one crop per image"):
         Predictor.load(run / "small", "cpu")
     shutil.rmtree(run / "small" / "small")
+    # a companion that learned other images (here the test split too, --final) beside a model that did not:
+    # refused when the model loads, and said by `train` as soon as either of the two is trained
+    from typer.testing import CliRunner
+
+    from leakstore.cli import app
+
+    args = ["train", str(tmp_path / "small.zarr"), "--out", str(run / "small"), "--overwrite", "--final"]
+    args += ["--width", "8", "--embed-dim", "16", "--epochs", "2", "--members", "1", "--no-progress", "--threads", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert f"warning: {run / 'small'} learned other images than {run}" in r.output
+    assert f"(next: leakstore score {run} IMAGES)" in r.output  # a companion is used through its model
+    with pytest.raises(LeakstoreError, match="learned other images"):
+        Predictor.load(run, "cpu")
+    train(tmp_path / "small.zarr", run / "small", FAST, device="cpu", progress=False, overwrite=True)
+    assert Predictor.load(run, "cpu").bundle.small is not None  # the same images again: it fits
     meta = json.loads((run / "small" / "model.json").read_text())
     meta["featurize_config"]["timesteps"] = [0, 50]
     (run / "small" / "model.json").write_text(json.dumps(meta))
