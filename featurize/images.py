@@ -191,8 +191,10 @@ def prepare(arr: np.ndarray, resolution: int, policy: str, resample: str = "bili
         arr = np.asarray(Image.fromarray(arr).resize((nw, nh), _RESAMPLE[resample]))
         h, w = nh, nw
     elif min(h, w) < resolution:
-        raise ImageDecodeError(
-            path, f"is {w}x{h}, smaller than the {resolution} px centre crop: use --resize-policy shorter-crop"
+        raise ImageDecodeError(  # said where featurizing and where scoring by a model of this policy fail
+            path,
+            f"is {w}x{h}, smaller than the {resolution} px native-pixel crop (--resize-policy center-crop): "
+            "a store or model featurized with --resize-policy shorter-crop resamples such images",
         )
     top, left = (h - resolution) // 2, (w - resolution) // 2
     return np.ascontiguousarray(arr[top : top + resolution, left : left + resolution])

@@ -1515,6 +1515,13 @@ def _print_score_summary(s: dict, out: Path) -> None:
     width = max([24] + [len(k) + 2 for k in s["predicted"]])
     for k, v in s["predicted"].items():
         typer.echo(f"  {k:<{width}}{v:>8}")
+    failures = s.get("failures") or []
+    for f in failures[:3]:
+        alike = f" (and {f['count'] - 1} more alike)" if f["count"] > 1 else ""
+        typer.echo(f"  failed: {f['example']}: {f['error']}{alike}")
+    if len(failures) > 3:
+        rest = sum(f["count"] for f in failures[3:])
+        typer.echo(f"  failed: {rest} more, of {len(failures) - 3} other kinds (column 'error')")
     if s.get("meta_claims") or s.get("meta_conflicts") or s.get("meta_errors"):
         claims = ", ".join(f"{k} {v}" for k, v in s["meta_claims"].items()) or "none"
         bad = f", {s['meta_errors']} with a malformed block (column meta_error)" if s.get("meta_errors") else ""

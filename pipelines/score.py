@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -343,23 +344,18 @@ def assemble(parts_dir: Path, n_parts: int, out: Path) -> dict:
     paths = [part_path(parts_dir, i) for i in range(n_parts)]
     schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
     counts = _counts(None)
+    counted = ("row", "status", "is_unknown", "pred", "unsure", "path", "error", *PROVENANCE_COLUMNS)
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for p in paths:
                 table = pq.read_table(p)
                 table = table.select(schema.names).cast(schema) if table.schema != schema else table
                 writer.write_table(table)
-                _counts(
-                    table.select(
-                        [
-                            c
-                            for c in ("status", "is_unknown", "pred", "unsure", *PROVENANCE_COLUMNS)
-                            if c in schema.names
-                        ]
-                    ).to_pandas(),
-                    counts,
-                )
+                _counts(table.select([c for c in counted if c in schema.names]).to_pandas(), counts)
     return counts
+
+
+_NUMBERS = re.compile(r"\d+")  # sizes and counts vary within one kind of failure
 
 
 def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
@@ -372,6 +368,13 @@ def _counts(df: pd.DataFrame | None, into: dict | None = None) -> dict:
     c["scored"] += int(len(ok))
     c["failed"] += int((df.status != "ok").sum())
     c["unknown"] += int(ok.is_unknown.astype(bool).sum()) if len(ok) else 0
+    bad = df[df.status != "ok"]
+    if len(bad) and "error" in bad:  # failures by kind (their reasons with the numbers left out), an example of each
+        kinds = c.setdefault("failures", {})
+        where = bad.path.astype(str) if "path" in bad else "row " + bad.row.astype(str)
+        for path, error in zip(where, bad.error.fillna("").astype(str)):
+            k = kinds.setdefault(_NUMBERS.sub("#", error), {"error": error, "count": 0, "example": path})
+            k["count"] += 1
     for k, v in ok.pred.value_counts().items():
         c["predicted"][str(k)] = c["predicted"].get(str(k), 0) + int(v)
     if "unsure" in df:  # score --stability: verdicts that a re-encoding changed
@@ -409,11 +412,14 @@ def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
                 "meta_claims",
                 "meta_conflicts",
                 "meta_errors",
+                "failures",
             )
             if k in df
         }
     )
     out["predicted"] = dict(sorted(out["predicted"].items(), key=lambda kv: -kv[1]))
+    if isinstance(out.get("failures"), dict):  # most frequent kind first: [{error, count, example}]
+        out["failures"] = sorted(out["failures"].values(), key=lambda k: -k["count"])
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
         from leakstore.model.predict import validation_flagged

@@ -131,5 +131,5 @@ def test_center_crop_and_exact():
     assert np.array_equal(prepare(a, 32, "center-crop"), a[4:36, 4:36])
     with pytest.raises(ImageDecodeError, match="exact"):
         prepare(a, 32, "exact")
-    with pytest.raises(ImageDecodeError, match="smaller"):
+    with pytest.raises(ImageDecodeError, match="is 40x20, smaller than the 32 px native-pixel crop"):
         prepare(a[:20], 32, "center-crop")

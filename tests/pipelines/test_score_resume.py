@@ -1,6 +1,7 @@
 """A score job cut off midway keeps its finished partitions; the rerun computes only the rest."""
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,4 +71,41 @@ def test_parts_with_a_column_all_null_in_one_are_assembled_under_one_schema(tmp_
     assert (
         got.row.tolist() == [0, 1, 2] and got.error.isna().tolist() == [True, True, False] and got.error[2] == "broken"
     )
-    assert counts == {"rows": 3, "scored": 2, "failed": 1, "unknown": 1, "predicted": {"x": 1, "y": 1}}
+    failures = {"broken": {"error": "broken", "count": 1, "example": "row 2"}}
+    assert counts == {
+        "rows": 3,
+        "scored": 2,
+        "failed": 1,
+        "unknown": 1,
+        "predicted": {"x": 1, "y": 1},
+        "failures": failures,
+    }
+
+
+def test_the_summary_counts_failures_by_kind_with_an_example_of_each(capsys):
+    """Failures differing only in their numbers (an image's size) are one kind; the most frequent
+    kinds are printed first, each with one file, the rest counted."""
+    from leakstore.cli import _print_score_summary
+
+    errors = ["is 100x90, smaller than the 128 px crop", "is 64x64, smaller than the 128 px crop", "truncated file"]
+    errors += [f"odd {k}th kind" for k in "abc"]  # 'a', 'b', 'c': three more kinds
+    df = pd.DataFrame(
+        {
+            "path": [f"/in/{i}.png" for i in range(7)],
+            "status": ["failed"] * 6 + ["ok"],
+            "is_unknown": [None] * 6 + [False],
+            "pred": [None] * 6 + ["x"],
+            "error": errors + [None],
+        }
+    )
+    s = sc.summarise(df)
+    assert s["failed"] == 6 and s["failures"][0] == {
+        "error": "is 100x90, smaller than the 128 px crop",
+        "count": 2,
+        "example": "/in/0.png",
+    }
+    assert [f["count"] for f in s["failures"]] == [2, 1, 1, 1, 1]
+    _print_score_summary(s, Path("p.parquet"))
+    out = capsys.readouterr().out
+    assert "failed: /in/0.png: is 100x90, smaller than the 128 px crop (and 1 more alike)" in out
+    assert "failed: /in/2.png: truncated file\n" in out and "failed: 2 more, of 2 other kinds" in out
