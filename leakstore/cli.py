@@ -553,9 +553,19 @@ def explain(
             f"open score {v['open_score']:.3f} against the unknown threshold {e['unknown_threshold']:.3f}, "
             f"{e['open_scorer']})"
         )
-        for c in e["crops"]:
+        crops = e["crops"]
+        if e.get("companion"):  # one window: its crops are one computation, shown once
+            crops = crops[:1]
+        for c in crops:
             top = ", ".join(f"{k} {p:.2f}" for k, p in c["top_classes"].items())
-            typer.echo(f"    crop {c['crop']}: {c['nearest_generator']:<24} open {c['open_score']:8.3f}   {top}")
+            name = f"crop {c['crop']}" if len(crops) > 1 or len(e["crops"]) == 1 else f"crops 0-{len(e['crops']) - 1}"
+            typer.echo(f"    {name}: {c['nearest_generator']:<24} open {c['open_score']:8.3f}   {top}")
+        if e.get("companion"):
+            top = ", ".join(f"{k} {p:.2f}" for k, p in e["companion"].items())
+            typer.echo(
+                f"    companion (RUN/small): {top}   (the image is no larger than one crop: its probabilities "
+                "average the crops' and the companion's)"
+            )
     m = e["provenance"]
     if m is None:
         typer.echo("  metadata: the file could not be read")

@@ -257,10 +257,14 @@ class Predictor:
         )
         row = self.frame([path], batch, batch.rows // cfg.crops, errors, {"sha256": sha}, provenance=meta)
         verdict = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.iloc[0].items()}
-        crops = []
+        crops, companion = [], None
         if len(batch):
             p = self.predict(batch)
             names = self.bundle.class_names
+            one_window = len(batch) > 1 and len(set(p["row_digest"])) == 1 if "small_proba" in p else False
+            if one_window and not np.isnan(p["small_proba"][0]).any():  # the verdict is half the companion's
+                top = np.argsort(-p["small_proba"][0])[:3]
+                companion = {names[i]: float(p["small_proba"][0][i]) for i in top}
             for j in range(len(batch)):
                 top = np.argsort(-p["proba"][j])[:3]
                 crops.append(
@@ -282,6 +286,9 @@ class Predictor:
             "open_scorer": self.bundle.cfg.open_scorer,
             "timesteps": list(cfg.timesteps),
             "crops": crops,
+            # an image no larger than one crop, with a companion (RUN/small): its top classes, which the
+            # verdict's probabilities average with the crops' (log-probabilities, half each); else None
+            "companion": companion,
             "provenance": prov,
         }
 

@@ -351,6 +351,23 @@ def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(
     _, full = scored(run, crop_model / "s.zarr")  # four windows an image: the model's own
     _, full_alone = scored(crop_model / "run", crop_model / "s.zarr")
     np.testing.assert_array_equal(full[names].to_numpy(), full_alone[names].to_numpy())
+    # explain shows the companion's part for such an image, and none for a full-size one
+    from PIL import Image
+
+    big = sorted((crop_model / "data").rglob("*.png"))[0]
+    with Image.open(big) as im:
+        im.resize((36, 34)).save(tmp_path / "thumb.png")  # one 32 px window
+    e = pr.explain(str(tmp_path / "thumb.png"))
+    assert e["verdict"]["status"] == "ok", e["verdict"]
+    assert len(e["companion"]) == 3 and len(e["crops"]) == 4
+    assert set(e["companion"]) <= set(pr.bundle.class_names) and 0 < sum(e["companion"].values()) <= 1 + 1e-6
+    assert pr.explain(str(big))["companion"] is None
+    from typer.testing import CliRunner
+
+    from leakstore.cli import app
+
+    r = CliRunner().invoke(app, ["explain", str(tmp_path / "thumb.png"), str(run), "--device", "cpu"])
+    assert r.exit_code == 0 and "crops 0-3:" in r.output and "companion (RUN/small):" in r.output, r.output
 
     shutil.copytree(run / "small", run / "small" / "small")
     with pytest.raises(LeakstoreError, match="judges one crop per image"):
@@ -358,10 +375,6 @@ def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(
     shutil.rmtree(run / "small" / "small")
     # a companion that learned other images (here the test split too, --final) beside a model that did not:
     # refused when the model loads, and said by `train` as soon as either of the two is trained
-    from typer.testing import CliRunner
-
-    from leakstore.cli import app
-
     args = ["train", str(tmp_path / "small.zarr"), "--out", str(run / "small"), "--overwrite", "--final"]
     args += ["--width", "8", "--embed-dim", "16", "--epochs", "2", "--members", "1", "--no-progress", "--threads", "1"]
     r = CliRunner().invoke(app, args)
