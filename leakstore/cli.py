@@ -1310,6 +1310,16 @@ def _print_robustness(s: dict) -> None:
         typer.echo(
             "model trained on its store's test split too (train --final): figures hold only for images it did not learn"
         )
+    if c := s.get("calibration"):
+        typer.echo(
+            f"unknown threshold set by `leakstore calibrate` to flag {c['rate']:.1%} of {c['images']} known images "
+            f"of {', '.join(c['stores'])}"
+        )
+    for store in s.get("calibrated_on_judged") or ():
+        typer.echo(
+            f"NOTE: {store} set the unknown threshold (calibrate): its known images' flag rate is the asked one "
+            "by construction"
+        )
     typer.echo(f"{'view':<22}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
@@ -1394,6 +1404,52 @@ def sweep(
         typer.echo(json.dumps(s, indent=2, default=float))
         return
     _print_robustness(s)
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A trained model directory.")],
+    stores: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="STORES",
+            help="Stores of known images the model did not train on, featurized with its config: as given and "
+            "with --view as your images arrive (re-encoded, resized).",
+        ),
+    ],
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=0.5, help="Share of these images to flag unknown (default: the model's own rate)."),
+    ] = None,
+    split: Annotated[Split, typer.Option(help="Which split of the stores to use.")] = "all",
+    out: Annotated[
+        Path | None, typer.Option(help="Write the calibrated model to this new folder (default: in RUN_DIR itself).")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
+    threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output.")] = False,
+):
+    """Set the unknown threshold on your own known images, so that it flags the asked share of them."""
+    with _guard("rerun the command (the model is written only at the end)"):
+        from leakstore.device import set_threads
+        from leakstore.pipelines.calibrate import calibrate as run
+
+        set_threads(threads)
+        s = run(run_dir, [str(x) for x in stores], rate, out, device=device, split=split.value)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, default=float))
+        return
+    lo, hi = s["flag_rate_ci"]
+    left = f"; {s['left_out_trained']} images the networks trained on left out" if s["left_out_trained"] else ""
+    typer.echo(
+        f"unknown threshold of {s['run']}: {s['previous']:.3f} -> {s['threshold']:.3f}, flagging {s['rate']:.1%} of "
+        f"{s['images']} known images, where it flagged {s['flagged_before']:.1%}{left}; 95 % CI {lo:.1%}-{hi:.1%} "
+        f"over {s['ci_over']}"
+    )
+    typer.echo(
+        f"saved in {s['run']}/model.json (calibration: the threshold training set was {s['training_threshold']:.3f}); "
+        "the open scores are unchanged, so are AUROCs: only which images are called unknown moves"
+    )
 
 
 @app.command()
@@ -1514,7 +1570,13 @@ def _print_score_summary(s: dict, out: Path) -> None:
         f"{s['rows']} rows -> {out}: {s['scored']} scored, {s['failed']} failed, {s['unknown']} unknown generator"
     )
     r = s.get("false_unknown_rate")
-    if r:
+    if r and (c := r.get("calibrated")):
+        lo, hi = c["flag_rate_ci"]
+        typer.echo(
+            f"  unknown = open-set score '{s['open_scorer']}' below the threshold `leakstore calibrate` set to flag "
+            f"{r['asked']:.1%} of {c['images']} known images of yours (95 % CI {lo:.1%}-{hi:.1%} over {c['ci_over']})"
+        )
+    elif r:
         val = "" if r["validation"] is None else f" ({r['validation']:.1%} of the known validation images were flagged)"
         typer.echo(
             f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "

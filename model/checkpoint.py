@@ -99,11 +99,17 @@ def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
 
 
 # ---------------------------------------------------------------------------- the bundle
+def image_key_of(sha256) -> np.ndarray:
+    """(N,) the uint64 key (the first 64 bits) of each SHA-256 hex digest given, 0 for an empty one. A
+    re-saved or resized view of a file keeps its source's digest, so its key too."""
+    return np.array([int(h[:16], 16) if isinstance(h, str) and len(h) >= 16 else 0 for h in sha256], dtype=np.uint64)
+
+
 def image_keys(sha256) -> np.ndarray:
-    """Sorted unique uint64 keys (the first 64 bits) of the SHA-256 hex digests given; empty ones skipped.
-    A re-saved or resized view of a file keeps its source's digest, so its key too."""
-    keys = [int(h[:16], 16) for h in sha256 if isinstance(h, str) and len(h) >= 16]
-    return np.unique(np.array(keys, dtype=np.uint64))
+    """Sorted unique keys (image_key_of) of the digests given; empty ones skipped."""
+    sha256 = list(sha256)
+    valid = np.array([isinstance(h, str) and len(h) >= 16 for h in sha256], dtype=bool)
+    return np.unique(image_key_of(sha256)[valid]) if valid.any() else np.zeros(0, dtype=np.uint64)
 
 
 def images_among(sha256, keys: np.ndarray | None) -> int | None:

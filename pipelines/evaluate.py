@@ -69,6 +69,13 @@ def outlier_photos_judged(bundle, sha256) -> int:
     return images_among(sha256, bundle.outlier_photos) or 0
 
 
+def calibrated_on(bundle, stores) -> list[str]:
+    """The stores given that set the model's unknown threshold (leakstore calibrate): their known
+    images are flagged at the asked rate by construction."""
+    used = {Path(c).resolve() for c in (bundle.meta.get("calibration") or {}).get("stores", [])}
+    return sorted({str(s) for s in stores if Path(s).resolve() in used})
+
+
 def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tuple[dict, object, dict]:
     import pandas as pd
 
@@ -302,6 +309,9 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "open_temperature": float(bundle.open.temperature) if bundle.open is not None else None,
         "discriminant": float(bundle.cfg.discriminant) if bundle.fuses else None,  # its weight in attribution
         "companion": str(Path(run_dir) / SMALL) if bundle.small is not None else None,  # one-window images
+        # the threshold set on the user's own known images (leakstore calibrate), and the judged stores among them
+        "calibration": bundle.meta.get("calibration"),
+        "calibrated_on_judged": calibrated_on(bundle, [*stores, *unseen]),
         "views": results,
         "robustness": [
             {

@@ -425,4 +425,9 @@ def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
         from leakstore.model.predict import validation_flagged
 
         out["false_unknown_rate"] = {"asked": bundle.cfg.false_unknown_rate, "validation": validation_flagged(bundle)}
+        if cal := bundle.meta.get("calibration"):  # leakstore calibrate set it on the user's own known images
+            out["false_unknown_rate"] |= {
+                "asked": cal["rate"],
+                "calibrated": {k: cal[k] for k in ("images", "ci_over", "stores", "flag_rate_ci")},
+            }
     return out
