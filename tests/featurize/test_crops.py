@@ -390,3 +390,20 @@ def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(
     (run / "small" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigMismatchError, match="timesteps"):
         Predictor.load(run, "cpu")
+
+
+def test_calibrate_sets_a_crop_models_threshold_on_whole_images(crop_model, tmp_path):
+    """A crop model's threshold is its whole image's (the crops' mean score): calibrate moves that one,
+    and the images it was set on are then flagged at the asked share."""
+    from leakstore.api.predictor import Predictor
+    from leakstore.pipelines.calibrate import calibrate
+
+    info = calibrate(crop_model / "run", [crop_model / "s.zarr"], rate=0.25, out=tmp_path / "cal", device="cpu")
+    before, after = Predictor.load(crop_model / "run", "cpu"), Predictor.load(tmp_path / "cal", "cpu")
+    assert after.bundle.open.image_threshold_ == info["threshold"] != before.bundle.open.image_threshold_
+    assert after.bundle.open.offset_ == before.bundle.open.offset_  # the per-crop threshold is not the image's
+    s = FeatureStore.open(crop_model / "s.zarr")
+    df = pd.concat([after.score_store(s.path, r.start, r.stop) for r in map(s.chunk_rows, range(s.n_chunks))])
+    split = s.read("split")[df.row.to_numpy()]
+    assert info["images"] == int((split > 0).sum()) > 0 and info["left_out_trained"] == int((split == 0).sum())
+    assert abs(df.is_unknown.to_numpy(bool)[split > 0].mean() - 0.25) <= 1 / info["images"] + 1e-9
