@@ -247,6 +247,23 @@ def _outlier_sample(summary: dict) -> str:
     )
 
 
+def _calibration(summary: dict) -> str:
+    """A sentence on a threshold set by `leakstore calibrate`, and a warning for judged stores that set it."""
+    c = summary.get("calibration")
+    if not c:
+        return ""
+    stores = ", ".join(f"<code>{html.escape(s)}</code>" for s in c["stores"])
+    out = (
+        f"<p>Unknown threshold set by <code>leakstore calibrate</code> to flag {c['rate']:.1%} of {c['images']} "
+        f"known images of {stores} (it was {c['training_threshold']:.3f} after training).</p>"
+    )
+    return out + "".join(
+        f"<p class='warn'><b>Calibrated here:</b> <code>{html.escape(st)}</code> set the unknown threshold: its "
+        "known images are flagged at the asked rate by construction.</p>"
+        for st in summary.get("calibrated_on_judged") or ()
+    )
+
+
 def _final(summary: dict) -> str:
     return "; trained on its store's test split too (train --final)" if summary.get("final") else ""
 
@@ -334,7 +351,7 @@ def write_report(out: Path, summary: dict, bundle, ex: dict) -> Path:
 {_networks(summary.get("networks", 1))}inputs: {html.escape(", ".join(summary.get("inputs", [])))};
 known classes: {html.escape(", ".join(names))};
 held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none")}{_final(summary)}.</p>
-{_attribution(summary)}
+{_attribution(summary)}{_calibration(summary)}
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
 <th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked
