@@ -91,23 +91,45 @@ class ImageRows(Dataset):
         self.policy = parse_policy(policy) if view_index is not None else None
         self.noise_shape = (len(cfg.timesteps),) + cfg.latent_shape
         self.native = [f for f in features_for(cfg) if f.native is not None]
+        self._last = None  # ((path, view index), what _read gave): the file the previous row read
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _read(self, row: int, path: str):
+        """(its bytes when provenance is read, else None; sha256; view name; the pixels after the store's
+        and the row's view, read-only, or the ImageDecodeError that stopped them): the previous call's
+        when this row reads the same file through the same view. An image's K crop rows are
+        consecutive, so one read, hash and decode serve them all (per DataLoader worker: a crop row in
+        another worker's batch reads the file again, to the same pixels)."""
+        k = int(self.view_index[row]) if self.view_index is not None else 0
+        if self._last is not None and self._last[0] == (path, k):
+            return self._last[1]
+        self._last = None
+        data, sha, view = None, "", ""
+        try:
+            data, sha = read_bytes(path)
+            arr = decode_image(data, path, max_pixels=self.max_pixels, min_side=self.cfg.min_side)
+            steps = self.steps + (draw_view(self.policy, sha, k, self.cfg.seed) if k else ())
+            if steps:
+                view = view_name(steps)
+                arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
+            arr.setflags(write=False)  # the image's other crop rows read it too
+        except ImageDecodeError as e:
+            arr = e
+        got = (data if self.provenance else None, sha, view, arr)
+        self._last = ((path, k), got)
+        return got
 
     def __getitem__(self, j: int):
         row = self.rows[j]
         path, sha, view, prov = self.paths[row], "", "", None
         try:
-            data, sha = read_bytes(path)
-            if self.provenance and (self.crop_index is None or self.crop_index[row] == 0):
+            data, sha, view, arr = self._read(row, path)
+            if data is not None and (self.crop_index is None or self.crop_index[row] == 0):
                 prov = read_provenance(data)
-            arr = decode_image(data, path, max_pixels=self.max_pixels, min_side=self.cfg.min_side)
-            k = int(self.view_index[row]) if self.view_index is not None else 0
-            steps = self.steps + (draw_view(self.policy, sha, k, self.cfg.seed) if k else ())
-            if steps:
-                view = view_name(steps)
-                arr = apply_view(arr, steps, seed=int(sha[:8], 16) ^ self.cfg.seed ^ k)
+            if isinstance(arr, ImageDecodeError):
+                raise arr
             if row in self.collapsed and not crops_coincide(*arr.shape[:2], self.cfg.resolution):
                 raise ImageDecodeError(
                     path, f"decoded as {arr.shape[1]}x{arr.shape[0]} px, not the size its header gave: rerun featurize"

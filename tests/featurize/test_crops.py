@@ -407,3 +407,27 @@ def test_calibrate_sets_a_crop_models_threshold_on_whole_images(crop_model, tmp_
     split = s.read("split")[df.row.to_numpy()]
     assert info["images"] == int((split > 0).sum()) > 0 and info["left_out_trained"] == int((split == 0).sum())
     assert abs(df.is_unknown.to_numpy(bool)[split > 0].mean() - 0.25) <= 1 / info["images"] + 1e-9
+
+
+def test_an_images_crop_rows_read_and_decode_its_file_once(crop_model, tmp_path, monkeypatch):
+    """An image's K crop rows are consecutive: one read, hash and decode serve them all, and the store
+    is the one made when every row decodes its file anew."""
+    import leakstore.featurize.runner as R
+
+    decoded, real = [], R.decode_image
+    monkeypatch.setattr(R, "decode_image", lambda data, path, **kw: decoded.append(path) or real(data, path, **kw))
+    opts = RunOptions(device="cpu", workers=0, progress=False, chunk_size=10)
+    featurize(crop_model / "data", tmp_path / "once.zarr", crops=4, opts=opts, **KW)
+    assert len(decoded) == len(set(decoded)) == 36  # 144 rows
+    item = R.ImageRows.__getitem__
+
+    def anew(self, j):
+        self._last = None
+        return item(self, j)
+
+    monkeypatch.setattr(R.ImageRows, "__getitem__", anew)
+    featurize(crop_model / "data", tmp_path / "every.zarr", crops=4, opts=opts, **KW)
+    assert len(decoded) == 36 + 144
+    a, b = FeatureStore.open(tmp_path / "once.zarr"), FeatureStore.open(tmp_path / "every.zarr")
+    for name in ("latents", "latent0", "spectra", "periodicity", "sha256", "status"):
+        np.testing.assert_array_equal(a.read(name), b.read(name))
