@@ -233,9 +233,18 @@ def image_threshold(bundle: Bundle) -> float:
 
 def validation_flagged(bundle: Bundle) -> float | None:
     """The share of known validation images the threshold flagged: of whole images for a model trained
-    on crops (`val_images_flagged_`), of rows otherwise; None for a model without one."""
+    on crops (`val_images_flagged_`), of rows otherwise; None for a model without one, or whose
+    threshold `leakstore calibrate` moved since (the figure was the training threshold's)."""
     o = bundle.open
+    if bundle.meta.get("calibration"):
+        return None
     return getattr(o, "val_images_flagged_", getattr(o, "val_flagged_", None))
+
+
+def asked_rate(bundle: Bundle) -> float:
+    """The share of known images the threshold was set to flag: training's --false-unknown-rate, or the
+    rate `leakstore calibrate` set it at on the user's images."""
+    return float((bundle.meta.get("calibration") or {}).get("rate", bundle.cfg.false_unknown_rate))
 
 
 def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tuple[np.ndarray, dict]:

@@ -36,7 +36,7 @@ from leakstore.model.metrics import (
     proportion_ci,
     resampling_units,
 )
-from leakstore.model.predict import image_threshold, validation_flagged
+from leakstore.model.predict import asked_rate, image_threshold, validation_flagged
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
 
@@ -139,7 +139,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     # the threshold was set on validation data: the asked false-unknown rate, what validation gave, and what
     # this split gives
     o["false_unknown_rate"] = {
-        "asked": bundle.cfg.false_unknown_rate,
+        "asked": asked_rate(bundle),
         "validation": validation_flagged(bundle),
         split: o["known_flagged"],
     }

@@ -74,6 +74,9 @@ def test_score_and_evaluate_say_the_threshold_was_calibrated(run, tmp_path):
     assert r.exit_code == 0, r.output
     assert "set by `leakstore calibrate` to flag 20.0% of 64 known images" in r.output
     assert f"NOTE: {run / 's.zarr'} set the unknown threshold" in r.output
+    m = json.loads((tmp_path / "cal" / "eval" / "metrics.json").read_text())
+    asked = m["views"][0]["open"]["false_unknown_rate"]
+    assert asked["asked"] == 0.2 and asked["validation"] is None  # the training threshold's figure is gone
     page = (tmp_path / "cal" / "eval" / "report.html").read_text()
     assert "Unknown threshold set by <code>leakstore calibrate</code> to flag 20.0% of 64" in page
     assert "<b>Calibrated here:</b>" in page
