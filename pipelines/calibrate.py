@@ -30,7 +30,8 @@ from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.model.checkpoint import image_key_of, save_bundle
 from leakstore.model.metrics import group_rate_interval, resampling_units
-from leakstore.model.predict import aggregate_images, image_threshold
+from leakstore.model.predict import image_threshold
+from leakstore.pipelines.evaluate import per_image
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
 MIN_PER_RATE = 2  # at least 2 / rate images: the asked quantile then lies above the lowest score
@@ -51,10 +52,9 @@ def known_image_scores(predictor: Predictor, store_path, split: str = "all") -> 
         return {"score": np.zeros(0), "group": np.zeros(0, dtype=object), "sha256": np.zeros(0, dtype=object)}
     sub = store.load(predictor.inputs, rows=feats.rows[keep])
     p = predictor.predict(sub)
+    if store.has_crops:  # whole images, as evaluate judges them
+        sub, p, _ = per_image(predictor, store, sub, p)
     rows, score = sub.rows, p["open_score"]
-    if store.has_crops:
-        _, pi = aggregate_images(p, store.image_rows()[sub.rows], bundle.class_names, image_threshold(bundle))
-        rows, score = sub.rows[pi["first_row"]], pi["open_score"]
     as_text = lambda a: np.array([str(x) for x in a], dtype=object)  # noqa: E731 (zarr's string dtypes)
     return {
         "score": np.asarray(score, float),
