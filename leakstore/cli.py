@@ -952,10 +952,9 @@ def train(
                 else ""
             )
         )
-    run = Path(out).parent if _is_companion(out) else out  # a companion is used through its model
-    nxt = f"leakstore score {run} IMAGES" if summary.get("final") else f"leakstore evaluate {run} STORE"
-    if run == out:
-        nxt = nxt.replace("STORE", str(store))
+    # a companion is used through its model, judged on the model's store
+    run, judged = (Path(out).parent, "STORE") if _is_companion(out) else (out, store)
+    nxt = f"leakstore score {run} IMAGES" if summary.get("final") else f"leakstore evaluate {run} {judged}"
     typer.echo(f"model saved in {out}  (next: {nxt})")
 
 
