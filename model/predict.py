@@ -253,7 +253,8 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
     `image` (N,) says which image each row is a crop of. An image's probabilities are the softmax of
     its crops' mean log-probability, its open score the crops' mean (their standard deviation is
     `open_spread`), flagged unknown below `threshold`; attention, embedding and gates are crop means,
-    the nearest prototypes its first crop's; `first_row` is the position of its first crop.
+    the nearest prototypes its first crop's; `first_row` is the position of its first crop, `companion`
+    whether the model's companion (RUN/small) attributed it beside the model.
     -> (the image ids in first-seen order, the dict)."""
     from leakstore.model.images import ImageGroups
 
@@ -264,6 +265,7 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
         return softmax(mean(np.log(np.clip(rows, 1e-12, 1.0))), axis=1)
 
     proba = image_proba(p["proba"])
+    one = np.zeros(len(first), dtype=bool)  # the images the companion attributed beside the model
     if "small_proba" in p:  # an image whose crops are one window: half the model's, half its companion's
         digest = np.asarray(p["row_digest"], dtype=object)
         one = mean((digest == digest[first][groups.inv]).astype(float)) == 1.0
@@ -286,6 +288,7 @@ def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tup
         "is_unknown": score < threshold,
         "crops": groups.count.astype(int),
         "first_row": first,
+        "companion": one,
         "nearest_prototypes": [p["nearest_prototypes"][i] for i in first],
         "attention": mean(p["attention"]),
         "embedding": mean(p["embedding"]),

@@ -248,7 +248,7 @@ class Predictor:
         from dataclasses import asdict
 
         from leakstore.featurize.inmemory import featurize_paths
-        from leakstore.model.predict import image_threshold
+        from leakstore.model.predict import aggregate_images, image_threshold
 
         cfg = self.featurize_config
         meta: dict = {}
@@ -261,8 +261,8 @@ class Predictor:
         if len(batch):
             p = self.predict(batch)
             names = self.bundle.class_names
-            one_window = len(batch) > 1 and len(set(p["row_digest"])) == 1 if "small_proba" in p else False
-            if one_window and not np.isnan(p["small_proba"][0]).any():  # the verdict is half the companion's
+            _, pi = aggregate_images(p, np.zeros(len(batch), dtype=np.int64), names, image_threshold(self.bundle))
+            if pi["companion"][0]:  # one window: the verdict is half the companion's
                 top = np.argsort(-p["small_proba"][0])[:3]
                 companion = {names[i]: float(p["small_proba"][0][i]) for i in top}
             for j in range(len(batch)):
