@@ -1316,8 +1316,8 @@ def _print_robustness(s: dict) -> None:
         )
     for store in s.get("calibrated_on_judged") or ():
         typer.echo(
-            f"NOTE: {store} set the unknown threshold (calibrate): its known images' flag rate is the asked one "
-            "by construction"
+            f"NOTE: {store} set the unknown threshold (calibrate): the threshold was chosen on its known images, "
+            "so their flag rate is no measurement of it"
         )
     typer.echo(f"{'view':<22}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
     for r in s["robustness"]:

@@ -70,8 +70,8 @@ def outlier_photos_judged(bundle, sha256) -> int:
 
 
 def calibrated_on(bundle, stores) -> list[str]:
-    """The stores given that set the model's unknown threshold (leakstore calibrate): their known
-    images are flagged at the asked rate by construction."""
+    """The stores given that set the model's unknown threshold (leakstore calibrate): the threshold was
+    chosen on their known images (pooled, at the asked rate), so their flag rate measures nothing."""
     used = {Path(c).resolve() for c in (bundle.meta.get("calibration") or {}).get("stores", [])}
     return sorted({str(s) for s in stores if Path(s).resolve() in used})
 

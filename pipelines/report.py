@@ -258,8 +258,8 @@ def _calibration(summary: dict) -> str:
         f"known images of {stores} (it was {c['training_threshold']:.3f} after training).</p>"
     )
     return out + "".join(
-        f"<p class='warn'><b>Calibrated here:</b> <code>{html.escape(st)}</code> set the unknown threshold: its "
-        "known images are flagged at the asked rate by construction.</p>"
+        f"<p class='warn'><b>Calibrated here:</b> <code>{html.escape(st)}</code> set the unknown threshold: it "
+        "was chosen on its known images, so their flag rate is no measurement of it.</p>"
         for st in summary.get("calibrated_on_judged") or ()
     )
 
