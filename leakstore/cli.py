@@ -941,11 +941,14 @@ def train(
     t = summary["open_scorer"].get("threshold_from") or {}
     if t.get("source") == "out-of-fold":
         lo, hi = t["flag_rate_ci"]
+        per = t.get("flag_rate_per_group")  # older models did not record it
         folds = "each left out in turn" if t["folds"] == t["groups"] else f"{t['folds']} folds"
         typer.echo(
             f"unknown threshold: out-of-fold scores over {t['groups']} prompts/groups ({folds}): "
             f"expect {cfg.false_unknown_rate:.0%} of known images of new prompts flagged "
-            f"(95 % CI {lo:.1%}-{hi:.1%})"
+            f"(95 % CI {lo:.1%}-{hi:.1%}"
+            + (f"; one prompt at a time {per[0]:.1%}-{per[1]:.1%}, 10th-90th percentile" if per else "")
+            + ")"
             + (
                 f"; {t['flagged_as_given']:.1%} of images as given, {t['flagged_views']:.1%} of their training views"
                 if "flagged_views" in t
@@ -1439,11 +1442,13 @@ def calibrate(
         typer.echo(json.dumps(s, indent=2, default=float))
         return
     lo, hi = s["flag_rate_ci"]
+    per = s.get("flag_rate_per_group")
     left = f"; {s['left_out_trained']} images the networks trained on left out" if s["left_out_trained"] else ""
     typer.echo(
         f"unknown threshold of {s['run']}: {s['previous']:.3f} -> {s['threshold']:.3f}, flagging {s['rate']:.1%} of "
         f"{s['images']} known images, where it flagged {s['flagged_before']:.1%}{left}; 95 % CI {lo:.1%}-{hi:.1%} "
         f"over {s['ci_over']}"
+        + (f", {per[0]:.1%}-{per[1]:.1%} one group at a time (10th-90th percentile)" if per else "")
     )
     typer.echo(
         f"saved in {s['run']}/model.json (calibration: the threshold training set was {s['training_threshold']:.3f}); "

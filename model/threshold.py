@@ -7,7 +7,8 @@ store holds (the `lda` scorer on the stored features: no network whose training 
 is refitted K times, each time without one fold of the groups (prompts), and every training and
 validation row is scored by the fit that never saw its group. The threshold is the asked quantile
 of these out-of-fold scores, in the units of the final scorer; the flag rate it implies on new
-prompts comes with a bootstrap interval over groups.
+prompts comes with a bootstrap interval over groups (of the rate pooled over many prompts) and the
+spread of the rate prompt by prompt (what a batch of one new prompt sees).
 
 Up to MAX_FOLDS groups each is its own fold (leave one prompt out): no draw decides which prompts
 are held out together, and each refit sees all but one prompt, as near to the final fit as a
@@ -26,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from leakstore.model.images import ImageGroups
-from leakstore.model.metrics import group_rate_interval
+from leakstore.model.metrics import group_rate_interval, group_rate_spread
 from leakstore.model.openset import BASE_SCORERS, FEATURE_PARTS, OpenSetScorer, select_rows
 
 NETWORK_FREE_BLOCKS = FEATURE_PARTS + ("features",)  # blocks read from the store, not from the network
@@ -115,6 +116,7 @@ def set_out_of_fold_threshold(
         "rows": int(rows.sum()),
         "threshold": opn.offset_,
         "flag_rate_ci": [lo, hi],
+        "flag_rate_per_group": list(group_rate_spread(z < opn.offset_, g)),
     }
     zv, thr, is_view = z, opn.offset_, None if views is None else np.asarray(views, bool)[rows]
     if image is not None:
@@ -123,7 +125,12 @@ def set_out_of_fold_threshold(
         gi = g[per.first]
         thr = opn.image_threshold_ = float(np.quantile(zi, rate))
         lo, hi = group_rate_interval(zi < opn.image_threshold_, gi, seed=seed)
-        info.update(image_threshold=opn.image_threshold_, images=int(len(zi)), flag_rate_ci=[lo, hi])
+        info.update(
+            image_threshold=opn.image_threshold_,
+            images=int(len(zi)),
+            flag_rate_ci=[lo, hi],
+            flag_rate_per_group=list(group_rate_spread(zi < opn.image_threshold_, gi)),
+        )
         is_view = None if is_view is None else is_view[per.first]
     if is_view is not None and is_view.any() and (~is_view).any():
         info.update(

@@ -29,7 +29,7 @@ from leakstore.api.predictor import Predictor
 from leakstore.config import DEFAULT_DEVICE
 from leakstore.errors import InputError
 from leakstore.model.checkpoint import image_key_of, save_bundle
-from leakstore.model.metrics import group_rate_interval, resampling_units
+from leakstore.model.metrics import group_rate_interval, group_rate_spread, resampling_units
 from leakstore.model.predict import image_threshold
 from leakstore.pipelines.evaluate import per_image
 from leakstore.store import SPLIT_NAMES, FeatureStore
@@ -117,6 +117,8 @@ def calibrate(
         "training_threshold": earlier.get("training_threshold", previous),
         "flagged_before": float((z < previous).mean()),
         "flag_rate_ci": [lo, hi],
+        # prompt by prompt, where the interval is over prompts (with fewer, one image's flag is 0 or 1)
+        "flag_rate_per_group": list(group_rate_spread(z < threshold, units)) if len(set(units)) < len(z) else None,
     }
     bundle.meta["calibration"] = info
     target = run_dir if out is None else Path(out)

@@ -8,6 +8,8 @@ from sklearn.metrics import roc_auc_score
 from leakstore.model.metrics import (
     auroc_ci,
     bootstrap_ci,
+    group_rate_interval,
+    group_rate_spread,
     macro_auc,
     proportion_ci,
     rank_auc,
@@ -96,3 +98,18 @@ def test_the_open_set_interval_holds_the_auroc():
     lo, hi = auroc_ci(known, unknown)
     assert lo < value < hi and hi - lo < 0.3
     assert auroc_ci(known, unknown[:1]) is None
+
+
+def test_a_prompts_flag_rate_spreads_wider_than_the_pooled_rates_interval():
+    """Twenty prompts of 40 images, flagged 0 % on half of them and 10 % on the rest: the pooled 5 %
+    has a narrow interval, one prompt at a time reads 0 % or 10 %."""
+    groups = np.repeat([f"p{k}" for k in range(20)], 40)
+    flags = np.zeros(800, bool)
+    for k in range(10, 20):
+        flags[k * 40 : k * 40 + 4] = True
+    lo, hi = group_rate_interval(flags, groups)
+    assert lo < 0.05 < hi and hi - lo < 0.06
+    assert group_rate_spread(flags, groups) == (0.0, 0.1)
+    # the percentiles are of the prompts, not of the images: a large prompt counts once
+    big = np.r_[groups, np.repeat("huge", 400)]
+    assert group_rate_spread(np.r_[flags, np.zeros(400, bool)], big) == (0.0, 0.1)

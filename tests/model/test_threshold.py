@@ -1,7 +1,11 @@
 """The unknown threshold from out-of-fold scores over the training groups (model/threshold.py)."""
 
-import numpy as np
+import re
 
+import numpy as np
+from typer.testing import CliRunner
+
+from leakstore.cli import app
 from leakstore.model.config import ModelConfig
 from leakstore.model.openset import OpenSetScorer, select_rows
 from leakstore.model.threshold import fold_of_groups, set_out_of_fold_threshold, takes_out_of_fold
@@ -53,6 +57,9 @@ def test_the_out_of_fold_threshold_holds_on_new_prompts_where_the_in_sample_one_
     assert 0.02 <= flagged_oof <= 0.075 and flagged_oof < flagged_in - 0.025
     lo, hi = info["flag_rate_ci"]
     assert lo <= 0.05 <= hi and hi - lo < 0.1
+    # prompt by prompt the rate strays further than the pooled rate's interval
+    plo, phi = info["flag_rate_per_group"]
+    assert plo <= lo and phi >= hi and plo < 0.05 < phi
 
 
 def test_up_to_max_folds_groups_each_prompt_is_its_own_fold_and_no_seed_moves_the_threshold():
@@ -99,5 +106,24 @@ def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only
     s = train(store.path, tmp_path / "lda", ModelConfig(open_scorer="lda", **fast), progress=False)
     t = s["open_scorer"]["threshold_from"]
     assert t["source"] == "out-of-fold" and t["groups"] == 10 and t["threshold"] == s["open_scorer"]["threshold"]
+    lo, hi = t["flag_rate_per_group"]
+    assert 0 <= lo <= hi <= 1
+    # the CLI says both: the pooled rate's interval and one prompt's spread
+    args = [
+        "--open-scorer",
+        "lda",
+        "--width",
+        "8",
+        "--embed-dim",
+        "16",
+        "--epochs",
+        "2",
+        "--members",
+        "1",
+        "--no-progress",
+    ]
+    r = CliRunner().invoke(app, ["train", str(store.path), "--out", str(tmp_path / "cli"), *args])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"out-of-fold scores over 10 prompts.*95 % CI .*one prompt at a time [\d.]+%-[\d.]+%", r.output)
     s = train(store.path, tmp_path / "fp", ModelConfig(open_scorer="fused-period", **fast), progress=False)
     assert s["open_scorer"]["threshold_from"] == {"source": "validation"}  # reads the network: not out-of-fold

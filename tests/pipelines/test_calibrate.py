@@ -1,6 +1,7 @@
 """`leakstore calibrate`: the unknown threshold set on the user's own known images."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ def test_calibrate_sets_the_threshold_to_flag_the_asked_share_of_the_images_give
     before = image_threshold(Predictor.load(run / "run", "cpu").bundle)
     info = calibrate(run / "run", [run / "s.zarr"], rate=0.25, out=tmp_path / "cal", device="cpu")
     assert info["images"] == 64 and info["left_out_trained"] == 96 and info["previous"] == before
+    assert info["ci_over"] == "images" and info["flag_rate_per_group"] is None  # no prompts to spread over
     assert abs(flagged(tmp_path / "cal", run / "s.zarr") - 0.25) <= 1 / 64 + 1e-9
     assert image_threshold(Predictor.load(run / "run", "cpu").bundle) == before  # the original untouched
     meta = json.loads((tmp_path / "cal" / "model.json").read_text())
@@ -50,6 +52,15 @@ def test_calibrate_sets_the_threshold_to_flag_the_asked_share_of_the_images_give
     again = calibrate(tmp_path / "cal", [run / "s.zarr"], rate=0.5, split="val", device="cpu")
     assert again["images"] == 32 and again["previous"] == info["threshold"] and again["training_threshold"] == before
     assert abs(flagged(tmp_path / "cal", run / "s.zarr", (1,)) - 0.5) <= 1 / 32 + 1e-9
+
+
+def test_over_prompts_calibrate_says_how_far_one_prompts_rate_strays(run, tmp_path):
+    shutil.copytree(run / "s.zarr", tmp_path / "g.zarr")
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="r+")
+    g["group"][:] = np.array([f"p{i % 8}" for i in range(160)], dtype=object).astype(g["group"].dtype)
+    info = calibrate(run / "run", [tmp_path / "g.zarr"], rate=0.25, out=tmp_path / "cal", device="cpu")
+    lo, hi = info["flag_rate_per_group"]
+    assert info["ci_over"] == "8 groups" and lo <= 0.25 <= hi and info["flag_rate_ci"][0] <= 0.25
 
 
 def test_calibrate_refuses_too_few_images_and_a_folder_in_use(run, tmp_path):
