@@ -1331,6 +1331,13 @@ def _print_robustness(s: dict) -> None:
         typer.echo(f"{r['view']:<22}{auc:>22}{r['top1']:>8.4f}{oa:>12}{kf:>25}")
     if s.get("ci"):
         typer.echo(f"({s['ci']})")
+    if t := s.get("threshold_expects"):
+        lo, hi = t["pooled"]
+        per = f", {t['per_prompt'][0]:.1%}-{t['per_prompt'][1]:.1%} one prompt at a time" if t["per_prompt"] else ""
+        typer.echo(
+            f"known flagged: {t['asked']:.1%} asked of new prompts (95 % CI {lo:.1%}-{hi:.1%}{per}; out of fold "
+            f"over the {t['prompts']} training prompts): a few prompts' rate strays that far"
+        )
     if s.get("discriminant"):
         alone = " / ".join(f"{r['networks_macro_auc']:.4f}" for r in s["robustness"])
         typer.echo(

@@ -69,6 +69,21 @@ def outlier_photos_judged(bundle, sha256) -> int:
     return images_among(sha256, bundle.outlier_photos) or 0
 
 
+def _threshold_expects(bundle) -> dict | None:
+    """The asked rate and the flag rates training's out-of-fold threshold expects on new prompts:
+    `pooled` (95 % interval over many prompts) and `per_prompt` (10th-90th percentile, None for models
+    that did not record it); None for a threshold set otherwise, or moved by calibrate."""
+    t = (bundle.meta.get("training", {}).get("open_scorer") or {}).get("threshold_from") or {}
+    if t.get("source") != "out-of-fold" or bundle.meta.get("calibration"):
+        return None
+    return {
+        "asked": asked_rate(bundle),
+        "prompts": t["groups"],
+        "pooled": t["flag_rate_ci"],
+        "per_prompt": t.get("flag_rate_per_group"),
+    }
+
+
 def calibrated_on(bundle, stores) -> list[str]:
     """The stores given that set the model's unknown threshold (leakstore calibrate): the threshold was
     chosen on their known images (pooled, at the asked rate), so their flag rate measures nothing."""
@@ -312,6 +327,9 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         # the threshold set on the user's own known images (leakstore calibrate), and the judged stores among them
         "calibration": bundle.meta.get("calibration"),
         "calibrated_on_judged": calibrated_on(bundle, [*stores, *unseen]),
+        # what training's out-of-fold threshold expects on new prompts (pooled and one prompt at a time),
+        # to read a few prompts' flag rate against; none once calibrate moved the threshold
+        "threshold_expects": _threshold_expects(bundle),
         "views": results,
         "robustness": [
             {

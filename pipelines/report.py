@@ -355,7 +355,7 @@ held out as unknown: {html.escape(", ".join(summary["unknown_labels"]) or "none"
 <h2>Robustness</h2><table><tr><th>view</th><th>macro AUC</th><th>top-1</th><th>open-set AUROC</th>
 <th>known flagged unknown</th></tr>{rob}</table>
 <p>A known image re-encoded should stay known: its row's "known flagged unknown" should stay near the asked
-{first["open"]["false_unknown_rate"]["asked"]:.0%}.{_ci_note(summary)}</p>
+{first["open"]["false_unknown_rate"]["asked"]:.0%}.{_expects(summary)}{_ci_note(summary)}</p>
 {img(out / "robustness.png") if several else _sweep_hint(summary["model"])}
 <h2>Closed set ({html.escape(first["view"])}, {first["closed"]["n"]} test images)</h2>
 <p>macro AUC {first["closed"]["macro_auc"]:.4f}, top-1 {first["closed"]["top1"]:.4f},
@@ -424,6 +424,19 @@ def _rate_line(r) -> str:
     got = [f"{k} {v:.1%}" for k, v in r.items() if k not in ("asked", "validation") and v is not None]
     val = "" if r.get("validation") is None else f", on validation {r['validation']:.1%}"
     return f"Known images called unknown: asked {r['asked']:.1%}{val}" + (f", on {', '.join(got)}" if got else "") + "."
+
+
+def _expects(summary: dict) -> str:
+    """' Out of fold over the N training prompts ...' when training's threshold says what to expect."""
+    t = summary.get("threshold_expects")
+    if not t:
+        return ""
+    lo, hi = t["pooled"]
+    per = f", {t['per_prompt'][0]:.1%}-{t['per_prompt'][1]:.1%} one prompt at a time" if t["per_prompt"] else ""
+    return (
+        f" Out of fold over the {t['prompts']} training prompts, the rate to expect on new prompts:"
+        f" {lo:.1%}-{hi:.1%} (95 % interval){per}: the rate of a few prompts strays that far."
+    )
 
 
 def _ci_note(summary: dict) -> str:
