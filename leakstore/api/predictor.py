@@ -123,11 +123,13 @@ class Predictor:
         errors: dict[int, str],
         extra: dict | None = None,
         provenance: dict | None = None,
+        predictions: dict | None = None,
     ) -> pd.DataFrame:
         """One row per input path: predictions where `batch` has features (at positions ok_index),
         the error otherwise. With crops (the model's featurize config), several batch rows share one
         position of ok_index: they are one image's crops, judged together (model.predict.aggregate_images).
-        `provenance` {position: Provenance} of image files; None for a store (its files are not read)."""
+        `provenance` {position: Provenance} of image files; None for a store (its files are not read).
+        `predictions`: `self.predict(batch)` where the caller has it already (explain reads its rows too)."""
         names = self.bundle.class_names
         df = pd.DataFrame(
             {
@@ -149,7 +151,7 @@ class Predictor:
         for i, e in errors.items():
             df.loc[i, "error"] = e
         if len(batch):
-            p = self.predict(batch)
+            p = self.predict(batch) if predictions is None else predictions
             if self.bundle.featurize.crops > 1:
                 from leakstore.model.predict import aggregate_images, image_threshold
 
@@ -255,11 +257,13 @@ class Predictor:
         batch, sha, errors = featurize_paths(
             [path], cfg, self.encoder, device=self.device, runner=self._featurizer(), provenance=meta
         )
-        row = self.frame([path], batch, batch.rows // cfg.crops, errors, {"sha256": sha}, provenance=meta)
+        p = self.predict(batch) if len(batch) else None  # once: the verdict row and the crop lines read it
+        row = self.frame(
+            [path], batch, batch.rows // cfg.crops, errors, {"sha256": sha}, provenance=meta, predictions=p
+        )
         verdict = {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.iloc[0].items()}
         crops, companion = [], None
-        if len(batch):
-            p = self.predict(batch)
+        if p is not None:
             names = self.bundle.class_names
             _, pi = aggregate_images(p, np.zeros(len(batch), dtype=np.int64), names, image_threshold(self.bundle))
             if pi["companion"][0]:  # one window: the verdict is half the companion's

@@ -361,7 +361,13 @@ def test_a_companion_attributes_images_no_larger_than_one_crop_beside_the_model(
     assert e["verdict"]["status"] == "ok", e["verdict"]
     assert len(e["companion"]) == 3 and len(e["crops"]) == 4
     assert set(e["companion"]) <= set(pr.bundle.class_names) and 0 < sum(e["companion"].values()) <= 1 + 1e-6
-    assert pr.explain(str(big))["companion"] is None
+    calls, predict = [], pr.predict
+    pr.predict = lambda batch: calls.append(len(batch)) or predict(batch)
+    e = pr.explain(str(big))
+    assert e["companion"] is None and calls == [4]  # one prediction for the verdict and the crop lines
+    del pr.predict
+    verdict = pr.score_paths([str(big)]).iloc[0]
+    assert e["verdict"]["pred"] == verdict.pred and e["verdict"]["open_score"] == pytest.approx(verdict.open_score)
     from typer.testing import CliRunner
 
     from leakstore.cli import app
