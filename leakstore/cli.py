@@ -1291,6 +1291,13 @@ def _ci(ci, unit: str = "") -> str:
     return f" ({ci[0]:.1%}-{ci[1]:.1%})".replace("%-", "-") if unit == "%" else f" ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
+def _expects(t: dict) -> str:
+    """What the out-of-fold threshold expects of new prompts (model.predict.threshold_expects), in words."""
+    lo, hi = t["pooled"]
+    per = f", {t['per_prompt'][0]:.1%}-{t['per_prompt'][1]:.1%} one prompt at a time" if t["per_prompt"] else ""
+    return f"95 % CI {lo:.1%}-{hi:.1%}{per} (out of fold over the {t['prompts']} training prompts)"
+
+
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
@@ -1332,11 +1339,8 @@ def _print_robustness(s: dict) -> None:
     if s.get("ci"):
         typer.echo(f"({s['ci']})")
     if t := s.get("threshold_expects"):
-        lo, hi = t["pooled"]
-        per = f", {t['per_prompt'][0]:.1%}-{t['per_prompt'][1]:.1%} one prompt at a time" if t["per_prompt"] else ""
         typer.echo(
-            f"known flagged: {t['asked']:.1%} asked of new prompts (95 % CI {lo:.1%}-{hi:.1%}{per}; out of fold "
-            f"over the {t['prompts']} training prompts): a few prompts' rate strays that far"
+            f"known flagged: {t['asked']:.1%} asked of new prompts, {_expects(t)}: a few prompts' rate strays that far"
         )
     if s.get("discriminant"):
         alone = " / ".join(f"{r['networks_macro_auc']:.4f}" for r in s["robustness"])
@@ -1592,6 +1596,7 @@ def _print_score_summary(s: dict, out: Path) -> None:
         typer.echo(
             f"  unknown = open-set score '{s['open_scorer']}' below the threshold set to flag "
             f"{r['asked']:.1%} of known images{val}"
+            + (f"; of new prompts' known images, {_expects(r['expects'])}" if r.get("expects") else "")
         )
     if "unsure" in s:
         typer.echo(f"  {s['unsure']} of {s['scored']} verdicts changed under a re-encoding (column 'unsure')")

@@ -247,6 +247,22 @@ def asked_rate(bundle: Bundle) -> float:
     return float((bundle.meta.get("calibration") or {}).get("rate", bundle.cfg.false_unknown_rate))
 
 
+def threshold_expects(bundle: Bundle) -> dict | None:
+    """What training's out-of-fold threshold expects of new prompts' known images: the asked rate,
+    `pooled` (its 95 % interval over many prompts) and `per_prompt` (the 10th-90th percentile of one
+    prompt's rate; None for models that did not record it), to read a few prompts' flag rate against.
+    None for a threshold set otherwise (on validation images), or moved since by calibrate."""
+    t = (bundle.meta.get("training", {}).get("open_scorer") or {}).get("threshold_from") or {}
+    if t.get("source") != "out-of-fold" or bundle.meta.get("calibration"):
+        return None
+    return {
+        "asked": asked_rate(bundle),
+        "prompts": t["groups"],
+        "pooled": t["flag_rate_ci"],
+        "per_prompt": t.get("flag_rate_per_group"),
+    }
+
+
 def aggregate_images(p: dict, image: np.ndarray, names, threshold: float) -> tuple[np.ndarray, dict]:
     """Per-row predictions of crop rows -> one prediction per image.
 

@@ -36,7 +36,7 @@ from leakstore.model.metrics import (
     proportion_ci,
     resampling_units,
 )
-from leakstore.model.predict import asked_rate, image_threshold, validation_flagged
+from leakstore.model.predict import asked_rate, image_threshold, threshold_expects, validation_flagged
 from leakstore.store import SPLIT_NAMES, FeatureStore
 
 
@@ -67,21 +67,6 @@ def outlier_photos_judged(bundle, sha256) -> int:
     """How many of the judged images (by SHA-256) are photographs whose crops the open-set scorer fitted as
     outliers (make-outliers --photos): the unknown flag learned them, so flagging them is in-sample."""
     return images_among(sha256, bundle.outlier_photos) or 0
-
-
-def _threshold_expects(bundle) -> dict | None:
-    """The asked rate and the flag rates training's out-of-fold threshold expects on new prompts:
-    `pooled` (95 % interval over many prompts) and `per_prompt` (10th-90th percentile, None for models
-    that did not record it); None for a threshold set otherwise, or moved by calibrate."""
-    t = (bundle.meta.get("training", {}).get("open_scorer") or {}).get("threshold_from") or {}
-    if t.get("source") != "out-of-fold" or bundle.meta.get("calibration"):
-        return None
-    return {
-        "asked": asked_rate(bundle),
-        "prompts": t["groups"],
-        "pooled": t["flag_rate_ci"],
-        "per_prompt": t.get("flag_rate_per_group"),
-    }
 
 
 def calibrated_on(bundle, stores) -> list[str]:
@@ -329,7 +314,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "calibrated_on_judged": calibrated_on(bundle, [*stores, *unseen]),
         # what training's out-of-fold threshold expects on new prompts (pooled and one prompt at a time),
         # to read a few prompts' flag rate against; none once calibrate moved the threshold
-        "threshold_expects": _threshold_expects(bundle),
+        "threshold_expects": threshold_expects(bundle),
         "views": results,
         "robustness": [
             {

@@ -422,9 +422,13 @@ def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
         out["failures"] = sorted(out["failures"].values(), key=lambda k: -k["count"])
     if bundle is not None and bundle.open is not None:
         out["open_scorer"] = bundle.cfg.open_scorer if hasattr(bundle.open, "components_") else "kde"
-        from leakstore.model.predict import asked_rate, validation_flagged
+        from leakstore.model.predict import asked_rate, threshold_expects, validation_flagged
 
-        out["false_unknown_rate"] = {"asked": asked_rate(bundle), "validation": validation_flagged(bundle)}
+        out["false_unknown_rate"] = {
+            "asked": asked_rate(bundle),
+            "validation": validation_flagged(bundle),
+            "expects": threshold_expects(bundle),  # out of fold: pooled over many prompts and one at a time
+        }
         if cal := bundle.meta.get("calibration"):  # leakstore calibrate set it on the user's own known images
             out["false_unknown_rate"]["calibrated"] = {
                 k: cal[k] for k in ("images", "ci_over", "stores", "flag_rate_ci")

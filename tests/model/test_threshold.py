@@ -9,9 +9,9 @@ from leakstore.cli import app
 from leakstore.model.checkpoint import load_bundle
 from leakstore.model.config import ModelConfig
 from leakstore.model.openset import OpenSetScorer, select_rows
+from leakstore.model.predict import threshold_expects
 from leakstore.model.threshold import fold_of_groups, set_out_of_fold_threshold, takes_out_of_fold
 from leakstore.model.train import train
-from leakstore.pipelines.evaluate import _threshold_expects
 from tests.synthetic import planted_store
 
 
@@ -131,12 +131,16 @@ def test_training_sets_the_out_of_fold_threshold_for_stored_feature_scorers_only
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "cli"), str(store.path), "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
     assert re.search(
-        r"known flagged: 5.0% asked of new prompts \(95 % CI .*one prompt at a time; out of fold", r.output
+        r"known flagged: 5.0% asked of new prompts, 95 % CI .*one prompt at a time \(out of fold over the 10", r.output
     )
     assert "the rate to expect on new prompts" in (tmp_path / "ev" / "report.html").read_text()
+    out = ["--out", str(tmp_path / "p.parquet"), "--cluster", "1", "--no-progress"]
+    r = CliRunner().invoke(app, ["score", str(tmp_path / "cli"), str(store.path), *out])
+    assert r.exit_code == 0, r.output
+    assert "of new prompts' known images, 95 % CI" in r.output and "one prompt at a time" in r.output
     bundle = load_bundle(tmp_path / "cli", "cpu")
-    assert _threshold_expects(bundle)["prompts"] == 10
+    assert threshold_expects(bundle)["prompts"] == 10
     bundle.meta["calibration"] = {"rate": 0.05}  # a threshold calibrate moved expects nothing of training's
-    assert _threshold_expects(bundle) is None
+    assert threshold_expects(bundle) is None
     s = train(store.path, tmp_path / "fp", ModelConfig(open_scorer="fused-period", **fast), progress=False)
     assert s["open_scorer"]["threshold_from"] == {"source": "validation"}  # reads the network: not out-of-fold
