@@ -1329,13 +1329,14 @@ def _print_robustness(s: dict) -> None:
             f"NOTE: {store} set the unknown threshold (calibrate): the threshold was chosen on its known images, "
             "so their flag rate is no measurement of it"
         )
-    typer.echo(f"{'view':<22}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
+    w = max(22, *(len(r["view"]) + 2 for r in s["robustness"]))
+    typer.echo(f"{'view':<{w}}{'macro AUC (95 % CI)':>22}{'top-1':>8}{'open AUROC':>12}{'known flagged (95 % CI)':>25}")
     for r in s["robustness"]:
         oa = "-" if r["open_auroc"] is None else f"{r['open_auroc']:.4f}"
         kf = "-" if r.get("known_flagged") is None else f"{r['known_flagged']:.1%}"
         kf += _ci(r.get("known_flagged_ci"), "%") if r.get("known_flagged") is not None else ""
         auc = f"{r['macro_auc']:.4f}" + _ci(r.get("macro_auc_ci"))
-        typer.echo(f"{r['view']:<22}{auc:>22}{r['top1']:>8.4f}{oa:>12}{kf:>25}")
+        typer.echo(f"{r['view']:<{w}}{auc:>22}{r['top1']:>8.4f}{oa:>12}{kf:>25}")
     if s.get("ci"):
         typer.echo(f"({s['ci']})")
     if t := s.get("threshold_expects"):

@@ -318,7 +318,8 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
         "views": results,
         "robustness": [
             {
-                "view": r["view"],
+                "view": key,  # the store's view, or "view (store)" where two judged stores share one
+                "store": r["store"],
                 "macro_auc": r["closed"]["macro_auc"],
                 "macro_auc_ci": r["closed"].get("macro_auc_ci"),
                 "top1": r["closed"]["top1"],
@@ -327,7 +328,7 @@ def evaluate(run_dir, stores: list, out=None, device: str = DEFAULT_DEVICE, spli
                 "known_flagged": r["open"].get("known_flagged"),
                 "known_flagged_ci": r["open"].get("known_flagged_ci"),
             }
-            for r in results
+            for r, key in zip(results, view_keys(results, [r["store"] for r in results]))
         ],
         "ci": _ci_text(results[0]["ci_over"]),
         # judged images the networks trained on (a store of copies of training images): in-sample figures;

@@ -380,6 +380,14 @@ def test_evaluate_sets_outside_images_against_every_views_known_images(model, tm
     assert lo <= x["auroc"] <= hi and f"AUROC {x['auroc']:.3f} ({lo:.3f}-{hi:.3f})" in r.output
     assert u["mean_auroc_by_view"][same] == pytest.approx(u["mean_auroc"], abs=1e-12)
     assert f"against {same}" in r.output and f"AUROC against {weak}" in (tmp_path / "ev" / "report.html").read_text()
+    # the robustness table names each judged store where their views alone would read "none" three times
+    rows = json.loads((tmp_path / "ev" / "metrics.json").read_text())["robustness"]
+    assert [x["view"] for x in rows] == [same, same, weak]
+    assert [x["store"] for x in rows] == stores
+    table = r.output.split("macro AUC (95 % CI)")[1]
+    assert [ln.split()[:3] for ln in table.splitlines()[1:4]] == [
+        ["none", "(s.zarr)", f"{rows[0]['macro_auc']:.4f}"]
+    ] * 2 + [["none", "(weak.zarr)", f"{rows[2]['macro_auc']:.4f}"]]
 
 
 def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
