@@ -2,7 +2,8 @@
 
 A view string is one or more steps joined by '+', applied in order before the VAE:
 
-    jpeg:Q      JPEG re-encode at quality Q (1-100)
+    jpeg:Q      JPEG re-encode at quality Q (1-100), chroma subsampled 4:2:0 (the common default)
+    jpeg444:Q   JPEG re-encode at quality Q without chroma subsampling (4:4:4: editors, cameras' finest)
     webp:Q      WebP re-encode at quality Q
     resize:S    rescale by factor S (antialiased bicubic)
     crop:F      centre crop keeping fraction F of each side
@@ -26,6 +27,7 @@ from leakstore.errors import InputError
 
 _PARAM = {
     "jpeg": (int, 1, 100),
+    "jpeg444": (int, 1, 100),
     "webp": (int, 1, 100),
     "resize": (float, 0.05, 4.0),
     "crop": (float, 0.05, 1.0),
@@ -59,7 +61,7 @@ def parse_view(spec: str | list[str] | tuple[str, ...] | None) -> tuple[ViewStep
             continue
         if op not in _PARAM or not val:
             raise InputError(
-                f"bad view {raw!r}: use jpeg:Q, webp:Q, resize:S, crop:F, blur:SIGMA, noise:STD or "
+                f"bad view {raw!r}: use jpeg:Q, jpeg444:Q, webp:Q, resize:S, crop:F, blur:SIGMA, noise:STD or "
                 "grayscale, joined with '+' (e.g. jpeg:75+resize:0.5)"
             )
         typ, lo, hi = _PARAM[op]
@@ -77,9 +79,9 @@ def view_name(steps: tuple[ViewStep, ...]) -> str:
     return "+".join(str(s) for s in steps) or "none"
 
 
-def _reencode(arr: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+def _reencode(arr: np.ndarray, fmt: str, quality: int, **opts) -> np.ndarray:
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, quality=quality)
+    Image.fromarray(arr).save(buf, format=fmt, quality=quality, **opts)
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
@@ -98,6 +100,8 @@ def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> n
     for s in steps:
         if s.op == "jpeg":
             arr = _reencode(arr, "JPEG", s.value)
+        elif s.op == "jpeg444":
+            arr = _reencode(arr, "JPEG", s.value, subsampling=0)
         elif s.op == "webp":
             arr = _reencode(arr, "WEBP", s.value)
         elif s.op == "resize":
@@ -124,8 +128,8 @@ def apply_view(arr: np.ndarray, steps: tuple[ViewStep, ...], seed: int = 0) -> n
 # ---------------------------------------------------------------------------- training-view policies
 # What real life does to an image, in order: rescale, soften, add sensor/processing noise, lose
 # colour, and last of all compress (a JPEG or WebP re-encode). Compression ops are alternatives.
-_CHAIN_ORDER = ("crop", "resize", "blur", "noise", "grayscale", "jpeg", "webp")
-_COMPRESSION = ("jpeg", "webp")
+_CHAIN_ORDER = ("crop", "resize", "blur", "noise", "grayscale", "jpeg", "jpeg444", "webp")
+_COMPRESSION = ("jpeg", "jpeg444", "webp")
 DEFAULT_POLICY = DEFAULT_VIEW_POLICY
 
 

@@ -27,6 +27,11 @@ def test_policy_draws_are_seeded_by_the_image_and_follow_real_life_order():
         ops = [s.op for s in draw_view(p, f"{i:064x}", i)]
         assert ops and [order.index(o) for o in ops] == sorted(order.index(o) for o in ops)
         assert sum(o in ("jpeg", "webp") for o in ops) <= 1  # one compression, last
+    # a policy may draw both JPEG encoders: still one compression, last
+    both = parse_policy("resize:0.5-1,jpeg:50-95,jpeg444:70-95")
+    ops = [[s.op for s in draw_view(both, f"{i:064x}", 1)] for i in range(60)]
+    assert {"jpeg", "jpeg444"} <= {o for v in ops for o in v}
+    assert all(not any(o.startswith("jpeg") for o in v[:-1]) for v in ops)  # compression only last, once
     with pytest.raises(InputError, match="OP:LO-HI"):
         parse_policy("jpeg")
     with pytest.raises(InputError, match="LO <= HI"):
