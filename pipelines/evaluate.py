@@ -147,6 +147,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
         {
             "path": sub.paths,
             "view": store.config.view,
+            "store": str(store_path),  # which judged store: several may share a view
             "true": true,
             "true_is_unknown": unknown,
             "pred": p["pred_name"],

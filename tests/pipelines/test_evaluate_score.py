@@ -384,6 +384,13 @@ def test_evaluate_sets_outside_images_against_every_views_known_images(model, tm
     rows = json.loads((tmp_path / "ev" / "metrics.json").read_text())["robustness"]
     assert [x["view"] for x in rows] == [same, same, weak]
     assert [x["store"] for x in rows] == stores
+    df = pd.read_parquet(tmp_path / "ev" / "predictions.parquet")
+    assert (df.view == "none").all() and set(df.store) == {stores[0], stores[2]}
+    first = df[df.store == stores[0]]  # judged twice: each of its images twice
+    assert (
+        len(first) == 2 * first.path.nunique()
+        and (df.store == stores[2]).sum() == df[df.store == stores[2]].path.nunique()
+    )
     table = r.output.split("macro AUC (95 % CI)")[1]
     assert [ln.split()[:3] for ln in table.splitlines()[1:4]] == [
         ["none", "(s.zarr)", f"{rows[0]['macro_auc']:.4f}"]
