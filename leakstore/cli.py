@@ -351,8 +351,8 @@ def featurize(
         typer.Option(
             metavar="VIEW",
             rich_help_panel=P_VIEW,
-            help="Post-processing before the VAE: jpeg:75, webp:80, resize:0.5, crop:0.8, blur:1.5, noise:0.02, "
-            "grayscale; repeat or join with '+'.",
+            help="Post-processing before the VAE: jpeg:75, jpeg444:90 (no colour subsampling), webp:80, resize:0.5, "
+            "crop:0.8, blur:1.5, noise:0.02, grayscale; repeat or join with '+'.",
         ),
     ] = None,
     train_views: Annotated[
