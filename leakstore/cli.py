@@ -63,7 +63,7 @@ app = typer.Typer(
 
 def _choices(name: str, values, extra=()) -> type[Enum]:
     """A typer choice enum built from a config tuple (one list of names, never a copy)."""
-    return Enum(name, {v.replace("-", "_"): v for v in (*extra, *values)}, type=str)
+    return Enum(name, {v.replace("-", "_").replace("+", "_"): v for v in (*extra, *values)}, type=str)
 
 
 ResizePolicy = _choices("ResizePolicy", RESIZE_POLICIES)
@@ -80,7 +80,7 @@ OUTLIERS_HELP = (
 )
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
-Split = _choices("Split", ("test", "val", "train", "all"))
+Split = _choices("Split", ("test", "val", "val+test", "train", "all"))
 Stream = _choices("Stream", STREAM_MODES)
 
 FD = defaults(FeaturizeConfig)  # featurize defaults: FeaturizeConfig's fields

@@ -47,6 +47,16 @@ PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_CODES = {name: i for i, name in enumerate(SPLIT_NAMES)}
+# what evaluate and calibrate may judge: one split, the two held-out ones together, or every row
+JUDGED_SPLITS = {"test": ("test",), "val": ("val",), "train": ("train",), "val+test": ("val", "test")}
+
+
+def in_split(splits: np.ndarray, split: str) -> np.ndarray:
+    """Which rows of `splits` (split codes) `split` names: one split, 'val+test' (both splits training held
+    out: more prompts to judge on, the validation ones having chosen the epochs) or 'all'."""
+    if split == "all":
+        return np.ones(len(splits), dtype=bool)
+    return np.isin(splits, [SPLIT_CODES[n] for n in JUDGED_SPLITS[split]])
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from leakstore.model.checkpoint import image_key_of, save_bundle
 from leakstore.model.metrics import group_rate_interval, group_rate_spread, resampling_units
 from leakstore.model.predict import image_threshold
 from leakstore.pipelines.evaluate import per_image
-from leakstore.store import SPLIT_NAMES, FeatureStore
+from leakstore.store import FeatureStore, in_split
 
 MIN_PER_RATE = 2  # at least 2 / rate images: the asked quantile then lies above the lowest score
 
@@ -46,8 +46,7 @@ def known_image_scores(predictor: Predictor, store_path, split: str = "all") -> 
     feats = store.load(())  # labels only: the features of the rows kept are read below
     known = np.array([n in bundle.class_names for n in store.class_names] + [False])[feats.labels]
     keep = known & (feats.labels >= 0) & (store.view_index()[feats.rows] == 0)
-    if split != "all":
-        keep &= feats.splits == SPLIT_NAMES.index(split)
+    keep &= in_split(feats.splits, split)
     if not keep.any():
         return {"score": np.zeros(0), "group": np.zeros(0, dtype=object), "sha256": np.zeros(0, dtype=object)}
     sub = store.load(predictor.inputs, rows=feats.rows[keep])

@@ -37,7 +37,7 @@ from leakstore.model.metrics import (
     resampling_units,
 )
 from leakstore.model.predict import asked_rate, image_threshold, threshold_expects, validation_flagged
-from leakstore.store import SPLIT_NAMES, FeatureStore
+from leakstore.store import FeatureStore, in_split
 
 
 def _is_training_store(store: FeatureStore, bundle) -> bool:
@@ -48,7 +48,7 @@ def _is_training_store(store: FeatureStore, bundle) -> bool:
 
 def refuse_in_sample(store: FeatureStore, bundle, split: str = "test") -> None:
     """A model trained with --final learned its training store's test split: no figures there."""
-    if bundle.cfg.final and split in ("test", "all") and _is_training_store(store, bundle):
+    if bundle.cfg.final and split in ("test", "val+test", "all") and _is_training_store(store, bundle):
         raise InputError(
             f"{store.path} is the store this model trained on, its test split included (train --final): "
             f"figures on its {split} rows would be in-sample; evaluate the model trained without --final, "
@@ -88,7 +88,7 @@ def evaluate_store(predictor: Predictor, store_path, split: str = "test") -> tup
     store_to_model = np.array([bundle.class_names.index(n) if n in bundle.class_names else -1 for n in names] + [-1])
     y = store_to_model[feats.labels]
     unknown = np.array([n not in bundle.class_names for n in names] + [False])[feats.labels] & (feats.labels >= 0)
-    sel = (feats.splits == SPLIT_NAMES.index(split)) if split != "all" else np.ones(len(feats), bool)
+    sel = in_split(feats.splits, split)
     sel &= store.view_index()[feats.rows] == 0  # training views are training material: a split is judged on its images
     keep = sel & ((y >= 0) | unknown)
     if not keep.any():
@@ -196,11 +196,9 @@ def evaluate_unseen(
     # out with --unknown-labels) on `split`, since its other rows trained the model
     own = _is_training_store(store, bundle)
     has_splits = (feats.splits >= 0).any()
-    sel = (
-        (feats.splits == SPLIT_NAMES.index(split))
-        if own and has_splits and split != "all"
-        else np.ones(len(feats), bool)
-    ) & (store.view_index()[feats.rows] == 0)
+    sel = (in_split(feats.splits, split) if own and has_splits else np.ones(len(feats), bool)) & (
+        store.view_index()[feats.rows] == 0
+    )
     if not sel.any():
         raise InputError(f"--unseen store {store_path} has no {split} rows (pass --split all to use every row)")
     sub = feats.subset(sel)

@@ -39,7 +39,12 @@ def test_evaluate_and_the_sweep_refuse_the_test_split_a_final_model_trained_on(s
     train(store.path, tmp_path / "final", CFG.replace(final=True), progress=False)
     m = evaluate(tmp_path / "held", [str(store.path)], tmp_path / "ev-held")  # held out: judged
     assert m["views"][0]["closed"]["n"] == int(((store.read("split") == 2) & (store.view_index() == 0)).sum())
-    for split in ("test", "all"):
+    # val+test: both held-out splits' images together, the validation ones and the test ones
+    split, clean = store.read("split"), store.view_index() == 0
+    both = evaluate(tmp_path / "held", [str(store.path)], tmp_path / "ev-vt", split="val+test")["views"][0]
+    assert both["split"] == "val+test" and both["closed"]["n"] == int((np.isin(split, (1, 2)) & clean).sum())
+    assert both["closed"]["n"] > m["views"][0]["closed"]["n"]
+    for split in ("test", "val+test", "all"):
         with pytest.raises(InputError, match="--final"):
             evaluate(tmp_path / "final", [str(store.path)], tmp_path / f"ev-{split}", split=split)
     m = evaluate(tmp_path / "final", [str(store.path)], tmp_path / "ev-val", split="val")

@@ -52,6 +52,9 @@ def test_calibrate_sets_the_threshold_to_flag_the_asked_share_of_the_images_give
     again = calibrate(tmp_path / "cal", [run / "s.zarr"], rate=0.5, split="val", device="cpu")
     assert again["images"] == 32 and again["previous"] == info["threshold"] and again["training_threshold"] == before
     assert abs(flagged(tmp_path / "cal", run / "s.zarr", (1,)) - 0.5) <= 1 / 32 + 1e-9
+    # both held-out splits: the validation and the test images, as the default's every-split minus training
+    both = calibrate(tmp_path / "cal", [run / "s.zarr"], rate=0.25, split="val+test", device="cpu")
+    assert both["images"] == 64 and both["threshold"] == pytest.approx(info["threshold"], abs=1e-12)
 
 
 def test_over_prompts_calibrate_says_how_far_one_prompts_rate_strays(run, tmp_path):
