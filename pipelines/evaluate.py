@@ -5,7 +5,7 @@
 Closed set: test-split rows of the model's known classes. Open set: test-split rows of the
 classes held out of training (unknown generators) against those known rows; both embedded
 identically. A store's training views (featurize --train-views) never count: another split
-(`split="val"`, `"all"`) is judged on its images as given. Writes metrics.json,
+(`split="val"`, `"val+test"`, `"all"`) is judged on its images as given. Writes metrics.json,
 predictions.parquet, PNG plots and report.html.
 
 Images from generators outside the training store (`unseen=[store, ...]`, featurized with the
