@@ -1588,9 +1588,12 @@ def _print_score_summary(s: dict, out: Path) -> None:
     r = s.get("false_unknown_rate")
     if r and (c := r.get("calibrated")):
         lo, hi = c["flag_rate_ci"]
+        per = c.get("flag_rate_per_group")
+        per = f"; {per[0]:.1%}-{per[1]:.1%} one group at a time, 10th-90th percentile" if per else ""
         typer.echo(
             f"  unknown = open-set score '{s['open_scorer']}' below the threshold `leakstore calibrate` set to flag "
-            f"{r['asked']:.1%} of {c['images']} known images of yours (95 % CI {lo:.1%}-{hi:.1%} over {c['ci_over']})"
+            f"{r['asked']:.1%} of {c['images']} known images of yours (95 % CI {lo:.1%}-{hi:.1%} over {c['ci_over']}"
+            f"{per})"
         )
     elif r:
         val = "" if r["validation"] is None else f" ({r['validation']:.1%} of the known validation images were flagged)"

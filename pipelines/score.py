@@ -431,6 +431,6 @@ def summarise(df: pd.DataFrame | dict, bundle=None) -> dict:
         }
         if cal := bundle.meta.get("calibration"):  # leakstore calibrate set it on the user's own known images
             out["false_unknown_rate"]["calibrated"] = {
-                k: cal[k] for k in ("images", "ci_over", "stores", "flag_rate_ci")
+                k: cal.get(k) for k in ("images", "ci_over", "stores", "flag_rate_ci", "flag_rate_per_group")
             }
     return out

@@ -64,6 +64,15 @@ def test_over_prompts_calibrate_says_how_far_one_prompts_rate_strays(run, tmp_pa
     info = calibrate(run / "run", [tmp_path / "g.zarr"], rate=0.25, out=tmp_path / "cal", device="cpu")
     lo, hi = info["flag_rate_per_group"]
     assert info["ci_over"] == "8 groups" and lo <= 0.25 <= hi and info["flag_rate_ci"][0] <= 0.25
+    # score's summary of the calibrated model gives the same spread beside the interval
+    out = tmp_path / "p.parquet"
+    r = CliRunner().invoke(
+        app,
+        ["score", str(tmp_path / "cal"), str(tmp_path / "g.zarr"), "--out", str(out), "--cluster", "1"]
+        + ["--no-progress"],
+    )
+    assert r.exit_code == 0, r.output
+    assert f"over 8 groups; {lo:.1%}-{hi:.1%} one group at a time, 10th-90th percentile)" in r.output
 
 
 def test_calibrate_refuses_too_few_images_and_a_folder_in_use(run, tmp_path):
