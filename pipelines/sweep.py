@@ -1,6 +1,6 @@
 """Robustness sweep in one command: the test split under each post-processing view.
 
-    leakstore sweep runs/m1 --views jpeg:95,jpeg:75,jpeg:50,resize:0.5,blur:2 --out runs/m1/sweep
+    leakstore sweep runs/m1 --views jpeg:95,jpeg:75,jpeg:50,jpeg444:90,resize:0.5,blur:2 --out runs/m1/sweep
 
 The test images (by default the test split of the store the model was trained on; or a store, a
 folder or a manifest given as DATA) are featurized under every view with exactly the featurize
