@@ -1298,6 +1298,12 @@ def _expects(t: dict) -> str:
     return f"95 % CI {lo:.1%}-{hi:.1%}{per} (out of fold over the {t['prompts']} training prompts)"
 
 
+def _group_spread(per) -> str:
+    """How far one group's flag rate strays under a calibrated threshold (calibrate's `flag_rate_per_group`), in
+    words: one wording for calibrate's line and score's summary."""
+    return f"{per[0]:.1%}-{per[1]:.1%} one group at a time (10th-90th percentile)"
+
+
 def _print_robustness(s: dict) -> None:
     if s["builtin_encoder"]:
         typer.echo("NOTE: features from the BUILT-IN DEMO ENCODER (random weights, not a real VAE)")
@@ -1459,8 +1465,7 @@ def calibrate(
     typer.echo(
         f"unknown threshold of {s['run']}: {s['previous']:.3f} -> {s['threshold']:.3f}, flagging {s['rate']:.1%} of "
         f"{s['images']} known images, where it flagged {s['flagged_before']:.1%}{left}; 95 % CI {lo:.1%}-{hi:.1%} "
-        f"over {s['ci_over']}"
-        + (f", {per[0]:.1%}-{per[1]:.1%} one group at a time (10th-90th percentile)" if per else "")
+        f"over {s['ci_over']}" + (f", {_group_spread(per)}" if per else "")
     )
     typer.echo(
         f"saved in {s['run']}/model.json (calibration: the threshold training set was {s['training_threshold']:.3f}); "
@@ -1589,11 +1594,10 @@ def _print_score_summary(s: dict, out: Path) -> None:
     if r and (c := r.get("calibrated")):
         lo, hi = c["flag_rate_ci"]
         per = c.get("flag_rate_per_group")
-        per = f"; {per[0]:.1%}-{per[1]:.1%} one group at a time, 10th-90th percentile" if per else ""
         typer.echo(
             f"  unknown = open-set score '{s['open_scorer']}' below the threshold `leakstore calibrate` set to flag "
             f"{r['asked']:.1%} of {c['images']} known images of yours (95 % CI {lo:.1%}-{hi:.1%} over {c['ci_over']}"
-            f"{per})"
+            + (f", {_group_spread(per)})" if per else ")")
         )
     elif r:
         val = "" if r["validation"] is None else f" ({r['validation']:.1%} of the known validation images were flagged)"

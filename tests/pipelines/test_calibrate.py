@@ -72,7 +72,7 @@ def test_over_prompts_calibrate_says_how_far_one_prompts_rate_strays(run, tmp_pa
         + ["--no-progress"],
     )
     assert r.exit_code == 0, r.output
-    assert f"over 8 groups; {lo:.1%}-{hi:.1%} one group at a time, 10th-90th percentile)" in r.output
+    assert f"over 8 groups, {lo:.1%}-{hi:.1%} one group at a time (10th-90th percentile))" in r.output
 
 
 def test_calibrate_refuses_too_few_images_and_a_folder_in_use(run, tmp_path):
