@@ -15,7 +15,7 @@ import pandas as pd
 
 from leakstore.config import DEFAULT_DEVICE, DEFAULT_REAL_LABEL, DEFAULT_SCORE_BATCH, check_compatible
 from leakstore.device import resolve_device
-from leakstore.errors import InputError
+from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import FeatureBatch, minimal_config
 from leakstore.store import DONE, STATUS_NAMES, FeatureStore
 
@@ -310,8 +310,14 @@ class Predictor:
         return share, pd.array(np.where(ok, share < 1, None), dtype="boolean")
 
     def check_store(self, store: FeatureStore) -> None:
-        """Refuse a store featurized with another config (post-processing views may differ)."""
-        check_compatible(self.bundle.featurize, store.config, f"store {store.path}", ignore=("view",))
+        """Refuse a store featurized with another config. Post-processing views may differ, and so may
+        optional features the model does not read (a store of a later release's defaults holds more)."""
+        where = f"store {store.path}"
+        try:
+            check_compatible(self.featurize_config, minimal_config(store.config, self.inputs), where, ignore=("view",))
+        except ConfigMismatchError:  # named with the whole configs' differences and hashes, as inspect shows them
+            check_compatible(self.bundle.featurize, store.config, where, ignore=("view",))
+            raise
 
     def score_store(self, store_path: str | Path, start: int, stop: int) -> pd.DataFrame:
         """Rows [start, stop) of a store (one chunk): rows not featurized are reported, not guessed."""

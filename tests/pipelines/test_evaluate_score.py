@@ -398,9 +398,9 @@ def test_evaluate_sets_outside_images_against_every_views_known_images(model, tm
 
 
 def test_evaluate_refuses_an_outside_store_featurized_with_another_config(model, tmp_path):
-    from tests.synthetic import CFG_RESIDUAL
+    from tests.synthetic import CFG
 
-    planted_store(tmp_path / "other.zarr", per_class=10, cfg=CFG_RESIDUAL)
+    planted_store(tmp_path / "other.zarr", per_class=10, cfg=CFG.replace(seed=1))  # other forward-diffusion noise
     r = CliRunner().invoke(
         app,
         [
