@@ -332,6 +332,17 @@ def featurize(
             "open-set scorer). 0: off.",
         ),
     ] = FD["noise_bins"],
+    cooccurrence: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=8,
+            rich_help_panel=P_FEAT,
+            help="Also store residual co-occurrences: neighbouring pixel differences rounded and clipped to [-T, T] "
+            "(1: down, flat or up), counted in pairs, with colour and texture statistics (decoder and upsampler "
+            "traces; read by the statistics' discriminant, not the network). 0: off.",
+        ),
+    ] = FD["cooccurrence"],
     crops: Annotated[
         int,
         typer.Option(
@@ -516,6 +527,7 @@ def featurize(
             period=period,
             spectrum_bins=pixel_spectrum,
             noise_bins=noise_spectrum,
+            cooccurrence=cooccurrence,
             crops=crops,
             device=device,
         )
@@ -630,6 +642,9 @@ def inspect(
         typer.echo(f"  pixel spectrum: {cfg['spectrum_bins']} bands per axis")
     if cfg.get("noise_bins"):
         typer.echo(f"  noise spectrum: {cfg['noise_bins']} x {cfg['noise_bins']} bands")
+    if cfg.get("cooccurrence"):
+        t = cfg["cooccurrence"]
+        typer.echo(f"  residual co-occurrences: differences clipped to [-{t}, {t}], colour and texture statistics")
     st = d["status"]
     if cfg.get("crops", 1) > 1:
         typer.echo(f"  {cfg['crops']} native-pixel crops per image, one row each (counts below are rows)")

@@ -90,6 +90,10 @@ class ScheduleConfig:
             )
 
 
+# fields a saved featurize config may lack, with what made the store then (not today's default):
+# stores featurized before the residual co-occurrences hold none
+FEATURIZE_ABSENT_MEANS = {"cooccurrence": 0}
+
 CROP_GRIDS = {g * g: g for g in range(1, 9)}  # --crops K: K = g * g windows on a g x g grid
 
 
@@ -117,6 +121,7 @@ class FeaturizeConfig:
     noise_bins: int = (
         16  # > 0: also store the noise residual's 2-D spectrum in B x B bands (features/noise_spectrum.py)
     )
+    cooccurrence: int = 1  # > 0: also store residual co-occurrences clipped to [-T, T] (features/cooccurrence.py)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -133,6 +138,10 @@ class FeaturizeConfig:
         if self.noise_bins not in (0, 1, 2, 4, 8, 16, 32):
             raise ConfigFieldError(
                 "noise_bins", self.noise_bins, "give 0 (off) or a number of bands dividing 64 (4, 8, 16, 32)"
+            )
+        if not 0 <= self.cooccurrence <= 8:
+            raise ConfigFieldError(
+                "cooccurrence", self.cooccurrence, "must lie in [0, 8] (0: no residual co-occurrence feature)"
             )
         if self.crops not in CROP_GRIDS:
             raise ConfigFieldError(
@@ -181,7 +190,7 @@ class FeaturizeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeaturizeConfig:
-        d = dict(d)
+        d = {**FEATURIZE_ABSENT_MEANS, **d}
         vae = from_fields(VAEIdentity, d.pop("vae"), "featurize config (vae)")
         schedule = from_fields(ScheduleConfig, d.pop("schedule"), "featurize config (schedule)")
         return from_fields(cls, d, "featurize config", vae=vae, schedule=schedule)
@@ -209,6 +218,8 @@ class FeaturizeConfig:
             d.pop("crops")
         if not self.noise_bins:
             d.pop("noise_bins")
+        if not self.cooccurrence:
+            d.pop("cooccurrence")
         return d
 
     @property

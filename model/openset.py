@@ -15,7 +15,8 @@ discard (input statistics, the reconstruction residual):
     periodicity  pixel-gradient phase profile (N, 2P)              the store (--period)
     pixel_spectrum  band powers of the pixel spectrum (N, 2B)      the store (--pixel-spectrum)
     noise_spectrum  the noise residual's 2-D spectrum (N, B*B)     the store (--noise-spectrum)
-    features     every one of the five above that the model has,   stats and the store
+    cooccurrence  residual co-occurrences, colour, texture (N, F)  the store (--cooccurrence)
+    features     every one of the six above that the model has,   stats and the store
                  side by side (N, sum)
 
 Every base scorer is a scikit-learn estimator on one block (higher `score_samples` = more like a
@@ -229,6 +230,7 @@ BLOCKS = (
     "periodicity",
     "pixel_spectrum",
     "noise_spectrum",
+    "cooccurrence",
     "features",
 )
 STORED_BLOCKS = tuple(b for b in BLOCKS if b in BY_NAME)  # read from the store's feature of that name

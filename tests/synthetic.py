@@ -30,6 +30,7 @@ CFG = FeaturizeConfig(
     period=0,
     spectrum_bins=0,
     noise_bins=0,
+    cooccurrence=0,
 )  # latents and spectra only
 
 

@@ -17,6 +17,10 @@ if it is not a per-timestep or per-image vector (those get one automatically), a
                                       (periodicity.py); with period > 0
     pixel_spectrum (2B,)     float32  band powers of the pixel spectrum along each axis, at the image's own
                                       size (pixel_spectrum.py); with spectrum_bins > 0; open-set scorers only
+    noise_spectrum (B*B,)    float32  the noise residual's 2-D spectrum (noise_spectrum.py); with noise_bins > 0
+    cooccurrence (2L^2+11,)  float32  neighbouring residuals' joint histograms, colour and texture statistics
+                                      (cooccurrence.py); with cooccurrence T > 0, L = 2T + 1; the statistics'
+                                      discriminant only
 """
 
 from __future__ import annotations
@@ -104,6 +108,17 @@ def _noise_spectrum_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
     from leakstore.features.noise_spectrum import noise_spectrum_of_image
 
     return noise_spectrum_of_image(arr, cfg.noise_bins)
+
+
+def _cooccurrence_native(arr: np.ndarray, cfg: FeaturizeConfig) -> np.ndarray:
+    from leakstore.features.cooccurrence import cooccurrence_of_image
+
+    return cooccurrence_of_image(arr, cfg.cooccurrence)
+
+
+def cooccurrence_dim(cfg: FeaturizeConfig) -> int:
+    """Length of one image's co-occurrence vector: 2 (2T + 1)^2 + 11 (0 without the feature)."""
+    return 2 * (2 * cfg.cooccurrence + 1) ** 2 + 11 if cfg.cooccurrence else 0
 
 
 def noise_spectrum_dim(cfg: FeaturizeConfig) -> int:
@@ -228,6 +243,18 @@ FEATURES: tuple[Feature, ...] = (
         enabled=lambda c: c.noise_bins > 0,
         off=(("noise_bins", 0),),
         doc="2-D power spectrum of the noise residual in B x B bands (leakstore/features/noise_spectrum.py)",
+    ),
+    Feature(
+        "cooccurrence",
+        ("cooccurrence_feature",),
+        "float32",
+        lambda c: (cooccurrence_dim(c),),
+        None,
+        model_input=False,
+        native=_cooccurrence_native,
+        enabled=lambda c: c.cooccurrence > 0,
+        off=(("cooccurrence", 0),),
+        doc="residual co-occurrences, colour and texture statistics (leakstore/features/cooccurrence.py)",
     ),
 )
 BY_NAME = {f.name: f for f in FEATURES}
