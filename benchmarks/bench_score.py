@@ -36,7 +36,9 @@ def main(argv=None):
     from leakstore.pipelines.score import score, scoring_frame
     from tests.synthetic import VAE, planted_store
 
-    cfg = FeaturizeConfig(vae=VAE, resolution=128, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)
+    cfg = FeaturizeConfig(
+        vae=VAE, resolution=128, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, cooccurrence=0
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / f"s{args.rows}.zarr"
     if not store.exists():

@@ -61,6 +61,7 @@ def main(argv=None):
             period=0,
             spectrum_bins=0,
             noise_bins=0,
+            cooccurrence=0,
         )  # latents and spectra, as first measured
         featurize_store(
             cat,

@@ -72,7 +72,14 @@ def main(argv=None):
     sub.splits[::5] = 1  # a validation row in five, for early stopping bookkeeping (never triggered here)
     enc = load_encoder(_sd_random(args.out) if args.vae == "sd-random" else args.vae)
     fcfg = build_config(
-        enc, resolution=args.resolution, device=str(dev), residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
+        enc,
+        resolution=args.resolution,
+        device=str(dev),
+        residual_bins=0,
+        period=0,
+        spectrum_bins=0,
+        noise_bins=0,
+        cooccurrence=0,
     )  # latents and spectra, as first measured
     # one network in both arms (a default model trains --members of them, each as timed here)
     cfg = ModelConfig(epochs=args.epochs, patience=args.epochs + 1, renoise=False, roll_augment=False, members=1)

@@ -56,7 +56,15 @@ def tiny_vae_dir(tmp_path_factory) -> Path:
 
 # the demo encoder's fastest store: two timesteps, no pixel cues (tests of training, not of features)
 TINY_FEATURES = dict(
-    vae="demo", resolution=64, timesteps=(0, 100), fft_size=2, residual_bins=0, period=0, spectrum_bins=0, noise_bins=0
+    vae="demo",
+    resolution=64,
+    timesteps=(0, 100),
+    fft_size=2,
+    residual_bins=0,
+    period=0,
+    spectrum_bins=0,
+    noise_bins=0,
+    cooccurrence=0,
 )
 
 

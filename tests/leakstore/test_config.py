@@ -5,7 +5,7 @@ from leakstore.errors import ConfigMismatchError, InputError
 from leakstore.features import residual_dim
 
 VAE = VAEIdentity(name="x", source="builtin", kind="kl", latent_channels=4, downsample=8)
-OFF = dict(residual_bins=0, period=0, spectrum_bins=0, noise_bins=0)  # latents and spectra only
+OFF = dict(residual_bins=0, period=0, spectrum_bins=0, noise_bins=0, cooccurrence=0)  # latents and spectra only
 
 
 def plain(**kw) -> FeaturizeConfig:
