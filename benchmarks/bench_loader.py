@@ -2,13 +2,13 @@
 
     python -m benchmarks.bench_loader --sizes 256,512,1024 --json loader.json
 
-The loader (featurize.runner.ImageRows) reads, hashes and decodes each file, computes the pixel-domain
-features at the image's own size (periodicity, pixel spectrum, noise spectrum, co-occurrences),
-resizes to the VAE's resolution and draws the seeded noise. This times each step on synthetic PNGs (smooth content with
-grain) of each native size with the default featurize config at 256 px, and reports ms per image and
-the images/s that `--workers W` loader processes can feed a GPU at most (W / per-image seconds), so
-that a GPU pipeline figure can be read against it: the loader keeps up where this exceeds the
-device's compiled compute.
+The loader (featurize.runner.ImageRows) reads, hashes and decodes each file, computes the
+pixel-domain features at the image's own size (periodicity, pixel spectrum, noise spectrum,
+co-occurrences), resizes to the VAE's resolution and draws the seeded noise. This times each step
+on synthetic PNGs (smooth content with grain) of each native size with the default featurize
+config at 256 px, and reports ms per image and the images/s that `--workers W` loader processes
+can feed a GPU at most (W / per-image seconds), so that a GPU pipeline figure can be read against
+it: the loader keeps up where this exceeds the device's compiled compute.
 """
 
 from __future__ import annotations
