@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from leakstore.features.periodicity import central_crop  # the loader's pixel features share one cap rule
+
 SIDE = 256  # larger images are measured on a central crop this big (about 5 ms on one CPU thread)
 FLOOR = 1e-4  # added to a histogram's frequencies before the log: an empty bin is finite
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -85,6 +87,4 @@ def cooccurrence_features(arr: np.ndarray, t: int) -> np.ndarray:
 
 def cooccurrence_of_image(arr: np.ndarray, t: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> the features of its central SIDE x SIDE part (8-aligned)."""
-    h, w = arr.shape[:2]
-    top, left = (max(0, h - SIDE) // 2) // 8 * 8, (max(0, w - SIDE) // 2) // 8 * 8
-    return cooccurrence_features(arr[top : top + SIDE, left : left + SIDE], t)
+    return cooccurrence_features(central_crop(arr, align=8, side=SIDE), t)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from leakstore.features.periodicity import central_crop
+
 PATCH = 64
 SIDE = 256  # 16 tiles: enough for a stable average, about 4 ms per image on one CPU thread
 EPS = 1e-6
@@ -48,7 +50,5 @@ def noise_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
 
 def noise_spectrum_of_image(arr: np.ndarray, bins: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> (bins * bins,) float32."""
-    h, w = arr.shape[:2]
-    top, left = (max(0, h - SIDE) // 2) // 8 * 8, (max(0, w - SIDE) // 2) // 8 * 8
-    crop = np.asarray(arr[top : top + SIDE, left : left + SIDE], dtype=np.float64)
+    crop = np.asarray(central_crop(arr, align=8, side=SIDE), dtype=np.float64)
     return noise_spectrum(crop @ np.array([0.299, 0.587, 0.114]), bins)

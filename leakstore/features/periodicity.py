@@ -49,13 +49,13 @@ def periodicity_features(x: torch.Tensor, period: int) -> torch.Tensor:
     return torch.cat([phase_profile(dx, period), phase_profile(dy, period)], 1)
 
 
-def central_crop(arr: np.ndarray, align: int = 1) -> np.ndarray:
-    """The central MAX_SIDE x MAX_SIDE part of an (H, W, ...) image (all of a smaller side), its
-    corner on a multiple of `align` (a period's phases stay where they were)."""
+def central_crop(arr: np.ndarray, align: int = 1, side: int = MAX_SIDE) -> np.ndarray:
+    """The central `side` x `side` part of an (H, W, ...) image (all of a smaller side; MAX_SIDE unless
+    given), its corner on a multiple of `align` (a period's phases, JPEG's blocks stay where they were)."""
     h, w = arr.shape[:2]
-    top = (max(0, h - MAX_SIDE) // 2) // align * align
-    left = (max(0, w - MAX_SIDE) // 2) // align * align
-    return arr[top : top + MAX_SIDE, left : left + MAX_SIDE]
+    top = (max(0, h - side) // 2) // align * align
+    left = (max(0, w - side) // 2) // align * align
+    return arr[top : top + side, left : left + side]
 
 
 def periodicity_of_image(arr: np.ndarray, period: int) -> np.ndarray:
