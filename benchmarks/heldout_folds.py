@@ -96,7 +96,9 @@ def run(store_path, outliers=None, scorer: str = "lda", folds: int = 4, draws: i
                     keep = (out["source"] != g) & ~np.isin(out["group"], np.unique(groups[fold == f]))
                     o = {**select_rows(out["blocks"], keep), "outlier_class": out["kind"][keep]}
                 y = np.searchsorted(kept, labels[fit])
-                est = OpenSetScorer(method=scorer, random_state=cfg.seed).fit(select_rows(blocks, fit), y, outliers=o)
+                est = OpenSetScorer(
+                    method=scorer, random_state=cfg.seed, outlier_components=cfg.outlier_components
+                ).fit(select_rows(blocks, fit), y, outliers=o)
                 ig = ImageGroups(image[ev])
                 s = ig.mean(est.score_samples(select_rows(blocks, ev)))
                 is_g = labels[ev][ig.first] == c
@@ -108,6 +110,7 @@ def run(store_path, outliers=None, scorer: str = "lda", folds: int = 4, draws: i
         "store": str(store_path),
         "outliers": str(outliers) if outliers else None,
         "scorer": scorer,
+        "outlier_components": cfg.outlier_components,
         "folds": folds,
         "draws": draws,
         "prompts": int(len(prompts)),
@@ -118,15 +121,21 @@ def run(store_path, outliers=None, scorer: str = "lda", folds: int = 4, draws: i
 
 
 def main(argv=None) -> dict:
+    from leakstore.model.config import ModelConfig
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("store", type=Path)
     ap.add_argument("--outliers", type=Path, default=None, help="the outlier store, as train --outliers")
     ap.add_argument("--scorer", default="lda", help="a network-free open-set scorer (default lda)")
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--draws", type=int, default=3, help="fold draws (seeds 0..D-1)")
+    ap.add_argument(
+        "--outlier-components", type=int, default=ModelConfig.outlier_components, help="as train --outlier-components"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    r = run(args.store, args.outliers, args.scorer, args.folds, args.draws)
+    cfg = ModelConfig(outlier_components=args.outlier_components)
+    r = run(args.store, args.outliers, args.scorer, args.folds, args.draws, cfg=cfg)
     for g, v in r["per_generator"].items():
         print(f"  {g:32s} {' '.join(f'{a:.3f}' for a in v)}")
     print(

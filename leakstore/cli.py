@@ -75,8 +75,8 @@ Temporal = _choices("Temporal", TEMPORAL)
 OpenScorer = _choices("OpenScorer", OPEN_SCORERS)
 OUTLIERS_HELP = (
     "A store of images no known generator made (leakstore make-outliers, then featurize with this store's "
-    "options; training views are optional there): one 'other' class per kind of outlier for the lda "
-    "open-set scorers (docs: Open set)."
+    "options; training views are optional there): 'other' classes for the lda open-set scorers, "
+    "--outlier-components per kind of outlier (docs: Open set)."
 )
 Scorer = _choices("Scorer", SCORERS)
 ScorerRows = _choices("ScorerRows", SCORER_ROWS)
@@ -849,6 +849,15 @@ def train(
             "units; 0 is the plain minimum.",
         ),
     ] = MD["open_temperature"],
+    outlier_components: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            rich_help_panel=P_OPEN,
+            help="With --outliers: each kind of outlier is fitted as this many classes of the lda scorer (k-means "
+            "on its rows); 1: one class per kind.",
+        ),
+    ] = MD["outlier_components"],
     outliers: Annotated[Path | None, typer.Option(metavar="STORE", rich_help_panel=P_OPEN, help=OUTLIERS_HELP)] = None,
     device: Annotated[str, typer.Option(rich_help_panel=P_RUN, help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[int | None, typer.Option(min=1, rich_help_panel=P_RUN, help=THREADS_HELP)] = None,
@@ -943,8 +952,10 @@ def train(
             "were not used (lda and fused-lda take them)"
         )
     elif o:
+        cut = f" ({o['kinds']} kinds of outlier, each cut in up to {cfg.outlier_components})"
         typer.echo(
             f"open scorer {cfg.open_scorer}: {o['used']} outlier rows of {o['store']} as {o['classes']} 'other' classes"
+            + (cut if o["kinds"] != o["classes"] else "")
         )
     if fb := summary["open_scorer"].get("fallback"):
         typer.echo(f"note: {fb}")
@@ -1183,6 +1194,9 @@ def openset_study(
             metavar="STORE", help=OUTLIERS_HELP + " Each fold leaves out the rows made from its held-out generator."
         ),
     ] = None,
+    outlier_components: Annotated[
+        int, typer.Option(min=1, help="As train --outlier-components: classes per kind of outlier.")
+    ] = MD["outlier_components"],
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = RD["device"],
     threads: Annotated[int | None, typer.Option(min=1, help=THREADS_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,

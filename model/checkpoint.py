@@ -73,8 +73,12 @@ def pack_scorer(prefix: str, est) -> tuple[dict[str, np.ndarray], dict[str, Any]
     return arrays, meta
 
 
+# constructor parameters a saved scorer may lack, with what fitted it then (not today's default)
+ABSENT_PARAMS = {"OpenSetScorer": {"outlier_components": 1}}
+
+
 def unpack_scorer(prefix: str, meta: dict, arrays: dict[str, np.ndarray]):
-    est = _scorer_class(meta["class"])(**meta["params"])
+    est = _scorer_class(meta["class"])(**{**ABSENT_PARAMS.get(meta["class"], {}), **meta["params"]})
     for name, v in arrays.items():
         if name.startswith(prefix + ".") and name.count(".") == prefix.count(".") + 1:
             setattr(est, name.rsplit(".", 1)[1], v)

@@ -40,8 +40,9 @@ RETIRED_OPEN_SCORERS = (
 
 # fields a saved model may lack, with what trained it then (not today's default): paired view
 # training did not exist before `consistency`, nor training on the test split before `final`,
-# nor attribution with the discriminant beside the networks before `discriminant`
-ABSENT_MEANS = {"consistency": 0.0, "final": False, "discriminant": 0.0}
+# nor attribution with the discriminant beside the networks before `discriminant`, nor more than one
+# outlier class per kind before `outlier_components`
+ABSENT_MEANS = {"consistency": 0.0, "final": False, "discriminant": 0.0, "outlier_components": 1}
 
 
 def with_absent(d: dict) -> dict:
@@ -96,6 +97,8 @@ class ModelConfig:
     # with outlier exposure, OUTLIER_OPEN_SCORER (default_open_scorer)
     false_unknown_rate: float = 0.05  # open-set threshold: this share of known val images called unknown
     open_temperature: float = 1.0  # fused scorers' soft minimum (0: the plain minimum), chosen by the study
+    outlier_components: int = 2  # outlier exposure: each kind of outlier fitted as this many classes of the
+    # lda scorer (k-means on its rows; 1: one class per kind). Chosen on the validation prompts (docs/results)
     seed: int = 0
     members: int = 3  # networks trained from seeds seed, seed+1, ...; their embeddings joined
     # (chosen by the leave-one-out study: docs/open-set.md)
@@ -128,7 +131,7 @@ class ModelConfig:
             raise ConfigFieldError("discriminant", self.discriminant, "must lie in [0, 1] (0: the networks alone)")
         if not 0 <= self.view_prob <= 1:
             raise ConfigFieldError("view_prob", self.view_prob, "must lie in [0, 1]")
-        for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members"):
+        for name in ("epochs", "batch_size", "protos_per_class", "patience", "width", "members", "outlier_components"):
             if getattr(self, name) < 1:
                 raise ConfigFieldError(name, getattr(self, name), "must be at least 1")
         if self.epoch_samples < 0:

@@ -28,7 +28,11 @@ is the `false_unknown_rate` quantile of known validation images.
 Outlier exposure (`train --outliers STORE`, made by `leakstore make-outliers`): images that are no
 known generator's (photographs, copies through simulated decoders or another autoencoder) join the
 `lda` scorer as more classes, one per kind (OUTLIER - k), so that "none of these" competes with the
-known classes instead of every image being pushed into its nearest one.
+known classes instead of every image being pushed into its nearest one. Each kind is fitted as
+`outlier_components` classes (k-means on its rows): a kind is seldom one cloud (a decoder's copies of
+six generators' images; photographs' smooth and textured crops), and a Gaussian class centred between
+its clouds sits where re-saved known images fall (docs/results: two per kind halved the flags on
+re-saved validation images).
 
 The scorers a user chooses among are `model.config.OPEN_SCORERS` (each measured in docs/results);
 the other names here are components they are built from.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.cluster import KMeans
 from sklearn.covariance import LedoitWolf
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -214,6 +219,23 @@ FUSED = {
 FALLBACK = {"fused-period": "fused", "fused-pixel": "fused", "fused-lda": "fused"}
 assert set(OPEN_SCORERS) <= set(BASE_SCORERS) | set(FUSED), "model.config.OPEN_SCORERS names a scorer not built here"
 OUTLIER_SCORERS = ("lda",)  # the base scorers that take outlier-exposure rows as one more class
+MIN_ROWS_PER_COMPONENT = 10  # an outlier kind with fewer rows per asked component stays one class
+
+
+def split_outlier_kinds(X: np.ndarray, kind: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """(len(kind),) int64 outlier classes: each kind's rows cut into `n` by k-means (seeded) on X
+    standardised over all outlier rows, kind k's clusters numbered k * n + j; a kind with fewer than
+    n * MIN_ROWS_PER_COMPONENT rows stays whole (class k * n). n = 1: the kinds themselves."""
+    kind = np.asarray(kind, dtype=np.int64)
+    if n <= 1 or not len(kind):
+        return kind
+    Z = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    out = kind * n
+    for k in np.unique(kind):
+        m = kind == k
+        if m.sum() >= n * MIN_ROWS_PER_COMPONENT:
+            out[m] += KMeans(n, n_init=4, random_state=seed).fit_predict(Z[m])
+    return out
 
 
 def takes_outliers(method: str) -> bool:
@@ -307,7 +329,8 @@ class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
     `temperature` T: the components are fused by -T log sum exp(-z / T), a minimum that also
     counts the evidence of the other components (an image far out on two components scores
     lower than one far out on one); T = 0 is the plain minimum. T is in units of the tail scale
-    (1: the 1 % tail's depth). Defaults: ModelConfig's."""
+    (1: the 1 % tail's depth). `outlier_components`: classes per outlier kind (split_outlier_kinds).
+    Defaults: ModelConfig's."""
 
     def __init__(
         self,
@@ -316,9 +339,10 @@ class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
         false_unknown_rate: float = ModelConfig.false_unknown_rate,
         random_state: int = ModelConfig.seed,
         temperature: float = ModelConfig.open_temperature,
+        outlier_components: int = ModelConfig.outlier_components,
     ):
         self.method, self.false_unknown_rate, self.random_state = method, false_unknown_rate, random_state
-        self.temperature = temperature
+        self.temperature, self.outlier_components = temperature, outlier_components
 
     def fit(self, blocks: dict, y, val_blocks: dict | None = None, outliers: dict | None = None):
         """Fit every component on training rows; scale them and set the threshold on validation
@@ -326,15 +350,17 @@ class OpenSetScorer(ThresholdMixin, OutlierMixin, BaseEstimator):
         outlier-exposure rows, one more class for the components that take one (`lda`)."""
         self.components_ = components(self.method, [b for b in BLOCKS if blocks.get(b) is not None])
         self.fallback_ = fallback(self.method, self.components_) or ""
-        self.estimators_, self.n_outliers_, self.n_outlier_classes_ = [], 0, 0
+        self.estimators_, self.n_outliers_, self.n_outlier_classes_, self.n_outlier_kinds_ = [], 0, 0, 0
         for c in self.components_:
             blk, make, _ = BASE_SCORERS[c]
             est, X, yc = make(self.random_state), blocks[blk], np.asarray(y)
             if c in OUTLIER_SCORERS and outliers is not None and outliers.get(blk) is not None and len(outliers[blk]):
                 X = np.concatenate([X, outliers[blk]])
                 kind = np.asarray(outliers.get("outlier_class", np.zeros(len(outliers[blk]), np.int64)))
-                yc = np.concatenate([yc, (OUTLIER - kind).astype(yc.dtype)])
-                self.n_outliers_, self.n_outlier_classes_ = len(outliers[blk]), len(np.unique(kind))
+                sub = split_outlier_kinds(outliers[blk], kind, int(self.outlier_components), self.random_state)
+                yc = np.concatenate([yc, (OUTLIER - sub).astype(yc.dtype)])
+                self.n_outliers_, self.n_outlier_kinds_ = len(outliers[blk]), len(np.unique(kind))
+                self.n_outlier_classes_ = len(np.unique(sub))
             self.estimators_.append(est.fit(X, yc))
         raw = self.component_scores(val_blocks if val_blocks is not None else blocks)
         self.centers_ = np.array([np.median(raw[c]) for c in self.components_])

@@ -174,9 +174,10 @@ def rows_in_use(store: FeatureStore, rows: np.ndarray, cfg: ModelConfig, part: s
 
 def _resumable(settings: dict) -> dict:
     """The model settings a resumed run must share with the run it continues (all but the schedule)."""
-    # the discriminant's weight and the open-set scorer are not the networks': a finished run resumed with
-    # another refits its scorers
-    return {k: v for k, v in settings.items() if k not in ("epochs", "patience", "discriminant", "open_scorer")}
+    # the discriminant's weight, the open-set scorer and its outlier classes are not the networks': a
+    # finished run resumed with another refits its scorers
+    scorers = ("discriminant", "open_scorer", "outlier_components")
+    return {k: v for k, v in settings.items() if k not in ("epochs", "patience", *scorers)}
 
 
 def _split_known(store: FeatureStore, feats: FeatureBatch, unknown_labels) -> tuple[list[str], np.ndarray]:
@@ -716,6 +717,7 @@ def _finish(
         false_unknown_rate=cfg.false_unknown_rate,
         random_state=cfg.seed,
         temperature=cfg.open_temperature,
+        outlier_components=cfg.outlier_components,
     ).fit(select_rows(blocks, tr), y_tr, select_rows(blocks, cal), outliers=oblocks)
     image = store.image_rows()[sub_rows] if store.has_crops else None
     view = store.view_index()[sub_rows]
@@ -790,6 +792,7 @@ def _finish(
             "rows": len(outliers[1]),
             "used": int(opn.n_outliers_),
             "classes": int(opn.n_outlier_classes_),
+            "kinds": int(opn.n_outlier_kinds_),
             "views": outliers[0].has_views,
         },
     }

@@ -185,7 +185,10 @@ def study_fold(
     tr, va, te = (known & (feats.splits == s) for s in (0, 1, 2))
     for name in _scorers_for(blocks):
         sc = OpenSetScorer(
-            method=name, false_unknown_rate=cfg.false_unknown_rate, temperature=cfg.open_temperature
+            method=name,
+            false_unknown_rate=cfg.false_unknown_rate,
+            temperature=cfg.open_temperature,
+            outlier_components=cfg.outlier_components,
         ).fit(select_rows(blocks, tr), y[tr], select_rows(blocks, va), outliers=oblocks)
         thr = sc.threshold_
         if store.has_crops:

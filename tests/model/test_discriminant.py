@@ -89,6 +89,11 @@ def test_resuming_a_finished_run_with_another_weight_refits_it(store, runs, tmp_
     b, p2 = _predict(tmp_path / "run", store)
     assert b.cfg.open_scorer == "lda" and b.open.components_ == ("lda",)
     np.testing.assert_allclose(p2["network_proba"], p0["network_proba"], atol=1e-9)
+    # classes per kind of outlier are the open scorer's too
+    cfg1 = CFG.replace(discriminant=0.3, open_scorer="lda", outlier_components=1)
+    train(store.path, tmp_path / "run", cfg1, resume=True, progress=False)
+    b = load_bundle(tmp_path / "run")
+    assert b.cfg.outlier_components == 1 and b.open.get_params()["outlier_components"] == 1
     with pytest.raises(ConfigMismatchError, match="model settings"):
         train(store.path, tmp_path / "run", CFG.replace(width=CFG.width * 2), resume=True, progress=False)
 

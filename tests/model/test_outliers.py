@@ -11,8 +11,15 @@ from typer.testing import CliRunner
 from leakstore.cli import app
 from leakstore.errors import InputError
 from leakstore.model.checkpoint import pack_scorer, unpack_scorer
+from leakstore.model.config import ModelConfig
 from leakstore.model.metrics import open_set
-from leakstore.model.openset import OUTLIER, ClassPosterior, OpenSetScorer
+from leakstore.model.openset import (
+    MIN_ROWS_PER_COMPONENT,
+    OUTLIER,
+    ClassPosterior,
+    OpenSetScorer,
+    split_outlier_kinds,
+)
 from leakstore.model.outliers import outlier_rows
 from leakstore.store import DONE, Catalog, FeatureStore
 from tests.synthetic import CFG, planted_store
@@ -62,11 +69,53 @@ def test_the_fused_scorer_gives_outliers_only_to_the_components_that_take_a_clas
     out = {"features": rng.normal(9, 1, (30, 4)), "proba": np.full((30, 2), 0.5)}
     sc = OpenSetScorer(method="fused-lda").fit(blocks, y, outliers=out)  # (the CLI's default takes lda alone)
     assert sc.components_ == ("confidence", "lda") and sc.n_outliers_ == 30
-    assert sc.estimators_[1].classes_[0] == OUTLIER and not hasattr(sc.estimators_[0], "classes_")
+    # 30 rows of one kind: two classes of it (outlier_components), below every known class
+    assert list(sc.estimators_[1].classes_) == [OUTLIER - 1, OUTLIER, 0, 1]
+    assert not hasattr(sc.estimators_[0], "classes_")
     assert OpenSetScorer(method="lda").fit(blocks, y).n_outliers_ == 0
     from leakstore.model.openset import takes_outliers
 
     assert takes_outliers("lda") and takes_outliers("fused-lda") and not takes_outliers("fused-period")
+
+
+def test_an_outlier_kind_of_two_clouds_is_fitted_as_two_classes():
+    """One kind of outlier in two clouds (at -9 and +9) around known classes at -3 and +3: as one class
+    its mean lies between the known ones and images like either cloud are called known; as two
+    classes, each cloud is one and images like it are flagged."""
+    X, y = blobs(0)
+    Xv, _ = blobs(2)
+    rng = np.random.default_rng(3)
+    clouds = lambda n: np.r_[rng.normal(-9, 1, (n, 4)), rng.normal(9, 1, (n, 4))]  # noqa: E731
+    out, unseen = clouds(60), clouds(40)
+    kind = np.zeros(len(out), np.int64)
+    sub = split_outlier_kinds(out, kind, 2, seed=0)
+    assert len(set(sub[:60])) == 1 and len(set(sub[60:])) == 1 and sub[0] != sub[60]
+    np.testing.assert_array_equal(split_outlier_kinds(out, kind, 1, seed=0), kind)
+    # a kind too small to cut (fewer than MIN_ROWS_PER_COMPONENT rows per class) stays one class, numbered k * n
+    few = np.r_[kind, np.ones(2 * MIN_ROWS_PER_COMPONENT - 1, np.int64)]
+    sub3 = split_outlier_kinds(np.r_[out, rng.normal(0, 1, (len(few) - len(out), 4))], few, 2, seed=0)
+    assert set(sub3[len(out) :]) == {2} and set(sub3[: len(out)]) == {0, 1}
+    flagged = {}
+    for n in (1, 2):
+        sc = OpenSetScorer(method="lda", outlier_components=n).fit(
+            {"features": X}, y, {"features": Xv}, outliers={"features": out, "outlier_class": kind}
+        )
+        flagged[n] = float((sc.score_samples({"features": unseen}) < sc.offset_).mean())
+        assert (sc.score_samples({"features": Xv}) < sc.offset_).mean() <= 0.1
+    assert flagged[1] < 0.2 and flagged[2] > 0.9
+
+
+def test_a_model_saved_before_outlier_components_reads_as_one_class_per_kind():
+    assert ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != "outlier_components"}) == (
+        ModelConfig(outlier_components=1)
+    )
+    X, y = blobs(0)
+    sc = OpenSetScorer(method="lda", outlier_components=1).fit({"features": X}, y)
+    arrays, meta = pack_scorer("o", sc)
+    assert meta["params"].pop("outlier_components") == 1  # as a scorer saved before the parameter
+    back = unpack_scorer("o", json.loads(json.dumps(meta)), arrays)
+    assert back.get_params()["outlier_components"] == 1
+    np.testing.assert_array_equal(back.score_samples({"features": X}), sc.score_samples({"features": X}))
 
 
 def _outlier_store(path, labels, groups, cfg=CFG, status=None):
