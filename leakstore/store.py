@@ -337,6 +337,13 @@ class FeatureStore:
     def check_matches(self, cfg: FeaturizeConfig, catalog: Catalog | None = None) -> None:
         check_compatible(cfg, self.config, f"store {self.path}", advice=STORE_ADVICE)
         if catalog is not None and catalog.fingerprint != self.attrs.get("catalog_fingerprint"):
+            views = self.attrs.get("train_views") or {}
+            if catalog.view_policy and views.get("policy") and views["policy"] != catalog.view_policy:
+                raise ConfigMismatchError(
+                    f'store {self.path} drew its training views from --view-policy "{views["policy"]}", this run '
+                    f'from "{catalog.view_policy}": pass --view-policy '
+                    f'"{views["policy"]}" to resume it, or featurize into a new store'
+                )
             raise ConfigMismatchError(
                 f"store {self.path} was created for another list of images (catalog "
                 f"{self.attrs.get('catalog_fingerprint')} != {catalog.fingerprint}): the input folder or "

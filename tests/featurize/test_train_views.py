@@ -1,6 +1,7 @@
 """Training views: extra rows of post-processed training/validation images, deterministic, never
 for test images, resumable; and a model trained on them survives the post-processing."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -171,8 +172,17 @@ def test_another_policy_or_view_count_is_another_store(data, tmp_path):
     _run(data, tmp_path / "s.zarr")
     with pytest.raises(ConfigMismatchError, match="another list of images"):
         _run(data, tmp_path / "s.zarr", views=3)
-    with pytest.raises(ConfigMismatchError, match="another list of images"):
+    # another policy alone: the error names the store's, to resume with
+    stored = str(parse_policy(DEFAULT_POLICY))  # the store keeps the policy in real-life order
+    with pytest.raises(ConfigMismatchError, match=re.escape(f'--view-policy "{stored}" to resume')):
         _run(data, tmp_path / "s.zarr", view_policy="jpeg:60-90")
+
+
+def test_the_default_policy_adds_no_noise():
+    """Noise views hid noisier unseen generators from the statistics' discriminant (docs/results)."""
+    p = parse_policy(DEFAULT_POLICY)
+    assert {op for op, _, _ in p.ranges} == {"jpeg", "webp", "resize", "blur"}
+    assert not any(s.op == "noise" for i in range(1, 200) for s in draw_view(p, f"{i:064x}", 1))
 
 
 def _planted(root: Path, n: int, seed: int) -> Path:
