@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from leakstore.features.noise_spectrum import LUMA
 from leakstore.features.periodicity import central_crop  # the loader's pixel features share one cap rule
 
 SIDE = 256  # larger images are measured on a central crop this big (about 5 ms on one CPU thread)
 FLOOR = 1e-4  # added to a histogram's frequencies before the log: an empty bin is finite
-LUMA = np.array([0.299, 0.587, 0.114])
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 BLOCK = 4
 

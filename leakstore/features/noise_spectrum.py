@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from leakstore.features.periodicity import central_crop
 
+LUMA = np.array([0.299, 0.587, 0.114])  # grey from RGB (ITU-R BT.601), the pixel features' one rule
 PATCH = 64
 SIDE = 256  # 16 tiles: enough for a stable average, about 4 ms per image on one CPU thread
 EPS = 1e-6
@@ -51,4 +52,4 @@ def noise_spectrum(gray: np.ndarray, bins: int) -> np.ndarray:
 def noise_spectrum_of_image(arr: np.ndarray, bins: int) -> np.ndarray:
     """(H, W, 3) uint8 at its own size -> (bins * bins,) float32."""
     crop = np.asarray(central_crop(arr, align=8, side=SIDE), dtype=np.float64)
-    return noise_spectrum(crop @ np.array([0.299, 0.587, 0.114]), bins)
+    return noise_spectrum(crop @ LUMA, bins)
